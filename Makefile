@@ -1,0 +1,66 @@
+# Neuraxis: every target sets itself up. `make test` and `make demo` are the two front doors.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+UV := $(VENV)/bin/uv
+UV_VERSION := 0.13.8
+# The stamp records which lock the venv was synced from, so a changed lock refreshes it.
+STAMP := $(VENV)/.synced-$(shell sha256sum requirements.lock | cut -c1-16)
+
+.PHONY: help venv lock test lint typecheck unit crds demo tools cluster cluster-down clean
+
+help:
+	@echo "make demo        set up and run the main example"
+	@echo "make test        set up, then lint, type-check and run every test (builds the tools on first use)"
+	@echo "make crds        regenerate crds/ from the pydantic models"
+	@echo "make tools       build the pinned control-plane binaries into the tool cache"
+	@echo "make cluster     start the local control plane (KWOK); make cluster-down stops it"
+	@echo "make lock        re-resolve requirements.in into requirements.lock"
+
+venv: $(STAMP)
+
+$(STAMP): requirements.lock pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@test -x $(UV) || $(PY) -m pip install -q "uv==$(UV_VERSION)"
+	VIRTUAL_ENV=$(VENV) $(UV) pip sync -q requirements.lock
+	VIRTUAL_ENV=$(VENV) $(UV) pip install -q --no-deps -e .
+	@rm -f $(VENV)/.synced-*
+	@touch $@
+
+lock: venv
+	$(UV) pip compile -q requirements.in -o requirements.lock --python-version 3.11 --python-platform x86_64-manylinux_2_28
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: venv
+	$(VENV)/bin/mypy neuraxis tests bench
+
+crds: venv
+	$(VENV)/bin/neuraxis crds generate
+
+tools: venv
+	$(VENV)/bin/neuraxis dev tools build
+
+cluster: tools
+	$(VENV)/bin/neuraxis dev cluster up
+
+cluster-down: venv
+	$(VENV)/bin/neuraxis dev cluster down
+
+unit: venv
+	$(VENV)/bin/pytest -m "not cluster and not engine"
+
+test: lint typecheck tools
+	$(VENV)/bin/pytest
+
+demo: venv
+	$(VENV)/bin/neuraxis demo
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,6 @@
+"""Neuraxis: an AI-platform bundle for Kubernetes (API models, operator, workloads, infrastructure)."""
+
+__version__ = "0.1.0"
+
+API_GROUP = "neuraxis.dev"
+API_VERSION = "v1alpha1"

@@ -1,0 +1,68 @@
+"""The single `neuraxis` command line. Sub-commands import their modules lazily so that
+`neuraxis --help` stays fast (torch, Spark and Ray are heavy)."""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(
+    name="neuraxis",
+    help="Neuraxis: declarative datasets, training, registry, serving and edge rollouts.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+crds_app = typer.Typer(help="The custom resource definitions generated from the API models.")
+app.add_typer(crds_app, name="crds")
+
+
+@crds_app.command("generate")
+def crds_generate(
+    out_dir: str = typer.Option("crds", help="Folder the CRD YAML and kustomization go to."),
+) -> None:
+    """Write crds/neuraxis.dev_<plural>.yaml and crds/kustomization.yaml from the models."""
+    from neuraxis.crds.generate import write_crds
+
+    for path in write_crds(out_dir):
+        typer.echo(f"wrote {path}")
+
+
+@crds_app.command("check")
+def crds_check(out_dir: str = typer.Option("crds", help="Folder holding the committed CRDs.")) -> None:
+    """Exit non-zero when the committed CRDs differ from what the models generate."""
+    from neuraxis.crds.generate import stale_crd_files
+
+    stale = stale_crd_files(out_dir)
+    if stale:
+        typer.echo("out of date (run `make crds`): " + ", ".join(stale), err=True)
+        raise typer.Exit(1)
+    typer.echo("crds are up to date")
+
+
+@app.command("validate")
+def validate(paths: list[str] = typer.Argument(..., help="YAML files or folders of them.")) -> None:
+    """Validate Neuraxis resources with the same rules the API server enforces."""
+    from neuraxis.resources import ResourceError, load_resources
+
+    try:
+        resources = load_resources(paths)
+    except ResourceError as exc:
+        typer.echo(f"invalid: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    for res in resources:
+        typer.echo(f"ok  {res.kind}/{res.metadata.name}")
+
+
+def _mount_dev() -> None:
+    from neuraxis.dev.cli import dev_app
+
+    app.add_typer(dev_app, name="dev")
+
+
+def main() -> None:
+    _mount_dev()
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Developer tooling: the pinned control-plane toolchain and the local KWOK cluster."""
