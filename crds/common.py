@@ -1,0 +1,227 @@
+"""Shared building blocks of the Neuraxis API: the base model, object metadata, references,
+the status contract every kind follows, and cross-field rules that exist twice on purpose:
+as CEL in the CRD (so the API server rejects bad input) and as Python (so `neuraxis run` and the
+operator reject the same input with the same message)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+from pydantic_core import PydanticCustomError
+
+# DNS-1123 label, shortened so that derived child names (`<name>-train-0`, ...) stay within 63.
+NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+NAME_MAX_LENGTH = 50
+# A column or table identifier as Spark SQL accepts it without quoting.
+IDENTIFIER_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+# Kubernetes resource quantity (CPU or memory), e.g. 500m, 2, 4Gi.
+QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?$"
+# Same shape as metav1.Condition.reason.
+REASON_PATTERN = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
+SHA256_PATTERN = r"^sha256:[a-f0-9]{64}$"
+# An image reference with a tag or a digest (RE2 syntax: the API server evaluates it too). That
+# the tag is not `latest` is a CEL rule next to each image field.
+PINNED_IMAGE_PATTERN = r"^[a-z0-9./_:-]+(@sha256:[a-f0-9]{64}|:[A-Za-z0-9_][A-Za-z0-9._-]*)$"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A cross-field rule on one object schema.
+
+    `cel` is what the API server evaluates (`self` is the object); `check` is the same rule in
+    Python, evaluated on the validated model. `field` names the offending sub-field (the CEL
+    `fieldPath`, e.g. `.source`), so both sides report the same path."""
+
+    cel: str
+    message: str
+    check: Callable[[Any], bool]
+    field: str = ""
+
+
+VALIDATIONS = "x-kubernetes-validations"
+
+
+def _alias(model: type[BaseModel], field_name: str) -> str:
+    return model.model_fields[field_name].alias or field_name
+
+
+def add_schema_extensions(schema: dict[str, Any], model: type[BaseModel]) -> None:
+    """pydantic `json_schema_extra` hook: CEL rules, immutable fields and object defaults."""
+    if not issubclass(model, ApiModel):
+        return
+    rules = [
+        {"rule": r.cel, "message": r.message, **({"fieldPath": r.field} if r.field else {})}
+        for r in model.rules
+    ]
+    if rules:
+        schema[VALIDATIONS] = rules
+    props = schema.get("properties", {})
+    for name in model.immutable_fields:
+        alias = _alias(model, name)
+        props[alias][VALIDATIONS] = [{"rule": "self == oldSelf", "message": f"{alias} is immutable"}]
+    for name, info in model.model_fields.items():
+        factory = info.default_factory
+        # A nested object with defaults inside must exist for the API server to default it.
+        if isinstance(factory, type) and issubclass(factory, ApiModel):
+            props[_alias(model, name)]["default"] = {}
+
+
+class ApiModel(BaseModel):
+    """Base of every API object: camelCase on the wire, unknown fields rejected, and no type
+    coercion (the API server would not turn "3" into 3 either)."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        strict=True,
+        json_schema_extra=add_schema_extensions,
+    )
+
+    rules: ClassVar[tuple[Rule, ...]] = ()
+    # Spec fields that may not change after creation (CEL transition rule `self == oldSelf`).
+    immutable_fields: ClassVar[tuple[str, ...]] = ()
+
+    @model_validator(mode="after")
+    def _check_rules(self) -> ApiModel:
+        for rule in type(self).rules:
+            if not rule.check(self):
+                raise PydanticCustomError(
+                    "k8s_rule", "{message}", {"message": rule.message, "field_path": rule.field}
+                )
+        return self
+
+    def to_wire(self) -> dict[str, Any]:
+        """The object as the API server stores it: camelCase keys, unset fields left out."""
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+def is_set(value: Any) -> bool:
+    """`has()` in CEL: present and not null. Empty lists and maps count as present."""
+    return value is not None
+
+
+def exactly_one(*values: Any) -> bool:
+    return sum(1 for v in values if v is not None) == 1
+
+
+class ObjectMeta(BaseModel):
+    """Standard Kubernetes object metadata. Only `name` is constrained by Neuraxis: it becomes
+    part of child resource names and label values."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True, alias_generator=to_camel)
+
+    name: str = Field(
+        description="Name of the resource, a DNS-1123 label of at most 50 characters.",
+        max_length=NAME_MAX_LENGTH,
+        pattern=NAME_PATTERN,
+    )
+    namespace: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+    generation: int | None = None
+    uid: str | None = None
+
+
+class ObjectRef(ApiModel):
+    """A reference to another Neuraxis resource in the same namespace."""
+
+    name: str = Field(
+        description="Name of the referenced resource.",
+        max_length=NAME_MAX_LENGTH,
+        pattern=NAME_PATTERN,
+    )
+
+
+class DatasetRef(ObjectRef):
+    """A reference to a Dataset, optionally pinned to one table version. Unpinned means the
+    latest Ready version."""
+
+    version: int | None = Field(
+        default=None, ge=0, description="Delta table version to read; omit for the latest Ready one."
+    )
+
+
+class SecretKeyRef(ApiModel):
+    """A key of a Secret in the same namespace. Run locally (`neuraxis run`), the value comes from
+    the environment variable NEURAXIS_SECRET_<NAME>_<KEY> (upper case, `-` and `.` as `_`)."""
+
+    name: str = Field(description="Secret name.", max_length=253, pattern=NAME_PATTERN)
+    key: str = Field(
+        description="Key within the Secret.", max_length=253, pattern=r"^[-._a-zA-Z0-9]+$"
+    )
+
+
+class Condition(ApiModel):
+    """One observation of the resource's state, shaped like metav1.Condition."""
+
+    type: str = Field(
+        description="Condition type, e.g. Ready, InputsReady, QualityPassed.",
+        max_length=316,
+        pattern=r"^[A-Za-z][A-Za-z0-9]*$",
+    )
+    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
+    reason: str = Field(
+        description="CamelCase machine-readable reason for the last transition.",
+        max_length=1024,
+        pattern=REASON_PATTERN,
+    )
+    message: str = Field(default="", description="Human-readable details.", max_length=32768)
+    last_transition_time: str = Field(
+        description="When the status last changed (RFC 3339).", json_schema_extra={"format": "date-time"}
+    )
+    observed_generation: int | None = Field(
+        default=None, ge=0, description="The metadata.generation this condition was computed for."
+    )
+
+
+class StatusBase(ApiModel):
+    """The status contract shared by every Neuraxis kind."""
+
+    observed_generation: int | None = Field(
+        default=None, ge=0, description="The metadata.generation the status was computed for."
+    )
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        max_length=32,
+        description="Current conditions. `Ready` summarises the resource; kinds add their own.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    message: str | None = Field(
+        default=None, max_length=32768, description="Why the resource is in its phase, for people."
+    )
+
+
+class Lineage(ApiModel):
+    """Where a result came from: the dataset version it was built from, and what built it."""
+
+    dataset: str | None = Field(default=None, description="Dataset name.")
+    dataset_version: int | None = Field(default=None, description="Dataset table version.")
+    dataset_digest: str | None = Field(default=None, description="Content digest of that version.")
+    training_job: str | None = Field(default=None, description="TrainingJob name.")
+    training_job_uid: str | None = Field(default=None, description="TrainingJob uid.")
+    model_version: str | None = Field(default=None, description="ModelVersion name.")
+    sources: list[str] = Field(
+        default_factory=list, max_length=64, description="Raw source URIs at the root of the chain."
+    )
+
+
+class Artifact(ApiModel):
+    """A file or folder in the lake with its content digest."""
+
+    uri: str = Field(description="Location in the lake.", max_length=2048)
+    digest: str | None = Field(default=None, description="sha256:<hex> of the content.")
+    size_bytes: int | None = Field(default=None, ge=0, description="Size in bytes.")
+
+
+class ResourceRequirements(ApiModel):
+    """CPU and memory for each pod, as Kubernetes quantities."""
+
+    cpu: str = Field(default="1", description="CPU request and limit, e.g. 500m or 2.", pattern=QUANTITY_PATTERN)
+    memory: str = Field(
+        default="2Gi", description="Memory request and limit, e.g. 512Mi or 4Gi.", pattern=QUANTITY_PATTERN
+    )

@@ -1,0 +1,353 @@
+"""Dataset: a versioned lake table produced by a Spark pipeline with quality gates and masking."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from neuraxis.crds.common import (
+    IDENTIFIER_PATTERN,
+    ApiModel,
+    Artifact,
+    DatasetRef,
+    Lineage,
+    ObjectMeta,
+    Rule,
+    SecretKeyRef,
+    StatusBase,
+    exactly_one,
+    is_set,
+)
+
+SourceFormat = Literal["csv", "json", "parquet", "delta"]
+SparkType = Literal["string", "int", "long", "double", "float", "boolean", "date", "timestamp"]
+URI_PATTERN = r"^(file|s3|s3a|gs)://[^\s]+$"
+# Five cron fields (minute hour day-of-month month day-of-week) or a macro such as @daily.
+CRON_PATTERN = (
+    r"^(@(yearly|annually|monthly|weekly|daily|hourly)"
+    r"|[0-9A-Za-z*/,?-]+( [0-9A-Za-z*/,?-]+){4})$"
+)
+Column = Annotated[str, Field(max_length=128, pattern=IDENTIFIER_PATTERN)]
+
+
+class DatasetFrom(ApiModel):
+    """Derive this dataset from another Dataset's table."""
+
+    dataset_ref: DatasetRef = Field(description="The upstream Dataset (and optional version).")
+
+
+class BuiltinSource(ApiModel):
+    """Data that needs no network: a seeded generator or a data set shipped inside a package."""
+
+    name: Literal["sensors", "breast-cancer"] = Field(
+        description=(
+            "sensors: synthetic machine sensor readings with operator e-mails (seeded); "
+            "breast-cancer: the Wisconsin diagnostic data set bundled with scikit-learn."
+        )
+    )
+    rows: int = Field(default=5000, ge=1, le=100_000_000, description="Rows to generate (sensors).")
+    seed: int = Field(default=7, ge=0, description="Generator seed, for reproducible data.")
+
+
+class DataSource(ApiModel):
+    """Where the raw data comes from. Exactly one of uri, from or builtin."""
+
+    uri: str | None = Field(
+        default=None,
+        max_length=2048,
+        pattern=URI_PATTERN,
+        description="file://, s3://, s3a:// or gs:// location of the raw data.",
+    )
+    format: SourceFormat | None = Field(default=None, description="Format of the data at uri.")
+    options: dict[str, str] = Field(
+        default_factory=dict,
+        max_length=32,
+        description="Spark reader options, e.g. header: 'true' for CSV.",
+    )
+    from_: DatasetFrom | None = Field(
+        default=None, alias="from", description="Read another Dataset's table instead of raw files."
+    )
+    builtin: BuiltinSource | None = Field(default=None, description="Packaged or generated data.")
+
+    rules = (
+        Rule(
+            cel="[has(self.uri), has(self.from), has(self.builtin)].filter(x, x).size() == 1",
+            message="exactly one of uri, from or builtin must be set",
+            check=lambda s: exactly_one(s.uri, s.from_, s.builtin),
+        ),
+        Rule(
+            cel="!has(self.uri) || has(self.format)",
+            message="format is required when uri is set",
+            check=lambda s: s.uri is None or s.format is not None,
+            field=".format",
+        ),
+    )
+
+
+class Dedupe(ApiModel):
+    """Drop duplicate rows."""
+
+    keys: list[Column] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Columns that identify a row; empty means all columns.",
+    )
+
+
+class Transform(ApiModel):
+    """Reshape the source before quality checks: SQL, then renames, casts and dedupe."""
+
+    sql: str | None = Field(
+        default=None,
+        max_length=65536,
+        description="Spark SQL over the temporary view `source`, e.g. SELECT * FROM source WHERE ok.",
+    )
+    renames: dict[str, str] = Field(
+        default_factory=dict, max_length=256, description="Old column name to new column name."
+    )
+    casts: dict[str, SparkType] = Field(
+        default_factory=dict, max_length=256, description="Column name to Spark type."
+    )
+    dedupe: Dedupe | None = Field(default=None, description="Drop duplicate rows.")
+
+
+class Expectation(ApiModel):
+    """One data-quality rule, checked on every run."""
+
+    rule: Literal["notNull", "unique", "range", "regex", "allowedValues", "rowCount", "freshness"] = (
+        Field(description="What to check.")
+    )
+    column: str | None = Field(
+        default=None, max_length=128, pattern=IDENTIFIER_PATTERN, description="The column checked."
+    )
+    columns: list[Column] | None = Field(
+        default=None,
+        min_length=2,
+        max_length=16,
+        description="Columns that must be unique together (rule unique).",
+    )
+    min: float | None = Field(default=None, description="Lower bound (range, rowCount).")
+    max: float | None = Field(default=None, description="Upper bound (range, rowCount).")
+    pattern: str | None = Field(
+        default=None, max_length=1024, description="Java regular expression every value matches."
+    )
+    values: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=1024,
+        description="Allowed values, compared as strings (rule allowedValues).",
+    )
+    max_age_seconds: int | None = Field(
+        default=None, ge=1, description="Newest value of a timestamp column may be at most this old."
+    )
+
+    rules = (
+        Rule(
+            cel="self.rule in ['rowCount', 'unique'] || has(self.column)",
+            message="column is required for this rule",
+            check=lambda e: e.rule in ("rowCount", "unique") or e.column is not None,
+            field=".column",
+        ),
+        Rule(
+            cel="self.rule != 'unique' || has(self.column) != has(self.columns)",
+            message="unique needs exactly one of column or columns",
+            check=lambda e: e.rule != "unique" or (e.column is None) != (e.columns is None),
+        ),
+        Rule(
+            cel="!(self.rule in ['range', 'rowCount']) || has(self.min) || has(self.max)",
+            message="range and rowCount need min or max",
+            check=lambda e: e.rule not in ("range", "rowCount") or is_set(e.min) or is_set(e.max),
+        ),
+        Rule(
+            cel="!has(self.min) || !has(self.max) || self.min <= self.max",
+            message="min must not be greater than max",
+            check=lambda e: e.min is None or e.max is None or e.min <= e.max,
+            field=".min",
+        ),
+        Rule(
+            cel="self.rule != 'regex' || has(self.pattern)",
+            message="regex needs pattern",
+            check=lambda e: e.rule != "regex" or e.pattern is not None,
+            field=".pattern",
+        ),
+        Rule(
+            cel="self.rule != 'allowedValues' || has(self.values)",
+            message="allowedValues needs values",
+            check=lambda e: e.rule != "allowedValues" or e.values is not None,
+            field=".values",
+        ),
+        Rule(
+            cel="self.rule != 'freshness' || has(self.maxAgeSeconds)",
+            message="freshness needs maxAgeSeconds",
+            check=lambda e: e.rule != "freshness" or e.max_age_seconds is not None,
+            field=".maxAgeSeconds",
+        ),
+    )
+
+
+class Quality(ApiModel):
+    """Data-quality gate: expectations and what to do with rows or runs that fail them."""
+
+    expectations: list[Expectation] = Field(
+        min_length=1, max_length=128, description="Rules every run checks."
+    )
+    on_failure: Literal["Fail", "Warn", "Quarantine"] = Field(
+        default="Fail",
+        description=(
+            "Fail: the run fails and no version is written; Warn: write and record the failure "
+            "(TrainingJobs still wait); Quarantine: move failing rows to the quarantine table."
+        ),
+    )
+
+
+class MaskedColumn(ApiModel):
+    """How one PII column is masked before anything is written."""
+
+    column: str = Field(max_length=128, pattern=IDENTIFIER_PATTERN, description="Column to mask.")
+    method: Literal["hash", "redact", "truncate", "generalize"] = Field(
+        description=(
+            "hash: salted SHA-256 (hex); redact: replaced by a fixed marker; truncate: keep the "
+            "first `length` characters; generalize: cut a date or timestamp to `granularity`."
+        )
+    )
+    length: int | None = Field(default=None, ge=0, le=1024, description="Characters kept (truncate).")
+    granularity: Literal["year", "month", "day", "hour"] | None = Field(
+        default=None, description="Precision kept (generalize)."
+    )
+    tags: list[str] = Field(
+        default_factory=list,
+        max_length=16,
+        description="PII tags recorded in the schema metadata, e.g. email, person, location.",
+    )
+
+    rules = (
+        Rule(
+            cel="self.method != 'truncate' || has(self.length)",
+            message="truncate needs length",
+            check=lambda m: m.method != "truncate" or m.length is not None,
+            field=".length",
+        ),
+        Rule(
+            cel="self.method != 'generalize' || has(self.granularity)",
+            message="generalize needs granularity",
+            check=lambda m: m.method != "generalize" or m.granularity is not None,
+            field=".granularity",
+        ),
+    )
+
+
+class Privacy(ApiModel):
+    """Column masking applied before quality checks write anything."""
+
+    columns: list[MaskedColumn] = Field(min_length=1, max_length=256, description="Columns to mask.")
+    salt_secret_ref: SecretKeyRef | None = Field(
+        default=None, description="Secret key holding the hash salt. Required when any column is hashed."
+    )
+
+    rules = (
+        Rule(
+            cel="!self.columns.exists(c, c.method == 'hash') || has(self.saltSecretRef)",
+            message="saltSecretRef is required when a column uses method hash",
+            check=lambda p: (
+                not any(c.method == "hash" for c in p.columns) or p.salt_secret_ref is not None
+            ),
+            field=".saltSecretRef",
+        ),
+    )
+
+
+class Output(ApiModel):
+    """The versioned lake table the dataset is written to."""
+
+    table: str | None = Field(
+        default=None,
+        max_length=128,
+        pattern=IDENTIFIER_PATTERN,
+        description="Table name under tables/<namespace>/; defaults to the Dataset name.",
+    )
+    format: Literal["delta"] = Field(default="delta", description="Table format (Delta Lake).")
+    partition_by: list[Column] = Field(
+        default_factory=list, max_length=8, description="Partition columns."
+    )
+    mode: Literal["overwrite", "append"] = Field(
+        default="overwrite", description="Replace the table's content or append to it (new version)."
+    )
+
+
+class Engine(ApiModel):
+    """Where Spark runs."""
+
+    executors: int = Field(
+        default=0, ge=0, le=1000, description="0: Spark local mode inside the pod; >0: Spark on Kubernetes."
+    )
+    executor_cores: int = Field(default=1, ge=1, le=64, description="Cores per executor.")
+    executor_memory: str = Field(
+        default="2g", pattern=r"^[0-9]+[kmgt]$", description="Memory per executor (Spark syntax, e.g. 4g)."
+    )
+    driver_memory: str = Field(
+        default="1g", pattern=r"^[0-9]+[kmgt]$", description="Driver memory (Spark syntax)."
+    )
+
+
+class DatasetSpec(ApiModel):
+    """Desired state of a Dataset: source, transform, quality gate, masking and output table."""
+
+    source: DataSource = Field(description="Where the raw data comes from.")
+    transform: Transform | None = Field(default=None, description="Reshaping before quality checks.")
+    quality: Quality | None = Field(default=None, description="Data-quality gate.")
+    privacy: Privacy | None = Field(default=None, description="PII masking.")
+    output: Output = Field(default_factory=Output, description="The versioned output table.")
+    schedule: str | None = Field(
+        default=None,
+        max_length=128,
+        pattern=CRON_PATTERN,
+        description="Cron schedule (5 fields or @daily etc.); unset runs once per spec change.",
+    )
+    engine: Engine = Field(default_factory=Engine, description="Spark placement.")
+
+
+class ColumnSchema(ApiModel):
+    """One column of the written table."""
+
+    name: str = Field(max_length=256)
+    type: str = Field(max_length=256)
+    pii: list[str] = Field(default_factory=list, max_length=16, description="PII tags.")
+
+
+class QualityResult(ApiModel):
+    """Outcome of one expectation on the last run."""
+
+    rule: str = Field(max_length=64)
+    column: str | None = Field(default=None, max_length=1024)
+    passed: bool
+    failed_rows: int = Field(default=0, ge=0)
+    observed: str | None = Field(default=None, max_length=1024, description="Observed value.")
+
+
+class DatasetStatus(StatusBase):
+    """Observed state of a Dataset."""
+
+    phase: Literal["Pending", "Running", "Ready", "Failed"] = Field(
+        default="Pending", description="Pending, Running, Ready or Failed."
+    )
+    version: int | None = Field(default=None, ge=0, description="Latest table version written.")
+    rows: int | None = Field(default=None, ge=0, description="Rows in that version.")
+    quarantined_rows: int | None = Field(default=None, ge=0, description="Rows sent to quarantine.")
+    quality_passed: bool | None = Field(default=None, description="Whether every expectation held.")
+    quality: list[QualityResult] = Field(default_factory=list, max_length=128)
+    table_schema: list[ColumnSchema] = Field(default_factory=list, max_length=1024, alias="schema")
+    table: Artifact | None = Field(default=None, description="The table location and content digest.")
+    lineage: Lineage | None = None
+    last_run_time: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
+
+
+class Dataset(ApiModel):
+    """A versioned lake table produced from raw data by a Spark pipeline with a quality gate and
+    PII masking. Every successful run writes a new Delta version."""
+
+    api_version: Literal["neuraxis.dev/v1alpha1"] = Field(alias="apiVersion")
+    kind: Literal["Dataset"]
+    metadata: ObjectMeta
+    spec: DatasetSpec
+    status: DatasetStatus | None = None

@@ -1,0 +1,114 @@
+"""EdgeDeployment: roll an Approved ModelVersion out to edge nodes, canary nodes first."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from neuraxis.crds.common import (
+    NAME_PATTERN,
+    ApiModel,
+    Artifact,
+    Lineage,
+    ObjectMeta,
+    ObjectRef,
+    Rule,
+    StatusBase,
+)
+
+SiteName = Annotated[str, Field(max_length=63, pattern=NAME_PATTERN)]
+
+
+class Toleration(ApiModel):
+    """A pod toleration (as in core/v1)."""
+
+    key: str | None = Field(default=None, max_length=316)
+    operator: Literal["Exists", "Equal"] = "Equal"
+    value: str | None = Field(default=None, max_length=63)
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+
+
+class Target(ApiModel):
+    """Which edge nodes run the model. The edge taint is tolerated automatically."""
+
+    sites: list[SiteName] = Field(
+        default_factory=list,
+        max_length=256,
+        description="Edge sites (node label neuraxis.dev/edge-site).",
+    )
+    node_selector: dict[str, str] = Field(
+        default_factory=dict, max_length=32, description="Extra node labels to match."
+    )
+    tolerations: list[Toleration] = Field(default_factory=list, max_length=32)
+
+    rules = (
+        Rule(
+            cel="size(self.sites) > 0 || size(self.nodeSelector) > 0",
+            message="target needs sites or nodeSelector",
+            check=lambda t: bool(t.sites) or bool(t.node_selector),
+        ),
+    )
+
+
+class Optimize(ApiModel):
+    """How the model is prepared for edge hardware."""
+
+    quantize: Literal["int8", "none"] = Field(default="int8", description="int8 dynamic quantization.")
+    format: Literal["torchscript"] = Field(default="torchscript", description="Export format.")
+
+
+class Rollout(ApiModel):
+    """How the rollout proceeds."""
+
+    canary_nodes: int = Field(default=1, ge=0, le=1000, description="Nodes updated first.")
+    max_unavailable: int = Field(default=1, ge=1, le=1000, description="Nodes updating at once.")
+    pause: bool = Field(default=False, description="Stop after the canary nodes.")
+
+
+class Sync(ApiModel):
+    """Inference-log upload from the edge to the lake."""
+
+    upload_logs: bool = Field(default=True, description="Buffer inference logs and upload them.")
+    interval_seconds: int = Field(default=300, ge=10, le=86400, description="Upload interval.")
+
+
+class Offline(ApiModel):
+    """Behaviour when the lake is unreachable."""
+
+    cache_model: bool = Field(default=True, description="Keep the bundle on local disk and start from it.")
+
+
+class EdgeDeploymentSpec(ApiModel):
+    """Desired state of an EdgeDeployment."""
+
+    model_version_ref: ObjectRef = Field(description="The ModelVersion; it must be Approved.")
+    target: Target = Field(description="Which nodes.")
+    optimize: Optimize = Field(default_factory=Optimize)
+    rollout: Rollout = Field(default_factory=Rollout)
+    sync: Sync = Field(default_factory=Sync)
+    offline: Offline = Field(default_factory=Offline)
+
+
+class EdgeDeploymentStatus(StatusBase):
+    """Observed state of an EdgeDeployment."""
+
+    phase: Literal["Pending", "RollingOut", "Paused", "Available", "Failed"] = Field(
+        default="Pending", description="Pending, RollingOut, Paused, Available or Failed."
+    )
+    targeted_nodes: int = Field(default=0, ge=0)
+    updated_nodes: int = Field(default=0, ge=0)
+    ready_nodes: int = Field(default=0, ge=0)
+    bundle: Artifact | None = None
+    lineage: Lineage | None = None
+
+
+class EdgeDeployment(ApiModel):
+    """Roll an Approved ModelVersion out to edge nodes as an optimised bundle, canary nodes
+    first; the agents keep serving offline from their cache."""
+
+    api_version: Literal["neuraxis.dev/v1alpha1"]
+    kind: Literal["EdgeDeployment"]
+    metadata: ObjectMeta
+    spec: EdgeDeploymentSpec
+    status: EdgeDeploymentStatus | None = None

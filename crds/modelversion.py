@@ -1,0 +1,200 @@
+"""ModelVersion: one immutable model in the registry, with its card, evaluation gates and serving."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field
+
+from neuraxis.crds.common import (
+    NAME_MAX_LENGTH,
+    NAME_PATTERN,
+    SHA256_PATTERN,
+    ApiModel,
+    Artifact,
+    DatasetRef,
+    Lineage,
+    ObjectMeta,
+    ObjectRef,
+    ResourceRequirements,
+    Rule,
+    StatusBase,
+    exactly_one,
+)
+
+
+class ModelSource(ApiModel):
+    """Where the model comes from. Immutable once set: a new model is a new ModelVersion."""
+
+    training_job_ref: ObjectRef | None = Field(
+        default=None, description="The TrainingJob whose artifact this is."
+    )
+    uri: str | None = Field(
+        default=None,
+        max_length=2048,
+        pattern=r"^(file|s3|gs)://[^\s]+$",
+        description="An artifact folder already in the lake.",
+    )
+    digest: str | None = Field(
+        default=None, pattern=SHA256_PATTERN, description="sha256:<hex> of the artifact at uri."
+    )
+
+    rules = (
+        Rule(
+            cel="has(self.trainingJobRef) != has(self.uri)",
+            message="exactly one of trainingJobRef or uri must be set",
+            check=lambda s: exactly_one(s.training_job_ref, s.uri),
+        ),
+        Rule(
+            cel="!has(self.uri) || has(self.digest)",
+            message="digest is required with uri",
+            check=lambda s: s.uri is None or s.digest is not None,
+            field=".digest",
+        ),
+    )
+
+
+class ModelCard(ApiModel):
+    """Human documentation published with the model (Markdown and JSON in the lake)."""
+
+    description: str = Field(default="", max_length=8192, description="What the model does.")
+    intended_use: str = Field(default="", max_length=8192, description="What it is for.")
+    limitations: str = Field(default="", max_length=8192, description="Where it should not be used.")
+    owners: list[str] = Field(default_factory=list, max_length=32, description="Responsible people.")
+    ethics: str = Field(default="", max_length=8192, description="Ethical considerations.")
+
+
+class Gate(ApiModel):
+    """A metric threshold the evaluation must meet."""
+
+    metric: str = Field(
+        max_length=64,
+        pattern=r"^[a-z][a-z0-9_]*$",
+        description="accuracy, precision, recall, f1, roc_auc, mae, rmse, r2, latency_p99_ms, ...",
+    )
+    min: float | None = Field(default=None, description="The metric must be at least this.")
+    max: float | None = Field(default=None, description="The metric must be at most this.")
+
+    rules = (
+        Rule(
+            cel="has(self.min) || has(self.max)",
+            message="a gate needs min or max",
+            check=lambda g: g.min is not None or g.max is not None,
+        ),
+    )
+
+
+class Evaluation(ApiModel):
+    """Held-out evaluation and the gates that decide Approved or Rejected."""
+
+    dataset_ref: DatasetRef | None = Field(
+        default=None, description="Evaluation data; defaults to the training job's validation split."
+    )
+    gates: list[Gate] = Field(default_factory=list, max_length=32, description="Thresholds.")
+
+
+class Canary(ApiModel):
+    """Send part of the traffic to this version while the stable version serves the rest."""
+
+    traffic_percent: int = Field(ge=1, le=99, description="Share of requests for this version.")
+    stable_ref: ObjectRef | None = Field(
+        default=None,
+        description="The ModelVersion serving the rest; defaults to the model's production version.",
+    )
+
+
+class Autoscaling(ApiModel):
+    """Horizontal autoscaling of the serving Deployment."""
+
+    min_replicas: int = Field(default=1, ge=1, le=100)
+    max_replicas: int = Field(default=4, ge=1, le=100)
+    target_cpu_utilization: int = Field(default=70, ge=1, le=100, description="Percent of request.")
+
+    rules = (
+        Rule(
+            cel="self.minReplicas <= self.maxReplicas",
+            message="minReplicas must not exceed maxReplicas",
+            check=lambda a: a.min_replicas <= a.max_replicas,
+            field=".minReplicas",
+        ),
+    )
+
+
+class Serving(ApiModel):
+    """An HTTP inference endpoint (KServe v1 and Open Inference Protocol v2 routes)."""
+
+    enabled: bool = Field(default=True, description="Serve this version once Approved.")
+    replicas: int = Field(default=1, ge=0, le=100, description="Pods of this version.")
+    resources: ResourceRequirements = Field(default_factory=ResourceRequirements)
+    max_batch_size: int = Field(default=32, ge=1, le=4096, description="Dynamic batching limit.")
+    max_batch_wait_ms: int = Field(default=2, ge=0, le=1000, description="Dynamic batching wait.")
+    canary: Canary | None = Field(default=None, description="Canary traffic split.")
+    autoscaling: Autoscaling | None = Field(default=None, description="HPA settings.")
+
+    rules = (
+        Rule(
+            cel="!has(self.canary) || self.enabled",
+            message="canary needs serving enabled",
+            check=lambda s: s.canary is None or s.enabled,
+            field=".canary",
+        ),
+    )
+
+
+class ModelVersionSpec(ApiModel):
+    """Desired state of a ModelVersion."""
+
+    model: str = Field(
+        max_length=NAME_MAX_LENGTH, pattern=NAME_PATTERN, description="Model name in the registry."
+    )
+    source: ModelSource = Field(description="Where the model comes from (immutable).")
+    card: ModelCard = Field(default_factory=ModelCard, description="The model card.")
+    evaluation: Evaluation | None = Field(default=None, description="Evaluation and gates.")
+    stage: Literal["candidate", "staging", "production", "archived"] = Field(
+        default="candidate", description="Lifecycle stage."
+    )
+    serving: Serving | None = Field(default=None, description="Serve the model over HTTP.")
+
+    immutable_fields: ClassVar[tuple[str, ...]] = ("source", "model")
+
+
+class GateResult(ApiModel):
+    """How one gate fared."""
+
+    metric: str = Field(max_length=64)
+    value: float | None = None
+    min: float | None = None
+    max: float | None = None
+    passed: bool
+
+
+class EvaluationStatus(ApiModel):
+    """Evaluation results."""
+
+    metrics: dict[str, float] = Field(default_factory=dict, max_length=64)
+    gates: list[GateResult] = Field(default_factory=list, max_length=32)
+    passed: bool | None = None
+
+
+class ModelVersionStatus(StatusBase):
+    """Observed state of a ModelVersion."""
+
+    phase: Literal["Pending", "Registered", "Evaluating", "Approved", "Rejected", "Serving", "Failed"] = (
+        Field(default="Pending", description="Pending, Registered, Evaluating, Approved, Rejected, Serving or Failed.")
+    )
+    artifact: Artifact | None = None
+    evaluation: EvaluationStatus | None = None
+    card_uri: str | None = Field(default=None, max_length=2048)
+    endpoint: str | None = Field(default=None, max_length=2048, description="In-cluster URL.")
+    lineage: Lineage | None = None
+
+
+class ModelVersion(ApiModel):
+    """One immutable model in the registry: its artifact, card, evaluation gates and, once
+    Approved, an HTTP endpoint with optional canary traffic."""
+
+    api_version: Literal["neuraxis.dev/v1alpha1"]
+    kind: Literal["ModelVersion"]
+    metadata: ObjectMeta
+    spec: ModelVersionSpec
+    status: ModelVersionStatus | None = None

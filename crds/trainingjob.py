@@ -1,0 +1,246 @@
+"""TrainingJob: distributed PyTorch training on a Dataset, optionally with an AutoML search."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from neuraxis.crds.common import (
+    IDENTIFIER_PATTERN,
+    NAME_MAX_LENGTH,
+    NAME_PATTERN,
+    PINNED_IMAGE_PATTERN,
+    ApiModel,
+    Artifact,
+    DatasetRef,
+    Lineage,
+    ObjectMeta,
+    ResourceRequirements,
+    Rule,
+    StatusBase,
+    exactly_one,
+)
+
+
+class Task(ApiModel):
+    """What is learned: the label column and the feature columns."""
+
+    type: Literal["classification", "regression"] = Field(description="classification or regression.")
+    label: str = Field(max_length=128, pattern=IDENTIFIER_PATTERN, description="Label column.")
+    features: list[str] = Field(
+        default_factory=list,
+        max_length=4096,
+        description="Feature columns; empty means every numeric column except the label.",
+    )
+
+
+class BuiltinModel(ApiModel):
+    """A built-in architecture trained by the Neuraxis training loop."""
+
+    architecture: Literal["mlp", "cnn1d", "transformer"] = Field(
+        description="mlp: tabular; cnn1d and transformer: the feature vector read as a sequence."
+    )
+    hyperparameters: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Architecture settings, e.g. hiddenSize, layers, dropout. Free-form.",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+    epochs: int = Field(default=10, ge=1, le=10000, description="Passes over the training data.")
+    batch_size: int = Field(default=64, ge=1, le=65536, description="Samples per step and worker.")
+    learning_rate: float = Field(default=0.001, gt=0, le=10, description="Optimizer learning rate.")
+    seed: int = Field(default=42, ge=0, description="Seed for weights and data order.")
+
+
+class CustomTrainer(ApiModel):
+    """User code in a container. The environment contract (NEURAXIS_DATASET_URI,
+    NEURAXIS_OUTPUT_URI, RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT) is in the README."""
+
+    image: str = Field(
+        max_length=512,
+        pattern=PINNED_IMAGE_PATTERN,
+        description="Container image pinned by tag (not latest) or digest.",
+    )
+    command: list[str] = Field(min_length=1, max_length=64, description="Entrypoint and arguments.")
+    env: dict[str, str] = Field(default_factory=dict, max_length=128, description="Extra environment.")
+
+    rules = (
+        Rule(
+            cel="!self.image.endsWith(':latest')",
+            message="image must be pinned: the tag latest is not allowed",
+            check=lambda c: not c.image.endswith(":latest"),
+            field=".image",
+        ),
+    )
+
+
+class Resources(ResourceRequirements):
+    """Workers and what each gets."""
+
+    workers: int = Field(default=1, ge=1, le=64, description="Data-parallel workers (pods).")
+    gpus_per_worker: int = Field(default=0, ge=0, le=8, description="nvidia.com/gpu per worker.")
+
+
+class SearchDimension(ApiModel):
+    """One hyperparameter's search range."""
+
+    type: Literal["choice", "uniform", "loguniform", "randint"] = Field(description="Distribution.")
+    values: list[int | str] | None = Field(
+        default=None, min_length=1, max_length=256, description="Candidates (choice)."
+    )
+    min: float | None = Field(default=None, description="Lower bound (uniform, loguniform, randint).")
+    max: float | None = Field(default=None, description="Upper bound (uniform, loguniform, randint).")
+
+    rules = (
+        Rule(
+            cel="self.type != 'choice' || has(self.values)",
+            message="choice needs values",
+            check=lambda d: d.type != "choice" or d.values is not None,
+            field=".values",
+        ),
+        Rule(
+            cel="self.type == 'choice' || (has(self.min) && has(self.max) && self.min < self.max)",
+            message="uniform, loguniform and randint need min < max",
+            check=lambda d: d.type == "choice" or (d.min is not None and d.max is not None and d.min < d.max),
+        ),
+        Rule(
+            cel="self.type != 'loguniform' || (has(self.min) && self.min > 0.0)",
+            message="loguniform needs min > 0",
+            check=lambda d: d.type != "loguniform" or (d.min is not None and d.min > 0),
+            field=".min",
+        ),
+    )
+
+
+class Tuning(ApiModel):
+    """AutoML search with Ray Tune. Each trial runs the same training loop."""
+
+    algorithm: Literal["random", "tpe"] = Field(
+        default="random", description="random search or TPE (Optuna)."
+    )
+    scheduler: Literal["fifo", "asha"] = Field(
+        default="asha", description="fifo runs every trial to the end; asha stops weak trials early."
+    )
+    metric: str = Field(default="val_loss", max_length=64, description="Metric the search optimises.")
+    goal: Literal["minimize", "maximize"] = Field(default="minimize", description="Direction.")
+    space: dict[str, SearchDimension] = Field(
+        min_length=1, max_length=64, description="Hyperparameter name to its search range."
+    )
+    max_trials: int = Field(default=8, ge=1, le=1000, description="Trials in total.")
+    parallel_trials: int = Field(default=1, ge=1, le=64, description="Trials at once.")
+
+    rules = (
+        Rule(
+            cel="self.parallelTrials <= self.maxTrials",
+            message="parallelTrials must not exceed maxTrials",
+            check=lambda t: t.parallel_trials <= t.max_trials,
+            field=".parallelTrials",
+        ),
+    )
+
+
+class Checkpoint(ApiModel):
+    """Checkpoints in the lake, for resuming a restarted worker."""
+
+    every_epochs: int = Field(default=1, ge=1, le=10000, description="Write one every N epochs.")
+    keep: int = Field(default=3, ge=1, le=100, description="How many recent checkpoints to keep.")
+
+
+class Register(ApiModel):
+    """Register the trained model: on success a ModelVersion is created (or, if one was declared
+    with that name, linked) that outlives this job."""
+
+    model: str = Field(
+        max_length=NAME_MAX_LENGTH, pattern=NAME_PATTERN, description="Model name in the registry."
+    )
+    version_name: str | None = Field(
+        default=None,
+        max_length=NAME_MAX_LENGTH,
+        pattern=NAME_PATTERN,
+        description="Name of the ModelVersion; defaults to <model>-<trainingjob name>.",
+    )
+
+
+class TrainingJobSpec(ApiModel):
+    """Desired state of a TrainingJob."""
+
+    dataset_ref: DatasetRef = Field(description="Training data; the Dataset must be Ready.")
+    validation_split: float = Field(
+        default=0.2, gt=0, lt=1, description="Share of rows held out for validation and evaluation."
+    )
+    task: Task = Field(description="Label and features.")
+    model: BuiltinModel | None = Field(default=None, description="A built-in architecture.")
+    custom: CustomTrainer | None = Field(default=None, description="User code instead of a built-in.")
+    resources: Resources = Field(default_factory=Resources, description="Workers and their resources.")
+    tuning: Tuning | None = Field(default=None, description="AutoML search (built-in models only).")
+    checkpoint: Checkpoint = Field(default_factory=Checkpoint, description="Checkpointing.")
+    # `register` is taken by ABCMeta on every pydantic model, hence the alias.
+    register_: Register | None = Field(
+        default=None, alias="register", description="Register the result as a ModelVersion."
+    )
+    suspend: bool = Field(default=False, description="Create no pods while true.")
+    active_deadline_seconds: int | None = Field(
+        default=None, ge=1, description="Fail the run after this many seconds."
+    )
+    backoff_limit: int = Field(default=3, ge=0, le=100, description="Pod retries before Failed.")
+
+    rules = (
+        Rule(
+            cel="has(self.model) != has(self.custom)",
+            message="exactly one of model or custom must be set",
+            check=lambda s: exactly_one(s.model, s.custom),
+        ),
+        Rule(
+            cel="!has(self.tuning) || has(self.model)",
+            message="tuning needs a built-in model",
+            check=lambda s: s.tuning is None or s.model is not None,
+            field=".tuning",
+        ),
+    )
+
+
+class Progress(ApiModel):
+    """How far the run is."""
+
+    epoch: int = Field(default=0, ge=0)
+    epochs: int = Field(default=0, ge=0)
+    trials_completed: int = Field(default=0, ge=0)
+    trials_total: int = Field(default=0, ge=0)
+    percent: int = Field(default=0, ge=0, le=100)
+
+
+class Trial(ApiModel):
+    """The best trial of a search."""
+
+    id: str = Field(max_length=256)
+    metric: float | None = None
+    hyperparameters: dict[str, Any] = Field(
+        default_factory=dict, json_schema_extra={"x-kubernetes-preserve-unknown-fields": True}
+    )
+
+
+class TrainingJobStatus(StatusBase):
+    """Observed state of a TrainingJob."""
+
+    phase: Literal["Pending", "Running", "Succeeded", "Failed", "Suspended"] = Field(
+        default="Pending", description="Pending, Running, Succeeded, Failed or Suspended."
+    )
+    progress: Progress | None = None
+    metrics: dict[str, float] = Field(default_factory=dict, max_length=64)
+    best_trial: Trial | None = None
+    artifact: Artifact | None = Field(default=None, description="The trained model in the lake.")
+    model_version: str | None = Field(default=None, description="The registered ModelVersion.")
+    lineage: Lineage | None = None
+    start_time: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
+    completion_time: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
+
+
+class TrainingJob(ApiModel):
+    """Distributed PyTorch training of a built-in model (or user code) on a Dataset, with an
+    optional Ray Tune search; on success it can register a ModelVersion."""
+
+    api_version: Literal["neuraxis.dev/v1alpha1"]
+    kind: Literal["TrainingJob"]
+    metadata: ObjectMeta
+    spec: TrainingJobSpec
+    status: TrainingJobStatus | None = None

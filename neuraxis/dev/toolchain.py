@@ -1,0 +1,535 @@
+"""Build the pinned Go toolchain (Kubernetes control plane, etcd, KWOK, ...) from module sources.
+
+Standard library only: this runs before any heavy dependency matters (CI's first step, a bare
+checkout). Versions come from `toolset.toml` beside this file; binaries land in
+`<tools root>/<toolset version>/bin`, where the tools root is `$NEURAXIS_TOOLS_DIR` or
+`~/.cache/neuraxis/tools` and the toolset version is a short sha256 of the toml file.
+
+Every tool is built in a throwaway *wrapper module* (`go mod init`, `go get -tool`, `go build`):
+`go install module/cmd@version` refuses modules whose go.mod has replace or exclude directives,
+so the wrapper re-creates what upstream's go.mod meant with published versions instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+TOOLSET_FILE = Path(__file__).with_name("toolset.toml")
+TOOLS_DIR_ENV = "NEURAXIS_TOOLS_DIR"
+DEFAULT_VERSION_ARGS: tuple[str, ...] = ("--version",)
+# A stuck `go` (a proxy that never answers) must not hang CI for its whole budget.
+GO_STEP_TIMEOUT_S = 3600.0
+HEARTBEAT_S = 60.0
+ERROR_TAIL_LINES = 25
+
+Progress = Callable[[str], None]
+
+
+class ToolchainError(RuntimeError):
+    """A tool could not be built or found; the message names the tool and what failed."""
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    """One `[tools.<name>]` table: one module at one version, built by one `go build`."""
+
+    name: str
+    module: str
+    version: str
+    binaries: Mapping[str, str]
+    local_replaces: str | None = None
+    godebug: tuple[str, ...] | None = None
+    tags: tuple[str, ...] = ()
+    ldflags: tuple[str, ...] = ()
+    version_args: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    default_version_args: tuple[str, ...] = DEFAULT_VERSION_ARGS
+    expect: str | None = None
+
+    def args_for(self, binary: str) -> tuple[str, ...]:
+        return self.version_args.get(binary, self.default_version_args)
+
+    def expanded_ldflags(self) -> list[str]:
+        return [flag.replace("{version}", self.version) for flag in self.ldflags]
+
+
+@dataclass(frozen=True)
+class Toolset:
+    version: str
+    tools: tuple[ToolSpec, ...]
+
+    def tool(self, name: str) -> ToolSpec:
+        """The table named `name`, or the table that builds the binary `name`."""
+        for spec in self.tools:
+            if spec.name == name or name in spec.binaries:
+                return spec
+        known = sorted({s.name for s in self.tools} | {b for s in self.tools for b in s.binaries})
+        raise ToolchainError(f"unknown tool {name!r}; known: {', '.join(known)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# toolset.toml
+
+
+def toolset_version(content: bytes) -> str:
+    """The cache key of a toolset: any change to the pins gives a fresh directory."""
+    return hashlib.sha256(content).hexdigest()[:12]
+
+
+def parse_toolset(content: bytes) -> Toolset:
+    try:
+        data = tomllib.loads(content.decode())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ToolchainError(f"toolset.toml is not valid TOML: {exc}") from exc
+    tables = data.get("tools")
+    if not isinstance(tables, dict) or not tables:
+        raise ToolchainError("toolset.toml has no [tools.<name>] tables")
+    specs = tuple(_parse_spec(name, table) for name, table in tables.items())
+    return Toolset(version=toolset_version(content), tools=specs)
+
+
+def load_toolset(path: Path = TOOLSET_FILE) -> Toolset:
+    return parse_toolset(path.read_bytes())
+
+
+def _parse_spec(name: str, table: object) -> ToolSpec:
+    if not isinstance(table, dict):
+        raise ToolchainError(f"toolset.toml: [tools.{name}] must be a table")
+    where = f"toolset.toml [tools.{name}]"
+    binaries = table.get("binaries")
+    if not isinstance(binaries, dict) or not binaries:
+        raise ToolchainError(f"{where}: `binaries` must map binary names to main packages")
+    raw_args = table.get("version_args", {})
+    default_args = DEFAULT_VERSION_ARGS
+    per_binary: dict[str, tuple[str, ...]] = {}
+    if isinstance(raw_args, list):
+        default_args = _str_tuple(raw_args, where, "version_args")
+    elif isinstance(raw_args, dict):
+        per_binary = {b: _str_tuple(a, where, f"version_args.{b}") for b, a in raw_args.items()}
+    else:
+        raise ToolchainError(f"{where}: `version_args` must be a list or a table")
+    godebug = table.get("godebug")
+    return ToolSpec(
+        name=name,
+        module=_required_str(table, "module", where),
+        version=_required_str(table, "version", where),
+        binaries={str(b): str(p) for b, p in binaries.items()},
+        local_replaces=_optional_str(table, "local_replaces", where),
+        godebug=None if godebug is None else _str_tuple(godebug, where, "godebug"),
+        tags=_str_tuple(table.get("tags", []), where, "tags"),
+        ldflags=_str_tuple(table.get("ldflags", []), where, "ldflags"),
+        version_args=per_binary,
+        default_version_args=default_args,
+        expect=_optional_str(table, "expect", where),
+    )
+
+
+def _required_str(table: Mapping[str, object], key: str, where: str) -> str:
+    value = table.get(key)
+    if not isinstance(value, str) or not value:
+        raise ToolchainError(f"{where}: `{key}` must be a non-empty string")
+    return value
+
+
+def _optional_str(table: Mapping[str, object], key: str, where: str) -> str | None:
+    value = table.get(key)
+    if value is not None and not isinstance(value, str):
+        raise ToolchainError(f"{where}: `{key}` must be a string")
+    return value
+
+
+def _str_tuple(value: object, where: str, key: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ToolchainError(f"{where}: `{key}` must be a list of strings")
+    return tuple(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# go.mod text -> wrapper directives
+
+
+@dataclass(frozen=True)
+class Replace:
+    old: str
+    old_version: str | None
+    new: str
+    new_version: str | None
+
+    @property
+    def is_local(self) -> bool:
+        # go.mod's rule: a replacement path starting with ./ or ../ (or absolute) is a directory.
+        return self.new.startswith(("./", "../", "/")) or self.new in (".", "..")
+
+    def edit_flag(self) -> str:
+        old = f"{self.old}@{self.old_version}" if self.old_version else self.old
+        new = f"{self.new}@{self.new_version}" if self.new_version else self.new
+        return f"-replace={old}={new}"
+
+
+@dataclass(frozen=True)
+class GoMod:
+    replaces: tuple[Replace, ...]
+    excludes: tuple[tuple[str, str], ...]
+    godebug: tuple[str, ...]
+
+
+def parse_go_mod(text: str) -> GoMod:
+    """The replace, exclude and godebug directives of a go.mod (single-line and block forms)."""
+    replaces: list[Replace] = []
+    excludes: list[tuple[str, str]] = []
+    godebug: list[str] = []
+    for verb, args in _go_mod_directives(text):
+        if verb == "replace":
+            replaces.append(_parse_replace(args))
+        elif verb == "exclude" and len(args) == 2:
+            excludes.append((args[0], args[1]))
+        elif verb == "godebug":
+            godebug.extend(args)
+    return GoMod(tuple(replaces), tuple(excludes), tuple(godebug))
+
+
+def _go_mod_directives(text: str) -> Iterator[tuple[str, list[str]]]:
+    block: str | None = None
+    for raw in text.splitlines():
+        line = raw.split("//", 1)[0].strip()
+        if not line:
+            continue
+        if block is not None:
+            if line == ")":
+                block = None
+            else:
+                yield block, line.split()
+            continue
+        verb, _, rest = line.partition(" ")
+        rest = rest.strip()
+        if rest == "(":
+            block = verb
+        elif rest:
+            yield verb, rest.split()
+
+
+def _parse_replace(args: list[str]) -> Replace:
+    if "=>" not in args:
+        raise ToolchainError(f"cannot read go.mod replace directive: {' '.join(args)}")
+    arrow = args.index("=>")
+    left, right = args[:arrow], args[arrow + 1 :]
+    if not 1 <= len(left) <= 2 or not 1 <= len(right) <= 2:
+        raise ToolchainError(f"cannot read go.mod replace directive: {' '.join(args)}")
+    return Replace(
+        old=left[0],
+        old_version=left[1] if len(left) == 2 else None,
+        new=right[0],
+        new_version=right[1] if len(right) == 2 else None,
+    )
+
+
+def wrapper_replaces(gomod: GoMod, local_version: str | None) -> list[Replace]:
+    """The replaces a wrapper module needs to build what upstream's go.mod describes.
+
+    Local-directory replaces point into upstream's own tree, which a module zip cannot provide:
+    with `local_version` they become `old => old <local_version>` (the published copies of
+    Kubernetes' staging modules); without it they are dropped (tagged sibling modules that the
+    requirement graph already resolves). Non-local replaces are kept as they are.
+    """
+    result: list[Replace] = []
+    for rep in gomod.replaces:
+        if not rep.is_local:
+            result.append(rep)
+        elif local_version is not None:
+            result.append(Replace(rep.old, rep.old_version, rep.old, local_version))
+    return result
+
+
+def go_mod_edit_args(spec: ToolSpec, gomod: GoMod) -> list[str]:
+    """`go mod edit` flags that copy upstream's replaces, excludes and godebug settings."""
+    flags = [rep.edit_flag() for rep in wrapper_replaces(gomod, spec.local_replaces)]
+    flags += [f"-exclude={path}@{version}" for path, version in gomod.excludes]
+    godebug = spec.godebug if spec.godebug is not None else gomod.godebug
+    flags += [f"-godebug={setting}" for setting in godebug]
+    return flags
+
+
+def go_default_binary_name(package: str) -> str:
+    """The file name `go build -o dir/` gives a main package (a /vN suffix is skipped)."""
+    parts = package.rstrip("/").split("/")
+    if len(parts) > 1 and re.fullmatch(r"v[0-9]+", parts[-1]):
+        return parts[-2]
+    return parts[-1]
+
+
+# ---------------------------------------------------------------------------------------------
+# cache layout
+
+
+def tools_root() -> Path:
+    override = os.environ.get(TOOLS_DIR_ENV)
+    if override:
+        return Path(override).expanduser()
+    cache_home = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache_home) / "neuraxis" / "tools"
+
+
+def toolset_dir(toolset: Toolset | None = None) -> Path:
+    return tools_root() / (toolset or load_toolset()).version
+
+
+def bin_dir(toolset: Toolset | None = None) -> Path:
+    """Where the binaries of this toolset live (whether or not they are built yet)."""
+    return toolset_dir(toolset) / "bin"
+
+
+def tool_path(binary: str, toolset: Toolset | None = None) -> Path:
+    """The built binary `binary`; raises ToolchainError with the fix when it is not built."""
+    toolset = toolset or load_toolset()
+    spec = toolset.tool(binary)
+    if binary not in spec.binaries:
+        raise ToolchainError(f"{binary!r} is a tool group; ask for one of {sorted(spec.binaries)}")
+    path = bin_dir(toolset) / binary
+    if not os.access(path, os.X_OK):
+        raise ToolchainError(
+            f"{binary} ({spec.module} {spec.version}) is not built at {path}; "
+            f"run `neuraxis dev tools build --only {spec.name}`"
+        )
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# building
+
+
+def _stderr_progress(message: str) -> None:
+    print(f"[tools] {message}", file=sys.stderr, flush=True)
+
+
+def find_go() -> str:
+    found = shutil.which("go")
+    if found:
+        return found
+    # The Go distribution's default location, not always on a non-login shell's PATH.
+    fallback = Path("/usr/local/go/bin/go")
+    if os.access(fallback, os.X_OK):
+        return str(fallback)
+    raise ToolchainError(
+        "`go` was not found on PATH or at /usr/local/go/bin/go; install Go >= 1.26 to build "
+        "the pinned tools"
+    )
+
+
+def build(
+    only: Sequence[str] = (),
+    *,
+    toolset: Toolset | None = None,
+    force: bool = False,
+    progress: Progress = _stderr_progress,
+) -> Path:
+    """Make sure every tool (or those named in `only`) is built; returns the bin directory.
+
+    Idempotent: a tool whose binaries exist and pass their version check is left alone, so a
+    warm run takes seconds. A build goes to a temporary directory and each binary is renamed
+    into place, so an interrupted build never leaves a half-written tool behind.
+    """
+    toolset = toolset or load_toolset()
+    specs = _select(toolset, only)
+    target = bin_dir(toolset)
+    target.mkdir(parents=True, exist_ok=True)
+    with _locked(toolset_dir(toolset) / ".lock"):
+        work_root = toolset_dir(toolset) / ".work"
+        # Left-overs of a killed build: nothing in here is worth keeping.
+        shutil.rmtree(work_root, ignore_errors=True)
+        work_root.mkdir()
+        try:
+            for spec in specs:
+                _ensure_spec(spec, target, work_root, force=force, progress=progress)
+        finally:
+            shutil.rmtree(work_root, ignore_errors=True)
+    return target
+
+
+def _select(toolset: Toolset, only: Sequence[str]) -> list[ToolSpec]:
+    if not only:
+        return list(toolset.tools)
+    chosen: list[ToolSpec] = []
+    for name in only:
+        spec = toolset.tool(name)
+        if spec not in chosen:
+            chosen.append(spec)
+    return chosen
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    # Two builds at once (CI and a developer on one machine) would fight over the same files.
+    with path.open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _ensure_spec(
+    spec: ToolSpec, target: Path, work_root: Path, *, force: bool, progress: Progress
+) -> None:
+    start = time.monotonic()
+    label = f"{spec.name} {spec.version}"
+    if not force and _all_present(spec, target):
+        try:
+            for binary in spec.binaries:
+                check_binary(spec, binary, target / binary)
+        except ToolchainError as exc:
+            progress(f"{label}: cached binaries fail their check, rebuilding ({exc})")
+        else:
+            progress(f"{label}: ok, cached ({time.monotonic() - start:.1f}s)")
+            return
+    progress(f"{label}: building {', '.join(spec.binaries)} (cold builds take minutes)")
+    work = Path(tempfile.mkdtemp(prefix=f"{spec.name}-", dir=work_root))
+    out_dir = work / "out"
+    _build_in_wrapper(spec, work, out_dir, progress)
+    for binary in spec.binaries:
+        check_binary(spec, binary, out_dir / binary)
+    for binary in spec.binaries:
+        # rename(2) within one file system is atomic: readers see the old or the new file.
+        os.replace(out_dir / binary, target / binary)
+    progress(f"{label}: built in {time.monotonic() - start:.1f}s")
+
+
+def _all_present(spec: ToolSpec, target: Path) -> bool:
+    return all(os.access(target / binary, os.X_OK) for binary in spec.binaries)
+
+
+def go_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["CGO_ENABLED"] = "0"
+    # Never fetch a different Go toolchain behind the user's back: fail with the version instead.
+    env["GOTOOLCHAIN"] = "local"
+    # A wrapper module lives in a temporary directory, never inside a workspace.
+    env["GOWORK"] = "off"
+    return env
+
+
+def _build_in_wrapper(spec: ToolSpec, work: Path, out_dir: Path, progress: Progress) -> None:
+    go = find_go()
+    run = _GoRunner(spec, go, work, progress)
+    upstream = run.json("mod", "download", "-json", f"{spec.module}@{spec.version}")
+    gomod_path = upstream.get("GoMod")
+    if not isinstance(gomod_path, str):
+        raise ToolchainError(f"{spec.name}: `go mod download` did not report a go.mod path")
+    gomod = parse_go_mod(Path(gomod_path).read_text())
+    run("mod", "init", f"neuraxis.local/tools/{spec.name}")
+    edits = go_mod_edit_args(spec, gomod)
+    if edits:
+        run("mod", "edit", *edits)
+    run("get", "-tool", *(f"{pkg}@{spec.version}" for pkg in spec.binaries.values()))
+    out_dir.mkdir()
+    run("build", *build_flags(spec), "-o", f"{out_dir}/", *spec.binaries.values())
+    for binary, package in spec.binaries.items():
+        produced = out_dir / go_default_binary_name(package)
+        if produced != out_dir / binary:
+            os.replace(produced, out_dir / binary)
+
+
+def build_flags(spec: ToolSpec) -> list[str]:
+    flags = ["-trimpath", "-ldflags=" + " ".join(["-s", "-w", *spec.expanded_ldflags()])]
+    if spec.tags:
+        flags.append("-tags=" + ",".join(spec.tags))
+    return flags
+
+
+class _GoRunner:
+    """Runs go commands in a wrapper module, with a heartbeat and an error naming the tool."""
+
+    def __init__(self, spec: ToolSpec, go: str, work: Path, progress: Progress) -> None:
+        self.spec, self.go, self.work, self.progress = spec, go, work, progress
+        self.env = go_env()
+
+    def __call__(self, *args: str) -> str:
+        log_path = self.work / "go.log"
+        start = time.monotonic()
+        with log_path.open("w+") as log:
+            proc = subprocess.Popen(
+                [self.go, *args],
+                cwd=self.work,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+            rc = self._wait(proc, args, start)
+            log.seek(0)
+            output = log.read()
+        if rc != 0:
+            raise ToolchainError(self._failure(args, rc, output))
+        return output
+
+    def json(self, *args: str) -> dict[str, object]:
+        output = self(*args)
+        try:
+            data = json.loads(output[output.index("{") :])
+        except (ValueError, json.JSONDecodeError) as exc:
+            raise ToolchainError(f"{self.spec.name}: unreadable output of go {args[0]}") from exc
+        if not isinstance(data, dict):
+            raise ToolchainError(f"{self.spec.name}: unexpected output of go {args[0]}")
+        if "Error" in data:
+            raise ToolchainError(self._failure(args, 1, str(data["Error"])))
+        return data
+
+    def _wait(self, proc: subprocess.Popen[bytes], args: Sequence[str], start: float) -> int:
+        while True:
+            try:
+                return proc.wait(timeout=HEARTBEAT_S)
+            except subprocess.TimeoutExpired:
+                elapsed = time.monotonic() - start
+                if elapsed > GO_STEP_TIMEOUT_S:
+                    proc.kill()
+                    proc.wait()
+                    raise ToolchainError(
+                        f"{self.spec.name}: `go {args[0]}` ran over {GO_STEP_TIMEOUT_S:.0f}s"
+                    ) from None
+                self.progress(f"{self.spec.name}: go {args[0]} still running ({elapsed:.0f}s)")
+
+    def _failure(self, args: Sequence[str], rc: int, output: str) -> str:
+        tail = "\n".join(output.strip().splitlines()[-ERROR_TAIL_LINES:])
+        hint = ""
+        if re.search(r"dial tcp|no such host|proxyconnect|i/o timeout|connection refused", output):
+            hint = "\n(the Go module proxy looks unreachable: check GOPROXY and the network)"
+        shown = " ".join(args[:3]) + (" ..." if len(args) > 3 else "")
+        return (
+            f"building {self.spec.name} {self.spec.version} failed: `go {shown}` exited {rc}\n"
+            f"{tail}{hint}"
+        )
+
+
+def check_binary(spec: ToolSpec, binary: str, path: Path) -> str:
+    """Run the binary's version command; returns its output or raises naming the binary."""
+    args = spec.args_for(binary)
+    try:
+        proc = subprocess.run(
+            [str(path), *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ToolchainError(f"{binary}: `{path} {' '.join(args)}` could not run: {exc}") from exc
+    output = proc.stdout + proc.stderr
+    if proc.returncode != 0:
+        raise ToolchainError(
+            f"{binary}: `{path} {' '.join(args)}` exited {proc.returncode}: {output[-500:]}"
+        )
+    if spec.expect and spec.expect not in output:
+        raise ToolchainError(f"{binary}: version output lacks {spec.expect!r}: {output[:300]!r}")
+    return output

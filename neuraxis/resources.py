@@ -1,0 +1,207 @@
+"""Load Neuraxis resources from YAML and validate them with the API's models, reporting errors
+in the words the Kubernetes API server uses (`<field>: <what is wrong>`), so `neuraxis run`,
+the operator and `kubectl apply` say the same thing about the same bad input."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from neuraxis.crds import Resource
+from neuraxis.crds.common import ApiModel
+from neuraxis.crds.kinds import KINDS
+
+_JSON_TYPES = {
+    "int_type": "integer",
+    "int_parsing": "integer",
+    "float_type": "number",
+    "string_type": "string",
+    "bool_type": "boolean",
+    "dict_type": "object",
+    "model_type": "object",
+    "model_attributes_type": "object",
+    "list_type": "array",
+}
+_BOUNDS = {
+    "greater_than_equal": ("ge", "should be greater than or equal to"),
+    "greater_than": ("gt", "should be greater than"),
+    "less_than_equal": ("le", "should be less than or equal to"),
+    "less_than": ("lt", "should be less than"),
+}
+
+
+@dataclass(frozen=True)
+class FieldError:
+    """One problem with one field, e.g. `spec.resources.workers` / `Invalid value: 0: ...`."""
+
+    path: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.detail}" if self.path else self.detail
+
+
+class ResourceError(ValueError):
+    """A resource failed validation. `errors` lists every field problem found."""
+
+    def __init__(self, where: str, errors: list[FieldError]):
+        self.where = where
+        self.errors = errors
+        super().__init__(f"{where} is invalid: " + "; ".join(str(e) for e in errors))
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, dict):
+        return "object"
+    if isinstance(value, list):
+        return "array"
+    return "null"
+
+
+def _value(value: Any) -> str:
+    """A value as the API server quotes it in `Invalid value: ...`."""
+    if isinstance(value, dict | list):
+        return json.dumps(_json_type(value))
+    return json.dumps(value)
+
+
+def _path(loc: Iterable[int | str]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + part
+    return out
+
+
+def _describe(err: Any) -> FieldError:
+    """Translate one pydantic error into the API server's wording."""
+    kind: str = err["type"]
+    ctx: dict[str, Any] = err.get("ctx") or {}
+    path = _path(err["loc"])
+    value = err.get("input")
+    if kind == "missing":
+        return FieldError(path, "Required value")
+    if kind == "extra_forbidden":
+        return FieldError("", f'unknown field "{path}"')
+    if kind == "k8s_rule":
+        return FieldError(path + ctx["field_path"], f'Invalid value: "object": {ctx["message"]}')
+    if kind == "literal_error":
+        allowed = ", ".join(f'"{v}"' for v in re.findall(r"'([^']*)'", ctx["expected"]))
+        return FieldError(path, f"Unsupported value: {_value(value)}: supported values: {allowed}")
+    if kind in _JSON_TYPES:
+        got = _json_type(value)
+        return FieldError(
+            path, f'Invalid value: "{got}": {path} in body must be of type {_JSON_TYPES[kind]}: "{got}"'
+        )
+    if kind in _BOUNDS:
+        key, words = _BOUNDS[kind]
+        return FieldError(path, f"Invalid value: {_value(value)}: {path} in body {words} {ctx[key]}")
+    if kind == "string_pattern_mismatch":
+        return FieldError(
+            path, f"Invalid value: {_value(value)}: {path} in body should match '{ctx['pattern']}'"
+        )
+    if kind == "string_too_long":
+        return FieldError(path, f"Too long: may not be more than {ctx['max_length']} bytes")
+    if kind == "string_too_short":
+        return FieldError(
+            path,
+            f"Invalid value: {_value(value)}: {path} in body should be at least "
+            f"{ctx['min_length']} chars long",
+        )
+    if kind == "too_long":
+        return FieldError(
+            path, f"Too many: {ctx['actual_length']}: must have at most {ctx['max_length']} items"
+        )
+    if kind == "too_short":
+        return FieldError(
+            path,
+            f"Invalid value: {ctx['actual_length']}: {path} in body should have at least "
+            f"{ctx['min_length']} items",
+        )
+    return FieldError(path, f"Invalid value: {_value(value)}: {err['msg']}")
+
+
+def _where(doc: dict[str, Any]) -> str:
+    name = (doc.get("metadata") or {}).get("name", "<unnamed>")
+    return f'{doc.get("kind", "<no kind>")} "{name}"'
+
+
+def parse_resource(doc: Any) -> Resource:
+    """Validate one object (a dict from YAML or the API) into its model."""
+    if not isinstance(doc, dict):
+        raise ResourceError("document", [FieldError("", "must be a mapping")])
+    kind = doc.get("kind")
+    info = KINDS.get(kind) if isinstance(kind, str) else None
+    if info is None:
+        allowed = ", ".join(f'"{k}"' for k in KINDS)
+        detail = f"Unsupported value: {_value(kind)}: supported values: {allowed}"
+        raise ResourceError(_where(doc), [FieldError("kind", detail)])
+    if doc.get("apiVersion") != info.api_version:
+        detail = f'Unsupported value: {_value(doc.get("apiVersion"))}: supported values: "{info.api_version}"'
+        raise ResourceError(_where(doc), [FieldError("apiVersion", detail)])
+    try:
+        model: Resource = info.model.model_validate(doc)  # type: ignore[assignment]
+    except ValidationError as exc:
+        raise ResourceError(_where(doc), [_describe(e) for e in exc.errors()]) from exc
+    return model
+
+
+def _changed_immutable(old: ApiModel, new: ApiModel, path: str) -> Iterator[FieldError]:
+    for name in type(new).immutable_fields:
+        alias = type(new).model_fields[name].alias or name
+        if getattr(old, name) != getattr(new, name):
+            yield FieldError(f"{path}.{alias}", f'Invalid value: "object": {alias} is immutable')
+
+
+def check_update(old: Resource, new: Resource) -> None:
+    """Reject an update that changes an immutable field (the CRD's transition rules)."""
+    errors = list(_changed_immutable(old.spec, new.spec, "spec"))
+    if errors:
+        raise ResourceError(_where(new.model_dump(by_alias=True)), errors)
+
+
+def iter_documents(paths: Iterable[str | Path]) -> Iterator[tuple[Path, Any]]:
+    """Every YAML document in the given files and folders (recursively, sorted)."""
+    for raw in paths:
+        path = Path(raw)
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no such file or folder")
+        files = sorted(path.rglob("*.y*ml")) if path.is_dir() else [path]
+        for file in files:
+            if file.name == "kustomization.yaml":
+                continue
+            try:
+                docs = list(yaml.safe_load_all(file.read_text()))
+            except yaml.YAMLError as exc:
+                raise ResourceError(str(file), [FieldError("", f"not valid YAML: {exc}")]) from exc
+            for doc in docs:
+                if doc is not None:
+                    yield file, doc
+
+
+def load_resources(paths: Iterable[str | Path]) -> list[Resource]:
+    """Load and validate every resource; the first invalid one raises ResourceError."""
+    resources = []
+    for file, doc in iter_documents(paths):
+        try:
+            resources.append(parse_resource(doc))
+        except ResourceError as exc:
+            raise ResourceError(f"{file}: {exc.where}", exc.errors) from exc
+    return resources

@@ -1,0 +1,273 @@
+"""Unit tests of the toolchain pins, the go.mod handling and the cache layout (no Go, no cluster)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from neuraxis.dev import toolchain
+from neuraxis.dev.toolchain import GoMod, Replace, ToolchainError, ToolSpec
+
+KUBERNETES_GO_MOD = """\
+module k8s.io/kubernetes
+
+go 1.26.0
+
+godebug default=go1.26
+
+require (
+\tgithub.com/kylelemons/godebug v1.1.0 // indirect
+\tk8s.io/api v0.0.0
+\tk8s.io/client-go v0.0.0
+)
+
+replace (
+\tk8s.io/api => ./staging/src/k8s.io/api
+\tk8s.io/client-go => ./staging/src/k8s.io/client-go // the staging copy
+)
+
+replace github.com/atotto/clipboard => github.com/tgummerer/clipboard v0.0.0-20241001131231-d02d263e614e
+
+replace example.com/pinned v1.2.3 => example.com/fork v1.2.4
+
+exclude (
+\tgithub.com/grpc-ecosystem/grpc-gateway v1.14.7
+)
+
+exclude golang.org/x/net v0.0.1
+"""
+
+
+def test_pinned_toolset_has_the_control_plane() -> None:
+    toolset = toolchain.load_toolset()
+    kube = toolset.tool("kubernetes")
+    assert kube.module == "k8s.io/kubernetes"
+    assert kube.version == "v1.36.3"
+    assert kube.local_replaces == "v0.36.3"
+    assert set(kube.binaries) == {
+        "kube-apiserver",
+        "kube-controller-manager",
+        "kube-scheduler",
+        "kubectl",
+    }
+    assert toolset.tool("etcd").version.startswith("v3.6.")
+    assert toolset.tool("kwok").version == "v0.8.0"
+    # A binary name finds the table that builds it (`tools build --only kubectl`).
+    assert toolset.tool("kwokctl").name == "kwok"
+    assert toolset.tool("kubectl").args_for("kubectl") == ("version", "--client")
+    assert toolset.tool("etcd").args_for("etcd") == ("--version",)
+
+
+def test_kubernetes_ldflags_carry_the_version() -> None:
+    kube = toolchain.load_toolset().tool("kubernetes")
+    flags = toolchain.build_flags(kube)
+    assert flags[0] == "-trimpath"
+    assert flags[1].startswith("-ldflags=-s -w ")
+    assert "-X k8s.io/component-base/version.gitVersion=v1.36.3" in flags[1]
+    assert "-X k8s.io/component-base/version.gitMinor=36" in flags[1]
+
+
+def test_toolset_version_follows_content() -> None:
+    a = toolchain.parse_toolset(_toml("v1.0.0"))
+    b = toolchain.parse_toolset(_toml("v1.0.1"))
+    assert a.version == toolchain.toolset_version(_toml("v1.0.0"))
+    assert len(a.version) == 12
+    assert a.version != b.version
+    assert toolchain.parse_toolset(_toml("v1.0.0")).version == a.version
+
+
+def test_unknown_tool_lists_the_known_ones() -> None:
+    toolset = toolchain.parse_toolset(_toml("v1.0.0"))
+    with pytest.raises(ToolchainError, match="unknown tool 'nope'.*demo"):
+        toolset.tool("nope")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (b"[tools", "not valid TOML"),
+        (b"x = 1\n", "no \\[tools"),
+        (b'[tools.a]\nmodule = "m"\nversion = "v1"\n', "binaries"),
+        (b'[tools.a]\nversion = "v1"\nbinaries = { a = "m/a" }\n', "module"),
+        (b'[tools.a]\nmodule="m"\nversion="v1"\nbinaries={a="m"}\ntags="x"\n', "tags"),
+    ],
+)
+def test_bad_toolset_is_reported(text: bytes, message: str) -> None:
+    with pytest.raises(ToolchainError, match=message):
+        toolchain.parse_toolset(text)
+
+
+def test_parse_go_mod_reads_blocks_lines_and_comments() -> None:
+    gomod = toolchain.parse_go_mod(KUBERNETES_GO_MOD)
+    assert gomod.godebug == ("default=go1.26",)
+    assert gomod.excludes == (
+        ("github.com/grpc-ecosystem/grpc-gateway", "v1.14.7"),
+        ("golang.org/x/net", "v0.0.1"),
+    )
+    assert [r.old for r in gomod.replaces] == [
+        "k8s.io/api",
+        "k8s.io/client-go",
+        "github.com/atotto/clipboard",
+        "example.com/pinned",
+    ]
+    assert gomod.replaces[1] == Replace("k8s.io/client-go", None, "./staging/src/k8s.io/client-go", None)
+    assert gomod.replaces[3] == Replace("example.com/pinned", "v1.2.3", "example.com/fork", "v1.2.4")
+
+
+def test_staging_replaces_become_published_versions() -> None:
+    gomod = toolchain.parse_go_mod(KUBERNETES_GO_MOD)
+    flags = [r.edit_flag() for r in toolchain.wrapper_replaces(gomod, "v0.36.3")]
+    assert flags == [
+        "-replace=k8s.io/api=k8s.io/api@v0.36.3",
+        "-replace=k8s.io/client-go=k8s.io/client-go@v0.36.3",
+        "-replace=github.com/atotto/clipboard="
+        "github.com/tgummerer/clipboard@v0.0.0-20241001131231-d02d263e614e",
+        "-replace=example.com/pinned@v1.2.3=example.com/fork@v1.2.4",
+    ]
+
+
+def test_local_replaces_are_dropped_without_a_version() -> None:
+    gomod = GoMod(
+        replaces=(
+            Replace("go.etcd.io/etcd/api/v3", None, "../api", None),
+            Replace("a.example/x", None, "b.example/x", "v1.0.0"),
+        ),
+        excludes=(),
+        godebug=(),
+    )
+    kept = toolchain.wrapper_replaces(gomod, None)
+    assert [r.old for r in kept] == ["a.example/x"]
+
+
+def test_go_mod_edit_args_copy_excludes_and_godebug() -> None:
+    gomod = toolchain.parse_go_mod(KUBERNETES_GO_MOD)
+    spec = _spec(local_replaces="v0.36.3")
+    args = toolchain.go_mod_edit_args(spec, gomod)
+    assert "-exclude=golang.org/x/net@v0.0.1" in args
+    assert args[-1] == "-godebug=default=go1.26"
+    overridden = toolchain.go_mod_edit_args(_spec(godebug=("default=go1.24",)), gomod)
+    assert overridden[-1] == "-godebug=default=go1.24"
+    assert "-godebug=default=go1.26" not in overridden
+
+
+@pytest.mark.parametrize(
+    ("package", "name"),
+    [
+        ("k8s.io/kubernetes/cmd/kubectl", "kubectl"),
+        ("go.etcd.io/etcd/server/v3", "server"),
+        ("github.com/minio/minio", "minio"),
+        ("sigs.k8s.io/kwok/cmd/kwokctl/", "kwokctl"),
+    ],
+)
+def test_go_default_binary_name(package: str, name: str) -> None:
+    assert toolchain.go_default_binary_name(package) == name
+
+
+def test_tools_root_override_and_default(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("NEURAXIS_TOOLS_DIR", str(tmp_path / "tools"))
+    toolset = toolchain.parse_toolset(_toml("v1.0.0"))
+    assert toolchain.bin_dir(toolset) == tmp_path / "tools" / toolset.version / "bin"
+    monkeypatch.delenv("NEURAXIS_TOOLS_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert toolchain.tools_root() == tmp_path / "cache" / "neuraxis" / "tools"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert toolchain.tools_root() == tmp_path / "home" / ".cache" / "neuraxis" / "tools"
+
+
+def test_tool_path_names_the_fix_when_missing(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("NEURAXIS_TOOLS_DIR", str(tmp_path))
+    toolset = toolchain.parse_toolset(_toml("v1.0.0"))
+    with pytest.raises(ToolchainError, match="tools build --only demo"):
+        toolchain.tool_path("demo-cli", toolset)
+    binary = toolchain.bin_dir(toolset) / "demo-cli"
+    binary.parent.mkdir(parents=True)
+    binary.write_text("#!/bin/sh\necho demo v1.0.0\n")
+    binary.chmod(binary.stat().st_mode | stat.S_IXUSR)
+    assert toolchain.tool_path("demo-cli", toolset) == binary
+
+
+def test_warm_build_only_checks_versions(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A second run finds the binaries, runs their version check and builds nothing."""
+    monkeypatch.setenv("NEURAXIS_TOOLS_DIR", str(tmp_path))
+    toolset = toolchain.parse_toolset(_toml("v1.0.0"))
+    bin_dir = toolchain.bin_dir(toolset)
+    bin_dir.mkdir(parents=True)
+    script = bin_dir / "demo-cli"
+    script.write_text("#!/bin/sh\necho demo v1.0.0\n")
+    script.chmod(0o755)
+
+    def no_build(*_: object) -> None:
+        raise AssertionError("a warm run must not build")
+
+    monkeypatch.setattr(toolchain, "_build_in_wrapper", no_build)
+    lines: list[str] = []
+    assert toolchain.build(toolset=toolset, progress=lines.append) == bin_dir
+    assert len(lines) == 1
+    assert "ok, cached" in lines[0]
+    assert not (toolchain.toolset_dir(toolset) / ".work").exists()
+
+
+def test_failing_cached_binary_is_rebuilt(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("NEURAXIS_TOOLS_DIR", str(tmp_path))
+    toolset = toolchain.parse_toolset(_toml("v1.0.0"))
+    bin_dir = toolchain.bin_dir(toolset)
+    bin_dir.mkdir(parents=True)
+    (bin_dir / "demo-cli").write_text("#!/bin/sh\nexit 3\n")
+    (bin_dir / "demo-cli").chmod(0o755)
+
+    def fake_build(spec: ToolSpec, work: Path, out_dir: Path, progress: object) -> None:
+        out_dir.mkdir()
+        (out_dir / "demo-cli").write_text("#!/bin/sh\necho demo v1.0.0\n")
+        (out_dir / "demo-cli").chmod(0o755)
+
+    monkeypatch.setattr(toolchain, "_build_in_wrapper", fake_build)
+    lines: list[str] = []
+    toolchain.build(toolset=toolset, progress=lines.append)
+    assert any("rebuilding" in line for line in lines)
+    assert "built in" in lines[-1]
+    assert os.access(bin_dir / "demo-cli", os.X_OK)
+    assert "v1.0.0" in toolchain.check_binary(toolset.tool("demo"), "demo-cli", bin_dir / "demo-cli")
+
+
+def test_missing_go_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(toolchain.shutil, "which", lambda _name: None)
+    monkeypatch.setattr(toolchain.os, "access", lambda *_args: False)
+    with pytest.raises(ToolchainError, match="`go` was not found"):
+        toolchain.find_go()
+
+
+def test_go_failure_names_the_tool_and_the_output_tail(tmp_path: Path) -> None:
+    fake_go = tmp_path / "go"
+    fake_go.write_text("#!/bin/sh\necho 'dial tcp: lookup proxy.golang.org: no such host'\nexit 1\n")
+    fake_go.chmod(0o755)
+    runner = toolchain._GoRunner(_spec(), str(fake_go), tmp_path, lambda _m: None)
+    with pytest.raises(ToolchainError) as info:
+        runner("get", "-tool", "example.com/demo/cmd/demo-cli@v1.0.0")
+    message = str(info.value)
+    assert "building demo v1.0.0 failed" in message
+    assert "`go get -tool example.com/demo/cmd/demo-cli@v1.0.0` exited 1" in message
+    assert "no such host" in message
+    assert "module proxy looks unreachable" in message
+
+
+def _toml(version: str) -> bytes:
+    return (
+        "[tools.demo]\n"
+        'module = "example.com/demo"\n'
+        f'version = "{version}"\n'
+        'expect = "v1.0.0"\n'
+        "[tools.demo.binaries]\n"
+        '"demo-cli" = "example.com/demo/cmd/demo-cli"\n'
+    ).encode()
+
+
+def _spec(**overrides: object) -> ToolSpec:
+    base = toolchain.parse_toolset(_toml("v1.0.0")).tool("demo")
+    return dataclasses.replace(base, **overrides)
