@@ -1,9 +1,10 @@
-"""Unit tests of the toolchain pins, the go.mod handling and the cache layout (no Go, no cluster)."""
+"""Unit tests of the toolchain pins, go.mod handling and cache layout (no Go, no cluster)."""
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import stat
 from pathlib import Path
 
@@ -30,7 +31,7 @@ replace (
 \tk8s.io/client-go => ./staging/src/k8s.io/client-go // the staging copy
 )
 
-replace github.com/atotto/clipboard => github.com/tgummerer/clipboard v0.0.0-20241001131231-d02d263e614e
+replace github.com/atotto/clipboard => github.com/tgummerer/clipboard v0.0.0-20241001131231-d02d
 
 replace example.com/pinned v1.2.3 => example.com/fork v1.2.4
 
@@ -82,7 +83,7 @@ def test_toolset_version_follows_content() -> None:
 
 def test_unknown_tool_lists_the_known_ones() -> None:
     toolset = toolchain.parse_toolset(_toml("v1.0.0"))
-    with pytest.raises(ToolchainError, match="unknown tool 'nope'.*demo"):
+    with pytest.raises(ToolchainError, match=r"unknown tool 'nope'.*demo"):
         toolset.tool("nope")
 
 
@@ -114,8 +115,12 @@ def test_parse_go_mod_reads_blocks_lines_and_comments() -> None:
         "github.com/atotto/clipboard",
         "example.com/pinned",
     ]
-    assert gomod.replaces[1] == Replace("k8s.io/client-go", None, "./staging/src/k8s.io/client-go", None)
-    assert gomod.replaces[3] == Replace("example.com/pinned", "v1.2.3", "example.com/fork", "v1.2.4")
+    assert gomod.replaces[1] == Replace(
+        "k8s.io/client-go", None, "./staging/src/k8s.io/client-go", None
+    )
+    assert gomod.replaces[3] == Replace(
+        "example.com/pinned", "v1.2.3", "example.com/fork", "v1.2.4"
+    )
 
 
 def test_staging_replaces_become_published_versions() -> None:
@@ -125,7 +130,7 @@ def test_staging_replaces_become_published_versions() -> None:
         "-replace=k8s.io/api=k8s.io/api@v0.36.3",
         "-replace=k8s.io/client-go=k8s.io/client-go@v0.36.3",
         "-replace=github.com/atotto/clipboard="
-        "github.com/tgummerer/clipboard@v0.0.0-20241001131231-d02d263e614e",
+        "github.com/tgummerer/clipboard@v0.0.0-20241001131231-d02d",
         "-replace=example.com/pinned@v1.2.3=example.com/fork@v1.2.4",
     ]
 
@@ -233,19 +238,23 @@ def test_failing_cached_binary_is_rebuilt(monkeypatch: pytest.MonkeyPatch, tmp_p
     assert any("rebuilding" in line for line in lines)
     assert "built in" in lines[-1]
     assert os.access(bin_dir / "demo-cli", os.X_OK)
-    assert "v1.0.0" in toolchain.check_binary(toolset.tool("demo"), "demo-cli", bin_dir / "demo-cli")
+    assert "v1.0.0" in toolchain.check_binary(
+        toolset.tool("demo"), "demo-cli", bin_dir / "demo-cli"
+    )
 
 
 def test_missing_go_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(toolchain.shutil, "which", lambda _name: None)
-    monkeypatch.setattr(toolchain.os, "access", lambda *_args: False)
+    monkeypatch.setattr(shutil, "which", lambda _name: None)
+    monkeypatch.setattr(os, "access", lambda *_args: False)
     with pytest.raises(ToolchainError, match="`go` was not found"):
         toolchain.find_go()
 
 
 def test_go_failure_names_the_tool_and_the_output_tail(tmp_path: Path) -> None:
     fake_go = tmp_path / "go"
-    fake_go.write_text("#!/bin/sh\necho 'dial tcp: lookup proxy.golang.org: no such host'\nexit 1\n")
+    fake_go.write_text(
+        "#!/bin/sh\necho 'dial tcp: lookup proxy.golang.org: no such host'\nexit 1\n"
+    )
     fake_go.chmod(0o755)
     runner = toolchain._GoRunner(_spec(), str(fake_go), tmp_path, lambda _m: None)
     with pytest.raises(ToolchainError) as info:
@@ -268,6 +277,6 @@ def _toml(version: str) -> bytes:
     ).encode()
 
 
-def _spec(**overrides: object) -> ToolSpec:
+def _spec(local_replaces: str | None = None, godebug: tuple[str, ...] | None = None) -> ToolSpec:
     base = toolchain.parse_toolset(_toml("v1.0.0")).tool("demo")
-    return dataclasses.replace(base, **overrides)
+    return dataclasses.replace(base, local_replaces=local_replaces, godebug=godebug)
