@@ -62,7 +62,9 @@ def add_schema_extensions(schema: dict[str, Any], model: type[BaseModel]) -> Non
     props = schema.get("properties", {})
     for name in model.immutable_fields:
         alias = _alias(model, name)
-        props[alias][VALIDATIONS] = [{"rule": "self == oldSelf", "message": f"{alias} is immutable"}]
+        props[alias][VALIDATIONS] = [
+            {"rule": "self == oldSelf", "message": f"{alias} is immutable"}
+        ]
     for name, info in model.model_fields.items():
         factory = info.default_factory
         # A nested object with defaults inside must exist for the API server to default it.
@@ -142,7 +144,9 @@ class DatasetRef(ObjectRef):
     latest Ready version."""
 
     version: int | None = Field(
-        default=None, ge=0, description="Delta table version to read; omit for the latest Ready one."
+        default=None,
+        ge=0,
+        description="Delta table version to read; omit for the latest Ready one.",
     )
 
 
@@ -172,7 +176,8 @@ class Condition(ApiModel):
     )
     message: str = Field(default="", description="Human-readable details.", max_length=32768)
     last_transition_time: str = Field(
-        description="When the status last changed (RFC 3339).", json_schema_extra={"format": "date-time"}
+        description="When the status last changed (RFC 3339).",
+        json_schema_extra={"format": "date-time"},
     )
     observed_generation: int | None = Field(
         default=None, ge=0, description="The metadata.generation this condition was computed for."
@@ -221,7 +226,11 @@ class Artifact(ApiModel):
 class ResourceRequirements(ApiModel):
     """CPU and memory for each pod, as Kubernetes quantities."""
 
-    cpu: str = Field(default="1", description="CPU request and limit, e.g. 500m or 2.", pattern=QUANTITY_PATTERN)
+    cpu: str = Field(
+        default="1", description="CPU request and limit, e.g. 500m or 2.", pattern=QUANTITY_PATTERN
+    )
     memory: str = Field(
-        default="2Gi", description="Memory request and limit, e.g. 512Mi or 4Gi.", pattern=QUANTITY_PATTERN
+        default="2Gi",
+        description="Memory request and limit, e.g. 512Mi or 4Gi.",
+        pattern=QUANTITY_PATTERN,
     )

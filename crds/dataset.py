@@ -101,7 +101,7 @@ class Transform(ApiModel):
     sql: str | None = Field(
         default=None,
         max_length=65536,
-        description="Spark SQL over the temporary view `source`, e.g. SELECT * FROM source WHERE ok.",
+        description="Spark SQL over the temporary view `source`, e.g. SELECT * FROM source.",
     )
     renames: dict[str, str] = Field(
         default_factory=dict, max_length=256, description="Old column name to new column name."
@@ -115,9 +115,9 @@ class Transform(ApiModel):
 class Expectation(ApiModel):
     """One data-quality rule, checked on every run."""
 
-    rule: Literal["notNull", "unique", "range", "regex", "allowedValues", "rowCount", "freshness"] = (
-        Field(description="What to check.")
-    )
+    rule: Literal[
+        "notNull", "unique", "range", "regex", "allowedValues", "rowCount", "freshness"
+    ] = Field(description="What to check.")
     column: str | None = Field(
         default=None, max_length=128, pattern=IDENTIFIER_PATTERN, description="The column checked."
     )
@@ -139,7 +139,9 @@ class Expectation(ApiModel):
         description="Allowed values, compared as strings (rule allowedValues).",
     )
     max_age_seconds: int | None = Field(
-        default=None, ge=1, description="Newest value of a timestamp column may be at most this old."
+        default=None,
+        ge=1,
+        description="Newest value of a timestamp column may be at most this old.",
     )
 
     rules = (
@@ -211,7 +213,9 @@ class MaskedColumn(ApiModel):
             "first `length` characters; generalize: cut a date or timestamp to `granularity`."
         )
     )
-    length: int | None = Field(default=None, ge=0, le=1024, description="Characters kept (truncate).")
+    length: int | None = Field(
+        default=None, ge=0, le=1024, description="Characters kept (truncate)."
+    )
     granularity: Literal["year", "month", "day", "hour"] | None = Field(
         default=None, description="Precision kept (generalize)."
     )
@@ -240,9 +244,12 @@ class MaskedColumn(ApiModel):
 class Privacy(ApiModel):
     """Column masking applied before quality checks write anything."""
 
-    columns: list[MaskedColumn] = Field(min_length=1, max_length=256, description="Columns to mask.")
+    columns: list[MaskedColumn] = Field(
+        min_length=1, max_length=256, description="Columns to mask."
+    )
     salt_secret_ref: SecretKeyRef | None = Field(
-        default=None, description="Secret key holding the hash salt. Required when any column is hashed."
+        default=None,
+        description="Secret key holding the hash salt. Required when any column is hashed.",
     )
 
     rules = (
@@ -271,7 +278,8 @@ class Output(ApiModel):
         default_factory=list, max_length=8, description="Partition columns."
     )
     mode: Literal["overwrite", "append"] = Field(
-        default="overwrite", description="Replace the table's content or append to it (new version)."
+        default="overwrite",
+        description="Replace the table's content or append to it (new version).",
     )
 
 
@@ -279,11 +287,16 @@ class Engine(ApiModel):
     """Where Spark runs."""
 
     executors: int = Field(
-        default=0, ge=0, le=1000, description="0: Spark local mode inside the pod; >0: Spark on Kubernetes."
+        default=0,
+        ge=0,
+        le=1000,
+        description="0: Spark local mode inside the pod; >0: Spark on Kubernetes.",
     )
     executor_cores: int = Field(default=1, ge=1, le=64, description="Cores per executor.")
     executor_memory: str = Field(
-        default="2g", pattern=r"^[0-9]+[kmgt]$", description="Memory per executor (Spark syntax, e.g. 4g)."
+        default="2g",
+        pattern=r"^[0-9]+[kmgt]$",
+        description="Memory per executor (Spark syntax, e.g. 4g).",
     )
     driver_memory: str = Field(
         default="1g", pattern=r"^[0-9]+[kmgt]$", description="Driver memory (Spark syntax)."
@@ -294,7 +307,9 @@ class DatasetSpec(ApiModel):
     """Desired state of a Dataset: source, transform, quality gate, masking and output table."""
 
     source: DataSource = Field(description="Where the raw data comes from.")
-    transform: Transform | None = Field(default=None, description="Reshaping before quality checks.")
+    transform: Transform | None = Field(
+        default=None, description="Reshaping before quality checks."
+    )
     quality: Quality | None = Field(default=None, description="Data-quality gate.")
     privacy: Privacy | None = Field(default=None, description="PII masking.")
     output: Output = Field(default_factory=Output, description="The versioned output table.")
@@ -337,7 +352,9 @@ class DatasetStatus(StatusBase):
     quality_passed: bool | None = Field(default=None, description="Whether every expectation held.")
     quality: list[QualityResult] = Field(default_factory=list, max_length=128)
     table_schema: list[ColumnSchema] = Field(default_factory=list, max_length=1024, alias="schema")
-    table: Artifact | None = Field(default=None, description="The table location and content digest.")
+    table: Artifact | None = Field(
+        default=None, description="The table location and content digest."
+    )
     lineage: Lineage | None = None
     last_run_time: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
 

@@ -54,7 +54,9 @@ class Target(ApiModel):
 class Optimize(ApiModel):
     """How the model is prepared for edge hardware."""
 
-    quantize: Literal["int8", "none"] = Field(default="int8", description="int8 dynamic quantization.")
+    quantize: Literal["int8", "none"] = Field(
+        default="int8", description="int8 dynamic quantization."
+    )
     format: Literal["torchscript"] = Field(default="torchscript", description="Export format.")
 
 
@@ -76,7 +78,9 @@ class Sync(ApiModel):
 class Offline(ApiModel):
     """Behaviour when the lake is unreachable."""
 
-    cache_model: bool = Field(default=True, description="Keep the bundle on local disk and start from it.")
+    cache_model: bool = Field(
+        default=True, description="Keep the bundle on local disk and start from it."
+    )
 
 
 class EdgeDeploymentSpec(ApiModel):

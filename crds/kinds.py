@@ -75,7 +75,12 @@ KINDS: dict[str, KindInfo] = {
                 {"name": "Model", "type": "string", "jsonPath": ".spec.model"},
                 {"name": "Stage", "type": "string", "jsonPath": ".spec.stage"},
                 PHASE_COLUMN,
-                {"name": "Endpoint", "type": "string", "jsonPath": ".status.endpoint", "priority": 1},
+                {
+                    "name": "Endpoint",
+                    "type": "string",
+                    "jsonPath": ".status.endpoint",
+                    "priority": 1,
+                },
             ],
         ),
         KindInfo(

@@ -1,4 +1,4 @@
-"""ModelVersion: one immutable model in the registry, with its card, evaluation gates and serving."""
+"""ModelVersion: one immutable model in the registry, with card, evaluation gates and serving."""
 
 from __future__ import annotations
 
@@ -59,8 +59,12 @@ class ModelCard(ApiModel):
 
     description: str = Field(default="", max_length=8192, description="What the model does.")
     intended_use: str = Field(default="", max_length=8192, description="What it is for.")
-    limitations: str = Field(default="", max_length=8192, description="Where it should not be used.")
-    owners: list[str] = Field(default_factory=list, max_length=32, description="Responsible people.")
+    limitations: str = Field(
+        default="", max_length=8192, description="Where it should not be used."
+    )
+    owners: list[str] = Field(
+        default_factory=list, max_length=32, description="Responsible people."
+    )
     ethics: str = Field(default="", max_length=8192, description="Ethical considerations.")
 
 
@@ -88,7 +92,8 @@ class Evaluation(ApiModel):
     """Held-out evaluation and the gates that decide Approved or Rejected."""
 
     dataset_ref: DatasetRef | None = Field(
-        default=None, description="Evaluation data; defaults to the training job's validation split."
+        default=None,
+        description="Evaluation data; defaults to the training job's validation split.",
     )
     gates: list[Gate] = Field(default_factory=list, max_length=32, description="Thresholds.")
 
@@ -99,7 +104,7 @@ class Canary(ApiModel):
     traffic_percent: int = Field(ge=1, le=99, description="Share of requests for this version.")
     stable_ref: ObjectRef | None = Field(
         default=None,
-        description="The ModelVersion serving the rest; defaults to the model's production version.",
+        description="The ModelVersion serving the rest; default: the production version.",
     )
 
 
@@ -179,8 +184,11 @@ class EvaluationStatus(ApiModel):
 class ModelVersionStatus(StatusBase):
     """Observed state of a ModelVersion."""
 
-    phase: Literal["Pending", "Registered", "Evaluating", "Approved", "Rejected", "Serving", "Failed"] = (
-        Field(default="Pending", description="Pending, Registered, Evaluating, Approved, Rejected, Serving or Failed.")
+    phase: Literal[
+        "Pending", "Registered", "Evaluating", "Approved", "Rejected", "Serving", "Failed"
+    ] = Field(
+        default="Pending",
+        description="Pending, Registered, Evaluating, Approved, Rejected, Serving or Failed.",
     )
     artifact: Artifact | None = None
     evaluation: EvaluationStatus | None = None

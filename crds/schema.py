@@ -96,7 +96,11 @@ def openapi_schema(model: type[ApiModel], name_max_length: int, name_pattern: st
             "metadata": {
                 "type": "object",
                 "properties": {
-                    "name": {"type": "string", "maxLength": name_max_length, "pattern": name_pattern}
+                    "name": {
+                        "type": "string",
+                        "maxLength": name_max_length,
+                        "pattern": name_pattern,
+                    }
                 },
             },
             "spec": structural(props["spec"], defs),

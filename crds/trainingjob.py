@@ -26,7 +26,9 @@ from neuraxis.crds.common import (
 class Task(ApiModel):
     """What is learned: the label column and the feature columns."""
 
-    type: Literal["classification", "regression"] = Field(description="classification or regression.")
+    type: Literal["classification", "regression"] = Field(
+        description="classification or regression."
+    )
     label: str = Field(max_length=128, pattern=IDENTIFIER_PATTERN, description="Label column.")
     features: list[str] = Field(
         default_factory=list,
@@ -62,7 +64,9 @@ class CustomTrainer(ApiModel):
         description="Container image pinned by tag (not latest) or digest.",
     )
     command: list[str] = Field(min_length=1, max_length=64, description="Entrypoint and arguments.")
-    env: dict[str, str] = Field(default_factory=dict, max_length=128, description="Extra environment.")
+    env: dict[str, str] = Field(
+        default_factory=dict, max_length=128, description="Extra environment."
+    )
 
     rules = (
         Rule(
@@ -88,8 +92,12 @@ class SearchDimension(ApiModel):
     values: list[int | str] | None = Field(
         default=None, min_length=1, max_length=256, description="Candidates (choice)."
     )
-    min: float | None = Field(default=None, description="Lower bound (uniform, loguniform, randint).")
-    max: float | None = Field(default=None, description="Upper bound (uniform, loguniform, randint).")
+    min: float | None = Field(
+        default=None, description="Lower bound (uniform, loguniform, randint)."
+    )
+    max: float | None = Field(
+        default=None, description="Upper bound (uniform, loguniform, randint)."
+    )
 
     rules = (
         Rule(
@@ -101,7 +109,9 @@ class SearchDimension(ApiModel):
         Rule(
             cel="self.type == 'choice' || (has(self.min) && has(self.max) && self.min < self.max)",
             message="uniform, loguniform and randint need min < max",
-            check=lambda d: d.type == "choice" or (d.min is not None and d.max is not None and d.min < d.max),
+            check=lambda d: (
+                d.type == "choice" or (d.min is not None and d.max is not None and d.min < d.max)
+            ),
         ),
         Rule(
             cel="self.type != 'loguniform' || (has(self.min) && self.min > 0.0)",
@@ -119,9 +129,12 @@ class Tuning(ApiModel):
         default="random", description="random search or TPE (Optuna)."
     )
     scheduler: Literal["fifo", "asha"] = Field(
-        default="asha", description="fifo runs every trial to the end; asha stops weak trials early."
+        default="asha",
+        description="fifo runs every trial to the end; asha stops weak trials early.",
     )
-    metric: str = Field(default="val_loss", max_length=64, description="Metric the search optimises.")
+    metric: str = Field(
+        default="val_loss", max_length=64, description="Metric the search optimises."
+    )
     goal: Literal["minimize", "maximize"] = Field(default="minimize", description="Direction.")
     space: dict[str, SearchDimension] = Field(
         min_length=1, max_length=64, description="Hyperparameter name to its search range."
@@ -170,8 +183,12 @@ class TrainingJobSpec(ApiModel):
     )
     task: Task = Field(description="Label and features.")
     model: BuiltinModel | None = Field(default=None, description="A built-in architecture.")
-    custom: CustomTrainer | None = Field(default=None, description="User code instead of a built-in.")
-    resources: Resources = Field(default_factory=Resources, description="Workers and their resources.")
+    custom: CustomTrainer | None = Field(
+        default=None, description="User code instead of a built-in."
+    )
+    resources: Resources = Field(
+        default_factory=Resources, description="Workers and their resources."
+    )
     tuning: Tuning | None = Field(default=None, description="AutoML search (built-in models only).")
     checkpoint: Checkpoint = Field(default_factory=Checkpoint, description="Checkpointing.")
     # `register` is taken by ABCMeta on every pydantic model, hence the alias.

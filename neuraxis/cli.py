@@ -28,7 +28,9 @@ def crds_generate(
 
 
 @crds_app.command("check")
-def crds_check(out_dir: str = typer.Option("crds", help="Folder holding the committed CRDs.")) -> None:
+def crds_check(
+    out_dir: str = typer.Option("crds", help="Folder holding the committed CRDs."),
+) -> None:
     """Exit non-zero when the committed CRDs differ from what the models generate."""
     from neuraxis.crds.generate import stale_crd_files
 

@@ -108,11 +108,14 @@ def _describe(err: Any) -> FieldError:
     if kind in _JSON_TYPES:
         got = _json_type(value)
         return FieldError(
-            path, f'Invalid value: "{got}": {path} in body must be of type {_JSON_TYPES[kind]}: "{got}"'
+            path,
+            f'Invalid value: "{got}": {path} in body must be of type {_JSON_TYPES[kind]}: "{got}"',
         )
     if kind in _BOUNDS:
         key, words = _BOUNDS[kind]
-        return FieldError(path, f"Invalid value: {_value(value)}: {path} in body {words} {ctx[key]}")
+        return FieldError(
+            path, f"Invalid value: {_value(value)}: {path} in body {words} {ctx[key]}"
+        )
     if kind == "string_pattern_mismatch":
         return FieldError(
             path, f"Invalid value: {_value(value)}: {path} in body should match '{ctx['pattern']}'"
@@ -124,6 +127,17 @@ def _describe(err: Any) -> FieldError:
             path,
             f"Invalid value: {_value(value)}: {path} in body should be at least "
             f"{ctx['min_length']} chars long",
+        )
+    if kind in ("too_long", "too_short") and isinstance(value, dict):
+        # maxProperties / minProperties
+        words, limit = (
+            ("at most", ctx["max_length"])
+            if kind == "too_long"
+            else ("at least", ctx["min_length"])
+        )
+        return FieldError(
+            path,
+            f"Invalid value: {len(value)}: {path} in body should have {words} {limit} properties",
         )
     if kind == "too_long":
         return FieldError(
@@ -154,7 +168,8 @@ def parse_resource(doc: Any) -> Resource:
         detail = f"Unsupported value: {_value(kind)}: supported values: {allowed}"
         raise ResourceError(_where(doc), [FieldError("kind", detail)])
     if doc.get("apiVersion") != info.api_version:
-        detail = f'Unsupported value: {_value(doc.get("apiVersion"))}: supported values: "{info.api_version}"'
+        got = _value(doc.get("apiVersion"))
+        detail = f'Unsupported value: {got}: supported values: "{info.api_version}"'
         raise ResourceError(_where(doc), [FieldError("apiVersion", detail)])
     try:
         model: Resource = info.model.model_validate(doc)  # type: ignore[assignment]
