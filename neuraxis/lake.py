@@ -1,0 +1,257 @@
+"""The lake: one root URI (a local folder or an S3 bucket prefix) with a fixed layout, used by
+every workload. Files are written atomically (a reader sees the old or the new content, never
+half), and the same relative paths work on `file://` and `s3://` (AWS S3 or MinIO).
+
+Layout under the root:
+    tables/<ns>/<table>/                 Delta tables (versioned, time travel)
+    quarantine/<ns>/<table>/             rows that failed quality rules, with the rules they failed
+    models/<ns>/<model>/<version>/       model artifact, signature, card, plots
+    edge/<ns>/<model>/<version>/         edge bundle + sha256 manifest
+    runs/<ns>/<run-id>/                  result.json, checkpoints
+    lineage/events.jsonl                 OpenLineage run events
+    inference-logs/<ns>/<deployment>/    logs uploaded by edge agents
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+DEFAULT_HOME = ".neuraxis"
+
+
+def neuraxis_home() -> Path:
+    """Where local state lives: `$NEURAXIS_HOME`, default `.neuraxis` in the working folder."""
+    return Path(os.environ.get("NEURAXIS_HOME", DEFAULT_HOME))
+
+
+class LakeError(RuntimeError):
+    """A lake operation failed; the message names the URI."""
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    """Endpoint and credentials for s3:// lakes. Read from the environment (which a mounted
+    Secret populates in a pod): AWS_ENDPOINT_URL (MinIO), AWS_ACCESS_KEY_ID,
+    AWS_SECRET_ACCESS_KEY, AWS_REGION."""
+
+    endpoint: str | None
+    access_key: str | None
+    secret_key: str | None
+    region: str
+
+    @classmethod
+    def from_env(cls) -> S3Settings:
+        return cls(
+            endpoint=os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("NEURAXIS_S3_ENDPOINT"),
+            access_key=os.environ.get("AWS_ACCESS_KEY_ID"),
+            secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY"),
+            region=os.environ.get("AWS_REGION", "us-east-1"),
+        )
+
+
+class Lake:
+    """A lake rooted at `root` (`file:///abs/path`, a plain path, or `s3://bucket/prefix`)."""
+
+    def __init__(self, root: str, s3: S3Settings | None = None):
+        parsed = urlparse(root)
+        if parsed.scheme in ("", "file"):
+            local = Path(parsed.path if parsed.scheme == "file" else root).resolve()
+            self.scheme = "file"
+            self.root = f"file://{local}"
+            self._local: Path | None = local
+        elif parsed.scheme in ("s3", "s3a"):
+            if not parsed.netloc:
+                raise LakeError(f"{root}: an s3 lake URI needs a bucket")
+            self.scheme = "s3"
+            self.root = f"s3://{parsed.netloc}{parsed.path.rstrip('/')}"
+            self._local = None
+        else:
+            raise LakeError(f"{root}: unsupported lake scheme {parsed.scheme!r} (file or s3)")
+        self.s3 = s3 or S3Settings.from_env()
+        self._client: Any = None
+
+    @classmethod
+    def from_env(cls) -> Lake:
+        """`$NEURAXIS_LAKE_URI`, default `<NEURAXIS_HOME>/lake`."""
+        return cls(os.environ.get("NEURAXIS_LAKE_URI") or str(neuraxis_home() / "lake"))
+
+    # ---- layout -------------------------------------------------------------------------------
+    @staticmethod
+    def table_path(namespace: str, table: str) -> str:
+        return f"tables/{namespace}/{table}"
+
+    @staticmethod
+    def quarantine_path(namespace: str, table: str) -> str:
+        return f"quarantine/{namespace}/{table}"
+
+    @staticmethod
+    def model_path(namespace: str, model: str, version: str) -> str:
+        return f"models/{namespace}/{model}/{version}"
+
+    @staticmethod
+    def edge_path(namespace: str, model: str, version: str) -> str:
+        return f"edge/{namespace}/{model}/{version}"
+
+    @staticmethod
+    def run_path(namespace: str, run_id: str) -> str:
+        return f"runs/{namespace}/{run_id}"
+
+    LINEAGE_EVENTS = "lineage/events.jsonl"
+
+    def uri(self, rel: str) -> str:
+        """Absolute URI of a path inside the lake."""
+        return f"{self.root}/{rel.strip('/')}" if rel else self.root
+
+    def local_path(self, rel: str) -> Path:
+        """The local file of `rel` (file lakes only), for libraries that want a path."""
+        if self._local is None:
+            raise LakeError(f"{self.uri(rel)}: not a local lake")
+        return self._local / rel
+
+    def spark_uri(self, rel: str) -> str:
+        """The URI Spark's Hadoop file systems understand (s3a:// for S3)."""
+        uri = self.uri(rel)
+        return "s3a://" + uri[len("s3://") :] if self.scheme == "s3" else uri
+
+    def storage_options(self) -> dict[str, str]:
+        """Options for delta-rs / object_store readers and writers."""
+        if self.scheme != "s3":
+            return {}
+        opts = {"AWS_REGION": self.s3.region}
+        if self.s3.endpoint:
+            opts["AWS_ENDPOINT_URL"] = self.s3.endpoint
+            opts["AWS_ALLOW_HTTP"] = "true"
+            # MinIO has no DynamoDB lock: it is a single writer per table here (one Job per run).
+            opts["AWS_S3_ALLOW_UNSAFE_RENAME"] = "true"
+        if self.s3.access_key and self.s3.secret_key:
+            opts["AWS_ACCESS_KEY_ID"] = self.s3.access_key
+            opts["AWS_SECRET_ACCESS_KEY"] = self.s3.secret_key
+        return opts
+
+    def spark_conf(self) -> dict[str, str]:
+        """Hadoop s3a settings for a Spark session that reads and writes this lake."""
+        if self.scheme != "s3":
+            return {}
+        conf = {
+            "spark.hadoop.fs.s3a.impl": "org.apache.hadoop.fs.s3a.S3AFileSystem",
+            "spark.hadoop.fs.s3a.path.style.access": "true",
+            "spark.hadoop.fs.s3a.endpoint.region": self.s3.region,
+        }
+        if self.s3.endpoint:
+            conf["spark.hadoop.fs.s3a.endpoint"] = self.s3.endpoint
+            secure = self.s3.endpoint.startswith("https")
+            conf["spark.hadoop.fs.s3a.connection.ssl.enabled"] = str(secure).lower()
+        if self.s3.access_key and self.s3.secret_key:
+            conf["spark.hadoop.fs.s3a.access.key"] = self.s3.access_key
+            conf["spark.hadoop.fs.s3a.secret.key"] = self.s3.secret_key
+        return conf
+
+    # ---- object access ------------------------------------------------------------------------
+    def _s3(self) -> Any:
+        if self._client is None:
+            import boto3
+
+            self._client = boto3.client(
+                "s3",
+                endpoint_url=self.s3.endpoint,
+                aws_access_key_id=self.s3.access_key,
+                aws_secret_access_key=self.s3.secret_key,
+                region_name=self.s3.region,
+            )
+        return self._client
+
+    def _bucket_key(self, rel: str) -> tuple[str, str]:
+        parsed = urlparse(self.uri(rel))
+        return parsed.netloc, parsed.path.lstrip("/")
+
+    def write_bytes(self, rel: str, data: bytes) -> str:
+        """Write a file atomically; returns its URI."""
+        try:
+            if self._local is not None:
+                path = self._local / rel
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(tmp, path)  # atomic on one file system
+            else:
+                bucket, key = self._bucket_key(rel)
+                self._s3().put_object(Bucket=bucket, Key=key, Body=data)  # atomic per object
+        except OSError as exc:
+            raise LakeError(f"cannot write {self.uri(rel)}: {exc}") from exc
+        return self.uri(rel)
+
+    def read_bytes(self, rel: str) -> bytes:
+        try:
+            if self._local is not None:
+                return (self._local / rel).read_bytes()
+            bucket, key = self._bucket_key(rel)
+            body: bytes = self._s3().get_object(Bucket=bucket, Key=key)["Body"].read()
+            return body
+        except FileNotFoundError as exc:
+            raise LakeError(f"{self.uri(rel)}: not found") from exc
+        except Exception as exc:
+            if type(exc).__name__ in ("NoSuchKey", "ClientError"):
+                raise LakeError(f"{self.uri(rel)}: not found ({exc})") from exc
+            raise
+
+    def exists(self, rel: str) -> bool:
+        if self._local is not None:
+            return (self._local / rel).exists()
+        bucket, key = self._bucket_key(rel)
+        resp = self._s3().list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1)
+        return bool(resp.get("KeyCount"))
+
+    def list(self, prefix: str) -> Iterator[str]:
+        """Relative paths of every file under `prefix`, sorted."""
+        if self._local is not None:
+            base = self._local / prefix
+            if base.exists():
+                for path in sorted(p for p in base.rglob("*") if p.is_file()):
+                    yield str(path.relative_to(self._local))
+            return
+        bucket, key = self._bucket_key(prefix)
+        root_key = self._bucket_key("")[1]
+        paginator = self._s3().get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=bucket, Prefix=key.rstrip("/") + "/"):
+            for obj in page.get("Contents", []):
+                yield obj["Key"][len(root_key) :].lstrip("/")
+
+    def write_json(self, rel: str, obj: Any) -> str:
+        return self.write_bytes(rel, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+    def read_json(self, rel: str) -> Any:
+        return json.loads(self.read_bytes(rel))
+
+    def append_jsonl(self, rel: str, record: dict[str, Any]) -> None:
+        """Append one JSON line. Local: O_APPEND (atomic for one line). S3 has no append, so
+        each record is its own object under `<rel>.d/`, read back in order by `read_jsonl`."""
+        line = json.dumps(record, sort_keys=True) + "\n"
+        if self._local is not None:
+            path = self._local / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "a", encoding="utf-8") as fh:
+                fh.write(line)
+            return
+        import uuid
+        from datetime import UTC, datetime
+
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        self.write_bytes(f"{rel}.d/{stamp}-{uuid.uuid4().hex[:8]}.json", line.encode())
+
+    def read_jsonl(self, rel: str) -> list[dict[str, Any]]:
+        if self._local is not None:
+            path = self._local / rel
+            if not path.exists():
+                return []
+            return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+        return [json.loads(self.read_bytes(p)) for p in self.list(f"{rel}.d")]

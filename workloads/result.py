@@ -1,0 +1,77 @@
+"""The result contract between a workload and whoever started it (the operator or `neuraxis run`).
+
+Every workload reports twice: the full result as `runs/<ns>/<run-id>/result.json` in the lake, and
+a compact JSON copy in the container's termination-message file, which the kubelet puts into the
+Pod status (`state.terminated.message`, at most 4096 bytes), so the operator learns the outcome
+without lake credentials."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from neuraxis.lake import Lake
+
+TERMINATION_LOG_ENV = "NEURAXIS_TERMINATION_LOG"
+DEFAULT_TERMINATION_LOG = "/dev/termination-log"
+TERMINATION_MESSAGE_LIMIT = 4096
+
+Outcome = Literal["Succeeded", "Failed"]
+
+
+def now_rfc3339() -> str:
+    return datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def compact_json(compact: dict[str, Any]) -> str:
+    """The termination message: the compact dict, with `message` shortened to fit 4096 bytes."""
+    text = json.dumps(compact, sort_keys=True, separators=(",", ":"))
+    if len(text.encode()) <= TERMINATION_MESSAGE_LIMIT:
+        return text
+    shortened = dict(compact)
+    overflow = len(text.encode()) - TERMINATION_MESSAGE_LIMIT + 16
+    message = str(shortened.get("message", ""))
+    shortened["message"] = message[: max(0, len(message) - overflow)] + "…"
+    text = json.dumps(shortened, sort_keys=True, separators=(",", ":"))
+    if len(text.encode()) > TERMINATION_MESSAGE_LIMIT:
+        keep = {k: shortened[k] for k in ("outcome", "reason", "resultUri") if k in shortened}
+        text = json.dumps(keep, sort_keys=True, separators=(",", ":"))
+    return text
+
+
+def publish_result(
+    lake: Lake,
+    namespace: str,
+    run_id: str,
+    result: dict[str, Any],
+    compact: dict[str, Any],
+) -> str:
+    """Write the full result to the lake and the compact one to the termination log.
+
+    `result` and `compact` must both carry `outcome` (Succeeded|Failed) and `reason`."""
+    for part, name in ((result, "result"), (compact, "compact")):
+        if part.get("outcome") not in ("Succeeded", "Failed") or not part.get("reason"):
+            raise ValueError(f"{name} needs outcome Succeeded|Failed and a reason")
+    uri = lake.write_json(f"{lake.run_path(namespace, run_id)}/result.json", result)
+    message = compact_json({**compact, "resultUri": uri})
+    log = Path(os.environ.get(TERMINATION_LOG_ENV, DEFAULT_TERMINATION_LOG))
+    # Outside a pod there is no termination log (or /dev is read-only): the lake copy is the record.
+    with contextlib.suppress(OSError):
+        if log.parent.exists():
+            log.write_text(message)
+    return uri
+
+
+def read_compact_result(message: str | None) -> dict[str, Any] | None:
+    """Parse a termination message written by `publish_result`; None when absent or foreign."""
+    if not message:
+        return None
+    try:
+        parsed = json.loads(message)
+    except json.JSONDecodeError:
+        return None
+    return parsed if isinstance(parsed, dict) and "outcome" in parsed else None
