@@ -211,7 +211,7 @@ class Lake:
         resp = self._s3().list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1)
         return bool(resp.get("KeyCount"))
 
-    def list(self, prefix: str) -> Iterator[str]:
+    def list_files(self, prefix: str) -> Iterator[str]:
         """Relative paths of every file under `prefix`, sorted."""
         if self._local is not None:
             base = self._local / prefix
@@ -254,4 +254,4 @@ class Lake:
             if not path.exists():
                 return []
             return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-        return [json.loads(self.read_bytes(p)) for p in self.list(f"{rel}.d")]
+        return [json.loads(self.read_bytes(p)) for p in self.list_files(f"{rel}.d")]
