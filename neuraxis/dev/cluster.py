@@ -30,6 +30,7 @@ STAGES_FILE = Path(__file__).with_name("kwok_stages.yaml")
 # The checkout's crds/ folder (the package is installed editable from the checkout).
 DEFAULT_CRDS_DIR = Path(__file__).resolve().parents[2] / "crds"
 KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
+KWOK_NODE_SELECTOR = f"{KWOK_NODE_ANNOTATION}=fake"
 POOL_LABEL = "neuraxis.dev/pool"
 EDGE_SITE_LABEL = "neuraxis.dev/edge-site"
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -339,6 +340,9 @@ def _create(paths: ClusterPaths, progress: Progress, start: float) -> None:
         f"--kube-scheduler-binary={bins / 'kube-scheduler'}",
         f"--kwok-controller-binary={bins / 'kwok'}",
         f"--etcd-binary={bins / 'etcd'}",
+        # The binary runtime makes kwok manage every node; manage only the marked fake ones.
+        "--extra-args=kwok-controller=manage-all-nodes=false",
+        f"--extra-args=kwok-controller=manage-nodes-with-annotation-selector={KWOK_NODE_SELECTOR}",
         f"--timeout={CREATE_TIMEOUT_S:.0f}s",
         "--wait=60s",
         what="kwokctl create cluster",
