@@ -1,0 +1,60 @@
+"""Dataset -> spec ConfigMap + ETL Job (or CronJob when scheduled)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from neuraxis.crds import Dataset
+from neuraxis.operator.builders.common import RUN_ID_ENV, job, spec_config_map
+from neuraxis.operator.children import SPEC_FILE, child_metadata, run_name
+from neuraxis.operator.pods import pod_template, resource_limits, workload_container
+from neuraxis.operator.settings import OperatorSettings
+
+COMPONENT = "etl"
+
+
+def secret_env(ds: Dataset) -> list[dict[str, Any]]:
+    """The hash salt, from the Secret named in the spec, as the ETL workload expects it."""
+    ref = ds.spec.privacy.salt_secret_ref if ds.spec.privacy else None
+    if ref is None:
+        return []
+    var = f"NEURAXIS_SECRET_{ref.name}_{ref.key}".upper().replace("-", "_").replace(".", "_")
+    return [{"name": var, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}]
+
+
+def etl_children_name(ds: Dataset) -> str:
+    """The Job (or CronJob) and ConfigMap name for the current generation."""
+    return f"{ds.metadata.name}-etl" if ds.spec.schedule else run_name(ds, "etl")
+
+
+def build_dataset_children(ds: Dataset, settings: OperatorSettings) -> list[dict[str, Any]]:
+    name = etl_children_name(ds)
+    command = [
+        "neuraxis", "workload", "etl", "--spec", SPEC_FILE,
+        "--namespace", ds.metadata.namespace or "default", "--run-id", "$(NEURAXIS_RUN_ID)",
+    ]  # fmt: skip
+    driver_memory = ds.spec.engine.driver_memory.upper().replace("G", "Gi").replace("M", "Mi")
+    container = workload_container(
+        ds,
+        settings,
+        command,
+        resources=resource_limits("1", driver_memory if ds.spec.engine.executors else "2Gi"),
+        extra_env=[RUN_ID_ENV, *secret_env(ds)],
+    )
+    template = pod_template(ds, settings, COMPONENT, container, name)
+    config = spec_config_map(ds, name, COMPONENT)
+    if not ds.spec.schedule:
+        return [config, job(ds, name, COMPONENT, template)]
+    cron = {
+        "apiVersion": "batch/v1",
+        "kind": "CronJob",
+        "metadata": child_metadata(ds, name, COMPONENT),
+        "spec": {
+            "schedule": ds.spec.schedule,
+            "concurrencyPolicy": "Forbid",  # two writers of one Delta table would conflict
+            "successfulJobsHistoryLimit": 3,
+            "failedJobsHistoryLimit": 3,
+            "jobTemplate": {"spec": {"backoffLimit": 0, "template": template}},
+        },
+    }
+    return [config, cron]

@@ -1,0 +1,201 @@
+"""ModelVersion -> evaluation Job; once Approved and serving is asked for: predictor Deployment
++ Service, the model-level Service that splits traffic by replicas (canary), an HPA, and where
+the cluster has them, an HTTPRoute with exact weights and a ServiceMonitor."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from neuraxis.crds import ModelVersion
+from neuraxis.crds.modelversion import Serving
+from neuraxis.operator.builders.common import RUN_ID_ENV, job, spec_config_map
+from neuraxis.operator.children import SPEC_FILE, child_metadata, run_name
+from neuraxis.operator.pods import pod_template, resource_limits, workload_container
+from neuraxis.operator.settings import OperatorSettings
+
+MODEL_LABEL = "neuraxis.dev/model"
+ROUTED_LABEL = "neuraxis.dev/routed"
+TRACK_LABEL = "neuraxis.dev/track"
+
+
+@dataclass(frozen=True)
+class ClusterFeatures:
+    """Optional APIs found in the cluster; children that need them are made only then."""
+
+    gateway_api: bool = False
+    prometheus_operator: bool = False
+    kuberay: bool = False
+
+
+def build_evaluation_children(
+    mv: ModelVersion, artifact_uri: str, settings: OperatorSettings
+) -> list[dict[str, Any]]:
+    name = run_name(mv, "eval")
+    command = [
+        "neuraxis", "workload", "evaluate", "--spec", SPEC_FILE,
+        "--namespace", mv.metadata.namespace or "default",
+        "--run-id", "$(NEURAXIS_RUN_ID)", "--artifact-uri", artifact_uri,
+    ]  # fmt: skip
+    container = workload_container(
+        mv, settings, command, resources=resource_limits("1", "2Gi"), extra_env=[RUN_ID_ENV]
+    )
+    template = pod_template(mv, settings, "evaluate", container, name)
+    return [spec_config_map(mv, name, "evaluate"), job(mv, name, "evaluate", template)]
+
+
+def predictor_name(mv: ModelVersion) -> str:
+    return f"{mv.metadata.name}-predictor"
+
+
+def canary_replicas(stable_replicas: int, percent: int) -> int:
+    """Replicas that give the canary about `percent` of the traffic next to the stable pods."""
+    if stable_replicas <= 0:
+        return 1
+    return max(1, math.ceil(stable_replicas * percent / (100 - percent)))
+
+
+def effective_percent(stable_replicas: int, canary: int) -> int:
+    return round(100 * canary / (stable_replicas + canary)) if stable_replicas + canary else 0
+
+
+def build_serving_children(
+    mv: ModelVersion,
+    serving: Serving,
+    artifact_uri: str,
+    settings: OperatorSettings,
+    features: ClusterFeatures,
+    *,
+    stable: ModelVersion | None = None,
+) -> list[dict[str, Any]]:
+    """Children that serve an Approved version. `stable` is the version the canary splits
+    traffic with (None when there is no canary or no stable version)."""
+    name = predictor_name(mv)
+    model = mv.spec.model
+    is_canary = serving.canary is not None
+    routed = is_canary or mv.spec.stage == "production"
+    replicas = serving.replicas
+    if is_canary and serving.canary is not None and stable and stable.spec.serving:
+        replicas = canary_replicas(stable.spec.serving.replicas, serving.canary.traffic_percent)
+    pod_labels = {
+        MODEL_LABEL: model,
+        ROUTED_LABEL: str(routed).lower(),
+        TRACK_LABEL: "canary" if is_canary else "stable",
+    }
+    port = settings.serving_port
+    command = [
+        "neuraxis", "workload", "serve", "--model", artifact_uri, "--name", model,
+        "--host", "0.0.0.0", "--port", str(port),
+        "--max-batch-size", str(serving.max_batch_size),
+        "--max-batch-wait-ms", str(serving.max_batch_wait_ms),
+    ]  # fmt: skip
+    container = workload_container(
+        mv,
+        settings,
+        command,
+        resources=resource_limits(serving.resources.cpu, serving.resources.memory),
+        ports=[{"name": "http", "containerPort": port}],
+    )
+    probe = {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 5}
+    container["readinessProbe"] = probe
+    container["livenessProbe"] = {**probe, "httpGet": {"path": "/healthz", "port": "http"}}
+    template = pod_template(
+        mv, settings, "predictor", container, name, labels=pod_labels, restart_policy="Always"
+    )
+    selector = {
+        "neuraxis.dev/modelversion": mv.metadata.name,
+        "app.kubernetes.io/component": "predictor",
+    }
+    children: list[dict[str, Any]] = [
+        spec_config_map(mv, name, "predictor"),
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": child_metadata(mv, name, "predictor"),
+            "spec": {
+                "replicas": replicas,
+                "selector": {"matchLabels": selector},
+                "template": template,
+            },
+        },
+        _service(mv, name, selector, port),
+    ]
+    if routed:
+        children.append(_service(mv, model, {MODEL_LABEL: model, ROUTED_LABEL: "true"}, port))
+    if serving.autoscaling is not None and not is_canary:
+        children.append(_hpa(mv, name, serving))
+    if features.gateway_api and is_canary and serving.canary and stable is not None:
+        children.append(_http_route(mv, stable, serving.canary.traffic_percent, port))
+    if features.prometheus_operator:
+        children.append(_service_monitor(mv, name))
+    return children
+
+
+def _service(mv: ModelVersion, name: str, selector: dict[str, str], port: int) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": child_metadata(mv, name, "predictor"),
+        "spec": {
+            "selector": selector,
+            "ports": [{"name": "http", "port": 80, "targetPort": port}],
+        },
+    }
+
+
+def _hpa(mv: ModelVersion, name: str, serving: Serving) -> dict[str, Any]:
+    assert serving.autoscaling is not None
+    scaling = serving.autoscaling
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": child_metadata(mv, name, "predictor"),
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+            "minReplicas": scaling.min_replicas,
+            "maxReplicas": scaling.max_replicas,
+            "metrics": [
+                {
+                    "type": "Resource",
+                    "resource": {
+                        "name": "cpu",
+                        "target": {
+                            "type": "Utilization",
+                            "averageUtilization": scaling.target_cpu_utilization,
+                        },
+                    },
+                }
+            ],
+        },
+    }
+
+
+def _http_route(mv: ModelVersion, stable: ModelVersion, percent: int, port: int) -> dict[str, Any]:
+    return {
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "HTTPRoute",
+        "metadata": child_metadata(mv, f"{mv.spec.model}-canary", "predictor"),
+        "spec": {
+            "rules": [
+                {
+                    "backendRefs": [
+                        {"name": predictor_name(stable), "port": 80, "weight": 100 - percent},
+                        {"name": predictor_name(mv), "port": 80, "weight": percent},
+                    ]
+                }
+            ]
+        },
+    }
+
+
+def _service_monitor(mv: ModelVersion, name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "ServiceMonitor",
+        "metadata": child_metadata(mv, name, "predictor"),
+        "spec": {
+            "selector": {"matchLabels": {"neuraxis.dev/modelversion": mv.metadata.name}},
+            "endpoints": [{"port": "http", "path": "/metrics", "interval": "30s"}],
+        },
+    }

@@ -1,0 +1,182 @@
+"""TrainingJob -> headless Service + Indexed Job running torchrun (or a tuning driver Job, or a
+RayJob when KubeRay is installed)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from neuraxis.crds import TrainingJob
+from neuraxis.operator.builders.common import RUN_ID_ENV, job, spec_config_map
+from neuraxis.operator.children import RUN_LABEL, SPEC_FILE, child_metadata, run_name
+from neuraxis.operator.pods import pod_template, resource_limits, workload_container
+from neuraxis.operator.settings import OperatorSettings
+
+MASTER_PORT = 29500
+
+
+@dataclass(frozen=True)
+class ResolvedDataset:
+    """The Dataset version a run reads, pinned when the run starts (lineage)."""
+
+    name: str
+    version: int
+    uri: str | None = None
+    digest: str | None = None
+
+
+def pinned(tj: TrainingJob, dataset: ResolvedDataset) -> TrainingJob:
+    """The job with its dataset reference pinned to the version resolved now."""
+    out = tj.model_copy(deep=True)
+    out.spec.dataset_ref.version = dataset.version
+    return out
+
+
+def gpu_scheduling(settings: OperatorSettings, gpus: int) -> dict[str, Any]:
+    if not gpus:
+        return {}
+    key, value, effect = settings.gpu_taint
+    label_key, label_value = settings.gpu_pool_label
+    return {
+        "nodeSelector": {label_key: label_value},
+        "tolerations": [{"key": key, "operator": "Equal", "value": value, "effect": effect}],
+    }
+
+
+def training_service_name(tj: TrainingJob) -> str:
+    return f"{tj.metadata.name}-workers"
+
+
+def _train_command(tj: TrainingJob, job_name: str, workers: int, subcommand: str) -> list[str]:
+    namespace = tj.metadata.namespace or "default"
+    workload = [
+        "-m", "neuraxis.cli", "workload", subcommand, "--spec", SPEC_FILE,
+        "--namespace", namespace, "--run-id", "$(NEURAXIS_RUN_ID)",
+    ]  # fmt: skip
+    if subcommand != "train":
+        return ["python", *workload]
+    master = f"{job_name}-0.{training_service_name(tj)}.{namespace}.svc"
+    return [
+        "torchrun", f"--nnodes={workers}", "--nproc-per-node=1",
+        "--node-rank=$(JOB_COMPLETION_INDEX)", f"--master-addr={master}",
+        f"--master-port={MASTER_PORT}", *workload,
+    ]  # fmt: skip
+
+
+def build_training_children(
+    tj: TrainingJob, dataset: ResolvedDataset, settings: OperatorSettings, *, kuberay: bool = False
+) -> list[dict[str, Any]]:
+    """Children of one run (one generation) of the job."""
+    spec = tj.spec
+    tuning = spec.tuning is not None
+    name = run_name(tj, "tune" if tuning else "train")
+    component = "tune" if tuning else "train"
+    resolved = pinned(tj, dataset)
+    config = spec_config_map(resolved, name, component)
+    if tuning and kuberay:
+        return [config, build_ray_job(tj, name, settings)]
+    workers = 1 if tuning else spec.resources.workers
+    gpus = spec.resources.gpus_per_worker
+    env = {"NEURAXIS_DATASET": dataset.name, "NEURAXIS_DATASET_VERSION": str(dataset.version)}
+    if dataset.digest:
+        env["NEURAXIS_DATASET_DIGEST"] = dataset.digest
+    completion_index = {
+        "name": "JOB_COMPLETION_INDEX",
+        "valueFrom": {
+            "fieldRef": {
+                "fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+            }
+        },
+    }
+    container = workload_container(
+        tj,
+        settings,
+        _train_command(tj, name, workers, "tune" if tuning else "train"),
+        resources=resource_limits(spec.resources.cpu, spec.resources.memory, gpus),
+        env=env,
+        extra_env=[RUN_ID_ENV, completion_index],
+        ports=None if tuning else [{"name": "rendezvous", "containerPort": MASTER_PORT}],
+    )
+    scheduling: dict[str, Any] = gpu_scheduling(settings, gpus)
+    if not tuning:
+        # Indexed pods get stable hostnames <job>-<index> under this subdomain (rendezvous).
+        scheduling["subdomain"] = training_service_name(tj)
+    template = pod_template(
+        tj, settings, component, container, name, labels={RUN_LABEL: name}, scheduling=scheduling
+    )
+    run = job(
+        tj,
+        name,
+        component,
+        template,
+        backoff_limit=spec.backoff_limit,
+        active_deadline_seconds=spec.active_deadline_seconds,
+        suspend=spec.suspend,
+        completions=workers,
+        indexed=True,
+    )
+    if tuning:
+        return [config, run]
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": child_metadata(tj, training_service_name(tj), component),
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,  # rendezvous happens before pods are Ready
+            "selector": {RUN_LABEL: name},
+            "ports": [{"name": "rendezvous", "port": MASTER_PORT, "targetPort": MASTER_PORT}],
+        },
+    }
+    return [config, service, run]
+
+
+def build_ray_job(tj: TrainingJob, name: str, settings: OperatorSettings) -> dict[str, Any]:
+    """A KubeRay RayJob that runs the tuning driver on a Ray cluster of its own."""
+    spec = tj.spec
+    assert spec.tuning is not None
+    namespace = tj.metadata.namespace or "default"
+    entrypoint = (
+        f"neuraxis workload tune --spec {SPEC_FILE} --namespace {namespace} --run-id {name}"
+    )
+    resources = resource_limits(spec.resources.cpu, spec.resources.memory)
+
+    def group_template(role: str) -> dict[str, Any]:
+        return {
+            "spec": {
+                "containers": [
+                    {
+                        "name": f"ray-{role}",
+                        "image": settings.image,
+                        "resources": resources,
+                        "env": [{"name": "NEURAXIS_LAKE_URI", "value": settings.lake_uri}],
+                        "volumeMounts": [{"name": "spec", "mountPath": "/etc/neuraxis"}],
+                    }
+                ],
+                "volumes": [{"name": "spec", "configMap": {"name": name}}],
+            }
+        }
+
+    return {
+        "apiVersion": "ray.io/v1",
+        "kind": "RayJob",
+        "metadata": child_metadata(tj, name, "tune"),
+        "spec": {
+            "entrypoint": entrypoint,
+            "shutdownAfterJobFinishes": True,
+            "suspend": spec.suspend,
+            "rayClusterSpec": {
+                "headGroupSpec": {"rayStartParams": {}, "template": group_template("head")},
+                "workerGroupSpecs": [
+                    {
+                        "groupName": "trials",
+                        "replicas": spec.tuning.parallel_trials,
+                        "minReplicas": 0,
+                        "maxReplicas": spec.tuning.parallel_trials,
+                        "rayStartParams": {},
+                        "template": group_template("worker"),
+                    }
+                ],
+            },
+        },
+    }

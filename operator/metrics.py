@@ -1,0 +1,22 @@
+"""Prometheus metrics of the operator, served on /metrics by `neuraxis operator`."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+RECONCILES = Counter(
+    "neuraxis_reconcile_total", "Reconciliations by kind and outcome.", ["kind", "outcome"]
+)
+RECONCILE_ERRORS = Counter(
+    "neuraxis_reconcile_errors_total", "Reconcile errors by kind and reason.", ["kind", "reason"]
+)
+RECONCILE_SECONDS = Histogram(
+    "neuraxis_reconcile_duration_seconds",
+    "Time spent in one reconciliation.",
+    ["kind"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+RESOURCES_BY_PHASE = Gauge(
+    "neuraxis_resources", "Resources by kind and phase (as last reconciled).", ["kind", "phase"]
+)
+API_REQUESTS = Counter("neuraxis_api_requests_total", "API server requests by verb.", ["verb"])

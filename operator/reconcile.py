@@ -1,0 +1,635 @@
+"""Level-based reconciliation of the four kinds. Each `reconcile_<kind>` looks at the resource,
+its inputs and its children, applies the children that should exist now, and returns a Draft
+of the status; `reconcile` turns the Draft into the shared status contract and writes it only
+when it changed. Running it twice in a row changes nothing."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from neuraxis.crds import Dataset, EdgeDeployment, ModelVersion, Resource, TrainingJob
+from neuraxis.operator import conditions as cond
+from neuraxis.operator.builders.dataset import build_dataset_children, etl_children_name
+from neuraxis.operator.builders.edge import (
+    build_bundle_children,
+    build_edge_daemon_sets,
+    canary_daemon_set_name,
+    canary_nodes,
+    matching_nodes,
+)
+from neuraxis.operator.builders.modelversion import (
+    ClusterFeatures,
+    build_evaluation_children,
+    build_serving_children,
+    predictor_name,
+)
+from neuraxis.operator.builders.training import ResolvedDataset, build_training_children
+from neuraxis.operator.children import owner_label, run_name
+from neuraxis.operator.cluster import CR_VERSION, Cluster, Obj
+from neuraxis.operator.errors import InputNotReadyError, InvalidSpecError
+from neuraxis.operator.observe import RunObservation, observe_run
+from neuraxis.operator.settings import OperatorSettings
+from neuraxis.resources import ResourceError, parse_resource
+
+TERMINAL = {"Ready", "Succeeded", "Failed", "Approved", "Rejected"}
+
+
+@dataclass
+class Draft:
+    """What a reconciler concluded: the phase, why, extra status fields and conditions."""
+
+    phase: str
+    reason: str
+    message: str = ""
+    ready: bool = False
+    fields: dict[str, Any] = field(default_factory=dict)
+    conditions: list[tuple[str, bool | None, str, str]] = field(default_factory=list)
+
+
+def _ns(res: Resource) -> str:
+    return res.metadata.namespace or "default"
+
+
+def _status(body: Obj) -> Obj:
+    return dict(body.get("status") or {})
+
+
+def _finished_for_generation(res: Resource, status: Obj) -> bool:
+    """A run that ended for the current spec is history: nothing is re-created for it."""
+    return status.get("observedGeneration") == res.metadata.generation and status.get("phase") in (
+        "Ready",
+        "Succeeded",
+        "Failed",
+    )
+
+
+def _apply_all(cluster: Cluster, manifests: list[Obj]) -> None:
+    for manifest in manifests:
+        cluster.apply(manifest)
+
+
+def _observe_job(cluster: Cluster, namespace: str, name: str) -> RunObservation:
+    job = cluster.get("batch/v1", "Job", namespace, name)
+    pods = (
+        cluster.list("v1", "Pod", namespace, {"batch.kubernetes.io/job-name": name}) if job else []
+    )
+    return observe_run(job, pods)
+
+
+def _failed_run(run: RunObservation) -> Draft:
+    result = run.result or {}
+    reason = str(result.get("reason") or run.reason)
+    message = str(result.get("message") or run.message or "the run failed")
+    return Draft("Failed", reason, message)
+
+
+# ---- Dataset ----------------------------------------------------------------------------------
+def reconcile_dataset(
+    ds: Dataset, status: Obj, cluster: Cluster, settings: OperatorSettings
+) -> Draft:
+    ns = _ns(ds)
+    if _finished_for_generation(ds, status) and not ds.spec.schedule:
+        return _keep(status)
+    _apply_all(cluster, build_dataset_children(ds, settings))
+    name = etl_children_name(ds)
+    if ds.spec.schedule:
+        jobs = cluster.list("batch/v1", "Job", ns, {owner_label("Dataset"): ds.metadata.name})
+        jobs.sort(key=lambda j: str(j["metadata"].get("creationTimestamp")))
+        if not jobs:
+            return Draft("Pending", "Scheduled", f"waiting for schedule {ds.spec.schedule!r}")
+        name = jobs[-1]["metadata"]["name"]
+    run = _observe_job(cluster, ns, name)
+    if run.state in ("Missing", "Active", "Suspended"):
+        return Draft("Running" if run.state == "Active" else "Pending", run.reason, f"Job {name}")
+    if run.state == "Failed":
+        return _failed_run(run)
+    result = run.result
+    if result is None:
+        return Draft("Failed", "ResultMissing", f"Job {name} succeeded but reported no result")
+    if result.get("outcome") != "Succeeded":
+        return _failed_run(run)
+    passed = bool(result.get("qualityPassed", True))
+    fields = {
+        "version": result.get("version"),
+        "rows": result.get("rows"),
+        "quarantinedRows": result.get("quarantinedRows"),
+        "qualityPassed": passed,
+        "table": {
+            "uri": result.get("tableUri") or result.get("resultUri", ""),
+            "digest": result.get("digest"),
+        },
+        "lastRunTime": result.get("finishedAt"),
+    }
+    quality = (
+        passed,
+        "QualityPassed" if passed else "QualityGateFailed",
+        "every expectation held"
+        if passed
+        else str(result.get("message") or "quality rules failed"),
+    )
+    return Draft(
+        "Ready",
+        "Succeeded",
+        f"version {result.get('version')} written",
+        ready=True,
+        fields={k: v for k, v in fields.items() if v is not None},
+        conditions=[("QualityPassed", *quality)],
+    )
+
+
+def _keep(status: Obj) -> Draft:
+    """The finished run's status, as it is."""
+    ready = cond.is_true(status.get("conditions") or [], "Ready")
+    return Draft(
+        str(status.get("phase")),
+        "Finished",
+        str(status.get("message") or ""),
+        ready=ready,
+        fields={
+            k: v
+            for k, v in status.items()
+            if k not in ("phase", "conditions", "message", "observedGeneration")
+        },
+    )
+
+
+# ---- TrainingJob ------------------------------------------------------------------------------
+def resolve_dataset(tj: TrainingJob, cluster: Cluster) -> ResolvedDataset:
+    ref = tj.spec.dataset_ref
+    body = cluster.get(CR_VERSION, "Dataset", _ns(tj), ref.name)
+    if body is None:
+        raise InputNotReadyError("DatasetNotFound", f"Dataset {ref.name} does not exist")
+    status = _status(body)
+    if status.get("phase") != "Ready":
+        raise InputNotReadyError(
+            "WaitingForDataset", f"Dataset {ref.name} is {status.get('phase', 'Pending')}"
+        )
+    if status.get("qualityPassed") is False:
+        raise InputNotReadyError(
+            "DatasetQualityFailed", f"Dataset {ref.name} did not pass its quality gate"
+        )
+    latest = status.get("version")
+    version = ref.version if ref.version is not None else latest
+    if version is None or (latest is not None and version > latest):
+        raise InputNotReadyError(
+            "WaitingForDataset",
+            f"Dataset {ref.name} has no version {version} yet (latest {latest})",
+        )
+    table = status.get("table") or {}
+    return ResolvedDataset(ref.name, int(version), table.get("uri"), table.get("digest"))
+
+
+def reconcile_training(
+    tj: TrainingJob, status: Obj, cluster: Cluster, settings: OperatorSettings
+) -> Draft:
+    ns = _ns(tj)
+    if _finished_for_generation(tj, status):
+        draft = _keep(status)
+        if status.get("phase") == "Succeeded":
+            ensure_registered(tj, status, cluster)
+        return draft
+    dataset = resolve_dataset(tj, cluster)
+    kuberay = tj.spec.tuning is not None and cluster.has_kind("ray.io/v1", "RayJob")
+    children = build_training_children(tj, dataset, settings, kuberay=kuberay)
+    _apply_all(cluster, children)
+    inputs = (
+        "InputsReady",
+        True,
+        "DatasetReady",
+        f"Dataset {dataset.name} version {dataset.version}",
+    )
+    lineage = {
+        "dataset": dataset.name,
+        "datasetVersion": dataset.version,
+        "datasetDigest": dataset.digest,
+        "trainingJob": tj.metadata.name,
+        "trainingJobUid": tj.metadata.uid,
+    }
+    lineage = {k: v for k, v in lineage.items() if v is not None}
+    name = children[-1]["metadata"]["name"]
+    if kuberay:
+        return Draft(
+            "Running",
+            "RayJobSubmitted",
+            f"RayJob {name}",
+            fields={"lineage": lineage},
+            conditions=[inputs],
+        )
+    run = _observe_job(cluster, ns, name)
+    if run.state == "Suspended":
+        return Draft("Suspended", "Suspended", "spec.suspend is true", conditions=[inputs])
+    if run.state in ("Missing", "Active"):
+        return Draft(
+            "Running", run.reason, f"Job {name}", fields={"lineage": lineage}, conditions=[inputs]
+        )
+    if run.state == "Failed" or not run.result or run.result.get("outcome") != "Succeeded":
+        draft = (
+            _failed_run(run)
+            if run.state == "Failed" or run.result
+            else Draft("Failed", "ResultMissing", f"Job {name} reported no result")
+        )
+        draft.conditions.append(inputs)
+        return draft
+    result = run.result
+    fields: dict[str, Any] = {"lineage": lineage, "metrics": result.get("metrics") or {}}
+    if result.get("artifactUri"):
+        fields["artifact"] = {"uri": result["artifactUri"], "digest": result.get("artifactDigest")}
+    if result.get("bestTrial"):
+        fields["bestTrial"] = result["bestTrial"]
+    draft = Draft(
+        "Succeeded",
+        "Succeeded",
+        "training finished",
+        ready=True,
+        fields=fields,
+        conditions=[inputs],
+    )
+    if tj.spec.register_ is not None:
+        fields["modelVersion"] = ensure_registered(tj, {**status, **fields}, cluster)
+    return draft
+
+
+def registered_name(tj: TrainingJob) -> str | None:
+    reg = tj.spec.register_
+    if reg is None:
+        return None
+    return reg.version_name or f"{reg.model}-{tj.metadata.name}"
+
+
+def ensure_registered(tj: TrainingJob, status: Obj, cluster: Cluster) -> str | None:
+    """Create the ModelVersion a successful job registers. It has no owner: it must outlive
+    the job. One declared in Git under that name is left alone if it points at this job."""
+    name = registered_name(tj)
+    reg = tj.spec.register_
+    if name is None or reg is None:
+        return None
+    existing = cluster.get(CR_VERSION, "ModelVersion", _ns(tj), name)
+    if existing is not None:
+        source = (existing.get("spec") or {}).get("source") or {}
+        if (source.get("trainingJobRef") or {}).get("name") != tj.metadata.name:
+            raise InvalidSpecError(
+                "VersionNameTaken", f"ModelVersion {name} exists and does not come from this job"
+            )
+        return name
+    lineage = status.get("lineage") or {}
+    cluster.create(
+        {
+            "apiVersion": CR_VERSION,
+            "kind": "ModelVersion",
+            "metadata": {
+                "name": name,
+                "namespace": _ns(tj),
+                "labels": {
+                    "neuraxis.dev/model": reg.model,
+                    "neuraxis.dev/trainingjob": tj.metadata.name,
+                },
+                "annotations": {
+                    "neuraxis.dev/dataset-version": str(lineage.get("datasetVersion", ""))
+                },
+            },
+            "spec": {"model": reg.model, "source": {"trainingJobRef": {"name": tj.metadata.name}}},
+        }
+    )
+    return name
+
+
+# ---- ModelVersion -----------------------------------------------------------------------------
+def resolve_artifact(mv: ModelVersion, cluster: Cluster) -> tuple[str, Obj]:
+    """The artifact URI and the lineage of the model's source."""
+    source = mv.spec.source
+    if source.uri is not None:
+        return source.uri, {"modelVersion": mv.metadata.name}
+    assert source.training_job_ref is not None
+    name = source.training_job_ref.name
+    body = cluster.get(CR_VERSION, "TrainingJob", _ns(mv), name)
+    if body is None:
+        raise InputNotReadyError("TrainingJobNotFound", f"TrainingJob {name} does not exist")
+    status = _status(body)
+    if status.get("phase") == "Failed":
+        raise InputNotReadyError("TrainingJobFailed", f"TrainingJob {name} failed")
+    artifact = status.get("artifact") or {}
+    if status.get("phase") != "Succeeded" or not artifact.get("uri"):
+        raise InputNotReadyError(
+            "WaitingForTrainingJob", f"TrainingJob {name} has not succeeded yet"
+        )
+    lineage = {**(status.get("lineage") or {}), "modelVersion": mv.metadata.name}
+    return str(artifact["uri"]), lineage
+
+
+def cluster_features(cluster: Cluster) -> ClusterFeatures:
+    return ClusterFeatures(
+        gateway_api=cluster.has_kind("gateway.networking.k8s.io/v1", "HTTPRoute"),
+        prometheus_operator=cluster.has_kind("monitoring.coreos.com/v1", "ServiceMonitor"),
+        kuberay=cluster.has_kind("ray.io/v1", "RayJob"),
+    )
+
+
+def _evaluate(
+    mv: ModelVersion, status: Obj, artifact_uri: str, cluster: Cluster, settings: OperatorSettings
+) -> Draft | None:
+    """None when the evaluation for this generation approved the model; else the Draft."""
+    evaluation = status.get("evaluation") or {}
+    if (
+        status.get("observedGeneration") == mv.metadata.generation
+        and evaluation.get("passed") is not None
+    ):
+        if evaluation["passed"]:
+            return None
+        return Draft(
+            "Rejected",
+            "GatesFailed",
+            str(status.get("message") or "gates failed"),
+            fields={"evaluation": evaluation},
+        )
+    children = build_evaluation_children(mv, artifact_uri, settings)
+    _apply_all(cluster, children)
+    run = _observe_job(cluster, _ns(mv), run_name(mv, "eval"))
+    if run.state in ("Missing", "Active", "Suspended"):
+        return Draft("Evaluating", "EvaluationRunning", f"Job {run_name(mv, 'eval')}")
+    if run.state == "Failed" and not (run.result and "gatesPassed" in run.result):
+        return _failed_run(run)
+    result = run.result or {}
+    if "gatesPassed" not in result:
+        return Draft("Failed", "ResultMissing", "the evaluation reported no result")
+    evaluation = {
+        "metrics": result.get("metrics") or {},
+        "gates": result.get("gates") or [],
+        "passed": bool(result["gatesPassed"]),
+    }
+    fields = {"evaluation": evaluation, "cardUri": result.get("cardUri")}
+    if not evaluation["passed"]:
+        return Draft(
+            "Rejected", "GatesFailed", str(result.get("message") or "gates failed"), fields=fields
+        )
+    status.update({k: v for k, v in fields.items() if v is not None})
+    return None
+
+
+def find_stable(mv: ModelVersion, cluster: Cluster) -> ModelVersion | None:
+    serving = mv.spec.serving
+    if serving is None or serving.canary is None:
+        return None
+    ref = serving.canary.stable_ref
+    if ref is not None:
+        body = cluster.get(CR_VERSION, "ModelVersion", _ns(mv), ref.name)
+        if body is None:
+            raise InputNotReadyError(
+                "StableVersionNotFound", f"ModelVersion {ref.name} does not exist"
+            )
+        stable = parse_resource(body)
+        assert isinstance(stable, ModelVersion)
+        return stable
+    for body in cluster.list(CR_VERSION, "ModelVersion", _ns(mv)):
+        spec = body.get("spec") or {}
+        if (
+            spec.get("model") == mv.spec.model
+            and spec.get("stage") == "production"
+            and body["metadata"]["name"] != mv.metadata.name
+        ):
+            stable = parse_resource(body)
+            assert isinstance(stable, ModelVersion)
+            return stable
+    return None
+
+
+def reconcile_model_version(
+    mv: ModelVersion, status: Obj, cluster: Cluster, settings: OperatorSettings
+) -> Draft:
+    artifact_uri, lineage = resolve_artifact(mv, cluster)
+    base_fields = {"artifact": {"uri": artifact_uri}, "lineage": lineage}
+    verdict = _evaluate(mv, status, artifact_uri, cluster, settings)
+    if verdict is not None:
+        verdict.fields = {**base_fields, **verdict.fields}
+        return verdict
+    fields = {
+        **base_fields,
+        "evaluation": status.get("evaluation"),
+        "cardUri": status.get("cardUri"),
+    }
+    fields = {k: v for k, v in fields.items() if v is not None}
+    serving = mv.spec.serving
+    if serving is None or not serving.enabled:
+        return Draft("Approved", "GatesPassed", "every gate passed", ready=True, fields=fields)
+    stable = find_stable(mv, cluster)
+    children = build_serving_children(
+        mv, serving, artifact_uri, settings, cluster_features(cluster), stable=stable
+    )
+    _apply_all(cluster, children)
+    deployment = cluster.get("apps/v1", "Deployment", _ns(mv), predictor_name(mv)) or {}
+    available = int((deployment.get("status") or {}).get("availableReplicas") or 0)
+    fields["endpoint"] = (
+        f"http://{predictor_name(mv)}.{_ns(mv)}.svc/v1/models/{mv.spec.model}:predict"
+    )
+    serving_cond = (
+        "Serving",
+        available > 0,
+        "PredictorAvailable" if available else "PredictorNotAvailable",
+        f"{available} replica(s) available",
+    )
+    if available == 0:
+        return Draft(
+            "Approved",
+            "GatesPassed",
+            "waiting for the predictor to become available",
+            ready=True,
+            fields=fields,
+            conditions=[serving_cond],
+        )
+    note = ""
+    if serving.canary is not None:
+        note = (
+            f"; canary {serving.canary.traffic_percent}% next to {stable.metadata.name}"
+            if stable
+            else "; canary without a stable version serves all traffic"
+        )
+    return Draft(
+        "Serving",
+        "PredictorAvailable",
+        f"{available} replica(s) available{note}",
+        ready=True,
+        fields=fields,
+        conditions=[serving_cond],
+    )
+
+
+# ---- EdgeDeployment ---------------------------------------------------------------------------
+def reconcile_edge(
+    ed: EdgeDeployment, status: Obj, cluster: Cluster, settings: OperatorSettings
+) -> Draft:
+    ns = _ns(ed)
+    ref = ed.spec.model_version_ref.name
+    body = cluster.get(CR_VERSION, "ModelVersion", ns, ref)
+    if body is None:
+        raise InputNotReadyError("ModelVersionNotFound", f"ModelVersion {ref} does not exist")
+    mv_status = _status(body)
+    if mv_status.get("phase") == "Rejected":
+        raise InputNotReadyError(
+            "ModelVersionRejected", f"ModelVersion {ref} was rejected by its gates"
+        )
+    if mv_status.get("phase") not in ("Approved", "Serving"):
+        raise InputNotReadyError(
+            "WaitingForModelVersion", f"ModelVersion {ref} is not Approved yet"
+        )
+    artifact_uri = str((mv_status.get("artifact") or {}).get("uri"))
+    lineage = {**(mv_status.get("lineage") or {}), "modelVersion": ref}
+    bundle = (
+        status.get("bundle") if status.get("observedGeneration") == ed.metadata.generation else None
+    )
+    if not bundle:
+        _apply_all(cluster, build_bundle_children(ed, artifact_uri, settings))
+        run = _observe_job(cluster, ns, run_name(ed, "bundle"))
+        if run.state in ("Missing", "Active", "Suspended"):
+            return Draft(
+                "Pending",
+                "BuildingBundle",
+                f"Job {run_name(ed, 'bundle')}",
+                fields={"lineage": lineage},
+            )
+        if run.state == "Failed" or not run.result or run.result.get("outcome") != "Succeeded":
+            return (
+                _failed_run(run)
+                if run.result or run.state == "Failed"
+                else Draft("Failed", "ResultMissing", "the bundle Job reported no result")
+            )
+        bundle = {"uri": run.result.get("bundleUri"), "digest": run.result.get("bundleDigest")}
+    nodes = [
+        {"name": n["metadata"]["name"], "labels": n["metadata"].get("labels") or {}}
+        for n in cluster.list("v1", "Node", None)
+    ]
+    targeted = matching_nodes(ed, nodes, settings.edge_site_label)
+    fields: dict[str, Any] = {"bundle": bundle, "lineage": lineage, "targetedNodes": len(targeted)}
+    if not targeted:
+        return Draft(
+            "Pending",
+            "NoMatchingNodes",
+            "no node matches spec.target",
+            fields={**fields, "updatedNodes": 0, "readyNodes": 0},
+        )
+    canary = cluster.get("apps/v1", "DaemonSet", ns, canary_daemon_set_name(ed))
+    canary_ready = _daemon_set_done(canary, len(canary_nodes(ed, targeted)))
+    sets = build_edge_daemon_sets(
+        ed, str(bundle["uri"]), targeted, settings, canary_ready=canary_ready
+    )
+    _apply_all(cluster, sets)
+    observed = [cluster.get("apps/v1", "DaemonSet", ns, s["metadata"]["name"]) or {} for s in sets]
+    updated = sum(int((d.get("status") or {}).get("updatedNumberScheduled") or 0) for d in observed)
+    ready = sum(int((d.get("status") or {}).get("numberReady") or 0) for d in observed)
+    fields.update(updatedNodes=updated, readyNodes=ready)
+    if ready >= len(targeted):
+        return Draft(
+            "Available",
+            "AllNodesReady",
+            f"{ready}/{len(targeted)} nodes ready",
+            ready=True,
+            fields=fields,
+        )
+    if ed.spec.rollout.pause and canary_ready:
+        return Draft(
+            "Paused",
+            "PausedAfterCanary",
+            "spec.rollout.pause: the canary nodes are updated",
+            fields=fields,
+        )
+    return Draft("RollingOut", "RollingOut", f"{ready}/{len(targeted)} nodes ready", fields=fields)
+
+
+def _daemon_set_done(ds: Obj | None, expected: int) -> bool:
+    if ds is None or expected == 0:
+        return expected == 0
+    st = ds.get("status") or {}
+    return (
+        int(st.get("desiredNumberScheduled") or 0) >= expected
+        and int(st.get("numberReady") or 0) >= expected
+        and int(st.get("updatedNumberScheduled") or 0) >= expected
+    )
+
+
+# ---- the shared status contract ---------------------------------------------------------------
+Reconciler = Callable[[Any, Obj, Cluster, OperatorSettings], Draft]
+RECONCILERS: dict[str, Reconciler] = {
+    "Dataset": reconcile_dataset,
+    "TrainingJob": reconcile_training,
+    "ModelVersion": reconcile_model_version,
+    "EdgeDeployment": reconcile_edge,
+}
+_locks: dict[tuple[str, str, str], threading.Lock] = {}
+_locks_guard = threading.Lock()
+
+
+def _lock_for(kind: str, namespace: str, name: str) -> threading.Lock:
+    with _locks_guard:
+        return _locks.setdefault((kind, namespace, name), threading.Lock())
+
+
+def status_from_draft(
+    draft: Draft, old: Obj, generation: int | None, now: str | None = None
+) -> Obj:
+    """The full status for a Draft, keeping condition transition times that did not move."""
+    conditions: list[dict[str, Any]] = list(old.get("conditions") or [])
+    for type_, value, reason, message in draft.conditions:
+        conditions = cond.set_condition(conditions, type_, value, reason, message, generation, now)
+    ready_message = draft.message or draft.phase
+    conditions = cond.set_condition(
+        conditions, "Ready", draft.ready, draft.reason, ready_message, generation, now
+    )
+    return {
+        **draft.fields,
+        "phase": draft.phase,
+        "message": draft.message,
+        "observedGeneration": generation,
+        "conditions": conditions,
+    }
+
+
+def _comparable(status: Obj) -> Obj:
+    return {k: v for k, v in status.items() if v is not None}
+
+
+def reconcile(body: Obj, cluster: Cluster, settings: OperatorSettings) -> Obj:
+    """Reconcile one resource given its current body; returns the status it now has.
+
+    Raises InvalidSpecError for specs that cannot work (after recording it in status)."""
+    kind = body["kind"]
+    meta = body["metadata"]
+    with _lock_for(kind, meta["namespace"], meta["name"]):
+        old = _status(body)
+        generation = meta.get("generation")
+        invalid: InvalidSpecError | None = None
+        try:
+            res = parse_resource(body)
+            draft = RECONCILERS[kind](res, old, cluster, settings)
+        except ResourceError as exc:
+            invalid = InvalidSpecError("InvalidSpec", str(exc))
+            draft = Draft("Failed", "InvalidSpec", str(exc))
+        except InvalidSpecError as exc:
+            invalid = exc
+            draft = Draft("Failed", exc.reason, exc.message)
+        except InputNotReadyError as exc:
+            draft = Draft(
+                "Pending",
+                exc.reason,
+                exc.message,
+                fields=_kept_fields(old),
+                conditions=[("InputsReady", False, exc.reason, exc.message)],
+            )
+        new = status_from_draft(draft, old, generation)
+        if _comparable(new) != _comparable(old):
+            cluster.patch_status(kind, meta["namespace"], meta["name"], new)
+            if new.get("phase") != old.get("phase"):
+                type_ = "Warning" if new["phase"] in ("Failed", "Rejected") else "Normal"
+                cluster.event(
+                    body,
+                    type_,
+                    draft.reason,
+                    f"{old.get('phase', 'New')} -> {new['phase']}: {draft.message}",
+                )
+        if invalid is not None:
+            raise invalid
+        return new
+
+
+def _kept_fields(old: Obj) -> Obj:
+    return {k: v for k, v in old.items() if k in ("lineage",)}
