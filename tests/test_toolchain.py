@@ -7,10 +7,11 @@ import os
 import shutil
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from neuraxis.dev import toolchain
+from neuraxis.dev import cluster, toolchain
 from neuraxis.dev.toolchain import GoMod, Replace, ToolchainError, ToolSpec
 
 KUBERNETES_GO_MOD = """\
@@ -280,3 +281,61 @@ def _toml(version: str) -> bytes:
 def _spec(local_replaces: str | None = None, godebug: tuple[str, ...] | None = None) -> ToolSpec:
     base = toolchain.parse_toolset(_toml("v1.0.0")).tool("demo")
     return dataclasses.replace(base, local_replaces=local_replaces, godebug=godebug)
+
+
+# ---------------------------------------------------------------------------------------------
+# The local cluster's pure helpers (no processes started).
+
+
+def test_fake_node_pools() -> None:
+    nodes = cluster.node_manifests()
+    by_pool: dict[str, list[dict[str, Any]]] = {}
+    for node in nodes:
+        metadata = node["metadata"]
+        assert metadata["annotations"] == {"kwok.x-k8s.io/node": "fake"}
+        by_pool.setdefault(metadata["labels"]["neuraxis.dev/pool"], []).append(node)
+    assert {pool: len(members) for pool, members in by_pool.items()} == {
+        "cpu": 4,
+        "gpu": 2,
+        "edge": 3,
+    }
+    gpu = by_pool["gpu"][0]
+    assert gpu["status"] == {
+        "allocatable": {**cluster.BASE_RESOURCES, "nvidia.com/gpu": "8"},
+        "capacity": {**cluster.BASE_RESOURCES, "nvidia.com/gpu": "8"},
+    }
+    assert gpu["spec"] == {
+        "taints": [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}]
+    }
+    assert by_pool["cpu"][0]["spec"] == {}
+    sites = [n["metadata"]["labels"]["neuraxis.dev/edge-site"] for n in by_pool["edge"]]
+    assert sites == ["plant-a", "plant-a", "plant-b"]
+
+
+def test_crd_files_skip_the_kustomization(tmp_path: Path) -> None:
+    for name in ("kustomization.yaml", "b.yaml", "a.yaml", "notes.txt"):
+        (tmp_path / name).write_text("x: 1\n")
+    assert [p.name for p in cluster.crd_files(tmp_path)] == ["a.yaml", "b.yaml"]
+    assert cluster.crd_files(tmp_path / "missing") == []
+
+
+def test_cluster_paths_follow_neuraxis_home(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("NEURAXIS_HOME", str(tmp_path / "home"))
+    paths = cluster.cluster_paths()
+    assert paths.kubeconfig == tmp_path / "home" / "kubeconfig"
+    assert paths.cluster_dir == tmp_path / "home" / "kwok" / "clusters" / "neuraxis"
+    monkeypatch.delenv("NEURAXIS_HOME")
+    monkeypatch.chdir(tmp_path)
+    assert cluster.kubeconfig_path() == tmp_path / ".neuraxis" / "kubeconfig"
+
+
+def test_recorded_ports_come_from_kwokctl_saved_config(tmp_path: Path) -> None:
+    paths = cluster.ClusterPaths(tmp_path)
+    paths.cluster_dir.mkdir(parents=True)
+    (paths.cluster_dir / "kwok.yaml").write_text(
+        "options:\n  kubeApiserverPort: 32764\n  etcdPort: 32765\n  prometheusPort: 0\n"
+        "components:\n- name: etcd\n  ports:\n  - hostPort: 32766\n    port: 2379\n"
+    )
+    assert sorted(cluster._recorded_ports(paths)) == [32764, 32765, 32766]

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from neuraxis.dev import toolchain
 
@@ -126,9 +127,9 @@ NODE_POOLS: tuple[NodePool, ...] = (
 BASE_RESOURCES = {"cpu": "32", "memory": "128Gi", "pods": "110", "ephemeral-storage": "500Gi"}
 
 
-def node_manifests(pools: Sequence[NodePool] = NODE_POOLS) -> list[dict[str, object]]:
+def node_manifests(pools: Sequence[NodePool] = NODE_POOLS) -> list[dict[str, Any]]:
     """Node objects for the pools; kwok manages them because of the `kwok.x-k8s.io/node` mark."""
-    nodes: list[dict[str, object]] = []
+    nodes: list[dict[str, Any]] = []
     for pool in pools:
         for index in range(pool.count):
             extra = pool.node_labels[index] if index < len(pool.node_labels) else {}
@@ -136,7 +137,7 @@ def node_manifests(pools: Sequence[NodePool] = NODE_POOLS) -> list[dict[str, obj
     return nodes
 
 
-def _node(pool: NodePool, name: str, extra_labels: dict[str, str]) -> dict[str, object]:
+def _node(pool: NodePool, name: str, extra_labels: dict[str, str]) -> dict[str, Any]:
     resources = {**BASE_RESOURCES, **pool.extra_resources}
     labels = {
         "kubernetes.io/hostname": name,
