@@ -1,0 +1,3 @@
+from neuraxis.workloads.serve.cli import main
+
+main()

@@ -1,0 +1,50 @@
+"""`neuraxis workload serve`: the command the ModelVersion serving Deployment runs."""
+
+from __future__ import annotations
+
+import logging
+
+import typer
+
+from neuraxis.crds.modelversion import Serving
+
+_DEFAULT_BATCH = Serving.model_fields["max_batch_size"].default
+_DEFAULT_WAIT_MS = Serving.model_fields["max_batch_wait_ms"].default
+
+
+def serve_command(
+    model: str = typer.Option(
+        ..., help="Artifact folder: a path, file://... or s3://.../models/ns/m/v."
+    ),
+    port: int = typer.Option(8080, help="Port to listen on."),
+    host: str = typer.Option("127.0.0.1", help="Address to bind (0.0.0.0 in a pod)."),
+    max_batch_size: int = typer.Option(_DEFAULT_BATCH, min=1, help="Rows per forward at most."),
+    max_batch_wait_ms: float = typer.Option(_DEFAULT_WAIT_MS, min=0, help="Batch gathering wait."),
+    name: str | None = typer.Option(None, help="Model name in URLs; default from the URI."),
+    digest: str | None = typer.Option(None, help="Expected artifact digest (sha256:...)."),
+    max_body_bytes: int = typer.Option(1 << 20, min=1, help="Larger request bodies get 413."),
+    torch_threads: int = typer.Option(0, min=0, help="torch intra-op threads (0: torch default)."),
+    graceful_timeout_s: int = typer.Option(30, min=1, help="SIGTERM: wait this long for requests."),
+) -> None:
+    """Serve a model artifact over HTTP (KServe v1 and Open Inference Protocol v2)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    from neuraxis.workloads.serve.app import ServeConfig, build_app
+    from neuraxis.workloads.serve.model_loader import ModelLoadError, load_model
+    from neuraxis.workloads.serve.runtime import BatchingConfig
+    from neuraxis.workloads.serve.server import run_server
+
+    if torch_threads:
+        import torch
+
+        torch.set_num_threads(torch_threads)
+    try:
+        loaded = load_model(model, name=name, expected_digest=digest)
+    except ModelLoadError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    config = ServeConfig(BatchingConfig(max_batch_size, max_batch_wait_ms), max_body_bytes)
+    run_server(build_app(loaded, config), host, port, graceful_timeout_s)
+
+
+def main() -> None:
+    typer.run(serve_command)

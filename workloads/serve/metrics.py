@@ -1,0 +1,68 @@
+"""Prometheus metrics of one server (its own registry: no process-global state)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0
+)  # fmt: skip
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+
+
+def route_label(path: str) -> str:
+    """The route template of a path (bounded label cardinality: never the raw path)."""
+    if path.startswith("/v1/models/") and path.endswith(":predict"):
+        return "/v1/models/{name}:predict"
+    if path.startswith("/v2/models/") and path.endswith("/infer"):
+        return "/v2/models/{name}/infer"
+    if path.startswith("/v2/models/"):
+        return "/v2/models/{name}"
+    if path in ("/healthz", "/readyz", "/metrics", "/v2/health/ready", "/v2/health/live"):
+        return path
+    return "other"
+
+
+@dataclass
+class ServeMetrics:
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.requests = Counter(
+            "neuraxis_serve_requests", "HTTP requests by route and status code.",
+            ["route", "code"], registry=r,
+        )  # fmt: skip
+        self.latency = Histogram(
+            "neuraxis_serve_request_duration_seconds", "Request latency by route.",
+            ["route"], buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.in_flight = Gauge(
+            "neuraxis_serve_requests_in_flight", "Requests being handled (not /metrics).",
+            registry=r,
+        )  # fmt: skip
+        self.batch_size = Histogram(
+            "neuraxis_serve_batch_size", "Rows per model forward.", buckets=BATCH_BUCKETS,
+            registry=r,
+        )  # fmt: skip
+        self.model_info = Gauge(
+            "neuraxis_serve_model_info", "The model being served (value 1).",
+            ["model", "version", "digest"], registry=r,
+        )  # fmt: skip
+        self._model_labels: tuple[str, str, str] | None = None
+
+    def set_model(self, model: str, version: str, digest: str) -> None:
+        """Report the served model; a swapped-out model's series is removed."""
+        if self._model_labels is not None:
+            self.model_info.remove(*self._model_labels)
+        self._model_labels = (model, version, digest)
+        self.model_info.labels(*self._model_labels).set(1)
+
+    def observe(self, route: str, code: int, seconds: float) -> None:
+        self.requests.labels(route, str(code)).inc()
+        self.latency.labels(route).observe(seconds)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,107 @@
+"""Response bodies for the KServe v1 and Open Inference Protocol v2 routes (pure functions).
+
+v1 `:predict` answers `{"model_name", "model_version", "predictions": [...]}`. For classification
+`predictions` are class labels (the signature's `classes`, or the class index when it has none),
+with `probabilities` (one row per instance, in `classes` order) and `classes` alongside; for
+regression `predictions` are numbers.
+v2 `infer` answers `outputs`: classification `probabilities` (FP32 [n, k]) and `label` (BYTES
+[n]); regression `prediction` (FP32 [n]).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from neuraxis.workloads.artifact import Signature
+from neuraxis.workloads.serve.validation import InvalidInputError
+
+
+def check_finite_outputs(outputs: list[Any], row_field: str) -> None:
+    """A model can overflow on extreme but valid inputs; answer 422 naming the row, not 500."""
+    for i, out in enumerate(outputs):
+        values = out if isinstance(out, list) else [out]
+        if not all(math.isfinite(v) for v in values):
+            raise InvalidInputError(
+                row_field.format(i=i),
+                "the model's output is not finite for this input (values beyond its range)",
+                status=422,
+            )
+
+
+def labels(signature: Signature, probabilities: list[list[float]]) -> list[str | int]:
+    out: list[str | int] = []
+    for row in probabilities:
+        best = max(range(len(row)), key=row.__getitem__)
+        out.append(signature.classes[best] if signature.classes else best)
+    return out
+
+
+def v1_response(name: str, signature: Signature, outputs: list[Any]) -> dict[str, Any]:
+    body: dict[str, Any] = {"model_name": name, "model_version": signature.model_version}
+    if signature.task == "classification":
+        body["predictions"] = labels(signature, outputs)
+        body["probabilities"] = outputs
+        body["classes"] = signature.classes
+    else:
+        body["predictions"] = outputs
+    return body
+
+
+def v2_response(
+    name: str, signature: Signature, outputs: list[Any], request_id: Any = None
+) -> dict[str, Any]:
+    n = len(outputs)
+    tensors: list[dict[str, Any]]
+    if signature.task == "classification":
+        k = len(outputs[0]) if outputs else len(signature.classes)
+        tensors = [
+            {
+                "name": "probabilities",
+                "datatype": "FP32",
+                "shape": [n, k],
+                "data": [v for row in outputs for v in row],
+            },
+            {
+                "name": "label",
+                "datatype": "BYTES",
+                "shape": [n],
+                "data": [str(x) for x in labels(signature, outputs)],
+            },
+        ]
+    else:
+        tensors = [{"name": "prediction", "datatype": "FP32", "shape": [n], "data": outputs}]
+    body: dict[str, Any] = {
+        "model_name": name,
+        "model_version": signature.model_version,
+        "outputs": tensors,
+    }
+    if isinstance(request_id, str):
+        body["id"] = request_id
+    return body
+
+
+def v2_metadata(name: str, signature: Signature, digest: str) -> dict[str, Any]:
+    n_features = len(signature.features)
+    outputs: list[dict[str, Any]]
+    if signature.task == "classification":
+        k = len(signature.classes) or -1
+        outputs = [
+            {"name": "probabilities", "datatype": "FP32", "shape": [-1, k]},
+            {"name": "label", "datatype": "BYTES", "shape": [-1]},
+        ]
+    else:
+        outputs = [{"name": "prediction", "datatype": "FP32", "shape": [-1]}]
+    return {
+        "name": name,
+        "versions": [signature.model_version],
+        "platform": "pytorch_torchscript",
+        "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, n_features]}],
+        "outputs": outputs,
+        "parameters": {
+            "features": signature.feature_names,
+            "task": signature.task,
+            "classes": signature.classes,
+            "digest": digest,
+        },
+    }

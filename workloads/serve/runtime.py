@@ -1,0 +1,81 @@
+"""The model being served and its batcher, swappable while serving (the edge agent installs a
+newer bundle without a restart; requests already queued finish on the model they started with)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from neuraxis.workloads.serve.batcher import Batcher
+from neuraxis.workloads.serve.metrics import ServeMetrics
+from neuraxis.workloads.serve.model_loader import LoadedModel
+
+log = logging.getLogger(__name__)
+
+# Called in the worker thread after each forward with (model, rows, outputs): the edge agent's
+# inference log. It runs before the results are returned, so a logged prediction is durable
+# before its client sees it.
+PredictionHook = Callable[[LoadedModel, list[list[float]], list[Any]], None]
+
+
+@dataclass(frozen=True)
+class BatchingConfig:
+    max_batch_size: int = 32
+    max_batch_wait_ms: float = 2.0
+
+
+@dataclass(frozen=True)
+class ModelRuntime:
+    model: LoadedModel
+    batcher: Batcher[Any]
+
+
+def _batch_runner(
+    model: LoadedModel, hook: PredictionHook | None
+) -> Callable[[list[list[float]]], list[Any]]:
+    regression = model.signature.task == "regression"
+
+    def run_batch(rows: list[list[float]]) -> list[Any]:
+        out = model.forward(rows)
+        values: list[Any] = (out.reshape(-1) if regression else out).tolist()
+        if hook is not None:
+            hook(model, rows, values)
+        return values
+
+    return run_batch
+
+
+class ModelSlot:
+    """Holds the current ModelRuntime; `install` swaps in a new model."""
+
+    def __init__(
+        self,
+        batching: BatchingConfig,
+        metrics: ServeMetrics,
+        on_predictions: PredictionHook | None = None,
+    ):
+        self.batching = batching
+        self.metrics = metrics
+        self.on_predictions = on_predictions
+        self.current: ModelRuntime | None = None
+
+    async def install(self, model: LoadedModel) -> None:
+        """Start serving `model`; the previous one drains its queue, then stops."""
+        batcher: Batcher[Any] = Batcher(
+            _batch_runner(model, self.on_predictions),
+            max_batch_size=self.batching.max_batch_size,
+            max_wait_s=self.batching.max_batch_wait_ms / 1000.0,
+            on_batch=self.metrics.batch_size.observe,
+        )
+        batcher.start()
+        previous, self.current = self.current, ModelRuntime(model, batcher)
+        self.metrics.set_model(model.name, model.version, model.digest)
+        log.info("serving %s version %s (%s)", model.name, model.version, model.digest)
+        if previous is not None:
+            await previous.batcher.stop()
+
+    async def close(self) -> None:
+        if self.current is not None:
+            await self.current.batcher.stop()
