@@ -1,0 +1,72 @@
+"""Tiny Delta tables and TrainingJob specs for the training, evaluation and bundle tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+
+from neuraxis.lake import Lake
+
+NAMESPACE = "ml"
+
+
+def write_table(
+    lake: Lake, name: str, rows: int = 400, seed: int = 0, mode: str = "overwrite"
+) -> None:
+    """A separable classification table: failure = 1 when temperature + vibration > 0."""
+    import pyarrow as pa
+    from deltalake import write_deltalake
+
+    rng = np.random.default_rng(seed)
+    temperature = rng.normal(size=rows)
+    vibration = rng.normal(size=rows)
+    pressure = rng.normal(size=rows)
+    table = pa.table(
+        {
+            "temperature": temperature,
+            "vibration": vibration,
+            "pressure": pressure,
+            "site": pa.array(["a"] * rows),  # not numeric: never a feature by default
+            "failure": (temperature + vibration > 0).astype(np.int64),
+        }
+    )
+    write_deltalake(lake.uri(Lake.table_path(NAMESPACE, name)), table, mode=mode)  # type: ignore[arg-type]
+
+
+def training_job(name: str = "detector-train", **spec: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "datasetRef": {"name": "features"},
+        "validationSplit": 0.25,
+        "task": {"type": "classification", "label": "failure"},
+        "model": {
+            "architecture": "mlp",
+            "epochs": 4,
+            "batchSize": 32,
+            "learningRate": 0.01,
+            "hyperparameters": {"hiddenSize": 16, "layers": 1},
+        },
+    }
+    base.update(spec)
+    return {
+        "apiVersion": "neuraxis.dev/v1alpha1",
+        "kind": "TrainingJob",
+        "metadata": {"name": name},
+        "spec": base,
+    }
+
+
+def write_spec(folder: Path, doc: dict[str, Any], name: str = "job.yaml") -> Path:
+    path = folder / name
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def lake(tmp_path: Path) -> Lake:
+    the_lake = Lake(str(tmp_path / "lake"))
+    write_table(the_lake, "features")
+    return the_lake

@@ -1,0 +1,3 @@
+from neuraxis.workloads.train.cli import main
+
+main()

@@ -1,0 +1,109 @@
+"""Checkpoints in the lake: `runs/<ns>/<run-id>/checkpoints/epoch-<n>.pt`, each with a sidecar
+`epoch-<n>.pt.sha256` written after it. A checkpoint without its sidecar is incomplete, one whose
+bytes do not match is corrupted: both are skipped with a logged error and the previous one is used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from neuraxis.lake import Lake, LakeError
+
+log = logging.getLogger(__name__)
+
+_NAME = re.compile(r"epoch-(\d+)\.pt$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is incomplete, corrupted or unreadable."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    epoch: int
+    state: dict[str, Any]
+    path: str
+
+
+def checkpoint_folder(namespace: str, run_id: str) -> str:
+    return f"{Lake.run_path(namespace, run_id)}/checkpoints"
+
+
+def epochs_to_delete(epochs: list[int], keep: int) -> list[int]:
+    """All but the `keep` most recent epochs."""
+    return sorted(epochs)[:-keep] if keep > 0 else sorted(epochs)
+
+
+class CheckpointStore:
+    """Reads and writes one run's checkpoints."""
+
+    def __init__(self, lake: Lake, namespace: str, run_id: str, keep: int):
+        self.lake = lake
+        self.folder = checkpoint_folder(namespace, run_id)
+        self.keep = keep
+
+    def _path(self, epoch: int) -> str:
+        return f"{self.folder}/epoch-{epoch}.pt"
+
+    def epochs(self) -> list[int]:
+        found = []
+        for rel in self.lake.list_files(self.folder):
+            match = _NAME.search(rel)
+            if match:
+                found.append(int(match.group(1)))
+        return sorted(found)
+
+    def save(self, epoch: int, state: dict[str, Any]) -> str:
+        import torch
+
+        buffer = io.BytesIO()
+        torch.save({"epoch": epoch, **state}, buffer)
+        data = buffer.getvalue()
+        path = self._path(epoch)
+        self.lake.write_bytes(path, data)
+        # The sidecar goes last: it is what makes the checkpoint complete.
+        self.lake.write_bytes(f"{path}.sha256", hashlib.sha256(data).hexdigest().encode())
+        self._prune()
+        return self.lake.uri(path)
+
+    def _prune(self) -> None:
+        if self.lake.scheme != "file":
+            return  # object stores: a lifecycle rule on runs/ expires old checkpoints
+        for epoch in epochs_to_delete(self.epochs(), self.keep):
+            for suffix in (".sha256", ""):  # sidecar first: a half-deleted one reads incomplete
+                self.lake.local_path(self._path(epoch) + suffix).unlink(missing_ok=True)
+
+    def load(self, epoch: int) -> Checkpoint:
+        import torch
+
+        path = self._path(epoch)
+        uri = self.lake.uri(path)
+        try:
+            expected = self.lake.read_bytes(f"{path}.sha256").decode().strip()
+        except LakeError as exc:
+            raise CheckpointError(f"{uri}: incomplete (no sha256 sidecar)") from exc
+        data = self.lake.read_bytes(path)
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != expected:
+            raise CheckpointError(
+                f"{uri}: corrupted (sha256 {actual[:12]}… does not match {expected[:12]}…)"
+            )
+        try:
+            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        except Exception as exc:  # a valid digest of unreadable bytes: written by a bad version
+            raise CheckpointError(f"{uri}: unreadable ({exc})") from exc
+        return Checkpoint(epoch=int(state["epoch"]), state=state, path=uri)
+
+    def latest_valid(self) -> Checkpoint | None:
+        """The newest checkpoint that verifies; each bad one is logged and skipped."""
+        for epoch in reversed(self.epochs()):
+            try:
+                return self.load(epoch)
+            except CheckpointError as exc:
+                log.error("%s; falling back to the previous checkpoint", exc)
+        return None

@@ -1,0 +1,60 @@
+"""The environment contract for `spec.custom` (user code in its own image).
+
+The operator puts these variables into every training pod; `neuraxis run` sets them for local
+processes:
+
+    NEURAXIS_DATASET_URI       the Dataset's Delta table (file:// or s3:// URI)
+    NEURAXIS_DATASET_VERSION   the table version to read (empty: latest)
+    NEURAXIS_OUTPUT_URI        where to write the model artifact (the registered version's folder,
+                               or runs/<ns>/<run-id>/model)
+    NEURAXIS_RUN_URI           runs/<ns>/<run-id>/ (checkpoints, result.json)
+    RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT   torch.distributed rendezvous
+plus the lake's S3 settings (AWS_*) when the lake is s3:// and `spec.custom.env`.
+"""
+
+from __future__ import annotations
+
+from neuraxis.crds.trainingjob import TrainingJob
+from neuraxis.lake import Lake
+
+DEFAULT_MASTER_PORT = 29500
+
+
+def artifact_folder(job: TrainingJob, namespace: str, run_id: str) -> str:
+    """Where the job's artifact goes: the registered version's folder, or the run's."""
+    register = job.spec.register_
+    if register is None:
+        return f"{Lake.run_path(namespace, run_id)}/model"
+    version = register.version_name or f"{register.model}-{job.metadata.name}"
+    return Lake.model_path(namespace, register.model, version)
+
+
+def custom_trainer_env(
+    job: TrainingJob,
+    lake: Lake,
+    namespace: str,
+    run_id: str,
+    *,
+    rank: int,
+    world_size: int,
+    master_addr: str,
+    master_port: int = DEFAULT_MASTER_PORT,
+    local_rank: int = 0,
+) -> dict[str, str]:
+    """The variables a custom trainer process receives (see the module docstring)."""
+    ref = job.spec.dataset_ref
+    env = {
+        "NEURAXIS_DATASET_URI": lake.uri(Lake.table_path(namespace, ref.name)),
+        "NEURAXIS_DATASET_VERSION": "" if ref.version is None else str(ref.version),
+        "NEURAXIS_OUTPUT_URI": lake.uri(artifact_folder(job, namespace, run_id)),
+        "NEURAXIS_RUN_URI": lake.uri(Lake.run_path(namespace, run_id)),
+        "RANK": str(rank),
+        "WORLD_SIZE": str(world_size),
+        "LOCAL_RANK": str(local_rank),
+        "MASTER_ADDR": master_addr,
+        "MASTER_PORT": str(master_port),
+    }
+    env.update({k: v for k, v in lake.storage_options().items() if k.startswith("AWS_")})
+    if job.spec.custom is not None:
+        env.update(job.spec.custom.env)
+    return env

@@ -1,0 +1,200 @@
+"""The training loop: one function used by a plain run, every DDP worker and every Ray Tune trial.
+
+Reproducible by construction: weights are seeded before the model is built, each epoch's data order
+comes from a generator seeded with (seed, epoch) and dropout from (seed, epoch, rank), so a run
+resumed from a checkpoint ends with the same weights as one that never stopped."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from neuraxis.workloads.train.checkpoint import CheckpointStore
+from neuraxis.workloads.train.data import TabularData
+from neuraxis.workloads.train.models import ModelConfig, TrainableModel, build_model
+
+log = logging.getLogger(__name__)
+
+EpochCallback = Callable[[dict[str, float]], None]
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    seed: int
+    checkpoint_every: int = 1
+    device: str = "cpu"
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """This process's place in a data-parallel group (world_size 1 = no DDP)."""
+
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+@dataclass
+class TrainOutcome:
+    model: TrainableModel
+    history: list[dict[str, float]] = field(default_factory=list)
+    resumed_from: int | None = None
+
+
+def shard_indices(
+    n_rows: int, epoch: int, seed: int, batch_size: int, ctx: DistContext
+) -> list[torch.Tensor]:
+    """This rank's batches for one epoch: a seeded permutation cut into global batches of
+    batch_size * world_size, each split round-robin over ranks. With one rank and batch_size B*W
+    the global batches are the same, which is why DDP matches a single process."""
+    gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    order = torch.randperm(n_rows, generator=gen)
+    global_batch = batch_size * ctx.world_size
+    batches = []
+    for start in range(0, n_rows, global_batch):
+        mine = order[start : start + global_batch][ctx.rank :: ctx.world_size]
+        if len(mine):
+            batches.append(mine)
+    return batches
+
+
+def loss_function(task: str) -> nn.Module:
+    return nn.CrossEntropyLoss() if task == "classification" else nn.MSELoss()
+
+
+def _targets(task: str, logits: torch.Tensor) -> torch.Tensor:
+    return logits if task == "classification" else logits.squeeze(1)
+
+
+def _autocast(device: str) -> AbstractContextManager[Any]:
+    # bf16 autocast only on GPU: on CPU it is slower for these small models and changes results.
+    if device.startswith("cuda"):
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+@torch.no_grad()
+def evaluate_split(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str, device: str
+) -> dict[str, float]:
+    """Validation loss and the headline metric on one split."""
+    if len(x) == 0:
+        return {}
+    model.eval()
+    with _autocast(device):
+        logits = model(x).float()
+    loss = loss_function(task)(_targets(task, logits), y).item()
+    metrics = {"val_loss": float(loss)}
+    if task == "classification":
+        metrics["val_accuracy"] = float((logits.argmax(dim=1) == y).float().mean().item())
+    else:
+        metrics["val_mae"] = float((logits.squeeze(1) - y).abs().mean().item())
+    return metrics
+
+
+def _all_reduce_sum(values: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    if ctx.world_size > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(values)
+    return values
+
+
+def feature_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return x.mean(dim=0), x.std(dim=0, unbiased=False)
+
+
+def train_model(
+    data: TabularData,
+    cfg: ModelConfig,
+    settings: TrainSettings,
+    *,
+    ctx: DistContext | None = None,
+    store: CheckpointStore | None = None,
+    on_epoch: EpochCallback | None = None,
+) -> TrainOutcome:
+    """Train (or resume) `cfg` on the data's training split; validate on its validation split
+    after every epoch. Only rank 0 writes checkpoints; every rank resumes from the same one."""
+    ctx = ctx or DistContext()
+    device = settings.device
+    train_x, train_y = data.train_x.to(device), data.train_y.to(device)
+    val_x, val_y = data.val_x.to(device), data.val_y.to(device)
+    if len(train_x) == 0:
+        raise ValueError("the training split is empty (validationSplit too high for the table)")
+    mean, std = feature_stats(data.train_x)
+    torch.manual_seed(settings.seed)
+    model = build_model(cfg, mean, std).to(device)
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=settings.learning_rate, weight_decay=cfg.weight_decay
+    )
+    outcome = TrainOutcome(model=model)
+    start_epoch = 1
+    if store is not None:
+        checkpoint = store.latest_valid()
+        if checkpoint is not None:
+            model.load_state_dict(checkpoint.state["model"])
+            optimizer.load_state_dict(checkpoint.state["optimizer"])
+            outcome.history = list(checkpoint.state["history"])
+            outcome.resumed_from = checkpoint.epoch
+            start_epoch = checkpoint.epoch + 1
+            log.info("resuming from %s (epoch %d)", checkpoint.path, checkpoint.epoch)
+    trained: nn.Module = model
+    if ctx.world_size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        trained = DistributedDataParallel(model, device_ids=None if device == "cpu" else [device])
+    criterion = loss_function(data.task)
+    for epoch in range(start_epoch, settings.epochs + 1):
+        trained.train()
+        torch.manual_seed(settings.seed * 1_000_003 + epoch * 101 + ctx.rank)
+        loss_sum = torch.zeros((), device=device)
+        seen = 0
+        for batch in shard_indices(len(train_x), epoch, settings.seed, settings.batch_size, ctx):
+            batch = batch.to(device)
+            xb, yb = train_x[batch], train_y[batch]
+            optimizer.zero_grad(set_to_none=True)
+            with _autocast(device):
+                loss = criterion(_targets(data.task, trained(xb).float()), yb)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach() * len(batch)
+            seen += len(batch)
+        totals = _all_reduce_sum(
+            torch.stack([loss_sum, torch.tensor(float(seen), device=device)]), ctx
+        )
+        metrics = {
+            "epoch": float(epoch),
+            "train_loss": float(totals[0].item() / max(totals[1].item(), 1.0)),
+        }
+        metrics.update(evaluate_split(model, val_x, val_y, data.task, device))
+        if not all(math.isfinite(v) for v in metrics.values()):
+            raise FloatingPointError(
+                f"epoch {epoch}: non-finite metrics {metrics} (learning rate?)"
+            )
+        outcome.history.append(metrics)
+        if store is not None and ctx.is_main and epoch % settings.checkpoint_every == 0:
+            store.save(
+                epoch,
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "history": outcome.history,
+                },
+            )
+        if on_epoch is not None:
+            on_epoch(metrics)
+    model.eval()
+    return outcome
