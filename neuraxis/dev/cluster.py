@@ -443,7 +443,8 @@ def _clean_stale(paths: ClusterPaths, progress: Progress) -> None:
 
 def cluster_processes(cluster_dir: Path) -> list[int]:
     """Pids of processes started for this cluster: their command line names its directory."""
-    marker = str(cluster_dir).encode()
+    # Every component runs as <cluster dir>/bin/<name> with config files under that directory.
+    marker = f"{cluster_dir}/".encode()
     pids: list[int] = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
