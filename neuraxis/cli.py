@@ -55,6 +55,58 @@ def validate(paths: list[str] = typer.Argument(..., help="YAML files or folders 
         typer.echo(f"ok  {res.kind}/{res.metadata.name}")
 
 
+operator_app = typer.Typer(help="The Kubernetes operator.", invoke_without_command=True)
+app.add_typer(operator_app, name="operator")
+
+
+@operator_app.callback()
+def operator_run(
+    ctx: typer.Context,
+    namespace: list[str] = typer.Option([], "--namespace", "-n", help="Watch these namespaces."),
+    all_namespaces: bool = typer.Option(False, "--all-namespaces", help="Watch every namespace."),
+    kubeconfig: str | None = typer.Option(
+        None, help="Kubeconfig (default: in-cluster or $KUBECONFIG)."
+    ),
+    metrics_port: int = typer.Option(9090, help="Port of /metrics (0: off)."),
+    liveness_port: int = typer.Option(
+        8080, help="Port of the /healthz liveness endpoint (0: off)."
+    ),
+    json_logs: bool = typer.Option(False, help="Structured JSON logs."),
+) -> None:
+    """Run the operator (namespace or cluster scope)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if not namespace and not all_namespaces:
+        raise typer.BadParameter("give --namespace (repeatable) or --all-namespaces")
+    from neuraxis.operator.main import run_operator
+
+    run_operator(
+        namespace,
+        kubeconfig=kubeconfig,
+        metrics_port=metrics_port,
+        liveness_port=liveness_port,
+        json_logs=json_logs,
+    )
+
+
+@operator_app.command("manifests")
+def operator_manifests(
+    out: str | None = typer.Option(
+        None, help="Write a kustomize directory here instead of stdout."
+    ),
+) -> None:
+    """Print (or write) the operator's RBAC and Deployment manifests."""
+    import yaml
+
+    from neuraxis.operator.manifests import build_manifests, write_deploy_dir
+
+    if out:
+        for path in write_deploy_dir(out):
+            typer.echo(f"wrote {path}")
+    else:
+        typer.echo(yaml.safe_dump_all(build_manifests(), sort_keys=False))
+
+
 def _mount_dev() -> None:
     from neuraxis.dev.cli import dev_app
 

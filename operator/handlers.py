@@ -1,0 +1,107 @@
+"""kopf registrations, all in one place and thin: every trigger ends in Runtime.reconcile_body.
+
+- create/update/resume of a Neuraxis resource: a kopf handler (retries with backoff on
+  TemporaryError; PermanentError for specs that cannot work);
+- any event of a child we manage (Job, Pod, Deployment, ...): reconcile its owner;
+- a periodic resync of everything (drift correction, level-based)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import kopf
+from kubernetes import client as k8s
+
+from neuraxis import API_GROUP, API_VERSION
+from neuraxis.crds.kinds import KINDS
+from neuraxis.operator.children import MANAGED_BY
+from neuraxis.operator.errors import InvalidSpecError
+from neuraxis.operator.runtime import Runtime
+
+log = logging.getLogger("neuraxis.operator")
+
+CHILD_RESOURCES = [
+    ("batch", "v1", "jobs"),
+    ("batch", "v1", "cronjobs"),
+    ("", "v1", "pods"),
+    ("", "v1", "services"),
+    ("", "v1", "configmaps"),
+    ("apps", "v1", "deployments"),
+    ("apps", "v1", "daemonsets"),
+]
+TRANSIENT_STATUS = {409, 429, 500, 502, 503, 504}
+
+
+def configure_kopf(settings: kopf.OperatorSettings) -> None:
+    """kopf's own bookkeeping lives under the neuraxis.dev prefix."""
+    settings.persistence.finalizer = f"{API_GROUP}/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=API_GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=API_GROUP, key="last-handled-configuration"
+    )
+    settings.posting.enabled = False  # the reconcilers post their own phase-transition Events
+    settings.watching.server_timeout = 300
+    settings.execution.max_workers = 8
+
+
+def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
+    registry = kopf.OperatorRegistry()
+
+    @kopf.on.startup(registry=registry)
+    def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+        configure_kopf(settings)
+
+    def handle(body: kopf.Body, **_: Any) -> None:
+        try:
+            runtime.reconcile_body(dict(body))
+        except InvalidSpecError as exc:
+            raise kopf.PermanentError(f"{exc.reason}: {exc.message}") from exc
+        except k8s.exceptions.ApiException as exc:
+            if exc.status in TRANSIENT_STATUS:
+                raise kopf.TemporaryError(f"API {exc.status}: {exc.reason}", delay=5) from exc
+            raise
+
+    for info in KINDS.values():
+        for cause, on in (
+            ("create", kopf.on.create),
+            ("update", kopf.on.update),
+            ("resume", kopf.on.resume),
+        ):
+            on(
+                API_GROUP,
+                API_VERSION,
+                info.plural,
+                registry=registry,
+                id=f"reconcile-{cause}",
+                backoff=5,
+            )(handle)
+
+    def child_event(body: kopf.Body, **_: Any) -> None:
+        runtime.reconcile_owner_of(dict(body))
+
+    for group, version, plural in CHILD_RESOURCES:
+        kopf.on.event(group, version, plural, labels={MANAGED_BY: "neuraxis"}, registry=registry)(
+            child_event
+        )
+
+    @kopf.on.startup(registry=registry)
+    async def start_resync(memo: kopf.Memo, **_: Any) -> None:
+        async def loop() -> None:
+            while True:
+                await asyncio.sleep(runtime.settings.resync_seconds)
+                try:
+                    await asyncio.to_thread(runtime.resync)
+                except Exception:
+                    log.exception("resync failed")
+
+        memo["resync"] = asyncio.create_task(loop())
+
+    @kopf.on.cleanup(registry=registry)
+    async def stop_resync(memo: kopf.Memo, **_: Any) -> None:
+        task = memo.get("resync")
+        if task is not None:
+            task.cancel()
+
+    return registry

@@ -1,0 +1,156 @@
+"""The operator's deployment manifests, generated from code (`neuraxis operator manifests`):
+service accounts, a least-privilege ClusterRole (exact resources and verbs, no wildcards, no
+Secret access), its binding, and a hardened Deployment. `operator/deploy/` holds the same
+output as a kustomize directory; a test fails when it drifts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from neuraxis import API_GROUP, __version__
+from neuraxis.crds.kinds import KINDS
+from neuraxis.operator.pods import security_context
+from neuraxis.operator.settings import DEFAULT_IMAGE
+
+NAMESPACE = "neuraxis-system"
+OPERATOR = "neuraxis-operator"
+WORKLOAD_SA = "neuraxis-workload"
+LABELS = {"app.kubernetes.io/name": "neuraxis", "app.kubernetes.io/component": "operator"}
+WRITE = ["get", "list", "watch", "create", "patch"]
+READ = ["get", "list", "watch"]
+
+
+def _rule(group: str, resources: list[str], verbs: list[str]) -> dict[str, Any]:
+    return {"apiGroups": [group], "resources": sorted(resources), "verbs": verbs}
+
+
+def cluster_role_rules() -> list[dict[str, Any]]:
+    plurals = sorted(i.plural for i in KINDS.values())
+    return [
+        # The four kinds: read them, create registered ModelVersions, write status.
+        _rule(API_GROUP, plurals, ["get", "list", "watch", "create", "patch", "update"]),
+        _rule(API_GROUP, [f"{p}/status" for p in plurals], ["get", "patch", "update"]),
+        _rule("batch", ["jobs", "cronjobs"], WRITE),
+        _rule("", ["pods"], READ),
+        _rule("", ["services", "configmaps"], WRITE),
+        _rule("", ["nodes", "namespaces"], READ),
+        _rule("apps", ["deployments", "daemonsets"], WRITE),
+        _rule("autoscaling", ["horizontalpodautoscalers"], WRITE),
+        _rule("events.k8s.io", ["events"], ["create", "patch"]),
+        _rule("", ["events"], ["create", "patch"]),  # kopf's own events API
+        # Optional integrations, used only where their CRDs exist.
+        _rule("ray.io", ["rayjobs"], WRITE),
+        _rule("gateway.networking.k8s.io", ["httproutes"], WRITE),
+        _rule("monitoring.coreos.com", ["servicemonitors"], WRITE),
+        _rule("apiextensions.k8s.io", ["customresourcedefinitions"], READ),
+    ]
+
+
+def build_manifests(image: str = DEFAULT_IMAGE, namespace: str = NAMESPACE) -> list[dict[str, Any]]:
+    meta = {"namespace": namespace, "labels": LABELS}
+    container = {
+        "name": "operator",
+        "image": image,
+        "args": ["operator", "--all-namespaces", "--json-logs"],
+        "env": [
+            {"name": "NEURAXIS_IMAGE", "value": image},
+            {"name": "NEURAXIS_WORKLOAD_SERVICE_ACCOUNT", "value": WORKLOAD_SA},
+        ],
+        "ports": [
+            {"name": "metrics", "containerPort": 9090},
+            {"name": "health", "containerPort": 8080},
+        ],
+        "livenessProbe": {"httpGet": {"path": "/healthz", "port": "health"}, "periodSeconds": 10},
+        "readinessProbe": {"httpGet": {"path": "/healthz", "port": "health"}, "periodSeconds": 10},
+        "resources": {
+            "requests": {"cpu": "100m", "memory": "256Mi"},
+            "limits": {"cpu": "1", "memory": "512Mi"},
+        },
+        "securityContext": security_context(),
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+    }
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {"name": namespace, "labels": LABELS},
+        },
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": OPERATOR, **meta}},
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": WORKLOAD_SA, **meta}},
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": {"name": OPERATOR, "labels": LABELS},
+            "rules": cluster_role_rules(),
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": OPERATOR, "labels": LABELS},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": OPERATOR,
+            },
+            "subjects": [{"kind": "ServiceAccount", "name": OPERATOR, "namespace": namespace}],
+        },
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": OPERATOR, **meta},
+            "spec": {
+                "replicas": 1,
+                "strategy": {"type": "Recreate"},  # one active operator at a time
+                "selector": {"matchLabels": LABELS},
+                "template": {
+                    "metadata": {"labels": {**LABELS, "app.kubernetes.io/version": __version__}},
+                    "spec": {
+                        "serviceAccountName": OPERATOR,
+                        "securityContext": {
+                            "runAsNonRoot": True,
+                            "runAsUser": 10001,
+                            "seccompProfile": {"type": "RuntimeDefault"},
+                        },
+                        "containers": [container],
+                        "volumes": [{"name": "tmp", "emptyDir": {}}],
+                    },
+                },
+            },
+        },
+    ]
+
+
+FILES = {
+    "namespace.yaml": ("Namespace",),
+    "rbac.yaml": ("ServiceAccount", "ClusterRole", "ClusterRoleBinding"),
+    "deployment.yaml": ("Deployment",),
+}
+HEADER = "# Generated by `neuraxis operator manifests --out operator/deploy`. Do not edit.\n"
+
+
+def render_deploy_dir(image: str = DEFAULT_IMAGE) -> dict[str, str]:
+    manifests = build_manifests(image)
+    out = {}
+    for name, kinds in FILES.items():
+        docs = [m for m in manifests if m["kind"] in kinds]
+        out[name] = HEADER + yaml.safe_dump_all(docs, sort_keys=False)
+    kustomization = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": ["../../crds", *FILES],
+    }
+    out["kustomization.yaml"] = HEADER + yaml.safe_dump(kustomization, sort_keys=False)
+    return out
+
+
+def write_deploy_dir(out_dir: str | Path) -> list[Path]:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, content in render_deploy_dir().items():
+        (out / name).write_text(content)
+        written.append(out / name)
+    return written
