@@ -1,0 +1,1 @@
+"""The edge bundle: int8 dynamic quantization, TorchScript export, sha256 manifest."""

@@ -1,0 +1,3 @@
+from neuraxis.workloads.bundle.cli import main
+
+main()

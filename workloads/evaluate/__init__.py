@@ -1,0 +1,1 @@
+"""The evaluate workload: held-out metrics, gates, model card and plots (see run.py)."""

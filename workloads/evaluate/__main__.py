@@ -1,0 +1,3 @@
+from neuraxis.workloads.evaluate.cli import main
+
+main()

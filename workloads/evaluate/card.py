@@ -1,0 +1,158 @@
+"""The model card: a JSON document (card.json) and its Markdown rendering (card.md), both pure
+functions of what evaluation and training recorded."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from neuraxis.crds.modelversion import ModelVersion
+
+CARD_FOLDER = "card"
+
+
+def build_card(
+    mv: ModelVersion,
+    *,
+    namespace: str,
+    artifact: dict[str, Any],
+    signature: dict[str, Any],
+    training: dict[str, Any],
+    evaluation: dict[str, Any],
+    plots: list[str],
+    code_version: dict[str, Any],
+) -> dict[str, Any]:
+    card = mv.spec.card
+    dataset = training.get("dataset") or {}
+    return {
+        "model": mv.spec.model,
+        "version": mv.metadata.name,
+        "namespace": namespace,
+        "stage": mv.spec.stage,
+        "details": {
+            "description": card.description,
+            "architecture": signature.get("architecture"),
+            "task": signature.get("task"),
+            "label": signature.get("label"),
+            "features": [f["name"] for f in signature.get("features", [])],
+            "classes": signature.get("classes", []),
+        },
+        "intendedUse": card.intended_use,
+        "limitations": card.limitations,
+        "owners": list(card.owners),
+        "ethics": card.ethics,
+        "artifact": artifact,
+        "evaluation": evaluation,
+        "lineage": {
+            "dataset": {
+                "name": dataset.get("name"),
+                "version": dataset.get("version"),
+                "digest": dataset.get("digest"),
+                "uri": dataset.get("uri"),
+            },
+            "evaluationData": evaluation.get("data"),
+            "trainingJob": training.get("job"),
+            "trainingRun": training.get("runId"),
+            "trainingCodeVersion": training.get("codeVersion"),
+            "evaluationCodeVersion": code_version,
+        },
+        "hyperparameters": training.get("hyperparameters", {}),
+        "bestTrial": training.get("bestTrial"),
+        "plots": plots,
+        "edge": None,
+    }
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "—" if value is None else str(value)
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+def render_markdown(card: dict[str, Any]) -> str:
+    details = card["details"]
+    evaluation = card["evaluation"]
+    lineage = card["lineage"]
+    dataset = lineage["dataset"]
+    out = [f"# Model card: {card['model']} / {card['version']}", ""]
+    out += [details["description"] or "_No description._", ""]
+    out += ["## Details", ""]
+    out += [
+        f"- Architecture: {details['architecture']} ({details['task']})",
+        f"- Label: `{details['label']}`; features: "
+        + ", ".join(f"`{f}`" for f in details["features"]),
+    ]
+    if details["classes"]:
+        out.append(f"- Classes: {', '.join(details['classes'])}")
+    out += [
+        f"- Stage: {card['stage']}",
+        f"- Artifact: {card['artifact'].get('uri')} ({card['artifact'].get('digest')})",
+        "",
+    ]
+    for title, key in (
+        ("Intended use", "intendedUse"),
+        ("Limitations", "limitations"),
+        ("Ethical considerations", "ethics"),
+    ):
+        out += [f"## {title}", "", card[key] or "_Not stated._", ""]
+    out += ["## Owners", ""] + ([f"- {o}" for o in card["owners"]] or ["_None listed._"]) + [""]
+    out += ["## Evaluation", "", f"Data: {evaluation.get('data', {}).get('description', '—')}", ""]
+    out += _table(["metric", "value"], [[k, v] for k, v in sorted(evaluation["metrics"].items())])
+    out += ["", "### Gates", ""]
+    if evaluation["gates"]:
+        out += _table(
+            ["metric", "value", "min", "max", "result"],
+            [
+                [g["metric"], g["value"], g["min"], g["max"], "pass" if g["passed"] else "FAIL"]
+                for g in evaluation["gates"]
+            ],
+        )
+        out += [
+            "",
+            f"Overall: {'passed' if evaluation['passed'] else 'failed'} — {evaluation['reason']}",
+        ]
+    else:
+        out.append("_No gates._")
+    out += ["", "## Lineage", ""]
+    out += [
+        f"- Dataset: {dataset['name']} version {dataset['version']} ({dataset['digest']})",
+        f"- Training job: {lineage['trainingJob']} (run {lineage['trainingRun']})",
+        f"- Code: {_code(lineage['trainingCodeVersion'])} (training), "
+        f"{_code(lineage['evaluationCodeVersion'])} (evaluation)",
+        "",
+        "## Hyperparameters",
+        "",
+    ]
+    out += _table(["name", "value"], [[k, v] for k, v in sorted(card["hyperparameters"].items())])
+    best = card.get("bestTrial")
+    out += ["", "## Best trial", ""]
+    out += (
+        [f"- {best['id']}: metric {_fmt(best.get('metric'))}, {best['hyperparameters']}"]
+        if best
+        else ["_No search was run._"]
+    )
+    if card.get("edge"):
+        edge = card["edge"]
+        out += ["", "## Edge bundle", ""]
+        out += [
+            f"- Quantization: {edge['quantize']}; bundle {edge['uri']} ({edge['digest']})",
+            f"- {edge['metric']}: fp32 {_fmt(edge['fp32'])}, int8 {_fmt(edge['quantized'])}, "
+            f"change {_fmt(edge['change'])}",
+            f"- Size: fp32 TorchScript {edge['fp32Bytes']} bytes, "
+            f"bundle model {edge['quantizedBytes']} bytes",
+        ]
+    if card["plots"]:
+        out += ["", "## Plots", ""] + [f"![{p}](plots/{p})" for p in card["plots"]]
+    return "\n".join(out) + "\n"
+
+
+def _code(version: dict[str, Any] | None) -> str:
+    if not version:
+        return "unknown"
+    commit = version.get("gitCommit")
+    return f"neuraxis {version.get('neuraxis')}" + (f" @ {commit[:12]}" if commit else "")

@@ -1,0 +1,60 @@
+"""`neuraxis workload evaluate`: score a ModelVersion, apply its gates, write its model card."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import typer
+
+app = typer.Typer(help="Evaluation workload.", no_args_is_help=True, pretty_exceptions_enable=False)
+log = logging.getLogger("neuraxis.workloads.evaluate")
+
+
+@app.command("evaluate")
+def evaluate_command(
+    spec: str = typer.Option(..., help="ModelVersion YAML."),
+    namespace: str = typer.Option("default", help="Namespace (lake layout)."),
+    run_id: str = typer.Option(..., help="Run id: result under runs/<ns>/<id>."),
+    lake: str | None = typer.Option(None, help="Lake root URI (default $NEURAXIS_LAKE_URI)."),
+    artifact_uri: str | None = typer.Option(None, help="Artifact folder URI (default: registry)."),
+    dataset: str | None = typer.Option(
+        None, help="Evaluation Dataset (default: validation split)."
+    ),
+) -> None:
+    """Exit 0 when evaluation ran (gates passed or not: see the result), 1 when it could not."""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+    from neuraxis.lake import Lake
+    from neuraxis.workloads.evaluate.run import load_model_version, run_evaluation
+    from neuraxis.workloads.result import now_rfc3339, publish_result
+
+    the_lake = Lake(lake) if lake else Lake.from_env()
+    started = now_rfc3339()
+    try:
+        mv = load_model_version(spec)
+        result = run_evaluation(
+            mv, the_lake, namespace, run_id, artifact_uri=artifact_uri, dataset=dataset
+        )
+    except Exception as exc:
+        log.exception("evaluation failed")
+        message = f"{type(exc).__name__}: {exc}"
+        failed = {
+            "outcome": "Failed",
+            "reason": "EvaluationFailed",
+            "message": message,
+            "startTime": started,
+            "completionTime": now_rfc3339(),
+        }
+        publish_result(
+            the_lake,
+            namespace,
+            run_id,
+            failed,
+            {"outcome": "Failed", "reason": "EvaluationFailed", "message": message},
+        )
+        raise typer.Exit(1) from exc
+    typer.echo(f"{result['reason']}: {result['message']} (card {result['cardUri']})")
+
+
+def main() -> None:
+    app()

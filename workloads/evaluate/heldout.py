@@ -1,0 +1,139 @@
+"""Loading a verified artifact and the data it is judged on (shared by evaluation and the edge
+bundle): an evaluation Dataset, or the training job's validation split through the same split
+function training used."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from neuraxis.lake import Lake, LakeError
+from neuraxis.workloads.artifact import Signature, read_signature, read_verified
+from neuraxis.workloads.train.data import TabularData, read_table
+
+ARTIFACT_FILES = ["model.pt", "model.ts", "signature.json"]
+
+
+def load_torchscript(data: bytes) -> torch.jit.ScriptModule:
+    """TorchScript is the serving contract (torch 2.x warns it is deprecated for torch.export)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        module: torch.jit.ScriptModule = torch.jit.load(  # type: ignore[no-untyped-call]
+            io.BytesIO(data)
+        )
+    return module.eval()
+
+
+@dataclass
+class LoadedArtifact:
+    folder: str
+    files: dict[str, bytes]
+    signature: Signature
+    config: dict[str, Any]
+
+    @property
+    def training(self) -> dict[str, Any]:
+        training: dict[str, Any] = self.config.get("training") or {}
+        return training
+
+    def torchscript(self) -> torch.jit.ScriptModule:
+        return load_torchscript(self.files["model.ts"])
+
+
+def folder_of(lake: Lake, uri: str) -> str:
+    """The lake-relative folder of an artifact URI (it must be inside this lake)."""
+    root = lake.root.rstrip("/") + "/"
+    if not uri.startswith(root):
+        raise LakeError(f"{uri}: not inside the lake {lake.root}")
+    return uri[len(root) :].strip("/")
+
+
+def load_artifact(lake: Lake, folder: str, expected_digest: str | None = None) -> LoadedArtifact:
+    """Read model.pt, model.ts and signature.json, each checked against the manifest."""
+    from neuraxis.workloads.artifact import ArtifactIntegrityError, artifact_digest
+
+    files = read_verified(lake, folder, ARTIFACT_FILES)
+    if expected_digest is not None and artifact_digest(lake, folder) != expected_digest:
+        raise ArtifactIntegrityError(
+            f"{lake.uri(folder)}: digest {artifact_digest(lake, folder)} is not the "
+            f"expected {expected_digest}"
+        )
+    payload = torch.load(io.BytesIO(files["model.pt"]), map_location="cpu", weights_only=True)
+    return LoadedArtifact(
+        folder=folder,
+        files=files,
+        signature=read_signature(files["signature.json"]),
+        config=payload["config"],
+    )
+
+
+@dataclass
+class HeldOut:
+    x: torch.Tensor
+    y: torch.Tensor
+    data: TabularData
+    description: str
+    dataset: dict[str, Any]
+
+
+def load_heldout(
+    lake: Lake,
+    namespace: str,
+    artifact: LoadedArtifact,
+    *,
+    dataset: str | None = None,
+    version: int | None = None,
+) -> HeldOut:
+    """Every row of `dataset`, or else the validation split of the training data."""
+    sig = artifact.signature
+    common: dict[str, Any] = {
+        "label": sig.label,
+        "task": sig.task,
+        "features": sig.feature_names,
+        "classes": sig.classes if sig.task == "classification" else None,
+    }
+    if dataset is not None:
+        data = read_table(lake, namespace, dataset, version=version, **common)
+        lineage = data.lineage
+        return HeldOut(
+            data.x,
+            data.y,
+            data,
+            f"all rows of {dataset} v{lineage.version if lineage else '?'}",
+            _lineage_dict(data),
+        )
+    trained_on = artifact.training.get("dataset")
+    if not trained_on:
+        raise ValueError(
+            f"{lake.uri(artifact.folder)}: no training lineage in model.pt; "
+            "give an evaluation dataset (spec.evaluation.datasetRef)"
+        )
+    split = float(artifact.training["validationSplit"])
+    data = read_table(
+        lake,
+        namespace,
+        trained_on["name"],
+        version=int(trained_on["version"]),
+        validation_split=split,
+        seed=int(artifact.training["seed"]),
+        **common,
+    )
+    description = f"validation split ({split:.0%}) of {trained_on['name']} v{trained_on['version']}"
+    return HeldOut(data.val_x, data.val_y, data, description, _lineage_dict(data))
+
+
+def _lineage_dict(data: TabularData) -> dict[str, Any]:
+    lineage = data.lineage
+    return (
+        {}
+        if lineage is None
+        else {
+            "name": lineage.name,
+            "version": lineage.version,
+            "digest": lineage.digest,
+        }
+    )

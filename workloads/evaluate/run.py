@@ -1,0 +1,171 @@
+"""The evaluate workload: a ModelVersion's artifact, scored on held-out data, judged by its gates,
+documented by a model card (card.md, card.json, plots) next to the artifact."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from neuraxis.crds.modelversion import ModelVersion
+from neuraxis.lake import Lake
+from neuraxis.workloads.artifact import artifact_digest
+from neuraxis.workloads.evaluate import plots
+from neuraxis.workloads.evaluate.card import CARD_FOLDER, build_card, render_markdown
+from neuraxis.workloads.evaluate.gates import check_gates, gates_summary
+from neuraxis.workloads.evaluate.heldout import (
+    HeldOut,
+    LoadedArtifact,
+    folder_of,
+    load_artifact,
+    load_heldout,
+)
+from neuraxis.workloads.evaluate.metrics import (
+    classification_metrics,
+    regression_metrics,
+    single_row_latency,
+)
+from neuraxis.workloads.result import now_rfc3339, publish_result
+from neuraxis.workloads.train.provenance import code_version
+
+LATENCY_ROWS = 200
+
+
+def load_model_version(path: str | Path) -> ModelVersion:
+    from neuraxis.resources import load_resources
+
+    found = [r for r in load_resources([path]) if isinstance(r, ModelVersion)]
+    if len(found) != 1:
+        raise ValueError(f"{path}: expected exactly one ModelVersion, found {len(found)}")
+    return found[0]
+
+
+def artifact_folder_for(mv: ModelVersion, lake: Lake, namespace: str, uri: str | None) -> str:
+    """--artifact-uri, else spec.source.uri, else the registry folder of this version."""
+    if uri:
+        return folder_of(lake, uri)
+    if mv.spec.source.uri:
+        return folder_of(lake, mv.spec.source.uri)
+    return Lake.model_path(namespace, mv.spec.model, mv.metadata.name)
+
+
+def score(
+    artifact: LoadedArtifact, heldout: HeldOut, module: torch.jit.ScriptModule | None = None
+) -> tuple[dict[str, Any], np.ndarray[Any, Any]]:
+    """Metrics of the TorchScript model (or `module`) on the held-out rows, and its outputs."""
+    model = module if module is not None else artifact.torchscript()
+    with torch.no_grad():
+        out = model(heldout.x).numpy()
+    sig = artifact.signature
+    if sig.task == "classification":
+        return classification_metrics(heldout.y.numpy(), out, sig.classes), out
+    return regression_metrics(heldout.y.numpy(), out), out
+
+
+def run_evaluation(
+    mv: ModelVersion,
+    lake: Lake,
+    namespace: str,
+    run_id: str,
+    *,
+    artifact_uri: str | None = None,
+    dataset: str | None = None,
+) -> dict[str, Any]:
+    started = now_rfc3339()
+    folder = artifact_folder_for(mv, lake, namespace, artifact_uri)
+    artifact = load_artifact(lake, folder, mv.spec.source.digest)
+    ref = mv.spec.evaluation.dataset_ref if mv.spec.evaluation else None
+    heldout = load_heldout(
+        lake,
+        namespace,
+        artifact,
+        dataset=dataset or (ref.name if ref else None),
+        version=ref.version if ref and not dataset else None,
+    )
+    if len(heldout.x) == 0:
+        raise ValueError(f"{heldout.description}: no held-out rows to evaluate on")
+    evaluated, outputs = score(artifact, heldout)
+    module = artifact.torchscript()
+    rows = [heldout.x[i : i + 1] for i in range(min(LATENCY_ROWS, len(heldout.x)))]
+    with torch.no_grad():
+        latency = single_row_latency(module, rows)
+    metrics = {**evaluated["scalars"], **latency}
+    gates = check_gates(mv.spec.evaluation.gates if mv.spec.evaluation else [], metrics)
+    passed, reason = gates_summary(gates)
+    sig = artifact.signature
+    card_folder = f"{folder}/{CARD_FOLDER}"
+    plot_files = {
+        "training_curves.png": plots.training_curves(artifact.training.get("history", []))
+    }
+    if sig.task == "classification":
+        plot_files["roc.png"] = plots.roc_curve_plot(heldout.y.numpy(), outputs, sig.classes)
+        plot_files["confusion_matrix.png"] = plots.confusion_matrix_plot(
+            evaluated["confusionMatrix"], sig.classes
+        )
+    else:
+        plot_files["predicted_vs_actual.png"] = plots.predicted_vs_actual(
+            heldout.y.numpy(), outputs
+        )
+    for name, data in sorted(plot_files.items()):
+        lake.write_bytes(f"{card_folder}/plots/{name}", data)
+    evaluation = {
+        "metrics": metrics,
+        "confusionMatrix": evaluated.get("confusionMatrix"),
+        "calibration": evaluated.get("calibration"),
+        "gates": [g.to_dict() for g in gates],
+        "passed": passed,
+        "reason": reason,
+        "data": {"description": heldout.description, "rows": len(heldout.x), **heldout.dataset},
+    }
+    digest = artifact_digest(lake, folder)
+    card = build_card(
+        mv,
+        namespace=namespace,
+        artifact={"uri": lake.uri(folder), "digest": digest},
+        signature=sig.model_dump(mode="json"),
+        training=artifact.training,
+        evaluation=evaluation,
+        plots=sorted(plot_files),
+        code_version=code_version(),
+    )
+    write_card(lake, card_folder, card)
+    result: dict[str, Any] = {
+        "outcome": "Succeeded",
+        "reason": "GatesPassed" if passed else "GatesFailed",
+        "message": reason,
+        "kind": "ModelVersion",
+        "name": mv.metadata.name,
+        "namespace": namespace,
+        "runId": run_id,
+        "startTime": started,
+        "completionTime": now_rfc3339(),
+        "passed": passed,
+        "metrics": metrics,
+        "gates": evaluation["gates"],
+        "evaluation": evaluation,
+        "artifact": {"uri": lake.uri(folder), "digest": digest},
+        "cardUri": lake.uri(f"{card_folder}/card.md"),
+        "lineage": card["lineage"],
+    }
+    compact = {
+        "outcome": "Succeeded",
+        "reason": result["reason"],
+        "message": reason,
+        "passed": passed,
+        "metrics": metrics,
+        "gates": [
+            {k: g[k] for k in ("metric", "value", "min", "max", "passed")} for g in result["gates"]
+        ],
+        "cardUri": result["cardUri"],
+        "artifact": result["artifact"],
+    }
+    publish_result(lake, namespace, run_id, result, compact)
+    return result
+
+
+def write_card(lake: Lake, card_folder: str, card: dict[str, Any]) -> None:
+    """card.json then card.md (each atomic): the Markdown is always a rendering of the JSON."""
+    lake.write_json(f"{card_folder}/card.json", card)
+    lake.write_bytes(f"{card_folder}/card.md", render_markdown(card).encode())
