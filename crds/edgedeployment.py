@@ -44,7 +44,11 @@ class Target(ApiModel):
 
     rules = (
         Rule(
-            cel="size(self.sites) > 0 || size(self.nodeSelector) > 0",
+            # Absent lists and maps are not defaulted to empty in CEL: test presence first.
+            cel=(
+                "(has(self.sites) && size(self.sites) > 0)"
+                " || (has(self.nodeSelector) && size(self.nodeSelector) > 0)"
+            ),
             message="target needs sites or nodeSelector",
             check=lambda t: bool(t.sites) or bool(t.node_selector),
         ),

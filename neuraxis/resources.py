@@ -9,10 +9,11 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from types import UnionType
+from typing import Annotated, Any, Union, get_args, get_origin
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from neuraxis.crds import Resource
 from neuraxis.crds.common import ApiModel
@@ -77,31 +78,68 @@ def _value(value: Any) -> str:
     """A value as the API server quotes it in `Invalid value: ...`."""
     if isinstance(value, dict | list):
         return json.dumps(_json_type(value))
-    return json.dumps(value)
+    return _number(value) if isinstance(value, float) else json.dumps(value)
 
 
-def _path(loc: Iterable[int | str]) -> str:
+def _number(value: Any) -> str:
+    """A bound as Go's %v prints it: 1 rather than 1.0."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _unwrap(annotation: Any) -> Any:
+    """X | None -> X; Annotated[X, ...] -> X."""
+    while True:
+        if get_origin(annotation) is Annotated:
+            annotation = get_args(annotation)[0]
+            continue
+        args = [a for a in get_args(annotation) if a is not type(None)]
+        if get_origin(annotation) in (Union, UnionType) and len(args) == 1:
+            annotation = args[0]
+            continue
+        return annotation
+
+
+def _field_annotation(model: Any, key: str) -> Any:
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        return None
+    for name, info in model.model_fields.items():
+        if key in (name, info.alias):
+            return _unwrap(info.annotation)
+    return None
+
+
+def _path(loc: Iterable[int | str], model: Any, *, bracket_keys: bool = False) -> str:
+    """A field path as the API server writes it: `.field` and `[index]`. Map keys are `.key`
+    in schema errors but `[key]` in CEL errors (as the API server does), which needs the model
+    since a map key and a field name look alike in `loc`."""
     out = ""
+    current = model
     for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
+        is_key = get_origin(current) is dict
+        if isinstance(part, int) or is_key:
+            out += f"[{part}]" if isinstance(part, int) or bracket_keys else f".{part}"
+            args = get_args(current)
+            current = _unwrap(args[-1]) if args else None
         else:
             out += ("." if out else "") + part
+            current = _field_annotation(current, part)
     return out
 
 
-def _describe(err: Any) -> FieldError:
+def _describe(err: Any, model: type[BaseModel]) -> FieldError:
     """Translate one pydantic error into the API server's wording."""
     kind: str = err["type"]
     ctx: dict[str, Any] = err.get("ctx") or {}
-    path = _path(err["loc"])
+    path = _path(err["loc"], model, bracket_keys=kind == "k8s_rule")
     value = err.get("input")
     if kind == "missing":
         return FieldError(path, "Required value")
     if kind == "extra_forbidden":
         return FieldError("", f'unknown field "{path}"')
     if kind == "k8s_rule":
-        return FieldError(path + ctx["field_path"], f'Invalid value: "object": {ctx["message"]}')
+        return FieldError(path + ctx["field_path"], f"Invalid value: {ctx['message']}")
     if kind == "literal_error":
         allowed = ", ".join(f'"{v}"' for v in re.findall(r"'([^']*)'", ctx["expected"]))
         return FieldError(path, f"Unsupported value: {_value(value)}: supported values: {allowed}")
@@ -114,7 +152,7 @@ def _describe(err: Any) -> FieldError:
     if kind in _BOUNDS:
         key, words = _BOUNDS[kind]
         return FieldError(
-            path, f"Invalid value: {_value(value)}: {path} in body {words} {ctx[key]}"
+            path, f"Invalid value: {_value(value)}: {path} in body {words} {_number(ctx[key])}"
         )
     if kind == "string_pattern_mismatch":
         return FieldError(
@@ -174,15 +212,18 @@ def parse_resource(doc: Any) -> Resource:
     try:
         model: Resource = info.model.model_validate(doc)  # type: ignore[assignment]
     except ValidationError as exc:
-        raise ResourceError(_where(doc), [_describe(e) for e in exc.errors()]) from exc
+        raise ResourceError(_where(doc), [_describe(e, info.model) for e in exc.errors()]) from exc
     return model
 
 
 def _changed_immutable(old: ApiModel, new: ApiModel, path: str) -> Iterator[FieldError]:
     for name in type(new).immutable_fields:
         alias = type(new).model_fields[name].alias or name
-        if getattr(old, name) != getattr(new, name):
-            yield FieldError(f"{path}.{alias}", f'Invalid value: "object": {alias} is immutable')
+        value = getattr(new, name)
+        if getattr(old, name) != value:
+            # Like the API server: scalars are quoted, objects are not.
+            shown = "" if isinstance(value, BaseModel) else f"{_value(value)}: "
+            yield FieldError(f"{path}.{alias}", f"Invalid value: {shown}{alias} is immutable")
 
 
 def check_update(old: Resource, new: Resource) -> None:
