@@ -62,6 +62,12 @@ def lake_root_of(uri: str) -> str | None:
     return match["root"] or "."
 
 
+def namespace_of(uri: str) -> str | None:
+    """The namespace from the lake layout (`.../edge/<ns>/<model>/<version>`), else None."""
+    match = _LAYOUT.match(uri.rstrip("/"))
+    return match["ns"] if match else None
+
+
 def model_name_of(uri: str) -> str:
     """The model name from the lake layout (`.../models/<ns>/<model>/<version>`), else the
     folder name."""

@@ -1,0 +1,3 @@
+from neuraxis.workloads.edge.cli import main
+
+main()

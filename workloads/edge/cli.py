@@ -1,0 +1,76 @@
+"""`neuraxis workload edge`: the command the EdgeDeployment DaemonSet runs on each edge node."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from pathlib import Path
+
+import typer
+
+from neuraxis.crds.edgedeployment import Sync
+from neuraxis.crds.modelversion import Serving
+
+_DEFAULT_SYNC_S = float(Sync.model_fields["interval_seconds"].default)
+
+
+def edge_command(
+    bundle: str = typer.Option(..., help="Edge bundle URI: file:// or s3://.../edge/ns/m/v."),
+    cache_dir: Path = typer.Option(..., help="Local folder for the bundle cache and log buffer."),
+    port: int = typer.Option(8080, help="Port to listen on."),
+    host: str = typer.Option("127.0.0.1", help="Address to bind."),
+    lake: str | None = typer.Option(None, help="Lake root for logs; default from --bundle."),
+    deployment: str | None = typer.Option(None, help="EdgeDeployment name (log path)."),
+    node: str | None = typer.Option(None, help="Node name (log path); default $NODE_NAME."),
+    name: str | None = typer.Option(None, help="Model name in URLs; default from the URI."),
+    check_interval_s: float = typer.Option(60.0, min=0.05, help="Re-check the bundle URI."),
+    sync_interval_s: float = typer.Option(_DEFAULT_SYNC_S, min=0.05, help="Upload logs."),
+    max_batch_size: int = typer.Option(Serving.model_fields["max_batch_size"].default, min=1),
+    max_batch_wait_ms: float = typer.Option(
+        Serving.model_fields["max_batch_wait_ms"].default, min=0
+    ),
+    max_body_bytes: int = typer.Option(1 << 20, min=1, help="Larger request bodies get 413."),
+) -> None:
+    """Serve an edge bundle locally, offline-capable, with durable inference-log upload."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    from neuraxis.workloads.edge.agent import AgentConfig, AgentStartError, EdgeAgent
+    from neuraxis.workloads.serve.app import ServeConfig, build_app
+    from neuraxis.workloads.serve.metrics import ServeMetrics
+    from neuraxis.workloads.serve.model_loader import lake_root_of, model_name_of, namespace_of
+    from neuraxis.workloads.serve.runtime import BatchingConfig, ModelSlot
+    from neuraxis.workloads.serve.server import run_server
+
+    lake_root = lake or lake_root_of(bundle)
+    if lake_root is None:
+        typer.echo(f"error: cannot tell the lake root from {bundle}; pass --lake", err=True)
+        raise typer.Exit(2)
+    model_name = name or model_name_of(bundle)
+    node_name = node or os.environ.get("NODE_NAME") or socket.gethostname()
+    namespace = namespace_of(bundle) or "default"
+    prefix = f"inference-logs/{namespace}/{deployment or model_name}/{node_name}"
+    config = AgentConfig(
+        bundle_uri=bundle,
+        cache_dir=cache_dir,
+        lake_root=lake_root,
+        log_prefix=prefix,
+        node=node_name,
+        model_name=model_name,
+        check_interval_s=check_interval_s,
+        sync_interval_s=sync_interval_s,
+    )
+    metrics = ServeMetrics()
+    agent = EdgeAgent(config, metrics)
+    try:
+        model = agent.initial_model()
+    except AgentStartError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    serve_config = ServeConfig(BatchingConfig(max_batch_size, max_batch_wait_ms), max_body_bytes)
+    agent.slot = ModelSlot(serve_config.batching, metrics, on_predictions=agent.record)
+    app = build_app(model, serve_config, metrics, agent.slot, hooks=[agent.lifespan])
+    run_server(app, host, port)
+
+
+def main() -> None:
+    typer.run(edge_command)
