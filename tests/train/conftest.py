@@ -34,7 +34,7 @@ def write_table(
             "failure": (temperature + vibration > 0).astype(np.int64),
         }
     )
-    write_deltalake(lake.uri(Lake.table_path(NAMESPACE, name)), table, mode=mode)  # type: ignore[arg-type]
+    write_deltalake(lake.uri(Lake.table_path(NAMESPACE, name)), table, mode="overwrite")
 
 
 def training_job(name: str = "detector-train", **spec: Any) -> dict[str, Any]:
@@ -70,3 +70,48 @@ def lake(tmp_path: Path) -> Lake:
     the_lake = Lake(str(tmp_path / "lake"))
     write_table(the_lake, "features")
     return the_lake
+
+
+def model_version(
+    name: str, gates: list[dict[str, Any]], model: str = "detector"
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "neuraxis.dev/v1alpha1",
+        "kind": "ModelVersion",
+        "metadata": {"name": name},
+        "spec": {
+            "model": model,
+            "source": {"trainingJobRef": {"name": "detector-train"}},
+            "card": {
+                "description": "Predicts failures.",
+                "intendedUse": "Tests.",
+                "owners": ["team@example.com"],
+            },
+            "evaluation": {"gates": gates},
+        },
+    }
+
+
+class Kit:
+    """The helpers above, handed to tests as a fixture (conftest is not importable under
+    --import-mode=importlib)."""
+
+    namespace = NAMESPACE
+    write_table = staticmethod(write_table)
+    training_job = staticmethod(training_job)
+    write_spec = staticmethod(write_spec)
+    model_version = staticmethod(model_version)
+
+    @staticmethod
+    def job(**spec: Any) -> Any:
+        from neuraxis.crds.trainingjob import TrainingJob
+        from neuraxis.resources import parse_resource
+
+        parsed = parse_resource(training_job(**spec))
+        assert isinstance(parsed, TrainingJob)
+        return parsed
+
+
+@pytest.fixture
+def kit() -> type[Kit]:
+    return Kit

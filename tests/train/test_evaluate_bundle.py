@@ -1,0 +1,123 @@
+"""Evaluation gates, the model card and the edge bundle, on a real trained model."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from neuraxis.crds.modelversion import Gate, ModelVersion
+from neuraxis.lake import Lake
+from neuraxis.resources import parse_resource
+from neuraxis.workloads.artifact import ArtifactIntegrityError, read_verified
+from neuraxis.workloads.bundle.run import build_edge_bundle
+from neuraxis.workloads.evaluate.gates import check_gate, gates_summary
+from neuraxis.workloads.evaluate.run import run_evaluation
+from neuraxis.workloads.train.run import run_training
+
+GATES = [
+    {"metric": "accuracy", "min": 0.8},
+    {"metric": "roc_auc", "min": 0.75},
+    {"metric": "latency_p99_ms", "max": 1000},
+]
+
+
+def train(kit: Any, lake: Lake, version: str, **model: Any) -> None:
+    settings = {"architecture": "mlp", "epochs": 6, "learningRate": 0.02, **model}
+    spec = kit.job(model=settings, register={"model": "detector", "versionName": version})
+    run_training(spec, lake, kit.namespace, f"train-{version}")
+
+
+def version(kit: Any, name: str, gates: list[dict[str, Any]]) -> ModelVersion:
+    parsed = parse_resource(kit.model_version(name, gates))
+    assert isinstance(parsed, ModelVersion)
+    return parsed
+
+
+def test_gate_reasons_carry_metric_value_and_threshold() -> None:
+    low = check_gate(Gate(metric="accuracy", min=0.8), {"accuracy": 0.71})
+    assert not low.passed and low.reason == "accuracy 0.71 < min 0.8"
+    slow = check_gate(Gate(metric="latency_p99_ms", max=50), {"latency_p99_ms": 61.5})
+    assert slow.reason == "latency_p99_ms 61.5 > max 50"
+    missing = check_gate(Gate(metric="r2", min=0.5), {"accuracy": 0.9})
+    assert not missing.passed and "r2 was not computed" in missing.reason
+    assert gates_summary([low, slow]) == (
+        False,
+        "accuracy 0.71 < min 0.8; latency_p99_ms 61.5 > max 50",
+    )
+
+
+def test_gates_reject_a_deliberately_bad_model(lake: Lake, kit: Any) -> None:
+    # A learning rate of 1e-6 for one epoch leaves the random initial weights in place.
+    train(kit, lake, "bad", epochs=1, learningRate=0.000001)
+    result = run_evaluation(version(kit, "bad", GATES), lake, kit.namespace, "eval-bad")
+    assert result["outcome"] == "Succeeded" and result["reason"] == "GatesFailed"
+    assert result["passed"] is False
+    accuracy = result["metrics"]["accuracy"]
+    assert f"accuracy {accuracy:.4g} < min 0.8" in result["message"]
+    gate = next(g for g in result["gates"] if g["metric"] == "accuracy")
+    assert gate == {**gate, "passed": False, "min": 0.8}
+    stored = lake.read_json(f"runs/{kit.namespace}/eval-bad/result.json")
+    assert stored["reason"] == "GatesFailed"
+
+
+def test_good_model_passes_and_card_names_the_dataset_version(lake: Lake, kit: Any) -> None:
+    kit.write_table(lake, "features", rows=400, seed=5)  # table version 1
+    train(kit, lake, "good")
+    result = run_evaluation(version(kit, "good", GATES), lake, kit.namespace, "eval-good")
+    assert result["passed"] is True, result["message"]
+    metrics = result["metrics"]
+    for name in (
+        "accuracy",
+        "precision",
+        "recall",
+        "f1",
+        "roc_auc",
+        "latency_p50_ms",
+        "latency_p99_ms",
+    ):
+        assert metrics[name] >= 0, name
+    assert len(result["evaluation"]["confusionMatrix"]) == 2
+    assert len(result["evaluation"]["calibration"]["bins"]) == 10
+    card_folder = "models/ml/detector/good/card"
+    card = lake.read_json(f"{card_folder}/card.json")
+    assert card["lineage"]["dataset"]["name"] == "features"
+    assert card["lineage"]["dataset"]["version"] == 1
+    assert card["lineage"]["dataset"]["digest"].startswith("sha256:")
+    assert card["lineage"]["trainingJob"] == "detector-train"
+    assert card["owners"] == ["team@example.com"]
+    markdown = lake.read_bytes(f"{card_folder}/card.md").decode()
+    assert "- Dataset: features version 1 (sha256:" in markdown
+    assert "| accuracy |" in markdown and "Overall: passed" in markdown
+    for plot in ("training_curves.png", "roc.png", "confusion_matrix.png"):
+        assert lake.read_bytes(f"{card_folder}/plots/{plot}").startswith(b"\x89PNG"), plot
+
+
+def test_tampered_artifact_is_not_evaluated(lake: Lake, kit: Any) -> None:
+    train(kit, lake, "tampered", epochs=1)
+    path = lake.local_path("models/ml/detector/tampered/model.ts")
+    path.write_bytes(path.read_bytes() + b"\0")
+    with pytest.raises(ArtifactIntegrityError, match=r"model\.ts: sha256 mismatch"):
+        run_evaluation(version(kit, "tampered", GATES), lake, kit.namespace, "eval-t")
+
+
+def test_edge_bundle_verifies_reports_int8_change_and_refuses_tampering(
+    lake: Lake, kit: Any
+) -> None:
+    train(kit, lake, "edge")
+    run_evaluation(version(kit, "edge", GATES), lake, kit.namespace, "eval-edge")
+    result = build_edge_bundle(lake, kit.namespace, "detector", "edge", "bundle-edge")
+    edge = result["edge"]
+    assert edge["quantize"] == "int8" and edge["metric"] == "accuracy"
+    assert abs(edge["change"]) < 0.1  # int8 Linear weights barely move a small MLP
+    folder = Lake.edge_path(kit.namespace, "detector", "edge")
+    files = read_verified(lake, folder)
+    assert set(files) == {"model.ts", "signature.json"}
+    assert b"quantized" in files["model.ts"]  # the dynamic int8 Linear ops are in the graph
+    card = lake.read_json("models/ml/detector/edge/card/card.json")
+    assert card["edge"]["digest"] == result["bundle"]["digest"]
+    assert "## Edge bundle" in lake.read_bytes("models/ml/detector/edge/card/card.md").decode()
+    path = lake.local_path(f"{folder}/model.ts")
+    path.write_bytes(path.read_bytes()[:-4] + b"evil")
+    with pytest.raises(ArtifactIntegrityError, match=r"model\.ts: sha256 mismatch"):
+        read_verified(lake, folder)
