@@ -13,6 +13,11 @@ app = typer.Typer(
 log = logging.getLogger("neuraxis.workloads.bundle")
 
 
+@app.callback()
+def _group() -> None:
+    """Keep the command name on the command line (typer folds a lone command otherwise)."""
+
+
 @app.command("bundle")
 def bundle_command(
     model: str = typer.Option(..., help="Model name in the registry."),

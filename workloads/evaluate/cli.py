@@ -11,6 +11,11 @@ app = typer.Typer(help="Evaluation workload.", no_args_is_help=True, pretty_exce
 log = logging.getLogger("neuraxis.workloads.evaluate")
 
 
+@app.callback()
+def _group() -> None:
+    """Keep the command name on the command line (typer folds a lone command otherwise)."""
+
+
 @app.command("evaluate")
 def evaluate_command(
     spec: str = typer.Option(..., help="ModelVersion YAML."),

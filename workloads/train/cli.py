@@ -26,6 +26,11 @@ def _configure_logging() -> None:
     )
 
 
+@app.callback()
+def _group() -> None:
+    """Keep the command name on the command line (typer folds a lone command otherwise)."""
+
+
 @app.command("train")
 def train_command(
     spec: str = typer.Option(..., help="TrainingJob YAML."),

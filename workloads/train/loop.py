@@ -56,10 +56,12 @@ class TrainOutcome:
 
 def shard_indices(
     n_rows: int, epoch: int, seed: int, batch_size: int, ctx: DistContext
-) -> list[torch.Tensor]:
+) -> list[tuple[torch.Tensor, int]]:
     """This rank's batches for one epoch: a seeded permutation cut into global batches of
     batch_size * world_size, each split round-robin over ranks. With one rank and batch_size B*W
-    the global batches are the same, which is why DDP matches a single process."""
+    the global batches are the same, which is why DDP matches a single process. Each batch comes
+    with its global size, so the loss can be scaled to the global mean even when the last batch
+    does not split evenly."""
     gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
     order = torch.randperm(n_rows, generator=gen)
     global_batch = batch_size * ctx.world_size
@@ -67,12 +69,14 @@ def shard_indices(
     for start in range(0, n_rows, global_batch):
         mine = order[start : start + global_batch][ctx.rank :: ctx.world_size]
         if len(mine):
-            batches.append(mine)
+            batches.append((mine, min(global_batch, n_rows - start)))
     return batches
 
 
-def loss_function(task: str) -> nn.Module:
-    return nn.CrossEntropyLoss() if task == "classification" else nn.MSELoss()
+def loss_function(task: str, reduction: str = "mean") -> nn.Module:
+    if task == "classification":
+        return nn.CrossEntropyLoss(reduction=reduction)
+    return nn.MSELoss(reduction=reduction)
 
 
 def _targets(task: str, logits: torch.Tensor) -> torch.Tensor:
@@ -156,21 +160,26 @@ def train_model(
         from torch.nn.parallel import DistributedDataParallel
 
         trained = DistributedDataParallel(model, device_ids=None if device == "cpu" else [device])
-    criterion = loss_function(data.task)
+    # Summed per rank and scaled by world / global batch: after DDP averages the gradients over
+    # ranks, the step is exactly the one of the mean loss over the global batch.
+    criterion = loss_function(data.task, reduction="sum")
     for epoch in range(start_epoch, settings.epochs + 1):
         trained.train()
         torch.manual_seed(settings.seed * 1_000_003 + epoch * 101 + ctx.rank)
         loss_sum = torch.zeros((), device=device)
         seen = 0
-        for batch in shard_indices(len(train_x), epoch, settings.seed, settings.batch_size, ctx):
+        for batch, global_n in shard_indices(
+            len(train_x), epoch, settings.seed, settings.batch_size, ctx
+        ):
             batch = batch.to(device)
             xb, yb = train_x[batch], train_y[batch]
             optimizer.zero_grad(set_to_none=True)
             with _autocast(device):
-                loss = criterion(_targets(data.task, trained(xb).float()), yb)
+                summed = criterion(_targets(data.task, trained(xb).float()), yb)
+                loss = summed * (ctx.world_size / global_n)
             loss.backward()
             optimizer.step()
-            loss_sum += loss.detach() * len(batch)
+            loss_sum += summed.detach()
             seen += len(batch)
         totals = _all_reduce_sum(
             torch.stack([loss_sum, torch.tensor(float(seen), device=device)]), ctx
