@@ -50,12 +50,14 @@ class TinyClassifier(nn.Module):
 
 def script_bytes(module: nn.Module, quantize: bool = False) -> bytes:
     module = module.eval()
-    if quantize:  # what an edge bundle holds: int8 dynamic quantization of the Linear layers
-        quantize_dynamic = torch.ao.quantization.quantize_dynamic
-        module = quantize_dynamic(module, {nn.Linear}, dtype=torch.qint8)  # type: ignore[no-untyped-call]
     buf = io.BytesIO()
-    with warnings.catch_warnings():  # TorchScript is the artifact contract; torch nags
+    with warnings.catch_warnings():  # TorchScript and int8 are the bundle contract; torch nags
         warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        if quantize:  # what an edge bundle holds: int8 dynamic quantization of the Linears
+            quantize_dynamic = torch.ao.quantization.quantize_dynamic
+            module = quantize_dynamic(module, {nn.Linear}, dtype=torch.qint8)  # type: ignore[no-untyped-call]
         torch.jit.save(torch.jit.script(module), buf)
     return buf.getvalue()
 
