@@ -4,6 +4,7 @@ is a no-op when nothing changed."""
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any
 
@@ -18,6 +19,7 @@ FIELD_MANAGER = "neuraxis"
 CR_VERSION = f"{API_GROUP}/{API_VERSION}"
 
 Obj = dict[str, Any]
+log = logging.getLogger("neuraxis.operator")
 
 
 class Cluster:
@@ -107,7 +109,7 @@ class Cluster:
         body = {
             "apiVersion": "events.k8s.io/v1",
             "kind": "Event",
-            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "metadata": {"generateName": f"{meta['name']}-", "namespace": meta["namespace"]},
             "eventTime": now_rfc3339().replace("Z", ".000000Z"),
             "reportingController": "neuraxis.dev/operator",
             "reportingInstance": "neuraxis-operator",
@@ -128,5 +130,5 @@ class Cluster:
             self._resource("events.k8s.io/v1", "Event").create(
                 body=body, namespace=meta["namespace"]
             )
-        except k8s.exceptions.ApiException:
-            pass
+        except k8s.exceptions.ApiException as exc:
+            log.warning("could not record Event %s on %s: %s", reason, meta["name"], exc.reason)

@@ -49,6 +49,11 @@ def configure_kopf(settings: kopf.OperatorSettings) -> None:
 def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
 
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        # A registry of our own does not carry kopf's default login handlers.
+        return kopf.login_via_client(**kwargs)
+
     @kopf.on.startup(registry=registry)
     def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         configure_kopf(settings)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 
 import kopf
@@ -35,7 +34,6 @@ def run_operator(
     json_logs: bool = False,
 ) -> None:
     """Run until interrupted. No namespaces means every namespace (cluster scope)."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     kopf.configure(log_format=kopf.LogFormat.JSON if json_logs else kopf.LogFormat.PLAIN)
     settings = OperatorSettings.from_env()
     runtime = Runtime(api_client(kubeconfig), settings, namespaces)

@@ -36,6 +36,7 @@ def cluster_role_rules() -> list[dict[str, Any]]:
         _rule("batch", ["jobs", "cronjobs"], WRITE),
         _rule("", ["pods"], READ),
         _rule("", ["services", "configmaps"], WRITE),
+        _rule("", ["serviceaccounts"], ["get", "create"]),  # the workload account per namespace
         _rule("", ["nodes", "namespaces"], READ),
         _rule("apps", ["deployments", "daemonsets"], WRITE),
         _rule("autoscaling", ["horizontalpodautoscalers"], WRITE),

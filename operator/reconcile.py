@@ -66,6 +66,28 @@ def _finished_for_generation(res: Resource, status: Obj) -> bool:
     )
 
 
+_accounts_made: set[str] = set()
+
+
+def ensure_workload_account(cluster: Cluster, namespace: str, settings: OperatorSettings) -> None:
+    """Workload pods run as this ServiceAccount; it has no owner (shared by the namespace)."""
+    if namespace in _accounts_made:
+        return
+    cluster.create(
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": {
+                "name": settings.service_account,
+                "namespace": namespace,
+                "labels": {"app.kubernetes.io/managed-by": "neuraxis"},
+            },
+            "automountServiceAccountToken": False,
+        }
+    )
+    _accounts_made.add(namespace)
+
+
 def _apply_all(cluster: Cluster, manifests: list[Obj]) -> None:
     for manifest in manifests:
         cluster.apply(manifest)
@@ -142,12 +164,13 @@ def reconcile_dataset(
 
 def _keep(status: Obj) -> Draft:
     """The finished run's status, as it is."""
-    ready = cond.is_true(status.get("conditions") or [], "Ready")
+    conditions = status.get("conditions") or []
+    ready = cond.condition(conditions, "Ready") or {}
     return Draft(
         str(status.get("phase")),
-        "Finished",
+        str(ready.get("reason") or "Finished"),
         str(status.get("message") or ""),
-        ready=ready,
+        ready=ready.get("status") == "True",
         fields={
             k: v
             for k, v in status.items()
@@ -600,6 +623,7 @@ def reconcile(body: Obj, cluster: Cluster, settings: OperatorSettings) -> Obj:
         invalid: InvalidSpecError | None = None
         try:
             res = parse_resource(body)
+            ensure_workload_account(cluster, meta["namespace"], settings)
             draft = RECONCILERS[kind](res, old, cluster, settings)
         except ResourceError as exc:
             invalid = InvalidSpecError("InvalidSpec", str(exc))

@@ -1,0 +1,145 @@
+"""Running the real operator (`neuraxis operator`) as a subprocess against the test cluster, and
+helpers to feed workload results through the kubelet path (KWOK writes the termination message
+that a pod annotation carries, exactly where a real kubelet would put the workload's)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from neuraxis.operator.children import POD_ANNOTATIONS
+from tests.cluster.conftest import Cluster
+from tests.conftest import EXAMPLES
+
+TERMINATION_ANNOTATION = "neuraxis.dev/kwok-termination-message"
+FAIL_ANNOTATION = "neuraxis.dev/kwok-fail"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class OperatorProcess:
+    """`neuraxis operator` watching one namespace, restartable (for the restart tests)."""
+
+    def __init__(self, cluster: Cluster, namespace: str, log_dir: Path):
+        self.cluster = cluster
+        self.namespace = namespace
+        self.log_path = log_dir / f"operator-{namespace}.log"
+        self.metrics_port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(self.cluster.kubeconfig),
+            "NEURAXIS_RESYNC_SECONDS": "3",
+            "PYTHONUNBUFFERED": "1",
+        }
+        log = open(self.log_path, "ab")  # noqa: SIM115 (owned by the child process)
+        self.proc = subprocess.Popen(
+            [
+                sys.executable, "-m", "neuraxis.cli", "operator", "--namespace", self.namespace,
+                "--metrics-port", str(self.metrics_port), "--liveness-port", str(free_port()),
+            ],
+            env=env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def log_tail(self) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-40:])
+
+
+@contextmanager
+def running_operator(cluster: Cluster, namespace: str, log_dir: Path) -> Iterator[OperatorProcess]:
+    op = OperatorProcess(cluster, namespace, log_dir)
+    op.start()
+    try:
+        yield op
+    finally:
+        op.stop()
+
+
+def example(name: str) -> dict[str, Any]:
+    doc: dict[str, Any] = yaml.safe_load((EXAMPLES / "smart-manufacturing" / name).read_text())
+    return doc
+
+
+def with_result(
+    resource: dict[str, Any], result: dict[str, Any] | None = None, *, fail: bool = False
+) -> dict[str, Any]:
+    """The resource, annotated so that its workload pods 'report' `result` (and fail if asked)."""
+    annotations: dict[str, str] = {}
+    if result is not None:
+        annotations[TERMINATION_ANNOTATION] = json.dumps(result)
+    if fail:
+        annotations[FAIL_ANNOTATION] = "true"
+    meta = resource.setdefault("metadata", {})
+    meta.setdefault("annotations", {})[POD_ANNOTATIONS] = json.dumps(annotations)
+    return resource
+
+
+def wait_for(
+    check: Callable[[], Any], what: str, timeout: float = 90.0, op: OperatorProcess | None = None
+) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(0.5)
+    tail = f"\noperator log:\n{op.log_tail()}" if op else ""
+    raise AssertionError(
+        f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r}){tail}"
+    )
+
+
+def get(cluster: Cluster, kind: str, name: str, namespace: str) -> dict[str, Any] | None:
+    try:
+        out: dict[str, Any] = cluster.kubectl_json("get", kind, name, "--namespace", namespace)
+    except Exception:
+        return None
+    return out
+
+
+def phase(cluster: Cluster, kind: str, name: str, namespace: str) -> str | None:
+    obj = get(cluster, kind, name, namespace)
+    return ((obj or {}).get("status") or {}).get("phase")
+
+
+def condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any] | None:
+    for cond in ((obj or {}).get("status") or {}).get("conditions") or []:
+        if cond.get("type") == type_:
+            return dict(cond)
+    return None
+
+
+def names(cluster: Cluster, kind: str, namespace: str, selector: str) -> list[str]:
+    out = cluster.kubectl("get", kind, "--namespace", namespace, "-l", selector, "--output=name")
+    return sorted(out.split())
