@@ -206,7 +206,7 @@ def main() -> None:
         kubeconfig=info.kubeconfig,
         input_text="\n---\n".join(json.dumps(x) for x in nodes),
     )
-    api_client = k8s_config.new_client_from_config(config_file=str(info.kubeconfig))  # type: ignore[no-untyped-call]
+    api_client = k8s_config.new_client_from_config(config_file=str(info.kubeconfig))
     core = k8s.CoreV1Api(api_client)
     recreate_namespace(core, NS)
 
