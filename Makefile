@@ -60,7 +60,8 @@ test: lint typecheck tools
 	$(VENV)/bin/pytest
 
 demo: venv
-	$(VENV)/bin/neuraxis demo
+	$(VENV)/bin/neuraxis crds check
+	$(VENV)/bin/neuraxis validate examples
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
