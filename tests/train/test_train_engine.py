@@ -84,7 +84,9 @@ def test_worker_killed_mid_run_resumes_from_last_checkpoint(
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not lake.exists("runs/ml/killed/result.json")
-    done = sorted(int(p.name[6:-7]) for p in checkpoints.glob("epoch-*.pt.sha256"))
+    done = sorted(
+        int(p.name.split("-")[1].split(".")[0]) for p in checkpoints.glob("epoch-*.pt.sha256")
+    )
     assert len(done) <= 2  # keep: 2
     restarted = run_cli(spec, lake, "killed")
     out, _ = restarted.communicate(timeout=300)

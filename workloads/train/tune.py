@@ -78,9 +78,22 @@ def check_tuning(tuning: Tuning, architecture: str, task: str) -> None:
                     raise TuningError(f"{where}: {exc}") from exc
 
 
+def choice_value(value: int | str) -> int | float | str:
+    """The API allows integers and strings as choices (no floats in a CRD's int-or-string list),
+    so a learning rate is written "0.01": numeric strings become numbers."""
+    if isinstance(value, int):
+        return value
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            continue
+    return value
+
+
 def _candidates(dim: SearchDimension) -> list[Any]:
     if dim.type == "choice":
-        return list(dim.values or [])
+        return [choice_value(v) for v in dim.values or []]
     return [dim.min, dim.max] if dim.type != "randint" else [int(dim.min or 0), int(dim.max or 0)]
 
 
@@ -91,7 +104,7 @@ def search_space(tuning: Tuning) -> dict[str, Any]:
     space: dict[str, Any] = {}
     for key, dim in tuning.space.items():
         if dim.type == "choice":
-            space[key] = tune.choice(list(dim.values or []))
+            space[key] = tune.choice([choice_value(v) for v in dim.values or []])
         elif dim.type == "uniform":
             space[key] = tune.uniform(float(dim.min or 0), float(dim.max or 0))
         elif dim.type == "loguniform":
