@@ -107,14 +107,23 @@ def operator_manifests(
         typer.echo(yaml.safe_dump_all(build_manifests(), sort_keys=False))
 
 
-def _mount_dev() -> None:
+workload_app = typer.Typer(help="What runs in pods (and locally): etl, train, serve, edge, ...")
+app.add_typer(workload_app, name="workload")
+
+
+def _mount() -> None:
+    """Sub-commands whose modules are light to import (their heavy imports are inside)."""
     from neuraxis.dev.cli import dev_app
+    from neuraxis.workloads.edge.cli import edge_command
+    from neuraxis.workloads.serve.cli import serve_command
 
     app.add_typer(dev_app, name="dev")
+    workload_app.command("serve")(serve_command)
+    workload_app.command("edge")(edge_command)
 
 
 def main() -> None:
-    _mount_dev()
+    _mount()
     app()
 
 

@@ -4,6 +4,8 @@ is a no-op when nothing changed."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import threading
 from typing import Any
@@ -29,6 +31,7 @@ class Cluster:
         self.api_client = api_client
         self.dynamic = DynamicClient(api_client)  # type: ignore[no-untyped-call]
         self._features: dict[tuple[str, str], bool] = {}
+        self._applied: dict[tuple[str, str, str, str], str] = {}
         self._lock = threading.Lock()
 
     def _resource(self, api_version: str, kind: str) -> Any:
@@ -66,17 +69,39 @@ class Cluster:
         items = self._resource(api_version, kind).get(namespace=namespace, label_selector=selector)
         return [dict(i.to_dict()) for i in items.items]
 
-    def apply(self, manifest: Obj) -> Obj:
+    @staticmethod
+    def _key(obj: Obj) -> tuple[str, str, str, str]:
+        meta = obj.get("metadata") or {}
+        return (obj["apiVersion"], obj["kind"], meta.get("namespace") or "", meta["name"])
+
+    def apply(self, manifest: Obj) -> None:
+        """Server-side apply, skipped when this exact manifest was applied since the object was
+        last seen deleted and the last resync (which forgets everything, so edits made by others
+        are restored within one resync period)."""
+        key = self._key(manifest)
+        digest = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
+        with self._lock:
+            if self._applied.get(key) == digest:
+                return
         API_REQUESTS.labels(verb="apply").inc()
         resource = self._resource(manifest["apiVersion"], manifest["kind"])
-        applied = resource.server_side_apply(
+        resource.server_side_apply(
             body=manifest,
             name=manifest["metadata"]["name"],
             namespace=manifest["metadata"].get("namespace"),
             field_manager=FIELD_MANAGER,
             force_conflicts=True,
         )
-        return dict(applied.to_dict())
+        with self._lock:
+            self._applied[key] = digest
+
+    def forget(self, obj: Obj | None = None) -> None:
+        """Drop the apply cache for one object (it was deleted) or for all (resync)."""
+        with self._lock:
+            if obj is None:
+                self._applied.clear()
+            else:
+                self._applied.pop(self._key(obj), None)
 
     def create(self, manifest: Obj) -> Obj | None:
         """Create, or return None when an object of that name already exists."""

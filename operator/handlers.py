@@ -2,7 +2,8 @@
 
 - create/update/resume of a Neuraxis resource: a kopf handler (retries with backoff on
   TemporaryError; PermanentError for specs that cannot work);
-- any event of a child we manage (Job, Pod, Deployment, ...): reconcile its owner;
+- any event of a child we manage (Job, Deployment, Service, ...): reconcile its owner (Pods
+  are not watched: a Job's condition changes after its pods have written their results);
 - a periodic resync of everything (drift correction, level-based)."""
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ log = logging.getLogger("neuraxis.operator")
 CHILD_RESOURCES = [
     ("batch", "v1", "jobs"),
     ("batch", "v1", "cronjobs"),
-    ("", "v1", "pods"),
     ("", "v1", "services"),
     ("", "v1", "configmaps"),
     ("apps", "v1", "deployments"),
@@ -83,8 +83,8 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
                 backoff=5,
             )(handle)
 
-    def child_event(body: kopf.Body, **_: Any) -> None:
-        runtime.reconcile_owner_of(dict(body))
+    def child_event(body: kopf.Body, type: str | None, **_: Any) -> None:
+        runtime.reconcile_owner_of(dict(body), deleted=type == "DELETED")
 
     for group, version, plural in CHILD_RESOURCES:
         kopf.on.event(group, version, plural, labels={MANAGED_BY: "neuraxis"}, registry=registry)(

@@ -22,12 +22,12 @@ from neuraxis.operator.settings import OperatorSettings
 
 log = logging.getLogger("neuraxis.operator")
 
-# Who depends on whom: when a resource of the key kind changes phase, these kinds are
-# reconciled, found by the spec field that references it.
-DEPENDENTS: dict[str, list[tuple[str, tuple[str, ...]]]] = {
-    "Dataset": [("TrainingJob", ("datasetRef", "name"))],
-    "TrainingJob": [("ModelVersion", ("source", "trainingJobRef", "name"))],
-    "ModelVersion": [("EdgeDeployment", ("modelVersionRef", "name"))],
+# What each kind waits for: the input's kind and the spec field naming it. When an input
+# changes phase, the resources that reference it are reconciled at once.
+INPUTS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "TrainingJob": ("Dataset", ("datasetRef", "name")),
+    "ModelVersion": ("TrainingJob", ("source", "trainingJobRef", "name")),
+    "EdgeDeployment": ("ModelVersion", ("modelVersionRef", "name")),
 }
 
 
@@ -47,9 +47,21 @@ class Runtime:
         self.settings = settings
         self.namespaces = namespaces  # empty: every namespace
         self._phases: dict[tuple[str, str, str], str] = {}
+        # (input kind, namespace, input name) -> names of the resources waiting on it, by kind.
+        self._dependents: dict[tuple[str, str, str], set[tuple[str, str]]] = {}
+
+    def _index(self, body: Obj) -> None:
+        kind, meta = body["kind"], body["metadata"]
+        if kind in INPUTS:
+            input_kind, path = INPUTS[kind]
+            input_name = _dig(body.get("spec"), path)
+            if isinstance(input_name, str):
+                key = (input_kind, meta["namespace"], input_name)
+                self._dependents.setdefault(key, set()).add((kind, meta["name"]))
 
     def reconcile_body(self, body: Obj) -> Obj:
         kind = body["kind"]
+        self._index(body)
         with RECONCILE_SECONDS.labels(kind=kind).time():
             try:
                 status = reconcile(body, self.cluster, self.settings)
@@ -72,10 +84,10 @@ class Runtime:
         if self._phases.get(key) == phase:
             return
         self._phases[key] = phase
-        for kind, path in DEPENDENTS.get(body["kind"], []):
-            for dependent in self.cluster.list(CR_VERSION, kind, meta["namespace"]):
-                if _dig(dependent.get("spec"), path) == meta["name"]:
-                    self.reconcile_quietly(dependent)
+        for kind, name in sorted(self._dependents.get(key, set())):
+            dependent = self.cluster.get(CR_VERSION, kind, meta["namespace"], name)
+            if dependent is not None:
+                self.reconcile_quietly(dependent)
         if body["kind"] == "ModelVersion":  # canaries follow their stable version
             for other in self.cluster.list(CR_VERSION, "ModelVersion", meta["namespace"]):
                 if (
@@ -100,8 +112,10 @@ class Runtime:
                 body["metadata"]["name"],
             )
 
-    def reconcile_owner_of(self, child: Obj) -> None:
+    def reconcile_owner_of(self, child: Obj, deleted: bool = False) -> None:
         """A child changed: reconcile the Neuraxis resource it belongs to."""
+        if deleted:
+            self.cluster.forget(child)
         meta = child.get("metadata") or {}
         labels = meta.get("labels") or {}
         for kind in KINDS:
@@ -114,6 +128,7 @@ class Runtime:
 
     def resync(self) -> None:
         """Level-based resync of everything: restores drifted children, refreshes status."""
+        self.cluster.forget()  # re-apply everything once: restores children edited by others
         counts: dict[tuple[str, str], int] = {}
         for kind in KINDS:
             for ns in self.namespaces or [None]:  # type: ignore[list-item]
