@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from neuraxis.crds import Dataset, EdgeDeployment, ModelVersion, Resource, TrainingJob
+from neuraxis.lake import Lake
 from neuraxis.operator import conditions as cond
 from neuraxis.operator.builders.dataset import build_dataset_children, etl_children_name
 from neuraxis.operator.builders.edge import (
@@ -139,11 +140,8 @@ def reconcile_dataset(
         "rows": result.get("rows"),
         "quarantinedRows": result.get("quarantinedRows"),
         "qualityPassed": passed,
-        "table": {
-            "uri": result.get("tableUri") or result.get("resultUri", ""),
-            "digest": result.get("digest"),
-        },
-        "lastRunTime": result.get("finishedAt"),
+        # The table's place follows the lake layout; the workload reports its content digest.
+        "table": {"uri": table_uri(ds, settings), "digest": result.get("digest")},
     }
     quality = (
         passed,
@@ -160,6 +158,10 @@ def reconcile_dataset(
         fields={k: v for k, v in fields.items() if v is not None},
         conditions=[("QualityPassed", *quality)],
     )
+
+
+def table_uri(ds: Dataset, settings: OperatorSettings) -> str:
+    return Lake(settings.lake_uri).uri(Lake.table_path(_ns(ds), ds.metadata.name))
 
 
 def _keep(status: Obj) -> Draft:
@@ -258,8 +260,8 @@ def reconcile_training(
         return draft
     result = run.result
     fields: dict[str, Any] = {"lineage": lineage, "metrics": result.get("metrics") or {}}
-    if result.get("artifactUri"):
-        fields["artifact"] = {"uri": result["artifactUri"], "digest": result.get("artifactDigest")}
+    if (result.get("artifact") or {}).get("uri"):
+        fields["artifact"] = result["artifact"]
     if result.get("bestTrial"):
         fields["bestTrial"] = result["bestTrial"]
     draft = Draft(
@@ -372,15 +374,15 @@ def _evaluate(
     run = _observe_job(cluster, _ns(mv), run_name(mv, "eval"))
     if run.state in ("Missing", "Active", "Suspended"):
         return Draft("Evaluating", "EvaluationRunning", f"Job {run_name(mv, 'eval')}")
-    if run.state == "Failed" and not (run.result and "gatesPassed" in run.result):
+    if run.state == "Failed" and not (run.result and "passed" in run.result):
         return _failed_run(run)
     result = run.result or {}
-    if "gatesPassed" not in result:
+    if "passed" not in result:
         return Draft("Failed", "ResultMissing", "the evaluation reported no result")
     evaluation = {
         "metrics": result.get("metrics") or {},
         "gates": result.get("gates") or [],
-        "passed": bool(result["gatesPassed"]),
+        "passed": bool(result["passed"]),
     }
     fields = {"evaluation": evaluation, "cardUri": result.get("cardUri")}
     if not evaluation["passed"]:
@@ -517,7 +519,7 @@ def reconcile_edge(
                 if run.result or run.state == "Failed"
                 else Draft("Failed", "ResultMissing", "the bundle Job reported no result")
             )
-        bundle = {"uri": run.result.get("bundleUri"), "digest": run.result.get("bundleDigest")}
+        bundle = run.result.get("bundle") or {}
     nodes = [
         {"name": n["metadata"]["name"], "labels": n["metadata"].get("labels") or {}}
         for n in cluster.list("v1", "Node", None)

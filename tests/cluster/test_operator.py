@@ -38,14 +38,16 @@ TRAIN_OK = {
     "outcome": "Succeeded",
     "reason": "Succeeded",
     "metrics": {"val_loss": 0.21, "accuracy": 0.93},
-    "artifactUri": "s3://lake/models/ml/anomaly-detector/anomaly-detector-v1",
-    "artifactDigest": DIGEST,
+    "artifact": {
+        "uri": "s3://lake/models/ml/anomaly-detector/anomaly-detector-v1",
+        "digest": DIGEST,
+    },
     "bestTrial": {"id": "t2", "metric": 0.21, "hyperparameters": {"learningRate": 0.01}},
 }
 EVAL_OK = {
     "outcome": "Succeeded",
     "reason": "GatesPassed",
-    "gatesPassed": True,
+    "passed": True,
     "metrics": {"accuracy": 0.93, "roc_auc": 0.97},
     "gates": [{"metric": "accuracy", "value": 0.93, "min": 0.8, "passed": True}],
     "cardUri": "s3://lake/models/ml/anomaly-detector/anomaly-detector-v1/card/card.md",
@@ -53,7 +55,7 @@ EVAL_OK = {
 EVAL_BAD = {
     "outcome": "Succeeded",
     "reason": "GatesFailed",
-    "gatesPassed": False,
+    "passed": False,
     "message": "accuracy 0.61 < min 0.80",
     "metrics": {"accuracy": 0.61},
     "gates": [{"metric": "accuracy", "value": 0.61, "min": 0.8, "passed": False}],
@@ -61,8 +63,7 @@ EVAL_BAD = {
 BUNDLE_OK = {
     "outcome": "Succeeded",
     "reason": "Bundled",
-    "bundleUri": "s3://lake/edge/ml/anomaly-detector/anomaly-detector-v1",
-    "bundleDigest": DIGEST,
+    "bundle": {"uri": "s3://lake/edge/ml/anomaly-detector/anomaly-detector-v1", "digest": DIGEST},
 }
 
 
