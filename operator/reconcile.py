@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from neuraxis.crds import Dataset, EdgeDeployment, ModelVersion, Resource, TrainingJob
@@ -27,27 +26,31 @@ from neuraxis.operator.builders.modelversion import (
     build_serving_children,
     predictor_name,
 )
-from neuraxis.operator.builders.training import ResolvedDataset, build_training_children
+from neuraxis.operator.builders.training import build_training_children
 from neuraxis.operator.children import owner_label, run_name
-from neuraxis.operator.cluster import CR_VERSION, Cluster, Obj
+from neuraxis.operator.cluster import Cluster, Obj
 from neuraxis.operator.errors import InputNotReadyError, InvalidSpecError
+from neuraxis.operator.inputs import (
+    ensure_registered,
+    find_stable,
+    resolve_approved_model,
+    resolve_artifact,
+    resolve_dataset,
+)
 from neuraxis.operator.observe import RunObservation, observe_run
+from neuraxis.operator.outcomes import (
+    Draft,
+    bundle_outcome,
+    dataset_outcome,
+    evaluation_outcome,
+    failed,
+    status_from_draft,
+    training_outcome,
+)
 from neuraxis.operator.settings import OperatorSettings
 from neuraxis.resources import ResourceError, parse_resource
 
 TERMINAL = {"Ready", "Succeeded", "Failed", "Approved", "Rejected"}
-
-
-@dataclass
-class Draft:
-    """What a reconciler concluded: the phase, why, extra status fields and conditions."""
-
-    phase: str
-    reason: str
-    message: str = ""
-    ready: bool = False
-    fields: dict[str, Any] = field(default_factory=dict)
-    conditions: list[tuple[str, bool | None, str, str]] = field(default_factory=list)
 
 
 def _ns(res: Resource) -> str:
@@ -103,10 +106,7 @@ def _observe_job(cluster: Cluster, namespace: str, name: str) -> RunObservation:
 
 
 def _failed_run(run: RunObservation) -> Draft:
-    result = run.result or {}
-    reason = str(result.get("reason") or run.reason)
-    message = str(result.get("message") or run.message or "the run failed")
-    return Draft("Failed", reason, message)
+    return failed(run.result, run.reason, run.message)
 
 
 # ---- Dataset ----------------------------------------------------------------------------------
@@ -132,32 +132,7 @@ def reconcile_dataset(
     result = run.result
     if result is None:
         return Draft("Failed", "ResultMissing", f"Job {name} succeeded but reported no result")
-    if result.get("outcome") != "Succeeded":
-        return _failed_run(run)
-    passed = bool(result.get("qualityPassed", True))
-    fields = {
-        "version": result.get("version"),
-        "rows": result.get("rows"),
-        "quarantinedRows": result.get("quarantinedRows"),
-        "qualityPassed": passed,
-        # The table's place follows the lake layout; the workload reports its content digest.
-        "table": {"uri": table_uri(ds, settings), "digest": result.get("digest")},
-    }
-    quality = (
-        passed,
-        "QualityPassed" if passed else "QualityGateFailed",
-        "every expectation held"
-        if passed
-        else str(result.get("message") or "quality rules failed"),
-    )
-    return Draft(
-        "Ready",
-        "Succeeded",
-        f"version {result.get('version')} written",
-        ready=True,
-        fields={k: v for k, v in fields.items() if v is not None},
-        conditions=[("QualityPassed", *quality)],
-    )
+    return dataset_outcome(result, table_uri(ds, settings))
 
 
 def table_uri(ds: Dataset, settings: OperatorSettings) -> str:
@@ -182,31 +157,6 @@ def _keep(status: Obj) -> Draft:
 
 
 # ---- TrainingJob ------------------------------------------------------------------------------
-def resolve_dataset(tj: TrainingJob, cluster: Cluster) -> ResolvedDataset:
-    ref = tj.spec.dataset_ref
-    body = cluster.get(CR_VERSION, "Dataset", _ns(tj), ref.name)
-    if body is None:
-        raise InputNotReadyError("DatasetNotFound", f"Dataset {ref.name} does not exist")
-    status = _status(body)
-    if status.get("phase") != "Ready":
-        raise InputNotReadyError(
-            "WaitingForDataset", f"Dataset {ref.name} is {status.get('phase', 'Pending')}"
-        )
-    if status.get("qualityPassed") is False:
-        raise InputNotReadyError(
-            "DatasetQualityFailed", f"Dataset {ref.name} did not pass its quality gate"
-        )
-    latest = status.get("version")
-    version = ref.version if ref.version is not None else latest
-    if version is None or (latest is not None and version > latest):
-        raise InputNotReadyError(
-            "WaitingForDataset",
-            f"Dataset {ref.name} has no version {version} yet (latest {latest})",
-        )
-    table = status.get("table") or {}
-    return ResolvedDataset(ref.name, int(version), table.get("uri"), table.get("digest"))
-
-
 def reconcile_training(
     tj: TrainingJob, status: Obj, cluster: Cluster, settings: OperatorSettings
 ) -> Draft:
@@ -258,92 +208,13 @@ def reconcile_training(
         )
         draft.conditions.append(inputs)
         return draft
-    result = run.result
-    fields: dict[str, Any] = {"lineage": lineage, "metrics": result.get("metrics") or {}}
-    if (result.get("artifact") or {}).get("uri"):
-        fields["artifact"] = result["artifact"]
-    if result.get("bestTrial"):
-        fields["bestTrial"] = result["bestTrial"]
-    draft = Draft(
-        "Succeeded",
-        "Succeeded",
-        "training finished",
-        ready=True,
-        fields=fields,
-        conditions=[inputs],
-    )
+    draft = training_outcome(run.result, lineage, inputs)
     if tj.spec.register_ is not None:
-        fields["modelVersion"] = ensure_registered(tj, {**status, **fields}, cluster)
+        draft.fields["modelVersion"] = ensure_registered(tj, {**status, **draft.fields}, cluster)
     return draft
 
 
-def registered_name(tj: TrainingJob) -> str | None:
-    reg = tj.spec.register_
-    if reg is None:
-        return None
-    return reg.version_name or f"{reg.model}-{tj.metadata.name}"
-
-
-def ensure_registered(tj: TrainingJob, status: Obj, cluster: Cluster) -> str | None:
-    """Create the ModelVersion a successful job registers. It has no owner: it must outlive
-    the job. One declared in Git under that name is left alone if it points at this job."""
-    name = registered_name(tj)
-    reg = tj.spec.register_
-    if name is None or reg is None:
-        return None
-    existing = cluster.get(CR_VERSION, "ModelVersion", _ns(tj), name)
-    if existing is not None:
-        source = (existing.get("spec") or {}).get("source") or {}
-        if (source.get("trainingJobRef") or {}).get("name") != tj.metadata.name:
-            raise InvalidSpecError(
-                "VersionNameTaken", f"ModelVersion {name} exists and does not come from this job"
-            )
-        return name
-    lineage = status.get("lineage") or {}
-    cluster.create(
-        {
-            "apiVersion": CR_VERSION,
-            "kind": "ModelVersion",
-            "metadata": {
-                "name": name,
-                "namespace": _ns(tj),
-                "labels": {
-                    "neuraxis.dev/model": reg.model,
-                    "neuraxis.dev/trainingjob": tj.metadata.name,
-                },
-                "annotations": {
-                    "neuraxis.dev/dataset-version": str(lineage.get("datasetVersion", ""))
-                },
-            },
-            "spec": {"model": reg.model, "source": {"trainingJobRef": {"name": tj.metadata.name}}},
-        }
-    )
-    return name
-
-
 # ---- ModelVersion -----------------------------------------------------------------------------
-def resolve_artifact(mv: ModelVersion, cluster: Cluster) -> tuple[str, Obj]:
-    """The artifact URI and the lineage of the model's source."""
-    source = mv.spec.source
-    if source.uri is not None:
-        return source.uri, {"modelVersion": mv.metadata.name}
-    assert source.training_job_ref is not None
-    name = source.training_job_ref.name
-    body = cluster.get(CR_VERSION, "TrainingJob", _ns(mv), name)
-    if body is None:
-        raise InputNotReadyError("TrainingJobNotFound", f"TrainingJob {name} does not exist")
-    status = _status(body)
-    if status.get("phase") == "Failed":
-        raise InputNotReadyError("TrainingJobFailed", f"TrainingJob {name} failed")
-    artifact = status.get("artifact") or {}
-    if status.get("phase") != "Succeeded" or not artifact.get("uri"):
-        raise InputNotReadyError(
-            "WaitingForTrainingJob", f"TrainingJob {name} has not succeeded yet"
-        )
-    lineage = {**(status.get("lineage") or {}), "modelVersion": mv.metadata.name}
-    return str(artifact["uri"]), lineage
-
-
 def cluster_features(cluster: Cluster) -> ClusterFeatures:
     return ClusterFeatures(
         gateway_api=cluster.has_kind("gateway.networking.k8s.io/v1", "HTTPRoute"),
@@ -376,48 +247,9 @@ def _evaluate(
         return Draft("Evaluating", "EvaluationRunning", f"Job {run_name(mv, 'eval')}")
     if run.state == "Failed" and not (run.result and "passed" in run.result):
         return _failed_run(run)
-    result = run.result or {}
-    if "passed" not in result:
-        return Draft("Failed", "ResultMissing", "the evaluation reported no result")
-    evaluation = {
-        "metrics": result.get("metrics") or {},
-        "gates": result.get("gates") or [],
-        "passed": bool(result["passed"]),
-    }
-    fields = {"evaluation": evaluation, "cardUri": result.get("cardUri")}
-    if not evaluation["passed"]:
-        return Draft(
-            "Rejected", "GatesFailed", str(result.get("message") or "gates failed"), fields=fields
-        )
-    status.update({k: v for k, v in fields.items() if v is not None})
-    return None
-
-
-def find_stable(mv: ModelVersion, cluster: Cluster) -> ModelVersion | None:
-    serving = mv.spec.serving
-    if serving is None or serving.canary is None:
-        return None
-    ref = serving.canary.stable_ref
-    if ref is not None:
-        body = cluster.get(CR_VERSION, "ModelVersion", _ns(mv), ref.name)
-        if body is None:
-            raise InputNotReadyError(
-                "StableVersionNotFound", f"ModelVersion {ref.name} does not exist"
-            )
-        stable = parse_resource(body)
-        assert isinstance(stable, ModelVersion)
-        return stable
-    for body in cluster.list(CR_VERSION, "ModelVersion", _ns(mv)):
-        spec = body.get("spec") or {}
-        if (
-            spec.get("model") == mv.spec.model
-            and spec.get("stage") == "production"
-            and body["metadata"]["name"] != mv.metadata.name
-        ):
-            stable = parse_resource(body)
-            assert isinstance(stable, ModelVersion)
-            return stable
-    return None
+    verdict, fields = evaluation_outcome(run.result or {})
+    status.update(fields)
+    return verdict
 
 
 def reconcile_model_version(
@@ -485,21 +317,7 @@ def reconcile_edge(
     ed: EdgeDeployment, status: Obj, cluster: Cluster, settings: OperatorSettings
 ) -> Draft:
     ns = _ns(ed)
-    ref = ed.spec.model_version_ref.name
-    body = cluster.get(CR_VERSION, "ModelVersion", ns, ref)
-    if body is None:
-        raise InputNotReadyError("ModelVersionNotFound", f"ModelVersion {ref} does not exist")
-    mv_status = _status(body)
-    if mv_status.get("phase") == "Rejected":
-        raise InputNotReadyError(
-            "ModelVersionRejected", f"ModelVersion {ref} was rejected by its gates"
-        )
-    if mv_status.get("phase") not in ("Approved", "Serving"):
-        raise InputNotReadyError(
-            "WaitingForModelVersion", f"ModelVersion {ref} is not Approved yet"
-        )
-    artifact_uri = str((mv_status.get("artifact") or {}).get("uri"))
-    lineage = {**(mv_status.get("lineage") or {}), "modelVersion": ref}
+    artifact_uri, lineage = resolve_approved_model(ed, cluster)
     bundle = (
         status.get("bundle") if status.get("observedGeneration") == ed.metadata.generation else None
     )
@@ -513,13 +331,12 @@ def reconcile_edge(
                 f"Job {run_name(ed, 'bundle')}",
                 fields={"lineage": lineage},
             )
-        if run.state == "Failed" or not run.result or run.result.get("outcome") != "Succeeded":
-            return (
-                _failed_run(run)
-                if run.result or run.state == "Failed"
-                else Draft("Failed", "ResultMissing", "the bundle Job reported no result")
-            )
-        bundle = run.result.get("bundle") or {}
+        if run.state == "Failed":
+            return _failed_run(run)
+        outcome = bundle_outcome(run.result or {})
+        if isinstance(outcome, Draft):
+            return outcome
+        bundle = outcome
     nodes = [
         {"name": n["metadata"]["name"], "labels": n["metadata"].get("labels") or {}}
         for n in cluster.list("v1", "Node", None)
@@ -587,26 +404,6 @@ _locks_guard = threading.Lock()
 def _lock_for(kind: str, namespace: str, name: str) -> threading.Lock:
     with _locks_guard:
         return _locks.setdefault((kind, namespace, name), threading.Lock())
-
-
-def status_from_draft(
-    draft: Draft, old: Obj, generation: int | None, now: str | None = None
-) -> Obj:
-    """The full status for a Draft, keeping condition transition times that did not move."""
-    conditions: list[dict[str, Any]] = list(old.get("conditions") or [])
-    for type_, value, reason, message in draft.conditions:
-        conditions = cond.set_condition(conditions, type_, value, reason, message, generation, now)
-    ready_message = draft.message or draft.phase
-    conditions = cond.set_condition(
-        conditions, "Ready", draft.ready, draft.reason, ready_message, generation, now
-    )
-    return {
-        **draft.fields,
-        "phase": draft.phase,
-        "message": draft.message,
-        "observedGeneration": generation,
-        "conditions": conditions,
-    }
 
 
 def _comparable(status: Obj) -> Obj:

@@ -20,7 +20,7 @@ from neuraxis.operator.builders.training import ResolvedDataset, build_training_
 from neuraxis.operator.children import POD_ANNOTATIONS
 from neuraxis.operator.errors import InvalidSpecError
 from neuraxis.operator.observe import observe_run
-from neuraxis.operator.reconcile import Draft, status_from_draft
+from neuraxis.operator.outcomes import Draft, status_from_draft
 from neuraxis.operator.settings import OperatorSettings
 from neuraxis.resources import load_resources, parse_resource
 from tests.conftest import EXAMPLES

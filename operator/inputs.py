@@ -1,0 +1,177 @@
+"""What a resource waits for, decided the same way in a cluster and under `neuraxis run`:
+the inputs are read through a `Store` (the API server, or the local state folder)."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from neuraxis import API_GROUP, API_VERSION
+from neuraxis.crds import ModelVersion, Resource, TrainingJob
+from neuraxis.crds.edgedeployment import EdgeDeployment
+from neuraxis.operator.builders.training import ResolvedDataset
+from neuraxis.operator.errors import InputNotReadyError, InvalidSpecError
+from neuraxis.resources import parse_resource
+
+CR_VERSION = f"{API_GROUP}/{API_VERSION}"
+Obj = dict[str, Any]
+
+
+class Store(Protocol):
+    """Read and create Neuraxis objects (bodies with spec and status)."""
+
+    def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> Obj | None: ...
+
+    def list(
+        self,
+        api_version: str,
+        kind: str,
+        namespace: str | None,
+        labels: dict[str, str] | None = None,
+    ) -> list[Obj]: ...
+
+    def create(self, manifest: Obj) -> Obj | None: ...
+
+
+def _ns(res: Resource) -> str:
+    return res.metadata.namespace or "default"
+
+
+def _status(body: Obj) -> Obj:
+    return dict(body.get("status") or {})
+
+
+def resolve_dataset(tj: TrainingJob, store: Store) -> ResolvedDataset:
+    ref = tj.spec.dataset_ref
+    body = store.get(CR_VERSION, "Dataset", _ns(tj), ref.name)
+    if body is None:
+        raise InputNotReadyError("DatasetNotFound", f"Dataset {ref.name} does not exist")
+    status = _status(body)
+    if status.get("phase") != "Ready":
+        raise InputNotReadyError(
+            "WaitingForDataset", f"Dataset {ref.name} is {status.get('phase', 'Pending')}"
+        )
+    if status.get("qualityPassed") is False:
+        raise InputNotReadyError(
+            "DatasetQualityFailed", f"Dataset {ref.name} did not pass its quality gate"
+        )
+    latest = status.get("version")
+    version = ref.version if ref.version is not None else latest
+    if version is None or (latest is not None and version > latest):
+        raise InputNotReadyError(
+            "WaitingForDataset",
+            f"Dataset {ref.name} has no version {version} yet (latest {latest})",
+        )
+    table = status.get("table") or {}
+    return ResolvedDataset(ref.name, int(version), table.get("uri"), table.get("digest"))
+
+
+def registered_name(tj: TrainingJob) -> str | None:
+    reg = tj.spec.register_
+    if reg is None:
+        return None
+    return reg.version_name or f"{reg.model}-{tj.metadata.name}"
+
+
+def ensure_registered(tj: TrainingJob, status: Obj, store: Store) -> str | None:
+    """Create the ModelVersion a successful job registers. It has no owner: it must outlive
+    the job. One declared in Git under that name is left alone if it points at this job."""
+    name = registered_name(tj)
+    reg = tj.spec.register_
+    if name is None or reg is None:
+        return None
+    existing = store.get(CR_VERSION, "ModelVersion", _ns(tj), name)
+    if existing is not None:
+        source = (existing.get("spec") or {}).get("source") or {}
+        if (source.get("trainingJobRef") or {}).get("name") != tj.metadata.name:
+            raise InvalidSpecError(
+                "VersionNameTaken", f"ModelVersion {name} exists and does not come from this job"
+            )
+        return name
+    lineage = status.get("lineage") or {}
+    store.create(
+        {
+            "apiVersion": CR_VERSION,
+            "kind": "ModelVersion",
+            "metadata": {
+                "name": name,
+                "namespace": _ns(tj),
+                "labels": {
+                    "neuraxis.dev/model": reg.model,
+                    "neuraxis.dev/trainingjob": tj.metadata.name,
+                },
+                "annotations": {
+                    "neuraxis.dev/dataset-version": str(lineage.get("datasetVersion", ""))
+                },
+            },
+            "spec": {"model": reg.model, "source": {"trainingJobRef": {"name": tj.metadata.name}}},
+        }
+    )
+    return name
+
+
+def resolve_artifact(mv: ModelVersion, store: Store) -> tuple[str, Obj]:
+    """The artifact URI and the lineage of the model's source."""
+    source = mv.spec.source
+    if source.uri is not None:
+        return source.uri, {"modelVersion": mv.metadata.name}
+    assert source.training_job_ref is not None
+    name = source.training_job_ref.name
+    body = store.get(CR_VERSION, "TrainingJob", _ns(mv), name)
+    if body is None:
+        raise InputNotReadyError("TrainingJobNotFound", f"TrainingJob {name} does not exist")
+    status = _status(body)
+    if status.get("phase") == "Failed":
+        raise InputNotReadyError("TrainingJobFailed", f"TrainingJob {name} failed")
+    artifact = status.get("artifact") or {}
+    if status.get("phase") != "Succeeded" or not artifact.get("uri"):
+        raise InputNotReadyError(
+            "WaitingForTrainingJob", f"TrainingJob {name} has not succeeded yet"
+        )
+    lineage = {**(status.get("lineage") or {}), "modelVersion": mv.metadata.name}
+    return str(artifact["uri"]), lineage
+
+
+def find_stable(mv: ModelVersion, store: Store) -> ModelVersion | None:
+    serving = mv.spec.serving
+    if serving is None or serving.canary is None:
+        return None
+    ref = serving.canary.stable_ref
+    if ref is not None:
+        body = store.get(CR_VERSION, "ModelVersion", _ns(mv), ref.name)
+        if body is None:
+            raise InputNotReadyError(
+                "StableVersionNotFound", f"ModelVersion {ref.name} does not exist"
+            )
+        stable = parse_resource(body)
+        assert isinstance(stable, ModelVersion)
+        return stable
+    for body in store.list(CR_VERSION, "ModelVersion", _ns(mv)):
+        spec = body.get("spec") or {}
+        if (
+            spec.get("model") == mv.spec.model
+            and spec.get("stage") == "production"
+            and body["metadata"]["name"] != mv.metadata.name
+        ):
+            stable = parse_resource(body)
+            assert isinstance(stable, ModelVersion)
+            return stable
+    return None
+
+
+def resolve_approved_model(ed: EdgeDeployment, store: Store) -> tuple[str, Obj]:
+    """The artifact URI and lineage of the Approved ModelVersion an EdgeDeployment rolls out."""
+    ref = ed.spec.model_version_ref.name
+    body = store.get(CR_VERSION, "ModelVersion", _ns(ed), ref)
+    if body is None:
+        raise InputNotReadyError("ModelVersionNotFound", f"ModelVersion {ref} does not exist")
+    status = _status(body)
+    if status.get("phase") == "Rejected":
+        raise InputNotReadyError(
+            "ModelVersionRejected", f"ModelVersion {ref} was rejected by its gates"
+        )
+    if status.get("phase") not in ("Approved", "Serving"):
+        raise InputNotReadyError(
+            "WaitingForModelVersion", f"ModelVersion {ref} is not Approved yet"
+        )
+    artifact_uri = str((status.get("artifact") or {}).get("uri"))
+    return artifact_uri, {**(status.get("lineage") or {}), "modelVersion": ref}

@@ -1,0 +1,127 @@
+"""From a workload's result to the resource's status: pure functions shared by the operator
+(results arrive in termination messages) and `neuraxis run` (results returned in-process)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from neuraxis.operator import conditions as cond
+
+Obj = dict[str, Any]
+Condition = tuple[str, bool | None, str, str]  # type, status, reason, message
+
+
+@dataclass
+class Draft:
+    """What a reconciler concluded: the phase, why, extra status fields and conditions."""
+
+    phase: str
+    reason: str
+    message: str = ""
+    ready: bool = False
+    fields: dict[str, Any] = field(default_factory=dict)
+    conditions: list[Condition] = field(default_factory=list)
+
+
+def failed(result: Obj | None, reason: str, message: str) -> Draft:
+    """A failed run: the workload's own reason and message win over the Job's."""
+    result = result or {}
+    return Draft(
+        "Failed",
+        str(result.get("reason") or reason),
+        str(result.get("message") or message or "the run failed"),
+    )
+
+
+def dataset_outcome(result: Obj, table_uri: str) -> Draft:
+    """A finished ETL run: Ready (with QualityPassed telling whether the gate held) or Failed."""
+    if result.get("outcome") != "Succeeded":
+        return failed(result, "EtlFailed", "the ETL run failed")
+    passed = bool(result.get("qualityPassed", True))
+    fields = {
+        "version": result.get("version"),
+        "rows": result.get("rows"),
+        "quarantinedRows": result.get("quarantinedRows"),
+        "qualityPassed": passed,
+        # The table's place follows the lake layout; the workload reports its content digest.
+        "table": {"uri": table_uri, "digest": result.get("digest")},
+    }
+    quality_message = (
+        "every expectation held" if passed else str(result.get("message") or "quality rules failed")
+    )
+    quality: Condition = (
+        "QualityPassed",
+        passed,
+        "QualityPassed" if passed else "QualityGateFailed",
+        quality_message,
+    )
+    return Draft(
+        "Ready",
+        "Succeeded",
+        f"version {result.get('version')} written",
+        ready=True,
+        fields={k: v for k, v in fields.items() if v is not None},
+        conditions=[quality],
+    )
+
+
+def training_outcome(result: Obj, lineage: Obj, inputs: Condition) -> Draft:
+    if result.get("outcome") != "Succeeded":
+        draft = failed(result, "TrainingFailed", "training failed")
+        draft.conditions.append(inputs)
+        return draft
+    fields: Obj = {"lineage": lineage, "metrics": result.get("metrics") or {}}
+    if (result.get("artifact") or {}).get("uri"):
+        fields["artifact"] = result["artifact"]
+    if result.get("bestTrial"):
+        fields["bestTrial"] = result["bestTrial"]
+    return Draft("Succeeded", "Succeeded", "training finished", True, fields, [inputs])
+
+
+def evaluation_outcome(result: Obj) -> tuple[Draft | None, Obj]:
+    """(None, fields) when the gates passed; (the Rejected or Failed Draft, fields) otherwise."""
+    if "passed" not in result:
+        return failed(result, "ResultMissing", "the evaluation reported no result"), {}
+    evaluation = {
+        "metrics": result.get("metrics") or {},
+        "gates": result.get("gates") or [],
+        "passed": bool(result["passed"]),
+    }
+    fields = {
+        k: v
+        for k, v in {"evaluation": evaluation, "cardUri": result.get("cardUri")}.items()
+        if v is not None
+    }
+    if evaluation["passed"]:
+        return None, fields
+    message = str(result.get("message") or "gates failed")
+    return Draft("Rejected", "GatesFailed", message, fields=fields), fields
+
+
+def bundle_outcome(result: Obj) -> Obj | Draft:
+    """The bundle {uri, digest}, or the Failed Draft."""
+    bundle = result.get("bundle") or {}
+    if result.get("outcome") != "Succeeded" or not bundle.get("uri"):
+        return failed(result, "BundleFailed", "the bundle run reported no bundle")
+    return dict(bundle)
+
+
+def status_from_draft(
+    draft: Draft, old: Obj, generation: int | None, now: str | None = None
+) -> Obj:
+    """The full status for a Draft, keeping condition transition times that did not move."""
+    conditions: list[dict[str, Any]] = list(old.get("conditions") or [])
+    for type_, value, reason, message in draft.conditions:
+        conditions = cond.set_condition(conditions, type_, value, reason, message, generation, now)
+    ready_message = draft.message or draft.phase
+    conditions = cond.set_condition(
+        conditions, "Ready", draft.ready, draft.reason, ready_message, generation, now
+    )
+    return {
+        **draft.fields,
+        "phase": draft.phase,
+        "message": draft.message,
+        "observedGeneration": generation,
+        "conditions": conditions,
+    }
