@@ -114,10 +114,18 @@ app.add_typer(workload_app, name="workload")
 def _mount() -> None:
     """Sub-commands whose modules are light to import (their heavy imports are inside)."""
     from neuraxis.dev.cli import dev_app
+    from neuraxis.workloads.bundle.cli import bundle_command
     from neuraxis.workloads.edge.cli import edge_command
+    from neuraxis.workloads.etl.cli import etl_command
+    from neuraxis.workloads.evaluate.cli import evaluate_command
     from neuraxis.workloads.serve.cli import serve_command
+    from neuraxis.workloads.train.cli import train_command
 
     app.add_typer(dev_app, name="dev")
+    workload_app.command("etl")(etl_command)
+    workload_app.command("train")(train_command)
+    workload_app.command("evaluate")(evaluate_command)
+    workload_app.command("bundle")(bundle_command)
     workload_app.command("serve")(serve_command)
     workload_app.command("edge")(edge_command)
 

@@ -158,8 +158,8 @@ def find_stable(mv: ModelVersion, store: Store) -> ModelVersion | None:
     return None
 
 
-def resolve_approved_model(ed: EdgeDeployment, store: Store) -> tuple[str, Obj]:
-    """The artifact URI and lineage of the Approved ModelVersion an EdgeDeployment rolls out."""
+def resolve_approved_model(ed: EdgeDeployment, store: Store) -> tuple[str, str, Obj]:
+    """The model name, artifact URI and lineage of the Approved ModelVersion to roll out."""
     ref = ed.spec.model_version_ref.name
     body = store.get(CR_VERSION, "ModelVersion", _ns(ed), ref)
     if body is None:
@@ -174,4 +174,5 @@ def resolve_approved_model(ed: EdgeDeployment, store: Store) -> tuple[str, Obj]:
             "WaitingForModelVersion", f"ModelVersion {ref} is not Approved yet"
         )
     artifact_uri = str((status.get("artifact") or {}).get("uri"))
-    return artifact_uri, {**(status.get("lineage") or {}), "modelVersion": ref}
+    model = str((body.get("spec") or {}).get("model"))
+    return model, artifact_uri, {**(status.get("lineage") or {}), "modelVersion": ref}

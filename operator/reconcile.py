@@ -317,12 +317,12 @@ def reconcile_edge(
     ed: EdgeDeployment, status: Obj, cluster: Cluster, settings: OperatorSettings
 ) -> Draft:
     ns = _ns(ed)
-    artifact_uri, lineage = resolve_approved_model(ed, cluster)
+    model, _artifact_uri, lineage = resolve_approved_model(ed, cluster)
     bundle = (
         status.get("bundle") if status.get("observedGeneration") == ed.metadata.generation else None
     )
     if not bundle:
-        _apply_all(cluster, build_bundle_children(ed, artifact_uri, settings))
+        _apply_all(cluster, build_bundle_children(ed, model, settings))
         run = _observe_job(cluster, ns, run_name(ed, "bundle"))
         if run.state in ("Missing", "Active", "Suspended"):
             return Draft(

@@ -43,6 +43,16 @@ def compact_json(compact: dict[str, Any]) -> str:
     return text
 
 
+def termination_log_path() -> Path | None:
+    """$NEURAXIS_TERMINATION_LOG, else the kubelet's default path when running in a pod."""
+    configured = os.environ.get(TERMINATION_LOG_ENV)
+    if configured:
+        return Path(configured)
+    if os.environ.get("KUBERNETES_SERVICE_HOST"):
+        return Path(DEFAULT_TERMINATION_LOG)
+    return None
+
+
 def publish_result(
     lake: Lake,
     namespace: str,
@@ -58,11 +68,11 @@ def publish_result(
             raise ValueError(f"{name} needs outcome Succeeded|Failed and a reason")
     uri = lake.write_json(f"{lake.run_path(namespace, run_id)}/result.json", result)
     message = compact_json({**compact, "resultUri": uri})
-    log = Path(os.environ.get(TERMINATION_LOG_ENV, DEFAULT_TERMINATION_LOG))
-    # Outside a pod there is no termination log (or /dev is read-only): the lake copy is the record.
-    with contextlib.suppress(OSError):
-        if log.parent.exists():
-            log.write_text(message)
+    path = termination_log_path()
+    # Where there is no termination log (or /dev is read-only), the lake copy is the record.
+    if path is not None:
+        with contextlib.suppress(OSError):
+            path.write_text(message)
     return uri
 
 

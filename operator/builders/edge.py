@@ -7,7 +7,7 @@ from typing import Any
 
 from neuraxis.crds import EdgeDeployment
 from neuraxis.operator.builders.common import RUN_ID_ENV, job, spec_config_map
-from neuraxis.operator.children import SPEC_FILE, child_metadata, run_name
+from neuraxis.operator.children import child_metadata, run_name
 from neuraxis.operator.pods import pod_template, resource_limits, workload_container
 from neuraxis.operator.settings import OperatorSettings
 
@@ -32,15 +32,21 @@ def canary_nodes(ed: EdgeDeployment, targeted: list[str]) -> list[str]:
     return targeted[: ed.spec.rollout.canary_nodes]
 
 
+def bundle_command(ed: EdgeDeployment, model: str, run_id: str) -> list[str]:
+    """The bundle workload for the ModelVersion (registered as `model`) the rollout uses."""
+    return [
+        "neuraxis", "workload", "bundle", "--model", model,
+        "--version", ed.spec.model_version_ref.name,
+        "--namespace", ed.metadata.namespace or "default",
+        "--run-id", run_id, "--quantize", ed.spec.optimize.quantize,
+    ]  # fmt: skip
+
+
 def build_bundle_children(
-    ed: EdgeDeployment, artifact_uri: str, settings: OperatorSettings
+    ed: EdgeDeployment, model: str, settings: OperatorSettings
 ) -> list[dict[str, Any]]:
     name = run_name(ed, "bundle")
-    command = [
-        "neuraxis", "workload", "bundle", "--spec", SPEC_FILE,
-        "--namespace", ed.metadata.namespace or "default",
-        "--run-id", "$(NEURAXIS_RUN_ID)", "--artifact-uri", artifact_uri,
-    ]  # fmt: skip
+    command = bundle_command(ed, model, "$(NEURAXIS_RUN_ID)")
     container = workload_container(
         ed, settings, command, resources=resource_limits("1", "2Gi"), extra_env=[RUN_ID_ENV]
     )

@@ -47,13 +47,13 @@ def training_service_name(tj: TrainingJob) -> str:
     return f"{tj.metadata.name}-workers"
 
 
-def _train_command(tj: TrainingJob, job_name: str, workers: int, subcommand: str) -> list[str]:
+def _train_command(tj: TrainingJob, job_name: str, workers: int, tuning: bool) -> list[str]:
     namespace = tj.metadata.namespace or "default"
     workload = [
-        "-m", "neuraxis.cli", "workload", subcommand, "--spec", SPEC_FILE,
+        "-m", "neuraxis.cli", "workload", "train", "--spec", SPEC_FILE,
         "--namespace", namespace, "--run-id", "$(NEURAXIS_RUN_ID)",
     ]  # fmt: skip
-    if subcommand != "train":
+    if tuning:  # one driver pod: Ray runs the trials
         return ["python", *workload]
     master = f"{job_name}-0.{training_service_name(tj)}.{namespace}.svc"
     return [
@@ -91,7 +91,7 @@ def build_training_children(
     container = workload_container(
         tj,
         settings,
-        _train_command(tj, name, workers, "tune" if tuning else "train"),
+        _train_command(tj, name, workers, tuning),
         resources=resource_limits(spec.resources.cpu, spec.resources.memory, gpus),
         env=env,
         extra_env=[RUN_ID_ENV, completion_index],
@@ -137,7 +137,7 @@ def build_ray_job(tj: TrainingJob, name: str, settings: OperatorSettings) -> dic
     assert spec.tuning is not None
     namespace = tj.metadata.namespace or "default"
     entrypoint = (
-        f"neuraxis workload tune --spec {SPEC_FILE} --namespace {namespace} --run-id {name}"
+        f"neuraxis workload train --spec {SPEC_FILE} --namespace {namespace} --run-id {name}"
     )
     resources = resource_limits(spec.resources.cpu, spec.resources.memory)
 
