@@ -132,7 +132,9 @@ def test_tuning_runs_one_driver_or_a_ray_job() -> None:
     tj.spec.suspend = True
     driver = _by_kind(build_training_children(tj, ResolvedDataset("d", 1), SETTINGS))
     assert driver["Job"]["spec"]["completions"] == 1 and driver["Job"]["spec"]["suspend"] is True
-    assert "tune" in driver["Job"]["spec"]["template"]["spec"]["containers"][0]["command"]
+    command = driver["Job"]["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert command[0] == "python" and "torchrun" not in command  # one driver; Ray runs trials
+    assert driver["Job"]["metadata"]["name"] == "anomaly-detector-train-tune-g2"
     ray = _by_kind(build_training_children(tj, ResolvedDataset("d", 1), SETTINGS, kuberay=True))
     assert ray["RayJob"]["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["replicas"] == 2
 
