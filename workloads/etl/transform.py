@@ -79,6 +79,13 @@ def apply_transform(spark: SparkSession, df: DataFrame, transform: Transform | N
         df = run_sql(spark, df, transform.sql)
     if transform.renames:
         require_columns("spec.transform.renames", list(transform.renames), df.columns)
+        kept = [c for c in df.columns if c not in transform.renames]
+        for old, new in transform.renames.items():
+            if new in kept:
+                raise EtlError(
+                    SCHEMA_MISMATCH,
+                    f"spec.transform.renames.{old}: {new!r} is already a column of the source",
+                )
         df = df.withColumnsRenamed(dict(transform.renames))
     if transform.casts:
         require_columns("spec.transform.casts", list(transform.casts), df.columns)
