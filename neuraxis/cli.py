@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
 
 app = typer.Typer(
@@ -105,6 +107,134 @@ def operator_manifests(
             typer.echo(f"wrote {path}")
     else:
         typer.echo(yaml.safe_dump_all(build_manifests(), sort_keys=False))
+
+
+@app.command("run")
+def run(
+    paths: list[str] = typer.Argument(..., help="YAML files or folders of resources."),
+    namespace: str = typer.Option("default", "--namespace", "-n", help="Namespace of the run."),
+    force: bool = typer.Option(False, help="Run everything again, even what is unchanged."),
+) -> None:
+    """Run resources on this machine: ETL, training, evaluation, serving smoke test, bundle."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from neuraxis.lake import Lake
+    from neuraxis.local.report import console, summary_table
+    from neuraxis.local.runner import Runner, load_entries, order
+    from neuraxis.local.state import LocalStore
+
+    entries = order(load_entries(paths, namespace))
+    for entry in entries:
+        if entry.error:
+            console.print(f"[red]invalid[/] {entry.error}")
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task("starting", total=len(entries))
+
+        def on_step(message: str) -> None:
+            progress.update(task, description=message)
+
+        runner = Runner(Lake.from_env(), LocalStore(), force=force, on_step=on_step)
+        outcomes = []
+        for outcome in runner.run(entries):
+            outcomes.append(outcome)
+            progress.advance(task)
+    console.print(summary_table(outcomes))
+    _print_outputs(outcomes, namespace)
+    if any(o.phase in ("Failed", "Rejected", "Pending") for o in outcomes):
+        raise typer.Exit(1)
+
+
+def _print_outputs(outcomes: list[Any], namespace: str) -> None:
+    """Where to look next: the model card, the lineage picture, the edge bundle."""
+    from neuraxis.lake import neuraxis_home
+    from neuraxis.local.lineage import build, to_png
+    from neuraxis.local.report import console
+    from neuraxis.local.state import LocalStore
+
+    for o in outcomes:
+        if o.kind == "ModelVersion" and o.status.get("cardUri"):
+            console.print(f"model card      {o.status['cardUri']}")
+        if o.kind == "EdgeDeployment" and o.status.get("bundle"):
+            console.print(f"edge bundle     {o.status['bundle']['uri']}")
+            node = build(LocalStore(), o.kind, o.name, namespace)
+            picture = to_png(node, neuraxis_home() / "lineage" / f"{o.name}.png")
+            console.print(f"lineage picture {picture}")
+
+
+@app.command("status")
+def status() -> None:
+    """The recorded status of every resource run locally."""
+    from neuraxis.local.report import console, status_table
+    from neuraxis.local.state import LocalStore
+
+    console.print(status_table(LocalStore().all()))
+
+
+@app.command("lineage")
+def lineage(
+    target: str = typer.Argument(
+        ..., help="kind/name, e.g. edgedeployment/anomaly-detector-plants"
+    ),
+    namespace: str = typer.Option("default", "--namespace", "-n"),
+    format: str = typer.Option("tree", help="tree, mermaid, dot or png"),
+    out: str | None = typer.Option(
+        None, help="File for png (default .neuraxis/lineage/<name>.png)"
+    ),
+) -> None:
+    """The lineage of a resource, back to the raw data."""
+    from neuraxis.crds.kinds import KINDS
+    from neuraxis.lake import neuraxis_home
+    from neuraxis.local.lineage import LineageError, build, to_dot, to_mermaid, to_png
+    from neuraxis.local.report import console, lineage_tree
+    from neuraxis.local.state import LocalStore
+
+    kinds = {k.lower(): k for k in KINDS} | {i.short_name: k for k, i in KINDS.items()}
+    kind_text, _, name = target.partition("/")
+    kind = kinds.get(kind_text.lower())
+    if kind is None or not name:
+        raise typer.BadParameter(f"{target!r}: expected kind/name, kind one of {sorted(kinds)}")
+    try:
+        root = build(LocalStore(), kind, name, namespace)
+    except LineageError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from exc
+    if format == "tree":
+        console.print(lineage_tree(root))
+    elif format == "mermaid":
+        typer.echo(to_mermaid(root), nl=False)
+    elif format == "dot":
+        typer.echo(to_dot(root), nl=False)
+    elif format == "png":
+        from pathlib import Path
+
+        path = to_png(root, Path(out) if out else neuraxis_home() / "lineage" / f"{name}.png")
+        typer.echo(str(path))
+    else:
+        raise typer.BadParameter(f"--format {format!r}: one of tree, mermaid, dot, png")
+
+
+@app.command("card")
+def card(
+    model_version: str = typer.Argument(..., help="ModelVersion name."),
+    namespace: str = typer.Option("default", "--namespace", "-n"),
+) -> None:
+    """Print a ModelVersion's model card (Markdown) from the lake."""
+    from neuraxis.lake import Lake, LakeError
+    from neuraxis.local.state import LocalStore
+    from neuraxis.operator.inputs import CR_VERSION
+
+    body = LocalStore().get(CR_VERSION, "ModelVersion", namespace, model_version)
+    uri = ((body or {}).get("status") or {}).get("cardUri")
+    if not uri:
+        typer.echo(f"ModelVersion {model_version}: no model card recorded (run it first)", err=True)
+        raise typer.Exit(1)
+    lake = Lake.from_env()
+    try:
+        typer.echo(lake.read_bytes(lake.relative(uri)).decode())
+    except LakeError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from exc
 
 
 workload_app = typer.Typer(help="What runs in pods (and locally): etl, train, serve, edge, ...")

@@ -109,6 +109,13 @@ class Lake:
         """Absolute URI of a path inside the lake."""
         return f"{self.root}/{rel.strip('/')}" if rel else self.root
 
+    def relative(self, uri: str) -> str:
+        """The path inside this lake of an absolute URI that points into it."""
+        for root in (self.root, self.spark_uri("")):
+            if uri.startswith(root.rstrip("/") + "/"):
+                return uri[len(root.rstrip("/")) + 1 :]
+        raise LakeError(f"{uri} is not inside the lake {self.root}")
+
     def local_path(self, rel: str) -> Path:
         """The local file of `rel` (file lakes only), for libraries that want a path."""
         if self._local is None:

@@ -1,0 +1,165 @@
+"""Lineage from the recorded statuses: edge bundle -> model version -> training job -> dataset
+version -> (derived datasets ->) raw source, as a terminal tree, Mermaid, Graphviz dot or PNG."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from neuraxis.operator.inputs import CR_VERSION, Store
+
+
+@dataclass
+class Node:
+    """One step of the chain: what it is, and the figures that pin it down."""
+
+    kind: str
+    name: str
+    details: list[str] = field(default_factory=list)
+    parents: list[Node] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind} {self.name}"
+
+
+class LineageError(LookupError):
+    """The starting resource is unknown."""
+
+
+def _short(digest: Any) -> str:
+    return str(digest)[:19] if digest else "?"
+
+
+def build(store: Store, kind: str, name: str, namespace: str) -> Node:
+    body = store.get(CR_VERSION, kind, namespace, name)
+    if body is None:
+        raise LineageError(f"{kind}/{name} has no recorded status (run it first)")
+    return _node(store, body, namespace)
+
+
+def _node(store: Store, body: dict[str, Any], namespace: str) -> Node:
+    kind, name = body["kind"], body["metadata"]["name"]
+    spec = body.get("spec") or {}
+    status = body.get("status") or {}
+    lineage = status.get("lineage") or {}
+    node = Node(kind, name, [f"phase {status.get('phase', '?')}"])
+
+    def parent(parent_kind: str, parent_name: str | None) -> None:
+        if not parent_name:
+            return
+        found = store.get(CR_VERSION, parent_kind, namespace, parent_name)
+        node.parents.append(
+            _node(store, found, namespace)
+            if found
+            else Node(parent_kind, parent_name, ["no recorded status"])
+        )
+
+    if kind == "EdgeDeployment":
+        bundle = status.get("bundle") or {}
+        node.details += [
+            f"bundle {bundle.get('uri', '?')}",
+            f"digest {_short(bundle.get('digest'))}",
+        ]
+        parent("ModelVersion", (spec.get("modelVersionRef") or {}).get("name"))
+    elif kind == "ModelVersion":
+        artifact = status.get("artifact") or {}
+        node.details += [f"artifact {artifact.get('uri', '?')}"]
+        if status.get("cardUri"):
+            node.details.append(f"card {status['cardUri']}")
+        parent("TrainingJob", ((spec.get("source") or {}).get("trainingJobRef") or {}).get("name"))
+    elif kind == "TrainingJob":
+        artifact = status.get("artifact") or {}
+        node.details += [f"artifact digest {_short(artifact.get('digest'))}"]
+        node.details.append(
+            f"read Dataset {lineage.get('dataset')} version {lineage.get('datasetVersion')}"
+            f" ({_short(lineage.get('datasetDigest'))})"
+        )
+        parent("Dataset", lineage.get("dataset") or (spec.get("datasetRef") or {}).get("name"))
+    elif kind == "Dataset":
+        table = status.get("table") or {}
+        node.details += [
+            f"version {status.get('version')}",
+            f"digest {_short(table.get('digest'))}",
+        ]
+        source = spec.get("source") or {}
+        if source.get("from"):
+            parent("Dataset", (source["from"].get("datasetRef") or {}).get("name"))
+        elif source.get("builtin"):
+            builtin = source["builtin"]
+            node.parents.append(
+                Node("Source", f"builtin:{builtin.get('name')}", [f"seed {builtin.get('seed')}"])
+            )
+        elif source.get("uri"):
+            node.parents.append(Node("Source", str(source["uri"]), [str(source.get("format"))]))
+    return node
+
+
+def chain(node: Node) -> list[Node]:
+    """Every node, the start first, depth first."""
+    out = [node]
+    for p in node.parents:
+        out += chain(p)
+    return out
+
+
+def _ident(node: Node) -> str:
+    return (
+        f"{node.kind}_{node.name}".replace("-", "_")
+        .replace(":", "_")
+        .replace("/", "_")
+        .replace(".", "_")
+    )
+
+
+def to_mermaid(root: Node) -> str:
+    lines = ["graph RL"]
+    for node in chain(root):
+        text = "<br/>".join([node.label, *node.details])
+        lines.append(f'    {_ident(node)}["{text}"]')
+        for p in node.parents:
+            lines.append(f"    {_ident(node)} --> {_ident(p)}")
+    return "\n".join(lines) + "\n"
+
+
+def to_dot(root: Node) -> str:
+    lines = ["digraph lineage {", "  rankdir=RL;", "  node [shape=box];"]
+    for node in chain(root):
+        text = "\\n".join([node.label, *node.details]).replace('"', "'")
+        lines.append(f'  {_ident(node)} [label="{text}"];')
+        for p in node.parents:
+            lines.append(f"  {_ident(node)} -> {_ident(p)};")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def to_png(root: Node, path: Path) -> Path:
+    """A left-to-right picture of the chain (raw source on the left), drawn with matplotlib."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    nodes = list(reversed(chain(root)))
+    width = 3.6
+    fig, ax = plt.subplots(figsize=(max(6.0, width * len(nodes)), 3.0))
+    ax.set_axis_off()
+    ax.set_xlim(0, width * len(nodes))
+    ax.set_ylim(0, 3)
+    for i, node in enumerate(nodes):
+        x = i * width + 0.2
+        text = "\n".join([node.label, *[d[:40] for d in node.details]])
+        ax.text(
+            x, 1.5, text, va="center", ha="left", fontsize=7, family="monospace",
+            bbox={"boxstyle": "round", "facecolor": "#eef3fb", "edgecolor": "#335"},
+        )  # fmt: skip
+        if i:
+            ax.annotate(
+                "", xy=(x - 0.05, 1.5), xytext=(x - 0.55, 1.5),
+                arrowprops={"arrowstyle": "->", "color": "#335"},
+            )  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path

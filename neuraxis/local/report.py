@@ -1,0 +1,62 @@
+"""Terminal output of the local commands (rich)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from rich.tree import Tree
+
+from neuraxis.local.lineage import Node
+from neuraxis.local.runner import Outcome, key_figure
+
+PHASE_STYLE = {
+    "Ready": "green", "Succeeded": "green", "Approved": "green", "Serving": "green",
+    "Available": "green", "Failed": "red", "Rejected": "red", "Pending": "yellow",
+}  # fmt: skip
+
+
+def summary_table(outcomes: list[Outcome]) -> Table:
+    table = Table(title="neuraxis run", show_lines=False)
+    for column in ("Kind", "Name", "Phase", "Time", "Result", "Why"):
+        table.add_column(column, overflow="fold")
+    for o in outcomes:
+        style = PHASE_STYLE.get(o.phase, "")
+        took = "skipped" if o.skipped else f"{o.seconds:.1f}s"
+        why = o.message if o.phase not in PHASE_STYLE or style != "green" else o.reason
+        table.add_row(o.kind, o.name, f"[{style}]{o.phase}[/]", took, key_figure(o), why)
+    return table
+
+
+def status_table(bodies: list[dict[str, Any]]) -> Table:
+    table = Table(title="neuraxis status")
+    for column in ("Namespace", "Kind", "Name", "Phase", "Reason", "Message"):
+        table.add_column(column, overflow="fold")
+    for body in bodies:
+        meta, status = body["metadata"], body.get("status") or {}
+        ready: dict[str, Any] = next(
+            (c for c in status.get("conditions") or [] if c["type"] == "Ready"), {}
+        )
+        phase = str(status.get("phase", "?"))
+        table.add_row(
+            meta.get("namespace", ""), body["kind"], meta["name"],
+            f"[{PHASE_STYLE.get(phase, '')}]{phase}[/]", ready.get("reason", ""),
+            str(status.get("message", "")),
+        )  # fmt: skip
+    return table
+
+
+def lineage_tree(root: Node) -> Tree:
+    def add(tree: Tree, node: Node) -> None:
+        branch = tree.add(f"[bold]{node.label}[/] " + " · ".join(node.details))
+        for p in node.parents:
+            add(branch, p)
+
+    top = Tree(f"[bold]{root.label}[/] " + " · ".join(root.details))
+    for p in root.parents:
+        add(top, p)
+    return top
+
+
+console = Console()

@@ -1,0 +1,478 @@
+"""`neuraxis run`: load resources, order them by their references, and run each through the
+workload command its pod would run (`neuraxis workload ...`), with the operator's gating rules
+(`neuraxis.operator.inputs`) and status rules (`neuraxis.operator.outcomes`). Results come back
+through a termination-message file, as from a kubelet. Unchanged, finished resources are
+skipped; a broken resource stops its dependents and nothing else."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from neuraxis.crds import Dataset, EdgeDeployment, ModelVersion, Resource, TrainingJob
+from neuraxis.lake import Lake, neuraxis_home
+from neuraxis.local.smoke import smoke_test
+from neuraxis.local.state import LocalStore, spec_digest
+from neuraxis.operator.builders.edge import bundle_command
+from neuraxis.operator.builders.training import pinned
+from neuraxis.operator.errors import InputNotReadyError, InvalidSpecError
+from neuraxis.operator.inputs import (
+    CR_VERSION,
+    ensure_registered,
+    resolve_approved_model,
+    resolve_artifact,
+    resolve_dataset,
+)
+from neuraxis.operator.outcomes import (
+    Draft,
+    bundle_outcome,
+    dataset_outcome,
+    evaluation_outcome,
+    status_from_draft,
+    training_outcome,
+)
+from neuraxis.resources import ResourceError, iter_documents, parse_resource
+from neuraxis.workloads.result import TERMINATION_LOG_ENV, read_compact_result
+
+KIND_ORDER = ("Dataset", "TrainingJob", "ModelVersion", "EdgeDeployment")
+DONE_PHASES = ("Ready", "Succeeded", "Approved", "Serving", "Available")
+SPEC_ANNOTATION = "neuraxis.dev/spec-digest"
+INPUTS_ANNOTATION = "neuraxis.dev/inputs-digest"
+
+
+@dataclass
+class Entry:
+    """One resource to run: the validated model, or the error that made it invalid."""
+
+    kind: str
+    name: str
+    namespace: str
+    resource: Resource | None
+    error: str | None = None
+    raw: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Outcome:
+    """What happened to one resource in this run, for the summary."""
+
+    kind: str
+    name: str
+    phase: str
+    reason: str
+    message: str
+    seconds: float
+    skipped: bool = False
+    status: dict[str, Any] = field(default_factory=dict)
+
+
+def references(res: Resource) -> list[tuple[str, str]]:
+    """The resources this one reads (kind, name)."""
+    if isinstance(res, Dataset):
+        src = res.spec.source.from_
+        return [("Dataset", src.dataset_ref.name)] if src else []
+    if isinstance(res, TrainingJob):
+        return [("Dataset", res.spec.dataset_ref.name)]
+    if isinstance(res, ModelVersion):
+        refs = []
+        if res.spec.source.training_job_ref:
+            refs.append(("TrainingJob", res.spec.source.training_job_ref.name))
+        if res.spec.evaluation and res.spec.evaluation.dataset_ref:
+            refs.append(("Dataset", res.spec.evaluation.dataset_ref.name))
+        canary = res.spec.serving.canary if res.spec.serving else None
+        if canary and canary.stable_ref:
+            refs.append(("ModelVersion", canary.stable_ref.name))
+        return refs
+    assert isinstance(res, EdgeDeployment)
+    return [("ModelVersion", res.spec.model_version_ref.name)]
+
+
+def load_entries(paths: Iterable[str | Path], namespace: str) -> list[Entry]:
+    """Every resource in the files; an invalid one becomes an Entry carrying its error (with
+    the API server's wording) instead of stopping the others."""
+    entries: list[Entry] = []
+    for file, doc in iter_documents(paths):
+        kind = str(doc.get("kind")) if isinstance(doc, dict) else "?"
+        name = str(((doc.get("metadata") or {}) if isinstance(doc, dict) else {}).get("name", "?"))
+        try:
+            res = parse_resource(doc)
+        except ResourceError as exc:
+            entries.append(Entry(kind, name, namespace, None, f"{file}: {exc}", raw=doc))
+            continue
+        res.metadata.namespace = res.metadata.namespace or namespace
+        entries.append(Entry(res.kind, res.metadata.name, res.metadata.namespace, res))
+    return entries
+
+
+def order(entries: list[Entry]) -> list[Entry]:
+    """Inputs before the resources that read them; otherwise by kind, then name."""
+    by_key = {(e.kind, e.name): e for e in entries}
+    ordered: list[Entry] = []
+    visiting: set[tuple[str, str]] = set()
+    done: set[tuple[str, str]] = set()
+
+    def visit(entry: Entry) -> None:
+        key = (entry.kind, entry.name)
+        if key in done:
+            return
+        if key in visiting:
+            entry.error = f"{entry.kind} {entry.name}: reference cycle"
+            return
+        visiting.add(key)
+        for ref in references(entry.resource) if entry.resource else []:
+            if ref in by_key:
+                visit(by_key[ref])
+        visiting.discard(key)
+        done.add(key)
+        ordered.append(entry)
+
+    rank = {k: i for i, k in enumerate(KIND_ORDER)}
+    for entry in sorted(entries, key=lambda e: (rank.get(e.kind, 9), e.name)):
+        visit(entry)
+    return ordered
+
+
+class Runner:
+    """Runs entries in order against a lake and a local state folder."""
+
+    def __init__(
+        self,
+        lake: Lake,
+        store: LocalStore,
+        *,
+        force: bool = False,
+        on_step: Callable[[str], None] | None = None,
+    ):
+        self.lake = lake
+        self.store = store
+        self.force = force
+        self.on_step = on_step or (lambda _msg: None)
+        self.work = neuraxis_home() / "work"
+
+    # ---- one workload process, as a pod would run it --------------------------------------
+    def workload(
+        self, res: Resource, args: list[str], run_id: str
+    ) -> tuple[dict[str, Any] | None, Path]:
+        run_dir = self.work / (res.metadata.namespace or "default") / run_id
+        run_dir.mkdir(parents=True, exist_ok=True)
+        term = run_dir / "termination-log"
+        term.unlink(missing_ok=True)
+        log = run_dir / "workload.log"
+        env = {
+            **os.environ,
+            TERMINATION_LOG_ENV: str(term),
+            "NEURAXIS_LAKE_URI": self.lake.root,
+            "NEURAXIS_NAMESPACE": res.metadata.namespace or "default",
+        }
+        with open(log, "wb") as out:
+            subprocess.run(
+                [sys.executable, "-m", "neuraxis.cli", "workload", *args],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                check=False,
+            )
+        result = read_compact_result(term.read_text()) if term.exists() else None
+        return result, log
+
+    def spec_file(self, res: Resource, run_id: str) -> Path:
+        path = self.work / (res.metadata.namespace or "default") / run_id / "resource.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        body = res.to_wire()
+        body.pop("status", None)
+        path.write_text(yaml.safe_dump(body, sort_keys=True))
+        return path
+
+    @staticmethod
+    def _no_result(log: Path) -> Draft:
+        tail = " | ".join(log.read_text(errors="replace").strip().splitlines()[-3:])
+        return Draft("Failed", "ResultMissing", f"the workload reported no result ({log}): {tail}")
+
+    # ---- the four kinds --------------------------------------------------------------------
+    def run_dataset(self, ds: Dataset, run_id: str) -> Draft:
+        ns = ds.metadata.namespace or "default"
+        spec = self.spec_file(ds, run_id)
+        args = [
+            "etl",
+            "--spec",
+            str(spec),
+            "--namespace",
+            ns,
+            "--run-id",
+            run_id,
+            "--lake",
+            self.lake.root,
+        ]
+        result, log = self.workload(ds, args, run_id)
+        if result is None:
+            return self._no_result(log)
+        return dataset_outcome(result, self.lake.uri(Lake.table_path(ns, ds.metadata.name)))
+
+    def run_training(self, tj: TrainingJob, run_id: str) -> Draft:
+        ns = tj.metadata.namespace or "default"
+        dataset = resolve_dataset(tj, self.store)
+        spec = self.spec_file(pinned(tj, dataset), run_id)
+        args = [
+            "train",
+            "--spec",
+            str(spec),
+            "--namespace",
+            ns,
+            "--run-id",
+            run_id,
+            "--lake",
+            self.lake.root,
+        ]
+        result, log = self.workload(tj, args, run_id)
+        if result is None:
+            return self._no_result(log)
+        lineage = {
+            "dataset": dataset.name,
+            "datasetVersion": dataset.version,
+            "datasetDigest": dataset.digest,
+            "trainingJob": tj.metadata.name,
+            "trainingJobUid": tj.metadata.uid,
+        }
+        inputs = (
+            "InputsReady",
+            True,
+            "DatasetReady",
+            f"Dataset {dataset.name} version {dataset.version}",
+        )
+        draft = training_outcome(
+            result, {k: v for k, v in lineage.items() if v is not None}, inputs
+        )
+        if draft.phase == "Succeeded" and tj.spec.register_ is not None:
+            draft.fields["modelVersion"] = ensure_registered(tj, draft.fields, self.store)
+        return draft
+
+    def run_model_version(self, mv: ModelVersion, run_id: str) -> Draft:
+        ns = mv.metadata.namespace or "default"
+        artifact_uri, lineage = resolve_artifact(mv, self.store)
+        spec = self.spec_file(mv, run_id)
+        args = [
+            "evaluate", "--spec", str(spec), "--namespace", ns, "--run-id", run_id,
+            "--lake", self.lake.root, "--artifact-uri", artifact_uri,
+        ]  # fmt: skip
+        result, log = self.workload(mv, args, run_id)
+        if result is None:
+            return self._no_result(log)
+        verdict, fields = evaluation_outcome(result)
+        fields = {
+            "artifact": result.get("artifact") or {"uri": artifact_uri},
+            "lineage": lineage,
+            **fields,
+        }
+        if verdict is not None:
+            verdict.fields = {**fields, **verdict.fields}
+            return verdict
+        serving = mv.spec.serving
+        if serving is None or not serving.enabled:
+            return Draft("Approved", "GatesPassed", "every gate passed", ready=True, fields=fields)
+        self.on_step(f"ModelVersion/{mv.metadata.name}: serving smoke test")
+        smoke = smoke_test(artifact_uri, mv.spec.model, self.lake, self.work / ns / run_id)
+        cond = (
+            "ServingSmokeTest",
+            smoke.passed,
+            "SmokeTestPassed" if smoke.passed else "SmokeTestFailed",
+            smoke.message,
+        )
+        if not smoke.passed:
+            return Draft(
+                "Failed", "SmokeTestFailed", smoke.message, fields=fields, conditions=[cond]
+            )
+        return Draft(
+            "Approved",
+            "GatesPassed",
+            f"every gate passed; {smoke.message}",
+            ready=True,
+            fields=fields,
+            conditions=[cond],
+        )
+
+    def run_edge(self, ed: EdgeDeployment, run_id: str) -> Draft:
+        model, _uri, lineage = resolve_approved_model(ed, self.store)
+        result, log = self.workload(ed, bundle_command(ed, model, run_id)[2:], run_id)
+        if result is None:
+            return self._no_result(log)
+        outcome = bundle_outcome(result)
+        if isinstance(outcome, Draft):
+            return outcome
+        fields = {
+            "bundle": outcome,
+            "lineage": lineage,
+            "targetedNodes": 0,
+            "updatedNodes": 0,
+            "readyNodes": 0,
+        }
+        message = "bundle built and verified; no edge nodes here (roll out with the operator)"
+        return Draft("Available", "BundleBuilt", message, ready=True, fields=fields)
+
+    # ---- bookkeeping ----------------------------------------------------------------------
+    def inputs_digest(self, res: Resource) -> str:
+        """What this resource read last time: a rerun is needed when an input moved."""
+        seen = []
+        for kind, name in references(res):
+            body = self.store.get(CR_VERSION, kind, res.metadata.namespace, name) or {}
+            status = body.get("status") or {}
+            seen.append(
+                [
+                    kind,
+                    name,
+                    status.get("version"),
+                    (status.get("artifact") or {}).get("digest"),
+                    (status.get("table") or {}).get("digest"),
+                    status.get("phase"),
+                ]
+            )
+        return spec_digest(seen)
+
+    def step(self, entry: Entry) -> Outcome:
+        started = time.monotonic()
+        previous = self.store.get(CR_VERSION, entry.kind, entry.namespace, entry.name) or {}
+        old_status = previous.get("status") or {}
+        if entry.resource is None:
+            draft = Draft("Failed", "InvalidSpec", entry.error or "invalid")
+            body = {
+                "apiVersion": CR_VERSION,
+                "kind": entry.kind,
+                "metadata": {"name": entry.name, "namespace": entry.namespace, "generation": 1},
+                "spec": entry.raw.get("spec"),
+            }
+            return self._finish(entry, body, draft, old_status, started)
+        res = entry.resource
+        wire = res.to_wire()
+        digest = spec_digest(wire["spec"])
+        meta = previous.get("metadata") or {}
+        annotations = dict(meta.get("annotations") or {})
+        generation = int(meta.get("generation") or 0)
+        if annotations.get(SPEC_ANNOTATION) != digest:
+            generation += 1
+        inputs = self.inputs_digest(res)
+        unchanged = (
+            annotations.get(SPEC_ANNOTATION) == digest
+            and annotations.get(INPUTS_ANNOTATION) == inputs
+        )
+        if unchanged and not self.force and old_status.get("phase") in DONE_PHASES:
+            return Outcome(
+                entry.kind,
+                entry.name,
+                str(old_status["phase"]),
+                "Unchanged",
+                "skipped: spec and inputs unchanged",
+                0.0,
+                skipped=True,
+                status=old_status,
+            )
+        res.metadata.generation = generation
+        res.metadata.uid = meta.get("uid") or f"local-{entry.kind.lower()}-{entry.name}"
+        annotations.update({SPEC_ANNOTATION: digest, INPUTS_ANNOTATION: inputs})
+        body = {
+            **wire,
+            "metadata": {
+                **wire["metadata"],
+                "namespace": entry.namespace,
+                "generation": generation,
+                "uid": res.metadata.uid,
+                "annotations": annotations,
+            },
+        }
+        run_id = (
+            f"{entry.name}-{entry.kind.lower()}-g{generation}-{datetime.now(UTC):%Y%m%dT%H%M%S}"
+        )
+        self.on_step(f"{entry.kind}/{entry.name}")
+        try:
+            draft = self._run(res, run_id)
+        except InputNotReadyError as exc:
+            draft = Draft(
+                "Pending",
+                exc.reason,
+                f"blocked: {exc.message}",
+                conditions=[("InputsReady", False, exc.reason, exc.message)],
+            )
+            annotations.pop(INPUTS_ANNOTATION, None)
+        except InvalidSpecError as exc:
+            draft = Draft("Failed", exc.reason, exc.message)
+        return self._finish(entry, body, draft, old_status, started)
+
+    def _run(self, res: Resource, run_id: str) -> Draft:
+        if isinstance(res, Dataset):
+            return self.run_dataset(res, run_id)
+        if isinstance(res, TrainingJob):
+            return self.run_training(res, run_id)
+        if isinstance(res, ModelVersion):
+            return self.run_model_version(res, run_id)
+        assert isinstance(res, EdgeDeployment)
+        return self.run_edge(res, run_id)
+
+    def _finish(
+        self, entry: Entry, body: dict[str, Any], draft: Draft, old: dict[str, Any], started: float
+    ) -> Outcome:
+        status = status_from_draft(draft, old, body["metadata"].get("generation"))
+        self.store.save({**body, "status": status})
+        return Outcome(
+            entry.kind,
+            entry.name,
+            draft.phase,
+            draft.reason,
+            draft.message,
+            time.monotonic() - started,
+            status=status,
+        )
+
+    def run(self, entries: list[Entry]) -> list[Outcome]:
+        queue = order(entries)
+        known = {(e.kind, e.name) for e in queue}
+        outcomes = []
+        while queue:
+            entry = queue.pop(0)
+            outcomes.append(self.step(entry))
+            # A TrainingJob that registered a ModelVersion nobody declared: evaluate it too.
+            registered = outcomes[-1].status.get("modelVersion")
+            if (
+                entry.kind == "TrainingJob"
+                and registered
+                and ("ModelVersion", registered) not in known
+            ):
+                body = self.store.get(CR_VERSION, "ModelVersion", entry.namespace, registered)
+                if body is not None:
+                    mv = parse_resource(
+                        {k: body[k] for k in ("apiVersion", "kind", "metadata", "spec")}
+                    )
+                    known.add(("ModelVersion", registered))
+                    queue.insert(0, Entry("ModelVersion", registered, entry.namespace, mv))
+        return outcomes
+
+
+def key_figure(outcome: Outcome) -> str:
+    """The one number worth showing per kind in the summary."""
+    st = outcome.status
+    if outcome.kind == "Dataset" and st.get("version") is not None:
+        return (
+            f"v{st['version']}, {st.get('rows')} rows, {st.get('quarantinedRows') or 0} quarantined"
+        )
+    if outcome.kind == "TrainingJob" and st.get("metrics"):
+        metrics = st["metrics"]
+        shown = {k: metrics[k] for k in ("accuracy", "val_loss", "rmse") if k in metrics}
+        return ", ".join(f"{k} {v:.3f}" for k, v in shown.items())
+    if outcome.kind == "ModelVersion" and (st.get("evaluation") or {}).get("metrics"):
+        metrics = st["evaluation"]["metrics"]
+        shown = {k: metrics[k] for k in ("accuracy", "roc_auc", "rmse") if k in metrics}
+        return ", ".join(f"{k} {v:.3f}" for k, v in shown.items())
+    if outcome.kind == "EdgeDeployment" and st.get("bundle"):
+        return str(st["bundle"].get("digest", ""))[:19]
+    return ""
+
+
+def dump(outcomes: list[Outcome]) -> str:
+    return json.dumps([o.__dict__ for o in outcomes], indent=2, default=str)

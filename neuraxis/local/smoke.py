@@ -1,0 +1,83 @@
+"""The serving smoke test of `neuraxis run`: start the same server the predictor Deployment
+runs, ask its metadata, send one prediction, and stop it gracefully."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from neuraxis.lake import Lake
+
+
+@dataclass(frozen=True)
+class SmokeResult:
+    passed: bool
+    message: str
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def smoke_test(
+    artifact_uri: str, model: str, lake: Lake, work_dir: Path, timeout: float = 120.0
+) -> SmokeResult:
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    work_dir.mkdir(parents=True, exist_ok=True)
+    log = work_dir / "serve-smoke.log"
+    env = {**os.environ, "NEURAXIS_LAKE_URI": lake.root}
+    command = [
+        sys.executable, "-m", "neuraxis.cli", "workload", "serve", "--model", artifact_uri,
+        "--name", model, "--host", "127.0.0.1", "--port", str(port),
+    ]  # fmt: skip
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        return _exercise(base, model, proc, timeout, log)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def _exercise(
+    base: str, model: str, proc: subprocess.Popen[bytes], timeout: float, log: Path
+) -> SmokeResult:
+    deadline = time.monotonic() + timeout
+    with httpx.Client(base_url=base, timeout=10) as client:
+        while True:
+            if proc.poll() is not None:
+                tail = " | ".join(log.read_text(errors="replace").strip().splitlines()[-3:])
+                return SmokeResult(False, f"the server exited with {proc.returncode}: {tail}")
+            try:
+                if client.get("/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                return SmokeResult(False, f"the server was not ready within {timeout:.0f}s")
+            time.sleep(0.3)
+        meta = client.get(f"/v2/models/{model}").json()
+        n_features = int(meta["inputs"][0]["shape"][1])
+        started = time.perf_counter()
+        response = client.post(
+            f"/v1/models/{model}:predict", json={"instances": [[0.0] * n_features]}
+        )
+        elapsed_ms = (time.perf_counter() - started) * 1000
+    if response.status_code != 200:
+        return SmokeResult(False, f"predict answered {response.status_code}: {response.text[:200]}")
+    return SmokeResult(True, f"smoke test: predict 200 in {elapsed_ms:.1f} ms")
