@@ -28,6 +28,8 @@ from neuraxis.dev import toolchain
 CLUSTER_NAME = "neuraxis"
 HOME_ENV = "NEURAXIS_HOME"
 STAGES_FILE = Path(__file__).with_name("kwok_stages.yaml")
+# The toolset tables the cluster runs from.
+CLUSTER_TOOLS = ("kubernetes", "etcd", "kwok")
 # The checkout's crds/ folder (the package is installed editable from the checkout).
 DEFAULT_CRDS_DIR = Path(__file__).resolve().parents[2] / "crds"
 KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
@@ -238,8 +240,14 @@ class ClusterInfo:
 
 
 def fingerprint() -> str:
-    """What a running cluster must have been made from to be reused as it is."""
-    digest = hashlib.sha256(toolchain.load_toolset().version.encode())
+    """What a running cluster must have been made from to be reused as it is.
+
+    Only the pins of the tools the cluster runs count: adding, say, prometheus to the toolset
+    must not restart a cluster that other test sessions are using.
+    """
+    toolset = toolchain.load_toolset()
+    specs = [repr(toolset.tool(name)) for name in CLUSTER_TOOLS]
+    digest = hashlib.sha256("\n".join(specs).encode())
     digest.update(STAGES_FILE.read_bytes())
     return digest.hexdigest()[:12]
 
@@ -300,7 +308,7 @@ def up(
     start = time.monotonic()
     paths = cluster_paths(home)
     with _locked(paths):
-        toolchain.build(only=("kubernetes", "etcd", "kwok"), progress=progress)
+        toolchain.build(only=CLUSTER_TOOLS, progress=progress)
         reused = is_running(paths.home)
         if reused:
             progress("reusing the running cluster")
