@@ -80,6 +80,8 @@ def test_toolset_version_follows_content() -> None:
     assert len(a.version) == 12
     assert a.version != b.version
     assert toolchain.parse_toolset(_toml("v1.0.0")).version == a.version
+    commented = b"# a comment does not change the pins\n" + _toml("v1.0.0").replace(b"\n", b"  \n")
+    assert toolchain.parse_toolset(commented).version == a.version
 
 
 def test_unknown_tool_lists_the_known_ones() -> None:
@@ -265,6 +267,47 @@ def test_go_failure_names_the_tool_and_the_output_tail(tmp_path: Path) -> None:
     assert "`go get -tool example.com/demo/cmd/demo-cli@v1.0.0` exited 1" in message
     assert "no such host" in message
     assert "module proxy looks unreachable" in message
+
+
+def test_copied_main_package_gets_its_generated_files(tmp_path: Path) -> None:
+    """pulumi-resource-kubernetes embeds files its release generates: the main is copied out."""
+    toolset = toolchain.parse_toolset(
+        b"""
+[tools.provider]
+module = "example.com/provider/v4"
+version = "v4.0.0-20260115033456-f47bc2d6f199"
+release = "4.25.0"
+copy_main = true
+main_files = { "schema-embed.json" = "schema.json" }
+generate_env = { VERSION = "{release}" }
+ldflags = ["-X example.com/provider/v4/pkg/version.Version={release}"]
+check = false
+binaries = { pulumi-resource-demo = "example.com/provider/v4/cmd/pulumi-resource-demo" }
+"""
+    )
+    spec = toolset.tool("provider")
+    assert spec.copy_main and not spec.check
+    assert spec.expand(spec.generate_env["VERSION"]) == "4.25.0"
+    assert spec.expanded_ldflags() == ["-X example.com/provider/v4/pkg/version.Version=4.25.0"]
+    module_dir = tmp_path / "modcache"
+    main_dir = module_dir / "cmd" / "pulumi-resource-demo"
+    main_dir.mkdir(parents=True)
+    (main_dir / "main.go").write_text("package main\n")
+    (main_dir / "schema.json").write_text('{"name": "demo"}')
+    for path in (main_dir / "main.go", main_dir / "schema.json", main_dir):
+        path.chmod(0o555 if path.is_dir() else 0o444)  # the module cache is read-only
+    work = tmp_path / "work"
+    package = toolchain._copy_main(
+        spec, module_dir, work, "pulumi-resource-demo", spec.binaries["pulumi-resource-demo"]
+    )
+    assert package == "./cmd/pulumi-resource-demo"
+    copied = work / "cmd" / "pulumi-resource-demo"
+    assert (copied / "schema-embed.json").read_text() == '{"name": "demo"}'
+    (copied / "main.go").write_text("package main // writable\n")
+    # A plugin without a version command is only checked for being executable.
+    assert toolchain.check_binary(spec, "pulumi-resource-demo", Path("/bin/sh")) == ""
+    with pytest.raises(ToolchainError, match="not an executable"):
+        toolchain.check_binary(spec, "pulumi-resource-demo", copied / "main.go")
 
 
 def _toml(version: str) -> bytes:

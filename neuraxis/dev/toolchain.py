@@ -58,12 +58,20 @@ class ToolSpec:
     version_args: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     default_version_args: tuple[str, ...] = DEFAULT_VERSION_ARGS
     expect: str | None = None
+    release: str | None = None
+    copy_main: bool = False
+    main_files: Mapping[str, str] = field(default_factory=dict)
+    generate_env: Mapping[str, str] = field(default_factory=dict)
+    check: bool = True
 
     def args_for(self, binary: str) -> tuple[str, ...]:
         return self.version_args.get(binary, self.default_version_args)
 
+    def expand(self, text: str) -> str:
+        return text.replace("{version}", self.version).replace("{release}", self.release or "")
+
     def expanded_ldflags(self) -> list[str]:
-        return [flag.replace("{version}", self.version) for flag in self.ldflags]
+        return [self.expand(flag) for flag in self.ldflags]
 
 
 @dataclass(frozen=True)
@@ -85,8 +93,12 @@ class Toolset:
 
 
 def toolset_version(content: bytes) -> str:
-    """The cache key of a toolset: any change to the pins gives a fresh directory."""
-    return hashlib.sha256(content).hexdigest()[:12]
+    """The cache key of a toolset: any change to the pins gives a fresh directory.
+
+    It hashes the parsed tables, not the bytes, so that editing a comment keeps the cache.
+    """
+    canonical = json.dumps(tomllib.loads(content.decode()), sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 
 def parse_toolset(content: bytes) -> Toolset:
@@ -134,7 +146,26 @@ def _parse_spec(name: str, table: object) -> ToolSpec:
         version_args=per_binary,
         default_version_args=default_args,
         expect=_optional_str(table, "expect", where),
+        release=_optional_str(table, "release", where),
+        copy_main=_bool(table, "copy_main", where, default=False),
+        main_files=_str_table(table, "main_files", where),
+        generate_env=_str_table(table, "generate_env", where),
+        check=_bool(table, "check", where, default=True),
     )
+
+
+def _bool(table: Mapping[str, object], key: str, where: str, *, default: bool) -> bool:
+    value = table.get(key, default)
+    if not isinstance(value, bool):
+        raise ToolchainError(f"{where}: `{key}` must be true or false")
+    return value
+
+
+def _str_table(table: Mapping[str, object], key: str, where: str) -> dict[str, str]:
+    value = table.get(key, {})
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise ToolchainError(f"{where}: `{key}` must be a table of strings")
+    return {str(k): v for k, v in value.items()}
 
 
 def _required_str(table: Mapping[str, object], key: str, where: str) -> str:
@@ -433,12 +464,42 @@ def _build_in_wrapper(spec: ToolSpec, work: Path, out_dir: Path, progress: Progr
     if edits:
         run("mod", "edit", *edits)
     run("get", "-tool", *(f"{pkg}@{spec.version}" for pkg in spec.binaries.values()))
+    packages = list(spec.binaries.values())
+    if spec.copy_main:
+        module_dir = upstream.get("Dir")
+        if not isinstance(module_dir, str):
+            raise ToolchainError(f"{spec.name}: `go mod download` did not report the module dir")
+        packages = [
+            _copy_main(spec, Path(module_dir), work, b, p) for b, p in spec.binaries.items()
+        ]
+        if spec.generate_env:
+            env = {k: spec.expand(v) for k, v in spec.generate_env.items()}
+            run.with_env(env)("generate", *packages)
     out_dir.mkdir()
-    run("build", *build_flags(spec), "-o", f"{out_dir}/", *spec.binaries.values())
-    for binary, package in spec.binaries.items():
+    run("build", *build_flags(spec), "-o", f"{out_dir}/", *packages)
+    for binary, package in zip(spec.binaries, packages, strict=True):
         produced = out_dir / go_default_binary_name(package)
         if produced != out_dir / binary:
             os.replace(produced, out_dir / binary)
+
+
+def _copy_main(spec: ToolSpec, module_dir: Path, work: Path, binary: str, package: str) -> str:
+    """Copy a main package into the wrapper module, adding the files upstream generates.
+
+    For mains that embed files which are generated at release time and so are absent from the
+    module zip (pulumi-resource-kubernetes' schema-embed.json).
+    """
+    if not package.startswith(spec.module + "/"):
+        raise ToolchainError(f"{spec.name}: {package} is not inside module {spec.module}")
+    source = module_dir / package.removeprefix(spec.module + "/")
+    target = work / "cmd" / binary
+    shutil.copytree(source, target)
+    for path in (target, *target.rglob("*")):
+        # The module cache is read-only; generate steps write next to these files.
+        path.chmod(path.stat().st_mode | 0o200)
+    for name, origin in spec.main_files.items():
+        shutil.copyfile(target / origin, target / name)
+    return f"./cmd/{binary}"
 
 
 def build_flags(spec: ToolSpec) -> list[str]:
@@ -454,6 +515,11 @@ class _GoRunner:
     def __init__(self, spec: ToolSpec, go: str, work: Path, progress: Progress) -> None:
         self.spec, self.go, self.work, self.progress = spec, go, work, progress
         self.env = go_env()
+
+    def with_env(self, extra: Mapping[str, str]) -> _GoRunner:
+        runner = _GoRunner(self.spec, self.go, self.work, self.progress)
+        runner.env = {**self.env, **extra}
+        return runner
 
     def __call__(self, *args: str) -> str:
         log_path = self.work / "go.log"
@@ -514,6 +580,11 @@ class _GoRunner:
 
 def check_binary(spec: ToolSpec, binary: str, path: Path) -> str:
     """Run the binary's version command; returns its output or raises naming the binary."""
+    if not spec.check:
+        # Some binaries (plugins that serve gRPC at once) have no version command.
+        if not os.access(path, os.X_OK):
+            raise ToolchainError(f"{binary}: {path} is not an executable file")
+        return ""
     args = spec.args_for(binary)
     try:
         proc = subprocess.run(
