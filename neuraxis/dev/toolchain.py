@@ -375,6 +375,12 @@ def build(
     toolset = toolset or load_toolset()
     specs = _select(toolset, only)
     target = bin_dir(toolset)
+    warm: list[str] = []
+    if not force and all(_cached(spec, target, warm.append) for spec in specs):
+        # The warm path takes no lock: a long cold build of another tool must not block it.
+        for line in warm:
+            progress(line)
+        return target
     target.mkdir(parents=True, exist_ok=True)
     with _locked(toolset_dir(toolset) / ".lock"):
         work_root = toolset_dir(toolset) / ".work"
@@ -416,15 +422,8 @@ def _ensure_spec(
 ) -> None:
     start = time.monotonic()
     label = f"{spec.name} {spec.version}"
-    if not force and _all_present(spec, target):
-        try:
-            for binary in spec.binaries:
-                check_binary(spec, binary, target / binary)
-        except ToolchainError as exc:
-            progress(f"{label}: cached binaries fail their check, rebuilding ({exc})")
-        else:
-            progress(f"{label}: ok, cached ({time.monotonic() - start:.1f}s)")
-            return
+    if not force and _cached(spec, target, progress):
+        return
     progress(f"{label}: building {', '.join(spec.binaries)} (cold builds take minutes)")
     work = Path(tempfile.mkdtemp(prefix=f"{spec.name}-", dir=work_root))
     out_dir = work / "out"
@@ -437,8 +436,20 @@ def _ensure_spec(
     progress(f"{label}: built in {time.monotonic() - start:.1f}s")
 
 
-def _all_present(spec: ToolSpec, target: Path) -> bool:
-    return all(os.access(target / binary, os.X_OK) for binary in spec.binaries)
+def _cached(spec: ToolSpec, target: Path, progress: Progress) -> bool:
+    """Whether the spec's binaries are all in place and pass their check (reported either way)."""
+    start = time.monotonic()
+    label = f"{spec.name} {spec.version}"
+    if not all(os.access(target / binary, os.X_OK) for binary in spec.binaries):
+        return False
+    try:
+        for binary in spec.binaries:
+            check_binary(spec, binary, target / binary)
+    except ToolchainError as exc:
+        progress(f"{label}: cached binaries fail their check, rebuilding ({exc})")
+        return False
+    progress(f"{label}: ok, cached ({time.monotonic() - start:.1f}s)")
+    return True
 
 
 def go_env() -> dict[str, str]:
