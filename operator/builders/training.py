@@ -57,7 +57,7 @@ def _train_command(tj: TrainingJob, job_name: str, workers: int, tuning: bool) -
         return ["python", *workload]
     master = f"{job_name}-0.{training_service_name(tj)}.{namespace}.svc"
     return [
-        "torchrun", f"--nnodes={workers}", "--nproc-per-node=1",
+        "torchrun", f"--nnodes={workers}", "--nproc-per-node=1", "--max-restarts=0",
         "--node-rank=$(JOB_COMPLETION_INDEX)", f"--master-addr={master}",
         f"--master-port={MASTER_PORT}", *workload,
     ]  # fmt: skip
