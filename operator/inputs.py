@@ -6,7 +6,8 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from neuraxis import API_GROUP, API_VERSION
-from neuraxis.crds import ModelVersion, Resource, TrainingJob
+from neuraxis.crds import Dataset, ModelVersion, Resource, TrainingJob
+from neuraxis.crds.common import DatasetRef
 from neuraxis.crds.edgedeployment import EdgeDeployment
 from neuraxis.operator.builders.training import ResolvedDataset
 from neuraxis.operator.errors import InputNotReadyError, InvalidSpecError
@@ -41,8 +42,28 @@ def _status(body: Obj) -> Obj:
 
 
 def resolve_dataset(tj: TrainingJob, store: Store) -> ResolvedDataset:
-    ref = tj.spec.dataset_ref
-    body = store.get(CR_VERSION, "Dataset", _ns(tj), ref.name)
+    """The Dataset version a TrainingJob reads: Ready, quality gate passed, pinned."""
+    return resolve_dataset_ref(tj.spec.dataset_ref, _ns(tj), store)
+
+
+def resolve_upstream(ds: Dataset, store: Store) -> ResolvedDataset | None:
+    """For a derived Dataset, the upstream version it reads (same rules as training)."""
+    source = ds.spec.source.from_
+    return resolve_dataset_ref(source.dataset_ref, _ns(ds), store) if source else None
+
+
+def pin_upstream(ds: Dataset, upstream: ResolvedDataset | None) -> Dataset:
+    """The Dataset with its upstream reference pinned to the version resolved now (lineage)."""
+    if upstream is None or ds.spec.source.from_ is None:
+        return ds
+    out = ds.model_copy(deep=True)
+    assert out.spec.source.from_ is not None
+    out.spec.source.from_.dataset_ref.version = upstream.version
+    return out
+
+
+def resolve_dataset_ref(ref: DatasetRef, namespace: str, store: Store) -> ResolvedDataset:
+    body = store.get(CR_VERSION, "Dataset", namespace, ref.name)
     if body is None:
         raise InputNotReadyError("DatasetNotFound", f"Dataset {ref.name} does not exist")
     status = _status(body)

@@ -33,9 +33,11 @@ from neuraxis.operator.errors import InputNotReadyError, InvalidSpecError
 from neuraxis.operator.inputs import (
     ensure_registered,
     find_stable,
+    pin_upstream,
     resolve_approved_model,
     resolve_artifact,
     resolve_dataset,
+    resolve_upstream,
 )
 from neuraxis.operator.observe import RunObservation, observe_run
 from neuraxis.operator.outcomes import (
@@ -116,7 +118,8 @@ def reconcile_dataset(
     ns = _ns(ds)
     if _finished_for_generation(ds, status) and not ds.spec.schedule:
         return _keep(status)
-    _apply_all(cluster, build_dataset_children(ds, settings))
+    upstream = resolve_upstream(ds, cluster)
+    _apply_all(cluster, build_dataset_children(pin_upstream(ds, upstream), settings))
     name = etl_children_name(ds)
     if ds.spec.schedule:
         jobs = cluster.list("batch/v1", "Job", ns, {owner_label("Dataset"): ds.metadata.name})

@@ -29,9 +29,11 @@ from neuraxis.operator.errors import InputNotReadyError, InvalidSpecError
 from neuraxis.operator.inputs import (
     CR_VERSION,
     ensure_registered,
+    pin_upstream,
     resolve_approved_model,
     resolve_artifact,
     resolve_dataset,
+    resolve_upstream,
 )
 from neuraxis.operator.outcomes import (
     Draft,
@@ -201,7 +203,7 @@ class Runner:
     # ---- the four kinds --------------------------------------------------------------------
     def run_dataset(self, ds: Dataset, run_id: str) -> Draft:
         ns = ds.metadata.namespace or "default"
-        spec = self.spec_file(ds, run_id)
+        spec = self.spec_file(pin_upstream(ds, resolve_upstream(ds, self.store)), run_id)
         args = [
             "etl",
             "--spec",

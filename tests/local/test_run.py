@@ -1,0 +1,136 @@
+"""`neuraxis run` end to end on real Spark, torch, Ray and the real serving process, at small
+sizes: both examples, lineage, incremental reruns, and a broken resource in the directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from neuraxis.lake import Lake
+from neuraxis.local.lineage import build, chain, to_mermaid, to_png
+from neuraxis.local.runner import Outcome, Runner, load_entries
+from neuraxis.local.state import LocalStore
+from tests.conftest import EXAMPLES
+
+pytestmark = pytest.mark.engine
+
+
+def _copy_example(name: str, dest: Path, shrink: dict[str, Any]) -> Path:
+    """The example with smaller sizes (rows, epochs, trials) so CI runs it in minutes."""
+    out = dest / name
+    out.mkdir(parents=True)
+    for file in sorted((EXAMPLES / name).glob("0*.yaml")):
+        doc = yaml.safe_load(file.read_text())
+        for path, value in shrink.get(doc["metadata"]["name"], {}).items():
+            node = doc["spec"]
+            *parents, last = path.split(".")
+            for key in parents:
+                node = node[key]
+            node[last] = value
+        (out / file.name).write_text(yaml.safe_dump(doc, sort_keys=False))
+    return out
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("NEURAXIS_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("NEURAXIS_SECRET_LAKE_SALT_SALT", "test-salt")
+    monkeypatch.delenv("NEURAXIS_LAKE_URI", raising=False)
+    return tmp_path / "home"
+
+
+def _run(folder: Path, home: Path, force: bool = False) -> dict[str, Outcome]:
+    runner = Runner(Lake(str(home / "lake")), LocalStore(home / "state"), force=force)
+    outcomes = runner.run(load_entries([folder], "default"))
+    return {f"{o.kind}/{o.name}": o for o in outcomes}
+
+
+def _phases(outcomes: dict[str, Outcome]) -> dict[str, str]:
+    return {key: o.phase for key, o in outcomes.items()}
+
+
+def test_healthcare_chain_lineage_and_rerun(home: Path, tmp_path: Path) -> None:
+    folder = _copy_example("smart-healthcare", tmp_path, {"diagnosis-train": {"model.epochs": 8}})
+    first = _run(folder, home)
+    assert _phases(first) == {
+        "Dataset/tumour-measurements": "Ready",
+        "TrainingJob/diagnosis-train": "Succeeded",
+        "ModelVersion/diagnosis-v1": "Approved",
+        "EdgeDeployment/diagnosis-clinic": "Available",
+    }, {k: (o.reason, o.message) for k, o in first.items()}
+    assert first["Dataset/tumour-measurements"].status["rows"] == 569
+    mv = first["ModelVersion/diagnosis-v1"].status
+    assert mv["evaluation"]["metrics"]["accuracy"] >= 0.9
+    smoke = next(c for c in mv["conditions"] if c["type"] == "ServingSmokeTest")
+    assert smoke["status"] == "True", smoke
+
+    store = LocalStore(home / "state")
+    root = build(store, "EdgeDeployment", "diagnosis-clinic", "default")
+    kinds = [n.kind for n in chain(root)]
+    assert kinds == ["EdgeDeployment", "ModelVersion", "TrainingJob", "Dataset", "Source"]
+    dataset = first["Dataset/tumour-measurements"].status
+    tj = first["TrainingJob/diagnosis-train"].status
+    assert tj["lineage"]["datasetVersion"] == dataset["version"]
+    assert "builtin:breast-cancer" in to_mermaid(root)
+    assert to_png(root, tmp_path / "lineage.png").stat().st_size > 1000
+    card = Lake(str(home / "lake"))
+    assert "Dataset" in card.read_bytes(card.relative(mv["cardUri"])).decode()
+
+    second = _run(folder, home)
+    assert all(o.skipped for o in second.values()), _phases(second)
+
+
+def test_manufacturing_chain_with_tuning_and_masking(home: Path, tmp_path: Path) -> None:
+    folder = _copy_example(
+        "smart-manufacturing",
+        tmp_path,
+        {
+            "sensor-readings": {"source.builtin.rows": 1500, "quality.expectations": [{"rule": "notNull", "column": "machine_id"}, {"rule": "rowCount", "min": 100}]},
+            "anomaly-detector-train": {"model.epochs": 2, "tuning.maxTrials": 2, "resources.workers": 1},
+        },
+    )  # fmt: skip
+    outcomes = _run(folder, home)
+    assert _phases(outcomes) == {
+        "Dataset/sensor-readings": "Ready",
+        "Dataset/sensor-features": "Ready",
+        "TrainingJob/anomaly-detector-train": "Succeeded",
+        "ModelVersion/anomaly-detector-v1": "Approved",
+        "EdgeDeployment/anomaly-detector-plants": "Available",
+    }, {k: (o.reason, o.message) for k, o in outcomes.items()}
+    tj = outcomes["TrainingJob/anomaly-detector-train"].status
+    assert tj["bestTrial"]["id"] and tj["modelVersion"] == "anomaly-detector-v1"
+    features = outcomes["Dataset/sensor-features"].status
+    assert tj["lineage"] == {
+        **tj["lineage"],
+        "dataset": "sensor-features",
+        "datasetVersion": features["version"],
+    }
+    root = build(LocalStore(home / "state"), "EdgeDeployment", "anomaly-detector-plants", "default")
+    assert [n.kind for n in chain(root)] == [
+        "EdgeDeployment", "ModelVersion", "TrainingJob", "Dataset", "Dataset", "Source",
+    ]  # fmt: skip
+
+
+def test_broken_resource_stops_dependents_only(home: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    docs = [
+        {"apiVersion": "neuraxis.dev/v1alpha1", "kind": "Dataset", "metadata": {"name": "raw"},
+         "spec": {"source": {"builtin": {"name": "sensors", "rows": 300}}, "engine": {"executors": -1}}},
+        {"apiVersion": "neuraxis.dev/v1alpha1", "kind": "Dataset", "metadata": {"name": "derived"},
+         "spec": {"source": {"from": {"datasetRef": {"name": "raw"}}}}},
+        {"apiVersion": "neuraxis.dev/v1alpha1", "kind": "Dataset", "metadata": {"name": "independent"},
+         "spec": {"source": {"builtin": {"name": "breast-cancer"}}}},
+    ]  # fmt: skip
+    (folder / "all.yaml").write_text(yaml.safe_dump_all(docs))
+    outcomes = _run(folder, home)
+    broken = outcomes["Dataset/raw"]
+    assert (broken.phase, broken.reason) == ("Failed", "InvalidSpec")
+    assert "spec.engine.executors: Invalid value: -1" in broken.message
+    blocked = outcomes["Dataset/derived"]
+    assert (blocked.phase, blocked.reason) == ("Pending", "WaitingForDataset")
+    assert "Dataset raw is Failed" in blocked.message
+    assert outcomes["Dataset/independent"].phase == "Ready"
