@@ -84,14 +84,12 @@ def test_healthcare_chain_lineage_and_rerun(home: Path, tmp_path: Path) -> None:
 
 
 def test_manufacturing_chain_with_tuning_and_masking(home: Path, tmp_path: Path) -> None:
-    folder = _copy_example(
-        "smart-manufacturing",
-        tmp_path,
-        {
-            "sensor-readings": {"source.builtin.rows": 1500, "quality.expectations": [{"rule": "notNull", "column": "machine_id"}, {"rule": "rowCount", "min": 100}]},
-            "anomaly-detector-train": {"model.epochs": 2, "tuning.maxTrials": 2, "resources.workers": 1},
-        },
-    )  # fmt: skip
+    expectations = [{"rule": "notNull", "column": "machine_id"}, {"rule": "rowCount", "min": 100}]
+    shrink = {
+        "sensor-readings": {"source.builtin.rows": 1500, "quality.expectations": expectations},
+        "anomaly-detector-train": {"model.epochs": 2, "tuning.maxTrials": 2},
+    }
+    folder = _copy_example("smart-manufacturing", tmp_path, shrink)
     outcomes = _run(folder, home)
     assert _phases(outcomes) == {
         "Dataset/sensor-readings": "Ready",
@@ -117,14 +115,21 @@ def test_manufacturing_chain_with_tuning_and_masking(home: Path, tmp_path: Path)
 def test_broken_resource_stops_dependents_only(home: Path, tmp_path: Path) -> None:
     folder = tmp_path / "mixed"
     folder.mkdir()
+
+    def dataset(name: str, spec: dict[str, Any]) -> dict[str, Any]:
+        meta = {"name": name}
+        return {
+            "apiVersion": "neuraxis.dev/v1alpha1",
+            "kind": "Dataset",
+            "metadata": meta,
+            "spec": spec,
+        }
+
     docs = [
-        {"apiVersion": "neuraxis.dev/v1alpha1", "kind": "Dataset", "metadata": {"name": "raw"},
-         "spec": {"source": {"builtin": {"name": "sensors", "rows": 300}}, "engine": {"executors": -1}}},
-        {"apiVersion": "neuraxis.dev/v1alpha1", "kind": "Dataset", "metadata": {"name": "derived"},
-         "spec": {"source": {"from": {"datasetRef": {"name": "raw"}}}}},
-        {"apiVersion": "neuraxis.dev/v1alpha1", "kind": "Dataset", "metadata": {"name": "independent"},
-         "spec": {"source": {"builtin": {"name": "breast-cancer"}}}},
-    ]  # fmt: skip
+        dataset("raw", {"source": {"builtin": {"name": "sensors"}}, "engine": {"executors": -1}}),
+        dataset("derived", {"source": {"from": {"datasetRef": {"name": "raw"}}}}),
+        dataset("independent", {"source": {"builtin": {"name": "breast-cancer"}}}),
+    ]
     (folder / "all.yaml").write_text(yaml.safe_dump_all(docs))
     outcomes = _run(folder, home)
     broken = outcomes["Dataset/raw"]
