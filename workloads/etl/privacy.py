@@ -9,7 +9,7 @@ unsalted hash of an e-mail address is reversible by a dictionary of addresses.""
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -110,7 +110,3 @@ def apply_masks(df: DataFrame, plan: MaskPlan) -> DataFrame:
 def pii_tags(metadata: Mapping[str, object]) -> list[str]:
     tags = metadata.get(PII_KEY, [])
     return [str(t) for t in tags] if isinstance(tags, list) else []
-
-
-def masked_columns(plan: MaskPlan) -> Sequence[str]:
-    return [m.column for m in plan.columns]

@@ -11,7 +11,7 @@ pure; `annotate` and `measure` build and run the Spark expressions."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Literal
@@ -334,7 +334,3 @@ def judge(plan: QualityPlan, m: Measurements, now: datetime) -> Verdict:
 
 def no_quality_verdict() -> Verdict:
     return Verdict(True, False, True, SUCCEEDED, "table written", (), 0)
-
-
-def failing_columns(results: Sequence[QualityResult]) -> list[str]:
-    return [r.column or r.rule for r in results if not r.passed]
