@@ -11,7 +11,7 @@ UV_VERSION := 0.13.8
 # The stamp records which lock the venv was synced from, so a changed lock refreshes it.
 STAMP := $(VENV)/.synced-$(shell sha256sum requirements.lock | cut -c1-16)
 
-.PHONY: help venv lock test lint typecheck unit crds demo tools cluster cluster-down clean
+.PHONY: help venv lock test lint typecheck unit crds demo tools jars cluster cluster-down clean
 
 help:
 	@echo "make demo        set up and run the main example"
@@ -53,13 +53,16 @@ cluster: tools
 cluster-down: venv
 	$(VENV)/bin/neuraxis dev cluster down
 
+jars: venv
+	$(PY) -m neuraxis.dev.jars delta
+
 unit: venv
 	$(VENV)/bin/pytest -m "not cluster and not engine"
 
-test: lint typecheck tools
+test: lint typecheck tools jars
 	$(VENV)/bin/pytest
 
-demo: venv
+demo: venv jars
 	$(VENV)/bin/neuraxis crds check
 	$(VENV)/bin/neuraxis validate examples
 

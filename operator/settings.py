@@ -17,6 +17,9 @@ class OperatorSettings:
     # Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_ENDPOINT_URL for the lake.
     lake_secret: str = "neuraxis-lake"
     service_account: str = "neuraxis-workload"
+    # Spark drivers with executors > 0 create executor pods as this account (it needs RBAC to
+    # manage pods in the namespace; the platform's Pulumi stack grants it).
+    spark_service_account: str = "neuraxis-spark"
     gpu_pool_label: tuple[str, str] = ("neuraxis.dev/pool", "gpu")
     gpu_taint: tuple[str, str, str] = ("nvidia.com/gpu", "present", "NoSchedule")
     edge_site_label: str = "neuraxis.dev/edge-site"

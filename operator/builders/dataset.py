@@ -22,6 +22,24 @@ def secret_env(ds: Dataset) -> list[dict[str, Any]]:
     return [{"name": var, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}]
 
 
+def spark_on_kubernetes_env(ds: Dataset, settings: OperatorSettings) -> list[dict[str, Any]]:
+    """With executors > 0 the driver (this pod) starts executor pods: it needs its own address
+    and an image and account for them (workloads/etl/spark_session.py reads these)."""
+    if not ds.spec.engine.executors:
+        return []
+
+    def field(path: str) -> dict[str, Any]:
+        return {"fieldRef": {"fieldPath": path}}
+
+    return [
+        {"name": "POD_IP", "valueFrom": field("status.podIP")},
+        {"name": "POD_NAME", "valueFrom": field("metadata.name")},
+        {"name": "POD_NAMESPACE", "valueFrom": field("metadata.namespace")},
+        {"name": "NEURAXIS_SPARK_IMAGE", "value": settings.image},
+        {"name": "NEURAXIS_SPARK_SERVICE_ACCOUNT", "value": settings.spark_service_account},
+    ]
+
+
 def etl_children_name(ds: Dataset) -> str:
     """The Job (or CronJob) and ConfigMap name for the current generation."""
     return f"{ds.metadata.name}-etl" if ds.spec.schedule else run_name(ds, "etl")
@@ -39,7 +57,15 @@ def build_dataset_children(ds: Dataset, settings: OperatorSettings) -> list[dict
         settings,
         command,
         resources=resource_limits("1", driver_memory if ds.spec.engine.executors else "2Gi"),
-        extra_env=[RUN_ID_ENV, *secret_env(ds)],
+        extra_env=[RUN_ID_ENV, *secret_env(ds), *spark_on_kubernetes_env(ds, settings)],
+        ports=(
+            [
+                {"name": "spark-driver", "containerPort": 7078},
+                {"name": "spark-blocks", "containerPort": 7079},
+            ]
+            if ds.spec.engine.executors
+            else None
+        ),
     )
     template = pod_template(ds, settings, COMPONENT, container, name)
     config = spec_config_map(ds, name, COMPONENT)
