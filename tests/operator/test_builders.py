@@ -237,3 +237,15 @@ def test_status_keeps_transition_time_while_condition_holds() -> None:
         2,
     )
     assert done["observedGeneration"] == 2
+
+
+def test_spark_on_kubernetes_driver_gets_its_address_and_ports() -> None:
+    ds: Dataset = _example("Dataset")
+    ds.spec.engine.executors = 4
+    container = _by_kind(build_dataset_children(ds, SETTINGS))["Job"]["spec"]["template"]["spec"][
+        "containers"
+    ][0]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+    assert env["NEURAXIS_SPARK_IMAGE"]["value"] == SETTINGS.image
+    assert [p["containerPort"] for p in container["ports"]] == [7078, 7079]
