@@ -62,9 +62,12 @@ unit: venv
 test: lint typecheck tools jars
 	$(VENV)/bin/pytest
 
+# The example's hash salt comes from a Secret in a cluster; locally from this variable.
+DEMO_SALT ?= neuraxis-demo-salt-change-me
+
 demo: venv jars
-	$(VENV)/bin/neuraxis crds check
-	$(VENV)/bin/neuraxis validate examples
+	NEURAXIS_SECRET_LAKE_SALT_SALT=$${NEURAXIS_SECRET_LAKE_SALT_SALT:-$(DEMO_SALT)} \
+		$(VENV)/bin/neuraxis run examples/smart-manufacturing
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
