@@ -1,4 +1,4 @@
-"""Neuraxis: an AI-platform bundle for Kubernetes (API models, operator, workloads, infrastructure)."""
+"""Neuraxis: an AI-platform bundle for Kubernetes (API, operator, workloads, infrastructure)."""
 
 __version__ = "0.1.0"
 
