@@ -76,6 +76,21 @@ def publish_result(
     return uri
 
 
+def publish_failure(
+    lake: Lake, namespace: str, run_id: str, reason: str, message: str, started: str
+) -> str:
+    """Publish the result of a run that could not do its work (the workload then exits 1)."""
+    result = {
+        "outcome": "Failed",
+        "reason": reason,
+        "message": message,
+        "startTime": started,
+        "completionTime": now_rfc3339(),
+    }
+    compact = {"outcome": "Failed", "reason": reason, "message": message}
+    return publish_result(lake, namespace, run_id, result, compact)
+
+
 def read_compact_result(message: str | None) -> dict[str, Any] | None:
     """Parse a termination message written by `publish_result`; None when absent or foreign."""
     if not message:

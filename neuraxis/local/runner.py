@@ -187,6 +187,13 @@ class Runner:
         result = read_compact_result(term.read_text()) if term.exists() else None
         return result, log
 
+    def args(self, subcommand: str, spec: Path, namespace: str, run_id: str) -> list[str]:
+        """The flags every workload takes, as the operator's pods pass them."""
+        return [
+            subcommand, "--spec", str(spec), "--namespace", namespace,
+            "--run-id", run_id, "--lake", self.lake.root,
+        ]  # fmt: skip
+
     def spec_file(self, res: Resource, run_id: str) -> Path:
         path = self.work / (res.metadata.namespace or "default") / run_id / "resource.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -204,17 +211,7 @@ class Runner:
     def run_dataset(self, ds: Dataset, run_id: str) -> Draft:
         ns = ds.metadata.namespace or "default"
         spec = self.spec_file(pin_upstream(ds, resolve_upstream(ds, self.store)), run_id)
-        args = [
-            "etl",
-            "--spec",
-            str(spec),
-            "--namespace",
-            ns,
-            "--run-id",
-            run_id,
-            "--lake",
-            self.lake.root,
-        ]
+        args = self.args("etl", spec, ns, run_id)
         result, log = self.workload(ds, args, run_id)
         if result is None:
             return self._no_result(log)
@@ -224,17 +221,7 @@ class Runner:
         ns = tj.metadata.namespace or "default"
         dataset = resolve_dataset(tj, self.store)
         spec = self.spec_file(pinned(tj, dataset), run_id)
-        args = [
-            "train",
-            "--spec",
-            str(spec),
-            "--namespace",
-            ns,
-            "--run-id",
-            run_id,
-            "--lake",
-            self.lake.root,
-        ]
+        args = self.args("train", spec, ns, run_id)
         result, log = self.workload(tj, args, run_id)
         if result is None:
             return self._no_result(log)
@@ -262,10 +249,7 @@ class Runner:
         ns = mv.metadata.namespace or "default"
         artifact_uri, lineage = resolve_artifact(mv, self.store)
         spec = self.spec_file(mv, run_id)
-        args = [
-            "evaluate", "--spec", str(spec), "--namespace", ns, "--run-id", run_id,
-            "--lake", self.lake.root, "--artifact-uri", artifact_uri,
-        ]  # fmt: skip
+        args = [*self.args("evaluate", spec, ns, run_id), "--artifact-uri", artifact_uri]
         result, log = self.workload(mv, args, run_id)
         if result is None:
             return self._no_result(log)

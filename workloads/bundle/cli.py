@@ -30,7 +30,7 @@ def bundle_command(
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     from neuraxis.lake import Lake
     from neuraxis.workloads.bundle.run import build_edge_bundle
-    from neuraxis.workloads.result import now_rfc3339, publish_result
+    from neuraxis.workloads.result import now_rfc3339, publish_failure
 
     the_lake = Lake(lake) if lake else Lake.from_env()
     started = now_rfc3339()
@@ -49,20 +49,7 @@ def bundle_command(
     except Exception as exc:
         log.exception("bundle failed")
         message = f"{type(exc).__name__}: {exc}"
-        failed = {
-            "outcome": "Failed",
-            "reason": "BundleFailed",
-            "message": message,
-            "startTime": started,
-            "completionTime": now_rfc3339(),
-        }
-        publish_result(
-            the_lake,
-            namespace,
-            run_id,
-            failed,
-            {"outcome": "Failed", "reason": "BundleFailed", "message": message},
-        )
+        publish_failure(the_lake, namespace, run_id, "BundleFailed", message, started)
         raise typer.Exit(1) from exc
     edge = result["edge"]
     typer.echo(

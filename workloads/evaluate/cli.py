@@ -31,7 +31,7 @@ def evaluate_command(
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     from neuraxis.lake import Lake
     from neuraxis.workloads.evaluate.run import load_model_version, run_evaluation
-    from neuraxis.workloads.result import now_rfc3339, publish_result
+    from neuraxis.workloads.result import now_rfc3339, publish_failure
 
     the_lake = Lake(lake) if lake else Lake.from_env()
     started = now_rfc3339()
@@ -43,20 +43,7 @@ def evaluate_command(
     except Exception as exc:
         log.exception("evaluation failed")
         message = f"{type(exc).__name__}: {exc}"
-        failed = {
-            "outcome": "Failed",
-            "reason": "EvaluationFailed",
-            "message": message,
-            "startTime": started,
-            "completionTime": now_rfc3339(),
-        }
-        publish_result(
-            the_lake,
-            namespace,
-            run_id,
-            failed,
-            {"outcome": "Failed", "reason": "EvaluationFailed", "message": message},
-        )
+        publish_failure(the_lake, namespace, run_id, "EvaluationFailed", message, started)
         raise typer.Exit(1) from exc
     typer.echo(f"{result['reason']}: {result['message']} (card {result['cardUri']})")
 
