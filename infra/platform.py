@@ -1,0 +1,107 @@
+"""Platform: the Neuraxis API and operator on a cluster — the CRDs generated from the models
+(`neuraxis.crds.generate.render_crds`), the operator's generated namespace, RBAC and Deployment
+(`neuraxis.operator.manifests.build_manifests`), and the lake credentials Secret the workloads
+read (`envFrom` of the Secret named in the operator settings).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pulumi
+import pulumi_kubernetes as k8s
+import yaml
+
+from neuraxis.infra.kube import kube_objects
+from neuraxis.operator.manifests import NAMESPACE, OPERATOR
+from neuraxis.operator.settings import DEFAULT_IMAGE, OperatorSettings
+
+TOKEN = "neuraxis:infra:Platform"
+# Namespaces that exist in every cluster: never created (or deleted) by a stack.
+BUILTIN_NAMESPACES = frozenset({"default", "kube-system", "kube-public", "kube-node-lease"})
+
+
+@dataclass(frozen=True)
+class PlatformArgs:
+    # Known from config in every cloud (bucket name + layout), so a plain string.
+    lake_uri: str
+    lake_credentials: pulumi.Input[Mapping[str, str]]
+    image: str = DEFAULT_IMAGE
+    namespace: str = NAMESPACE
+    workload_namespaces: Sequence[str] = field(default_factory=lambda: ("default",))
+
+
+def crd_manifests() -> list[dict[str, Any]]:
+    """The generated CRDs (the same objects as the committed crds/*.yaml)."""
+    from neuraxis.crds.generate import render_crds
+
+    return [
+        yaml.safe_load(text)
+        for name, text in sorted(render_crds().items())
+        if name != "kustomization.yaml"
+    ]
+
+
+def operator_manifests(image: str, namespace: str, lake_uri: str) -> list[dict[str, Any]]:
+    """The operator's generated manifests, its Deployment told where the lake is."""
+    from neuraxis.operator.manifests import build_manifests
+
+    manifests = copy.deepcopy(build_manifests(image=image, namespace=namespace))
+    settings = OperatorSettings()
+    for manifest in manifests:
+        if manifest["kind"] == "Deployment" and manifest["metadata"]["name"] == OPERATOR:
+            container = manifest["spec"]["template"]["spec"]["containers"][0]
+            container["env"] = [
+                *container["env"],
+                {"name": "NEURAXIS_LAKE_URI", "value": lake_uri},
+                {"name": "NEURAXIS_LAKE_SECRET", "value": settings.lake_secret},
+            ]
+    return manifests
+
+
+class Platform(pulumi.ComponentResource):
+    def __init__(
+        self, name: str, args: PlatformArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__(TOKEN, name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        crds = kube_objects(crd_manifests(), child)
+        self.crd_names = [c["metadata"]["name"] for c in crd_manifests()]
+        after_crds = pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=crds))
+        created = kube_objects(
+            operator_manifests(args.image, args.namespace, args.lake_uri), after_crds
+        )
+        secret_name = OperatorSettings().lake_secret
+        namespaces = [args.namespace, *args.workload_namespaces]
+        for ns in dict.fromkeys(namespaces):
+            depends: list[pulumi.Resource] = list(created)
+            if ns not in BUILTIN_NAMESPACES and ns != args.namespace:
+                depends.append(
+                    k8s.core.v1.Namespace(
+                        f"{name}-ns-{ns}",
+                        metadata={"name": ns, "labels": {"app.kubernetes.io/part-of": "neuraxis"}},
+                        opts=child,
+                    )
+                )
+            k8s.core.v1.Secret(
+                f"{name}-lake-{ns}",
+                metadata={"name": secret_name, "namespace": ns},
+                type="Opaque",
+                string_data=args.lake_credentials,
+                opts=pulumi.ResourceOptions.merge(
+                    child, pulumi.ResourceOptions(depends_on=depends)
+                ),
+            )
+        self.namespace = args.namespace
+        self.operator_deployment = f"{args.namespace}/{OPERATOR}"
+        self.register_outputs(
+            {
+                "namespace": self.namespace,
+                "crds": self.crd_names,
+                "operatorDeployment": self.operator_deployment,
+                "lakeSecret": secret_name,
+            }
+        )
