@@ -234,7 +234,7 @@ class EksCluster(pulumi.ComponentResource):
         self.kubeconfig: pulumi.Output[str] = pulumi.Output.secret(
             pulumi.Output.all(cluster.name, cluster.endpoint, cluster.certificate_authority).apply(
                 lambda v: exec_kubeconfig(
-                    v[0], v[1], v[2].data, "aws",
+                    v[0], v[1], _field(v[2], "data"), "aws",
                     ["eks", "get-token", "--cluster-name", v[0], "--region", args.region],
                 )
             )
@@ -318,7 +318,7 @@ class GkeCluster(pulumi.ComponentResource):
         self.kubeconfig: pulumi.Output[str] = pulumi.Output.secret(
             pulumi.Output.all(cluster.name, cluster.endpoint, cluster.master_auth).apply(
                 lambda v: exec_kubeconfig(
-                    v[0], f"https://{v[1]}", v[2].cluster_ca_certificate,
+                    v[0], f"https://{v[1]}", _field(v[2], "cluster_ca_certificate"),
                     "gke-gcloud-auth-plugin", [],
                 )
             )
@@ -332,3 +332,14 @@ class GkeCluster(pulumi.ComponentResource):
 def _assume_role(service: str) -> str:
     statement = {"Effect": "Allow", "Principal": {"Service": service}, "Action": "sts:AssumeRole"}
     return json.dumps({"Version": "2012-10-17", "Statement": [statement]})
+
+
+def _field(value: object, attribute: str) -> str:
+    """A field of a provider output object: a typed object in a deployment, a dict keyed by the
+    Python or the wire (camelCase) name under mocks."""
+    if isinstance(value, dict):
+        head, *rest = attribute.split("_")
+        for name in (attribute, head + "".join(p.title() for p in rest)):
+            if name in value:
+                return str(value[name])
+    return str(getattr(value, attribute))

@@ -65,11 +65,25 @@ def load_bundle(version: str = VERSION) -> PrometheusOperatorBundle:
     crd_files = sorted((root / CRD_DIR).glob("*.yaml"))
     if not crd_files:
         raise PrometheusOperatorError(f"{root / CRD_DIR}: no CRD files in {MODULE}@{version}")
-    loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the CRDs are ~4 MB of YAML
+    loader = _loader()
     crds = [yaml.load(path.read_text(), Loader=loader) for path in crd_files]
     bundle = [d for d in yaml.load_all((root / "bundle.yaml").read_text(), Loader=loader) if d]
     operator = [d for d in bundle if d["kind"] != "CustomResourceDefinition"]
     return PrometheusOperatorBundle(version=version, crds=crds, operator=operator)
+
+
+def _loader() -> Any:
+    """A safe loader (the C one: the CRDs are ~4 MB) that reads a bare `=` as the string "="
+    (PromQL match-type enums); PyYAML's safe loader rejects YAML 1.1's `value` tag."""
+    base: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+    class Loader(base):  # type: ignore[misc]
+        pass
+
+    Loader.add_constructor(
+        "tag:yaml.org,2002:value", lambda loader, node: loader.construct_scalar(node)
+    )
+    return Loader
 
 
 def in_namespace(manifests: list[dict[str, Any]], namespace: str) -> list[dict[str, Any]]:
