@@ -1,0 +1,166 @@
+"""The CrossGuard validators as plain functions: a good and a bad input for each policy."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import pytest
+
+from neuraxis.dev.cluster import node_manifests
+from neuraxis.infra.gpu_node_pool import device_plugin_daemonset
+from neuraxis.infra.lake import minio_manifests, tls_only_policy
+from neuraxis.infra.monitoring import grafana_manifests
+from neuraxis.infra.nodes import edge_pool, gpu_pool
+from neuraxis.infra.platform import operator_manifests
+from neuraxis.infra.policy import validators as v
+
+R = v.Resource
+
+
+def s3_lake(**overrides: Any) -> list[R]:
+    props = {
+        "versioning": {"versioningConfiguration": {"status": "Enabled"}, "bucket": "lake"},
+        "sse": {"bucket": "lake", "rules": [
+            {"applyServerSideEncryptionByDefault": {"sseAlgorithm": "aws:kms"}}]},
+        "block": {"bucket": "lake", **{f: True for f in v.PUBLIC_ACCESS_FLAGS}},
+        "policy": {"bucket": "lake", "policy": tls_only_policy("arn:aws:s3:::lake")},
+    }  # fmt: skip
+    props.update(overrides)
+    return [
+        R(v.S3_BUCKET, "lake", {"bucket": "lake"}, urn="urn:bucket"),
+        R(v.S3_VERSIONING, "versioning", props["versioning"]),
+        R(v.S3_ENCRYPTION, "sse", props["sse"]),
+        R(v.S3_PUBLIC_ACCESS_BLOCK, "block", props["block"]),
+        R(v.S3_POLICY, "policy", props["policy"]),
+    ]
+
+
+def test_a_complete_s3_lake_passes() -> None:
+    lake = s3_lake()
+    assert v.s3_lake_encrypted(lake) == v.s3_lake_versioned(lake) == []
+    assert v.s3_lake_not_public(lake) == []
+
+
+def test_s3_settings_link_to_the_bucket_by_dependency_when_the_id_is_unknown() -> None:
+    # In a preview the bucket id is unknown: the link is the property dependency.
+    lake = [
+        R(v.S3_BUCKET, "lake", {}, urn="urn:bucket"),
+        R(v.S3_ENCRYPTION, "sse", {"rules": [{"applyServerSideEncryptionByDefault":
+                                              {"sseAlgorithm": "aws:kms"}}]},
+          prop_deps={"bucket": ["urn:bucket"]}),
+    ]  # fmt: skip
+    assert v.s3_lake_encrypted(lake) == []
+    assert v.s3_lake_encrypted(lake[:1]) != []
+
+
+@pytest.mark.parametrize(
+    ("override", "check", "needle"),
+    [
+        ({"sse": {"bucket": "lake", "rules": [{"applyServerSideEncryptionByDefault":
+                                               {"sseAlgorithm": "AES256"}}]}},
+         v.s3_lake_encrypted, "no server-side encryption with KMS"),
+        ({"sse": {"bucket": "other"}}, v.s3_lake_encrypted, "no encryption configuration"),
+        ({"versioning": {"bucket": "lake", "versioningConfiguration": {"status": "Suspended"}}},
+         v.s3_lake_versioned, "versioning is not Enabled"),
+        ({"block": {"bucket": "lake", "blockPublicAcls": True}}, v.s3_lake_not_public,
+         "public access block"),
+        ({"policy": {"bucket": "lake", "policy": json.dumps({"Statement": [
+            {"Effect": "Allow", "Principal": "*", "Action": "s3:GetObject"}]})}},
+         v.s3_lake_not_public, "Principal '*'"),
+    ],
+)  # fmt: skip
+def test_an_incomplete_s3_lake_fails(override: dict[str, Any], check: Any, needle: str) -> None:
+    problems = check(s3_lake(**override))
+    assert len(problems) == 1 and needle in problems[0] and "lake" in problems[0]
+
+
+def test_gcs_lake() -> None:
+    good = {"versioning": {"enabled": True}, "uniformBucketLevelAccess": True,
+            "publicAccessPrevention": "enforced"}  # fmt: skip
+    assert v.gcs_lake(R(v.GCS_BUCKET, "lake", good)) == []
+    bad = v.gcs_lake(R(v.GCS_BUCKET, "lake", {**good, "publicAccessPrevention": "inherited",
+                                              "versioning": {"enabled": False}}))  # fmt: skip
+    assert len(bad) == 2 and "versioning" in bad[0] and "enforced" in bad[1]
+    public = R(v.GCS_IAM[0], "grant", {"member": "allUsers", "role": "roles/storage.objectViewer"})
+    assert "allUsers" in v.gcs_not_public(public)[0]
+    assert v.gcs_not_public(R(v.GCS_IAM[0], "grant", {"member": "serviceAccount:x"})) == []
+
+
+def test_gpu_pools_must_be_tainted() -> None:
+    taint = [{"key": "nvidia.com/gpu", "value": "present", "effect": "NO_SCHEDULE"}]
+    eks = {"amiType": "AL2023_x86_64_NVIDIA", "instanceTypes": ["g5.xlarge"], "taints": taint}
+    assert v.gpu_pool_tainted(R(v.EKS_NODE_GROUP, "gpu", eks)) == []
+    assert v.gpu_pool_tainted(R(v.EKS_NODE_GROUP, "gpu", {**eks, "taints": []}))
+    # A CPU node group needs no taint.
+    assert v.gpu_pool_tainted(R(v.EKS_NODE_GROUP, "cpu", {"instanceTypes": ["m6i.large"]})) == []
+    gke = {
+        "nodeConfig": {"guestAccelerators": [{"type": "nvidia-l4", "count": 1}], "taints": taint}
+    }
+    assert v.gpu_pool_tainted(R(v.GKE_NODE_POOL, "gpu", gke)) == []
+    untainted = copy.deepcopy(gke)
+    del untainted["nodeConfig"]["taints"]
+    assert "not tainted" in v.gpu_pool_tainted(R(v.GKE_NODE_POOL, "gpu", untainted))[0]
+
+
+def test_fake_gpu_nodes_must_be_tainted() -> None:
+    nodes = node_manifests([gpu_pool(2, 8), edge_pool(["a"], 1)])
+    assert v.gpu_pool_tainted(R(v.CONFIG_GROUP, "nodes", {"objs": nodes})) == []
+    for node in nodes:
+        node["spec"].pop("taints", None)
+    problems = v.gpu_pool_tainted(R(v.CONFIG_GROUP, "nodes", {"objs": nodes}))
+    assert len(problems) == 2 and all("kwok-gpu" in p for p in problems)  # not the edge node
+    assert v.gpu_pool_tainted(R(v.KUBE_NODE, "kwok-gpu-0", nodes[0]))
+
+
+def workload(manifest: dict[str, Any]) -> R:
+    kind = f"kubernetes:{manifest['apiVersion']}:{manifest['kind']}"
+    return R(kind, manifest["metadata"]["name"], manifest)
+
+
+def test_the_stacks_own_workloads_pass_the_pod_policies() -> None:
+    manifests = [
+        *operator_manifests("ghcr.io/neuraxis/neuraxis:0.1.0", "neuraxis-system", "s3://b/lake"),
+        *minio_manifests("lake", "1Gi"),
+        *grafana_manifests("monitoring"),
+        device_plugin_daemonset(),
+    ]
+    pods = [workload(m) for m in manifests if m["kind"] in ("Deployment", "DaemonSet")]
+    assert len(pods) == 4
+    for check in (v.pods_non_root, v.pods_have_limits, v.no_latest_images):
+        assert [p for r in pods for p in check(r)] == []
+
+
+def _deployment(**container: Any) -> dict[str, Any]:
+    base = {"name": "app", "image": "registry/app:1.2.3",
+            "resources": {"limits": {"cpu": "1", "memory": "1Gi"}},
+            "securityContext": {"runAsNonRoot": True}}  # fmt: skip
+    base.update(container)
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "app"},
+            "spec": {"template": {"spec": {"containers": [base]}}}}  # fmt: skip
+
+
+def test_pod_policies_reject_root_missing_limits_and_latest() -> None:
+    assert v.pods_non_root(workload(_deployment())) == []
+    assert "may run as root" in v.pods_non_root(workload(_deployment(securityContext={})))[0]
+    root = _deployment(securityContext={"runAsNonRoot": True, "runAsUser": 0})
+    assert v.pods_non_root(workload(root))
+    privileged = _deployment(securityContext={"runAsNonRoot": True, "privileged": True})
+    assert "privileged" in v.pods_non_root(workload(privileged))[0]
+    assert "memory limit" in v.pods_have_limits(
+        workload(_deployment(resources={"limits": {"cpu": "1"}})))[0]  # fmt: skip
+    for image in ("registry/app:latest", "registry/app", "localhost:5000/app"):
+        assert v.no_latest_images(workload(_deployment(image=image))), image
+    assert v.no_latest_images(workload(_deployment(image="registry/app@sha256:" + "a" * 64))) == []
+    # Resources without pods are not judged by pod policies.
+    assert v.pods_non_root(R("kubernetes:core/v1:ConfigMap", "c", {"data": {}})) == []
+
+
+def test_an_exemption_needs_the_policy_name_and_a_reason() -> None:
+    root = _deployment(securityContext={})
+    root["metadata"]["annotations"] = {v.EXEMPT: "pods-non-root"}
+    assert v.pods_non_root(workload(root))  # no reason: not exempt
+    root["metadata"]["annotations"][v.EXEMPT_REASON] = "needs the kubelet socket"
+    assert v.pods_non_root(workload(root)) == []
+    assert v.pods_have_limits(workload(root)) == []  # limits are still checked (and present)
