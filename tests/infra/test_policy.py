@@ -20,7 +20,7 @@ R = v.Resource
 
 
 def s3_lake(**overrides: Any) -> list[R]:
-    props = {
+    props: dict[str, Any] = {
         "versioning": {"versioningConfiguration": {"status": "Enabled"}, "bucket": "lake"},
         "sse": {"bucket": "lake", "rules": [
             {"applyServerSideEncryptionByDefault": {"sseAlgorithm": "aws:kms"}}]},
