@@ -27,6 +27,14 @@ POLICY_PACK_DIR = Path(__file__).resolve().parent / "policy"
 LOCAL_PASSPHRASE = "neuraxis-local-dev"
 
 
+# The Python language host lists the program's packages with `python -m pip list`; the project
+# venv is synced by uv and has no pip. So the program runs in a small venv of its own (pip from
+# the interpreter's bundled wheel, offline) that sees the project venv's packages via a .pth file.
+PROJECT_ROOT = PROJECT_DIR.parent
+PROGRAM_VENV = PROJECT_ROOT / ".neuraxis" / "pulumi-venv"
+PROJECT_VENV = PROJECT_ROOT / ".venv"
+
+
 class EngineError(RuntimeError):
     """A pulumi command failed or its binaries are missing; the message says which."""
 
@@ -43,6 +51,25 @@ def pulumi_bin_dir() -> Path:
 
 def missing_binaries(bin_dir: Path) -> list[str]:
     return [b for b in REQUIRED_BINARIES if not os.access(bin_dir / b, os.X_OK)]
+
+
+def ensure_program_venv(venv: Path = PROGRAM_VENV, project_venv: Path = PROJECT_VENV) -> Path:
+    """Create (once) the venv Pulumi.yaml names: pip + the project venv's packages."""
+    site = project_venv / "lib" / "python3.11" / "site-packages"
+    pth = venv / "lib" / "python3.11" / "site-packages" / "neuraxis-project-venv.pth"
+    # addsitedir, not a bare path: the project's own .pth files (the editable neuraxis) must run.
+    line = f"import site; site.addsitedir({str(site)!r})"
+    if pth.is_file() and pth.read_text().strip() == line:
+        return venv
+    python = project_venv / "bin" / "python"
+    proc = subprocess.run(
+        [str(python), "-c", "import sys, venv; venv.create(sys.argv[1], with_pip=True)", str(venv)],
+        capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        raise EngineError(f"could not create the program venv {venv}: {proc.stderr[-2000:]}")
+    pth.write_text(line + "\n")
+    return venv
 
 
 @dataclass(frozen=True)
@@ -88,6 +115,7 @@ class Engine:
         extra_env: Mapping[str, str] | None = None,
     ) -> subprocess.CompletedProcess[str]:
         env = {**self.env(), **(extra_env or {})}
+        ensure_program_venv()
         (self.state_dir / "backend").mkdir(parents=True, exist_ok=True)
         argv = [str(Path(env["PATH"].split(os.pathsep)[0]) / "pulumi"), *args, "--non-interactive"]
         try:

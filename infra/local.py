@@ -107,14 +107,25 @@ class LocalStack:
 
 
 def change_summary(stdout: str) -> dict[str, int]:
-    """Operation -> count from `pulumi up|preview|destroy --json` (empty when unreadable)."""
+    """Operation -> count from `pulumi preview --json` (one document) or `pulumi up|destroy
+    --json` (an event stream ending in a summaryEvent); empty when unreadable."""
     text = stdout.strip()
+    summary: dict[str, object] = {}
     try:
-        doc = json.loads(text[text.index("{") :]) if "{" in text else {}
+        doc = json.loads(text) if text.startswith("{") and "\n{" not in text else None
     except json.JSONDecodeError:
-        return {}
-    summary = doc.get("changeSummary") or doc.get("summary", {}).get("resourceChanges") or {}
-    return {str(k): int(v) for k, v in summary.items()}
+        doc = None
+    if isinstance(doc, dict):
+        summary = doc.get("changeSummary") or {}
+    else:
+        for line in text.splitlines():
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(event, dict) and "summaryEvent" in event:
+                summary = event["summaryEvent"].get("resourceChanges") or {}
+    return {str(k): int(str(v)) for k, v in summary.items()}
 
 
 infra_app = typer.Typer(help="The local Pulumi stack (against `neuraxis dev cluster up --bare`).")
