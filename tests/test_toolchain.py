@@ -62,6 +62,10 @@ def test_pinned_toolset_has_the_control_plane() -> None:
     assert toolset.tool("kwokctl").name == "kwok"
     assert toolset.tool("kubectl").args_for("kubectl") == ("version", "--client")
     assert toolset.tool("etcd").args_for("etcd") == ("--version",)
+    # The later entries share the table shape.
+    assert toolset.tool("pulumi").args_for("pulumi") == ("version",)
+    assert toolset.tool("pulumi-resource-kubernetes").copy_main
+    assert {"minio", "prometheus"} <= {spec.name for spec in toolset.tools}
 
 
 def test_kubernetes_ldflags_carry_the_version() -> None:
