@@ -11,7 +11,7 @@ UV_VERSION := 0.13.8
 # The stamp records which lock the venv was synced from, so a changed lock refreshes it.
 STAMP := $(VENV)/.synced-$(shell sha256sum requirements.lock | cut -c1-16)
 
-.PHONY: help venv lock test lint typecheck unit crds demo tools jars cluster cluster-down clean
+.PHONY: help venv lock test lint typecheck unit crds demo tools tools-all jars cluster cluster-down clean
 
 help:
 	@echo "make demo        set up and run the main example"
@@ -44,7 +44,14 @@ typecheck: venv
 crds: venv
 	$(VENV)/bin/neuraxis crds generate
 
+# What the tests run: the control plane, MinIO and the Pulumi engine. Prometheus is pinned in
+# the same file but only built on demand (`make tools-all`): no test needs its binary.
+TEST_TOOLS := kubernetes etcd kwok minio pulumi pulumi-resource-kubernetes
+
 tools: venv
+	$(VENV)/bin/neuraxis dev tools build $(addprefix --only ,$(TEST_TOOLS))
+
+tools-all: venv
 	$(VENV)/bin/neuraxis dev tools build
 
 cluster: tools
