@@ -98,7 +98,10 @@ class LocalStack:
 
     def remove(self) -> None:
         """Forget the (destroyed) stack's state."""
-        self.engine.run(["stack", "rm", "--yes", "--force", STACK], check=False)
+        # --preserve-config: the stack file is the committed Pulumi.local.yaml.
+        self.engine.run(
+            ["stack", "rm", "--yes", "--force", "--preserve-config", STACK], check=False
+        )
 
     def _timed(self, args: list[str]) -> Timed:
         start = time.monotonic()

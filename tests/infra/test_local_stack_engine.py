@@ -15,7 +15,7 @@ import pytest
 
 from neuraxis.dev import cluster as dev_cluster
 from neuraxis.infra.engine import POLICY_PACK_DIR, EngineError, missing_binaries, pulumi_bin_dir
-from neuraxis.infra.local import LocalStack
+from neuraxis.infra.local import STACK_FILE, LocalStack
 
 pytestmark = [pytest.mark.cluster, pytest.mark.engine]
 
@@ -53,6 +53,7 @@ def names(kubeconfig: Path, kind: str) -> set[str]:
 def test_up_again_preview_with_policies_and_destroy(bare_cluster: Path, tmp_path: Path) -> None:
     kubeconfig = bare_cluster
     assert names(kubeconfig, "nodes") == set()  # bare: the stack makes every node
+    committed = STACK_FILE.read_text()
     stack = LocalStack.create(state_dir=tmp_path / "pulumi", kubeconfig=kubeconfig)
     try:
         first = stack.up()
@@ -103,6 +104,7 @@ def test_up_again_preview_with_policies_and_destroy(bare_cluster: Path, tmp_path
         if _has_resources(stack):  # a failed step above: leave the cluster clean anyway
             stack.destroy()
         stack.remove()
+    assert STACK_FILE.read_text() == committed  # the stack's state never rewrites the repo file
 
 
 def _has_resources(stack: LocalStack) -> bool:
