@@ -61,7 +61,7 @@ cluster-down: venv
 	$(VENV)/bin/neuraxis dev cluster down
 
 jars: venv
-	$(PY) -m neuraxis.dev.jars delta
+	$(PY) -m neuraxis.dev.jars delta s3
 
 unit: venv
 	$(VENV)/bin/pytest -m "not cluster and not engine"
