@@ -72,7 +72,8 @@ test: lint typecheck tools jars
 # The example's hash salt comes from a Secret in a cluster; locally from this variable.
 DEMO_SALT ?= neuraxis-demo-salt-change-me
 
-demo: venv jars
+demo: venv
+	$(PY) -m neuraxis.dev.jars delta
 	NEURAXIS_SECRET_LAKE_SALT_SALT=$${NEURAXIS_SECRET_LAKE_SALT_SALT:-$(DEMO_SALT)} \
 		$(VENV)/bin/neuraxis run examples/smart-manufacturing
 
