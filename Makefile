@@ -11,7 +11,7 @@ UV_VERSION := 0.13.8
 # The stamp records which lock the venv was synced from, so a changed lock refreshes it.
 STAMP := $(VENV)/.synced-$(shell sha256sum requirements.lock | cut -c1-16)
 
-.PHONY: help venv lock test lint typecheck unit crds demo tools tools-all jars cluster cluster-down clean
+.PHONY: help venv lock test lint typecheck unit crds demo tools tools-all jars cluster cluster-down infra-up infra-down clean
 
 help:
 	@echo "make demo        set up and run the main example"
@@ -62,6 +62,14 @@ cluster-down: venv
 
 jars: venv
 	$(PY) -m neuraxis.dev.jars delta s3
+
+# The local Pulumi stack provisions a bare control plane (CRDs, nodes, operator, monitoring).
+infra-up: tools
+	$(VENV)/bin/neuraxis dev cluster up --bare
+	$(VENV)/bin/neuraxis dev infra up
+
+infra-down: venv
+	$(VENV)/bin/neuraxis dev infra down
 
 unit: venv
 	$(VENV)/bin/pytest -m "not cluster and not engine"

@@ -251,6 +251,9 @@ def _mount() -> None:
     from neuraxis.workloads.serve.cli import serve_command
     from neuraxis.workloads.train.cli import train_command
 
+    from neuraxis.infra.local import infra_app
+
+    dev_app.add_typer(infra_app, name="infra")
     app.add_typer(dev_app, name="dev")
     workload_app.command("etl")(etl_command)
     workload_app.command("train")(train_command)
