@@ -244,14 +244,13 @@ app.add_typer(workload_app, name="workload")
 def _mount() -> None:
     """Sub-commands whose modules are light to import (their heavy imports are inside)."""
     from neuraxis.dev.cli import dev_app
+    from neuraxis.infra.local import infra_app
     from neuraxis.workloads.bundle.cli import bundle_command
     from neuraxis.workloads.edge.cli import edge_command
     from neuraxis.workloads.etl.cli import etl_command
     from neuraxis.workloads.evaluate.cli import evaluate_command
     from neuraxis.workloads.serve.cli import serve_command
     from neuraxis.workloads.train.cli import train_command
-
-    from neuraxis.infra.local import infra_app
 
     dev_app.add_typer(infra_app, name="infra")
     app.add_typer(dev_app, name="dev")
