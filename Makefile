@@ -44,9 +44,10 @@ typecheck: venv
 crds: venv
 	$(VENV)/bin/neuraxis crds generate
 
-# What the tests run: the control plane, MinIO and the Pulumi engine. Prometheus is pinned in
-# the same file but only built on demand (`make tools-all`): no test needs its binary.
-TEST_TOOLS := kubernetes etcd kwok minio pulumi pulumi-resource-kubernetes
+# What the tests run: the control plane and MinIO. The Pulumi engine and Prometheus are pinned in
+# the same file and built by `make tools-all`: the engine test also needs the Python language
+# host, which the module proxy does not serve, so building them here would only cost time.
+TEST_TOOLS := kubernetes etcd kwok minio
 
 tools: venv
 	$(VENV)/bin/neuraxis dev tools build $(addprefix --only ,$(TEST_TOOLS))
@@ -64,7 +65,7 @@ jars: venv
 	$(PY) -m neuraxis.dev.jars delta s3
 
 # The local Pulumi stack provisions a bare control plane (CRDs, nodes, operator, monitoring).
-infra-up: tools
+infra-up: tools-all
 	$(VENV)/bin/neuraxis dev cluster up --bare
 	$(VENV)/bin/neuraxis dev infra up
 
