@@ -33,7 +33,7 @@ def bare_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     missing = missing_binaries(pulumi_bin_dir())
     if missing:
         pytest.skip(f"Pulumi binaries not built in {pulumi_bin_dir()}: {missing} "
-                    "(make tools, or set NEURAXIS_PULUMI_BIN)")  # fmt: skip
+                    "(make tools-all, plus a language host: see the README)")  # fmt: skip
     home = tmp_path_factory.mktemp("bare-cluster")
     info = dev_cluster.up(bare=True, home=home)
     try:
