@@ -37,8 +37,3 @@ def set_condition(
 
 def condition(conditions: Conditions, type_: str) -> dict[str, Any] | None:
     return next((c for c in conditions if c.get("type") == type_), None)
-
-
-def is_true(conditions: Conditions, type_: str) -> bool:
-    found = condition(conditions, type_)
-    return found is not None and found.get("status") == "True"

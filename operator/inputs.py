@@ -33,23 +33,23 @@ class Store(Protocol):
     def create(self, manifest: Obj) -> Obj | None: ...
 
 
-def _ns(res: Resource) -> str:
+def ns_of(res: Resource) -> str:
     return res.metadata.namespace or "default"
 
 
-def _status(body: Obj) -> Obj:
+def status_of(body: Obj) -> Obj:
     return dict(body.get("status") or {})
 
 
 def resolve_dataset(tj: TrainingJob, store: Store) -> ResolvedDataset:
     """The Dataset version a TrainingJob reads: Ready, quality gate passed, pinned."""
-    return resolve_dataset_ref(tj.spec.dataset_ref, _ns(tj), store)
+    return resolve_dataset_ref(tj.spec.dataset_ref, ns_of(tj), store)
 
 
 def resolve_upstream(ds: Dataset, store: Store) -> ResolvedDataset | None:
     """For a derived Dataset, the upstream version it reads (same rules as training)."""
     source = ds.spec.source.from_
-    return resolve_dataset_ref(source.dataset_ref, _ns(ds), store) if source else None
+    return resolve_dataset_ref(source.dataset_ref, ns_of(ds), store) if source else None
 
 
 def pin_upstream(ds: Dataset, upstream: ResolvedDataset | None) -> Dataset:
@@ -66,7 +66,7 @@ def resolve_dataset_ref(ref: DatasetRef, namespace: str, store: Store) -> Resolv
     body = store.get(CR_VERSION, "Dataset", namespace, ref.name)
     if body is None:
         raise InputNotReadyError("DatasetNotFound", f"Dataset {ref.name} does not exist")
-    status = _status(body)
+    status = status_of(body)
     if status.get("phase") != "Ready":
         raise InputNotReadyError(
             "WaitingForDataset", f"Dataset {ref.name} is {status.get('phase', 'Pending')}"
@@ -100,7 +100,7 @@ def ensure_registered(tj: TrainingJob, status: Obj, store: Store) -> str | None:
     reg = tj.spec.register_
     if name is None or reg is None:
         return None
-    existing = store.get(CR_VERSION, "ModelVersion", _ns(tj), name)
+    existing = store.get(CR_VERSION, "ModelVersion", ns_of(tj), name)
     if existing is not None:
         source = (existing.get("spec") or {}).get("source") or {}
         if (source.get("trainingJobRef") or {}).get("name") != tj.metadata.name:
@@ -115,7 +115,7 @@ def ensure_registered(tj: TrainingJob, status: Obj, store: Store) -> str | None:
             "kind": "ModelVersion",
             "metadata": {
                 "name": name,
-                "namespace": _ns(tj),
+                "namespace": ns_of(tj),
                 "labels": {
                     "neuraxis.dev/model": reg.model,
                     "neuraxis.dev/trainingjob": tj.metadata.name,
@@ -137,10 +137,10 @@ def resolve_artifact(mv: ModelVersion, store: Store) -> tuple[str, Obj]:
         return source.uri, {"modelVersion": mv.metadata.name}
     assert source.training_job_ref is not None
     name = source.training_job_ref.name
-    body = store.get(CR_VERSION, "TrainingJob", _ns(mv), name)
+    body = store.get(CR_VERSION, "TrainingJob", ns_of(mv), name)
     if body is None:
         raise InputNotReadyError("TrainingJobNotFound", f"TrainingJob {name} does not exist")
-    status = _status(body)
+    status = status_of(body)
     if status.get("phase") == "Failed":
         raise InputNotReadyError("TrainingJobFailed", f"TrainingJob {name} failed")
     artifact = status.get("artifact") or {}
@@ -158,7 +158,7 @@ def find_stable(mv: ModelVersion, store: Store) -> ModelVersion | None:
         return None
     ref = serving.canary.stable_ref
     if ref is not None:
-        body = store.get(CR_VERSION, "ModelVersion", _ns(mv), ref.name)
+        body = store.get(CR_VERSION, "ModelVersion", ns_of(mv), ref.name)
         if body is None:
             raise InputNotReadyError(
                 "StableVersionNotFound", f"ModelVersion {ref.name} does not exist"
@@ -166,7 +166,7 @@ def find_stable(mv: ModelVersion, store: Store) -> ModelVersion | None:
         stable = parse_resource(body)
         assert isinstance(stable, ModelVersion)
         return stable
-    for body in store.list(CR_VERSION, "ModelVersion", _ns(mv)):
+    for body in store.list(CR_VERSION, "ModelVersion", ns_of(mv)):
         spec = body.get("spec") or {}
         if (
             spec.get("model") == mv.spec.model
@@ -182,10 +182,10 @@ def find_stable(mv: ModelVersion, store: Store) -> ModelVersion | None:
 def resolve_approved_model(ed: EdgeDeployment, store: Store) -> tuple[str, str, Obj]:
     """The model name, artifact URI and lineage of the Approved ModelVersion to roll out."""
     ref = ed.spec.model_version_ref.name
-    body = store.get(CR_VERSION, "ModelVersion", _ns(ed), ref)
+    body = store.get(CR_VERSION, "ModelVersion", ns_of(ed), ref)
     if body is None:
         raise InputNotReadyError("ModelVersionNotFound", f"ModelVersion {ref} does not exist")
-    status = _status(body)
+    status = status_of(body)
     if status.get("phase") == "Rejected":
         raise InputNotReadyError(
             "ModelVersionRejected", f"ModelVersion {ref} was rejected by its gates"

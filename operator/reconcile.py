@@ -24,6 +24,8 @@ from neuraxis.operator.builders.modelversion import (
     ClusterFeatures,
     build_evaluation_children,
     build_serving_children,
+    canary_replicas,
+    effective_percent,
     predictor_name,
 )
 from neuraxis.operator.builders.training import build_training_children
@@ -33,11 +35,13 @@ from neuraxis.operator.errors import InputNotReadyError, InvalidSpecError
 from neuraxis.operator.inputs import (
     ensure_registered,
     find_stable,
+    ns_of,
     pin_upstream,
     resolve_approved_model,
     resolve_artifact,
     resolve_dataset,
     resolve_upstream,
+    status_of,
 )
 from neuraxis.operator.observe import RunObservation, observe_run
 from neuraxis.operator.outcomes import (
@@ -53,14 +57,6 @@ from neuraxis.operator.settings import OperatorSettings
 from neuraxis.resources import ResourceError, parse_resource
 
 TERMINAL = {"Ready", "Succeeded", "Failed", "Approved", "Rejected"}
-
-
-def _ns(res: Resource) -> str:
-    return res.metadata.namespace or "default"
-
-
-def _status(body: Obj) -> Obj:
-    return dict(body.get("status") or {})
 
 
 def _finished_for_generation(res: Resource, status: Obj) -> bool:
@@ -115,7 +111,7 @@ def _failed_run(run: RunObservation) -> Draft:
 def reconcile_dataset(
     ds: Dataset, status: Obj, cluster: Cluster, settings: OperatorSettings
 ) -> Draft:
-    ns = _ns(ds)
+    ns = ns_of(ds)
     if _finished_for_generation(ds, status) and not ds.spec.schedule:
         return _keep(status)
     upstream = resolve_upstream(ds, cluster)
@@ -139,7 +135,7 @@ def reconcile_dataset(
 
 
 def table_uri(ds: Dataset, settings: OperatorSettings) -> str:
-    return Lake(settings.lake_uri).uri(Lake.table_path(_ns(ds), ds.metadata.name))
+    return Lake(settings.lake_uri).uri(Lake.table_path(ns_of(ds), ds.metadata.name))
 
 
 def _keep(status: Obj) -> Draft:
@@ -163,7 +159,7 @@ def _keep(status: Obj) -> Draft:
 def reconcile_training(
     tj: TrainingJob, status: Obj, cluster: Cluster, settings: OperatorSettings
 ) -> Draft:
-    ns = _ns(tj)
+    ns = ns_of(tj)
     if _finished_for_generation(tj, status):
         draft = _keep(status)
         if status.get("phase") == "Succeeded":
@@ -245,7 +241,7 @@ def _evaluate(
         )
     children = build_evaluation_children(mv, artifact_uri, settings)
     _apply_all(cluster, children)
-    run = _observe_job(cluster, _ns(mv), run_name(mv, "eval"))
+    run = _observe_job(cluster, ns_of(mv), run_name(mv, "eval"))
     if run.state in ("Missing", "Active", "Suspended"):
         return Draft("Evaluating", "EvaluationRunning", f"Job {run_name(mv, 'eval')}")
     if run.state == "Failed" and not (run.result and "passed" in run.result):
@@ -278,10 +274,10 @@ def reconcile_model_version(
         mv, serving, artifact_uri, settings, cluster_features(cluster), stable=stable
     )
     _apply_all(cluster, children)
-    deployment = cluster.get("apps/v1", "Deployment", _ns(mv), predictor_name(mv)) or {}
+    deployment = cluster.get("apps/v1", "Deployment", ns_of(mv), predictor_name(mv)) or {}
     available = int((deployment.get("status") or {}).get("availableReplicas") or 0)
     fields["endpoint"] = (
-        f"http://{predictor_name(mv)}.{_ns(mv)}.svc/v1/models/{mv.spec.model}:predict"
+        f"http://{predictor_name(mv)}.{ns_of(mv)}.svc/v1/models/{mv.spec.model}:predict"
     )
     serving_cond = (
         "Serving",
@@ -300,11 +296,13 @@ def reconcile_model_version(
         )
     note = ""
     if serving.canary is not None:
-        note = (
-            f"; canary {serving.canary.traffic_percent}% next to {stable.metadata.name}"
-            if stable
-            else "; canary without a stable version serves all traffic"
-        )
+        asked = serving.canary.traffic_percent
+        note = "; canary without a stable version serves all traffic"
+        if stable is not None and stable.spec.serving is not None:
+            # Replica weighting can only approximate the asked share: report the real one.
+            stable_replicas = stable.spec.serving.replicas
+            share = effective_percent(stable_replicas, canary_replicas(stable_replicas, asked))
+            note = f"; canary gets {share}% (asked {asked}%) next to {stable.metadata.name}"
     return Draft(
         "Serving",
         "PredictorAvailable",
@@ -319,7 +317,7 @@ def reconcile_model_version(
 def reconcile_edge(
     ed: EdgeDeployment, status: Obj, cluster: Cluster, settings: OperatorSettings
 ) -> Draft:
-    ns = _ns(ed)
+    ns = ns_of(ed)
     model, _artifact_uri, lineage = resolve_approved_model(ed, cluster)
     bundle = (
         status.get("bundle") if status.get("observedGeneration") == ed.metadata.generation else None
@@ -420,7 +418,7 @@ def reconcile(body: Obj, cluster: Cluster, settings: OperatorSettings) -> Obj:
     kind = body["kind"]
     meta = body["metadata"]
     with _lock_for(kind, meta["namespace"], meta["name"]):
-        old = _status(body)
+        old = status_of(body)
         generation = meta.get("generation")
         invalid: InvalidSpecError | None = None
         try:

@@ -6,7 +6,6 @@ skipped; a broken resource stops its dependents and nothing else."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -458,7 +457,3 @@ def key_figure(outcome: Outcome) -> str:
     if outcome.kind == "EdgeDeployment" and st.get("bundle"):
         return str(st["bundle"].get("digest", ""))[:19]
     return ""
-
-
-def dump(outcomes: list[Outcome]) -> str:
-    return json.dumps([o.__dict__ for o in outcomes], indent=2, default=str)
