@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-import stat
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +54,8 @@ def test_pinned_toolset_has_the_control_plane() -> None:
         "kube-controller-manager",
         "kube-scheduler",
         "kubectl",
+        "kubelet",
+        "kube-proxy",
     }
     assert toolset.tool("etcd").version.startswith("v3.6.")
     assert toolset.tool("kwok").version == "v0.8.0"
@@ -66,6 +67,11 @@ def test_pinned_toolset_has_the_control_plane() -> None:
     assert toolset.tool("pulumi").args_for("pulumi") == ("version",)
     assert toolset.tool("pulumi-resource-kubernetes").copy_main
     assert {"minio", "prometheus"} <= {spec.name for spec in toolset.tools}
+    # The real node's runtime and DNS.
+    containerd = toolset.tool("containerd-shim-runc-v2")
+    assert (containerd.name, containerd.version) == ("containerd", "v2.4.2")
+    assert containerd.args_for("containerd-shim-runc-v2") == ("-v",)
+    assert toolset.tool("coredns").args_for("coredns") == ("-version",)
 
 
 def test_kubernetes_ldflags_carry_the_version() -> None:
@@ -182,7 +188,11 @@ def test_go_default_binary_name(package: str, name: str) -> None:
 def test_tools_root_override_and_default(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("NEURAXIS_TOOLS_DIR", str(tmp_path / "tools"))
     toolset = toolchain.parse_toolset(_toml("v1.0.0"))
-    assert toolchain.bin_dir(toolset) == tmp_path / "tools" / toolset.version / "bin"
+    assert toolchain.bin_dir(toolset) == tmp_path / "tools" / "toolsets" / toolset.version / "bin"
+    spec = toolset.tool("demo")
+    assert toolchain.spec_dir(spec) == (
+        tmp_path / "tools" / "by-spec" / f"demo-{toolchain.spec_key(spec)}"
+    )
     monkeypatch.delenv("NEURAXIS_TOOLS_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     assert toolchain.tools_root() == tmp_path / "cache" / "neuraxis" / "tools"
@@ -198,56 +208,194 @@ def test_tool_path_names_the_fix_when_missing(
     toolset = toolchain.parse_toolset(_toml("v1.0.0"))
     with pytest.raises(ToolchainError, match="tools build --only demo"):
         toolchain.tool_path("demo-cli", toolset)
-    binary = toolchain.bin_dir(toolset) / "demo-cli"
-    binary.parent.mkdir(parents=True)
-    binary.write_text("#!/bin/sh\necho demo v1.0.0\n")
-    binary.chmod(binary.stat().st_mode | stat.S_IXUSR)
+    binary = _install(toolset.tool("demo"), "demo-cli", "echo demo v1.0.0")
     assert toolchain.tool_path("demo-cli", toolset) == binary
+    # The toolset's one folder links to it.
+    linked = toolchain.bin_dir(toolset) / "demo-cli"
+    assert linked.is_symlink() and linked.resolve() == binary.resolve()
 
 
 def test_warm_build_only_checks_versions(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """A second run finds the binaries, runs their version check and builds nothing."""
     monkeypatch.setenv("NEURAXIS_TOOLS_DIR", str(tmp_path))
     toolset = toolchain.parse_toolset(_toml("v1.0.0"))
-    bin_dir = toolchain.bin_dir(toolset)
-    bin_dir.mkdir(parents=True)
-    script = bin_dir / "demo-cli"
-    script.write_text("#!/bin/sh\necho demo v1.0.0\n")
-    script.chmod(0o755)
+    _install(toolset.tool("demo"), "demo-cli", "echo demo v1.0.0")
 
     def no_build(*_: object) -> None:
         raise AssertionError("a warm run must not build")
 
     monkeypatch.setattr(toolchain, "_build_in_wrapper", no_build)
     lines: list[str] = []
-    assert toolchain.build(toolset=toolset, progress=lines.append) == bin_dir
+    bin_dir = toolchain.build(toolset=toolset, progress=lines.append)
+    assert bin_dir == toolchain.bin_dir(toolset)
     assert len(lines) == 1
     assert "ok, cached" in lines[0]
-    assert not (toolchain.toolset_dir(toolset) / ".work").exists()
+    assert not (toolchain.spec_dir(toolset.tool("demo")) / ".work").exists()
+    # The folder for PATH runs the binary through its link.
+    assert "demo v1.0.0" in toolchain.check_binary(
+        toolset.tool("demo"), "demo-cli", bin_dir / "demo-cli"
+    )
 
 
 def test_failing_cached_binary_is_rebuilt(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("NEURAXIS_TOOLS_DIR", str(tmp_path))
     toolset = toolchain.parse_toolset(_toml("v1.0.0"))
-    bin_dir = toolchain.bin_dir(toolset)
-    bin_dir.mkdir(parents=True)
-    (bin_dir / "demo-cli").write_text("#!/bin/sh\nexit 3\n")
-    (bin_dir / "demo-cli").chmod(0o755)
-
-    def fake_build(spec: ToolSpec, work: Path, out_dir: Path, progress: object) -> None:
-        out_dir.mkdir()
-        (out_dir / "demo-cli").write_text("#!/bin/sh\necho demo v1.0.0\n")
-        (out_dir / "demo-cli").chmod(0o755)
-
-    monkeypatch.setattr(toolchain, "_build_in_wrapper", fake_build)
+    binary = _install(toolset.tool("demo"), "demo-cli", "exit 3")
+    builds = _fake_builds(monkeypatch)
     lines: list[str] = []
     toolchain.build(toolset=toolset, progress=lines.append)
     assert any("rebuilding" in line for line in lines)
     assert "built in" in lines[-1]
-    assert os.access(bin_dir / "demo-cli", os.X_OK)
-    assert "v1.0.0" in toolchain.check_binary(
-        toolset.tool("demo"), "demo-cli", bin_dir / "demo-cli"
+    assert builds == [("demo", ["demo-cli"])]
+    assert "v1.0.0" in toolchain.check_binary(toolset.tool("demo"), "demo-cli", binary)
+
+
+TWO_TABLES = """\
+[tools.first]
+module = "example.com/first"
+version = "{first}"
+binaries = {{ first-cli = "example.com/first/cmd/first-cli" }}
+
+[tools.second]
+module = "example.com/second"
+version = "v2.0.0"
+binaries = {{ {second_binaries} }}
+"""
+
+
+def _two_tables(first: str = "v1.0.0", *, with_extra: bool = False) -> toolchain.Toolset:
+    second = 'second-cli = "example.com/second/cmd/second-cli"'
+    if with_extra:
+        second += ', second-extra = "example.com/second/cmd/second-extra"'
+    text = TWO_TABLES.format(first=first, second_binaries=second)
+    return toolchain.parse_toolset(text.encode())
+
+
+def test_editing_one_table_keeps_the_other_tables_cache(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("NEURAXIS_TOOLS_DIR", str(tmp_path))
+    builds = _fake_builds(monkeypatch)
+    before = _two_tables("v1.0.0")
+    toolchain.build(toolset=before, progress=lambda _m: None)
+    assert sorted(builds) == [("first", ["first-cli"]), ("second", ["second-cli"])]
+
+    after = _two_tables("v1.0.1")
+    assert after.version != before.version
+    assert toolchain.spec_dir(after.tool("second")) == toolchain.spec_dir(before.tool("second"))
+    assert toolchain.spec_dir(after.tool("first")) != toolchain.spec_dir(before.tool("first"))
+    builds.clear()
+    lines: list[str] = []
+    bin_dir = toolchain.build(toolset=after, progress=lines.append)
+    assert builds == [("first", ["first-cli"])]
+    assert "second v2.0.0: ok, cached" in " ".join(lines)
+    assert "v1.0.1" in (bin_dir / "first-cli").read_text()
+    # The old toolset's folder still points at the old build.
+    assert "v1.0.0" in (toolchain.bin_dir(before) / "first-cli").read_text()
+
+
+def test_adding_a_binary_builds_only_that_binary(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("NEURAXIS_TOOLS_DIR", str(tmp_path))
+    builds = _fake_builds(monkeypatch)
+    toolchain.build(toolset=_two_tables(), progress=lambda _m: None)
+    builds.clear()
+    grown = _two_tables(with_extra=True)
+    bin_dir = toolchain.build(only=["second"], toolset=grown, progress=lambda _m: None)
+    assert builds == [("second", ["second-extra"])]
+    assert os.access(bin_dir / "second-extra", os.X_OK)
+    assert os.access(bin_dir / "second-cli", os.X_OK)
+
+
+# `go version -m` of a binary built by the old layout's wrapper (trimmed).
+OLD_BUILD_INFO = """\
+{path}: go1.26.8
+\tpath\texample.com/second/cmd/second-cli
+\tmod\tneuraxis.local/tools/second\t(devel)\t
+\tdep\texample.com/second\tv2.0.0\th1:abc=
+\tdep\texample.com/staged\tv0.0.0
+\t=>\texample.com/staged\tv0.2.0\th1:def=
+\tbuild\t-buildmode=exe
+\tbuild\t-compiler=gc
+\tbuild\t-trimpath=true
+\tbuild\tCGO_ENABLED=0
+\tbuild\tGOOS=linux
+"""
+
+
+def test_build_info_decides_whether_an_old_binary_matches() -> None:
+    spec = _two_tables().tool("second")
+    info = toolchain.parse_build_info(OLD_BUILD_INFO.format(path="/x/second-cli"))
+    assert info.package == "example.com/second/cmd/second-cli"
+    assert info.main_module == "neuraxis.local/tools/second"
+    assert info.deps["example.com/second"] == "v2.0.0"
+    assert info.replaced == {"example.com/staged": "example.com/staged@v0.2.0"}
+    assert toolchain.build_info_matches(spec, "second-cli", info)
+    assert not toolchain.build_info_matches(
+        dataclasses.replace(spec, version="v2.0.1"), "second-cli", info
     )
+    assert not toolchain.build_info_matches(
+        dataclasses.replace(spec, tags=("x",)), "second-cli", info
+    )
+    staged = dataclasses.replace(spec, local_replaces="v0.3.0")
+    assert not toolchain.build_info_matches(staged, "second-cli", info)
+    quoted = toolchain.parse_build_info('\tbuild\t-ldflags="-s -w -X a.b=c d"\n')
+    assert quoted.settings["-ldflags"] == "-s -w -X a.b=c d"
+
+
+def test_binaries_of_the_old_layout_are_adopted(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The old `<root>/<toolset version>/bin/` binaries are reused when their build info matches."""
+    monkeypatch.setenv("NEURAXIS_TOOLS_DIR", str(tmp_path))
+    old_bin = tmp_path / "0123456789ab" / "bin"
+    old_bin.mkdir(parents=True)
+    for name in ("second-cli", "first-cli"):
+        (old_bin / name).write_text(f"#!/bin/sh\necho {name.split('-')[0]} v2.0.0 v1.0.0\n")
+        (old_bin / name).chmod(0o755)
+    old = old_bin / "second-cli"
+    # `go version -m` is Go's reader of build information; this stand-in prints a real sample.
+    fake_go = tmp_path / "go"
+    fake_go.write_text(f"#!/bin/sh\ncat <<'EOF'\n{OLD_BUILD_INFO.format(path=old)}EOF\n")
+    fake_go.chmod(0o755)
+    monkeypatch.setattr(toolchain, "find_go", lambda: str(fake_go))
+    builds = _fake_builds(monkeypatch)
+    lines: list[str] = []
+    bin_dir = toolchain.build(only=["second"], toolset=_two_tables(), progress=lines.append)
+    assert builds == []
+    assert any("taken from the old cache" in line for line in lines)
+    assert (bin_dir / "second-cli").read_text() == old.read_text()
+    # A binary the old layout built from other pins is not taken.
+    builds.clear()
+    toolchain.build(only=["first"], toolset=_two_tables(), progress=lines.append)
+    assert builds == [("first", ["first-cli"])]
+
+
+def _install(spec: ToolSpec, binary: str, body: str) -> Path:
+    """A binary as a finished build leaves it in its table's folder."""
+    folder = toolchain.spec_dir(spec)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / binary
+    path.write_text(f"#!/bin/sh\n{body}\n")
+    path.chmod(0o755)
+    toolchain._record_packages(folder, {binary: spec.binaries[binary]})
+    return path
+
+
+def _fake_builds(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, list[str]]]:
+    """Replace the Go build with scripts that print the table's version; records each build."""
+    builds: list[tuple[str, list[str]]] = []
+
+    def fake_build(spec: ToolSpec, work: Path, out_dir: Path, progress: object) -> None:
+        builds.append((spec.name, sorted(spec.binaries)))
+        out_dir.mkdir()
+        for binary in spec.binaries:
+            (out_dir / binary).write_text(f"#!/bin/sh\necho {spec.name} {spec.version}\n")
+            (out_dir / binary).chmod(0o755)
+
+    monkeypatch.setattr(toolchain, "_build_in_wrapper", fake_build)
+    return builds
 
 
 def test_missing_go_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:

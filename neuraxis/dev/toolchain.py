@@ -1,9 +1,17 @@
 """Build the pinned Go toolchain (Kubernetes control plane, etcd, KWOK, ...) from module sources.
 
 Standard library only: this runs before any heavy dependency matters (CI's first step, a bare
-checkout). Versions come from `toolset.toml` beside this file; binaries land in
-`<tools root>/<toolset version>/bin`, where the tools root is `$NEURAXIS_TOOLS_DIR` or
-`~/.cache/neuraxis/tools` and the toolset version is a short sha256 of the toml file.
+checkout). Versions come from `toolset.toml` beside this file. The tools root is
+`$NEURAXIS_TOOLS_DIR` or `~/.cache/neuraxis/tools`; under it:
+
+    by-spec/<table>-<key>/<binary>     one [tools.<table>]'s binaries; the key is a short sha256
+                                       of the table's build pins (module, version, flags, ...)
+    toolsets/<version>/bin/<binary>    symbolic links to all of them, one folder for PATH
+                                       (the version is a short sha256 of the whole toml)
+
+so editing one table rebuilds that table only, and adding a binary to a table builds only the
+new binary. Binaries from the layout before this one (`<version>/bin/`) are adopted when their
+embedded Go build information matches the table.
 
 Every tool is built in a throwaway *wrapper module* (`go mod init`, `go get -tool`, `go build`):
 `go install module/cmd@version` refuses modules whose go.mod has replace or exclude directives,
@@ -13,6 +21,7 @@ so the wrapper re-creates what upstream's go.mod meant with published versions i
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -21,7 +30,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import tomllib
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -72,6 +80,24 @@ class ToolSpec:
 
     def expanded_ldflags(self) -> list[str]:
         return [self.expand(flag) for flag in self.ldflags]
+
+    def build_pins(self) -> dict[str, object]:
+        """What decides the bytes of the binaries, in a form new ToolSpec fields do not change.
+
+        The binaries map and the checks (expect, version_args) are left out: adding a binary
+        to a table must not invalidate the binaries already built from it.
+        """
+        return {
+            "module": self.module,
+            "version": self.version,
+            "local_replaces": self.local_replaces,
+            "godebug": None if self.godebug is None else list(self.godebug),
+            "tags": list(self.tags),
+            "ldflags": self.expanded_ldflags(),
+            "copy_main": self.copy_main,
+            "main_files": dict(self.main_files),
+            "generate_env": {k: self.expand(v) for k, v in self.generate_env.items()},
+        }
 
 
 @dataclass(frozen=True)
@@ -304,6 +330,12 @@ def go_default_binary_name(package: str) -> str:
 # ---------------------------------------------------------------------------------------------
 # cache layout
 
+BY_SPEC_DIR = "by-spec"
+TOOLSETS_DIR = "toolsets"
+PACKAGES_FILE = "packages.json"
+# The layout before per-table caching: <tools root>/<toolset version>/bin/<binary>.
+LEGACY_TOOLSET_NAME = re.compile(r"[0-9a-f]{12}")
+
 
 def tools_root() -> Path:
     override = os.environ.get(TOOLS_DIR_ENV)
@@ -313,13 +345,47 @@ def tools_root() -> Path:
     return Path(cache_home) / "neuraxis" / "tools"
 
 
+def spec_key(spec: ToolSpec) -> str:
+    """The cache key of one table: a short sha256 of its build pins."""
+    canonical = json.dumps(spec.build_pins(), sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+def spec_dir(spec: ToolSpec) -> Path:
+    """Where one table's binaries live, keyed by that table's pins only."""
+    return tools_root() / BY_SPEC_DIR / f"{spec.name}-{spec_key(spec)}"
+
+
 def toolset_dir(toolset: Toolset | None = None) -> Path:
-    return tools_root() / (toolset or load_toolset()).version
+    return tools_root() / TOOLSETS_DIR / (toolset or load_toolset()).version
 
 
 def bin_dir(toolset: Toolset | None = None) -> Path:
-    """Where the binaries of this toolset live (whether or not they are built yet)."""
-    return toolset_dir(toolset) / "bin"
+    """One folder holding every binary of the toolset (links into the per-table cache).
+
+    The links are checked on every call, so the folder is complete as soon as the tables are
+    built, whoever built them; the link of a table not built yet dangles (not executable).
+    """
+    toolset = toolset or load_toolset()
+    target = toolset_dir(toolset) / "bin"
+    target.mkdir(parents=True, exist_ok=True)
+    for spec in toolset.tools:
+        for binary in spec.binaries:
+            _link(target / binary, spec_dir(spec) / binary)
+    return target
+
+
+def _link(link: Path, to: Path) -> None:
+    # Relative, so that moving the whole tools root keeps the links working.
+    relative = os.path.relpath(to, link.parent)
+    with contextlib.suppress(OSError):
+        if os.readlink(link) == relative:
+            return
+    temporary = link.with_name(f".{link.name}.{os.getpid()}.tmp")
+    temporary.unlink(missing_ok=True)
+    os.symlink(relative, temporary)
+    # Atomic: a process running the old link never sees a missing file.
+    os.replace(temporary, link)
 
 
 def tool_path(binary: str, toolset: Toolset | None = None) -> Path:
@@ -328,13 +394,29 @@ def tool_path(binary: str, toolset: Toolset | None = None) -> Path:
     spec = toolset.tool(binary)
     if binary not in spec.binaries:
         raise ToolchainError(f"{binary!r} is a tool group; ask for one of {sorted(spec.binaries)}")
-    path = bin_dir(toolset) / binary
+    path = spec_dir(spec) / binary
     if not os.access(path, os.X_OK):
         raise ToolchainError(
             f"{binary} ({spec.module} {spec.version}) is not built at {path}; "
             f"run `neuraxis dev tools build --only {spec.name}`"
         )
     return path
+
+
+def _read_packages(target: Path) -> dict[str, str]:
+    """binary -> the main package it was built from, as recorded in a table's folder."""
+    try:
+        data = json.loads((target / PACKAGES_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+
+def _record_packages(target: Path, packages: Mapping[str, str]) -> None:
+    merged = {**_read_packages(target), **packages}
+    temporary = target / f".{PACKAGES_FILE}.tmp"
+    temporary.write_text(json.dumps(merged, indent=2, sort_keys=True) + "\n")
+    os.replace(temporary, target / PACKAGES_FILE)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -369,29 +451,35 @@ def build(
     """Make sure every tool (or those named in `only`) is built; returns the bin directory.
 
     Idempotent: a tool whose binaries exist and pass their version check is left alone, so a
-    warm run takes seconds. A build goes to a temporary directory and each binary is renamed
-    into place, so an interrupted build never leaves a half-written tool behind.
+    warm run takes seconds.
     """
     toolset = toolset or load_toolset()
-    specs = _select(toolset, only)
-    target = bin_dir(toolset)
-    warm: list[str] = []
-    if not force and all(_cached(spec, target, warm.append) for spec in specs):
+    for spec in _select(toolset, only):
+        ensure_tool(spec, force=force, progress=progress)
+    return bin_dir(toolset)
+
+
+def ensure_tool(
+    spec: ToolSpec, *, force: bool = False, progress: Progress = _stderr_progress
+) -> Path:
+    """Make sure one table's binaries are built; returns the table's folder.
+
+    Only the binaries that are missing or fail their check are built (or adopted from the old
+    layout). A build goes to a temporary directory and each binary is renamed into place, so
+    an interrupted build never leaves a half-written tool behind.
+    """
+    target = spec_dir(spec)
+    if not force and _cached(spec, target, progress):
         # The warm path takes no lock: a long cold build of another tool must not block it.
-        for line in warm:
-            progress(line)
         return target
     target.mkdir(parents=True, exist_ok=True)
-    with _locked(toolset_dir(toolset) / ".lock"):
-        work_root = toolset_dir(toolset) / ".work"
-        # Left-overs of a killed build: nothing in here is worth keeping.
-        shutil.rmtree(work_root, ignore_errors=True)
-        work_root.mkdir()
-        try:
-            for spec in specs:
-                _ensure_spec(spec, target, work_root, force=force, progress=progress)
-        finally:
-            shutil.rmtree(work_root, ignore_errors=True)
+    with _locked(target / ".lock"):
+        # Another process may have built the table while this one waited for the lock.
+        missing = list(spec.binaries) if force else sorted(_problems(spec, target))
+        if missing and not force:
+            missing = _adopt_legacy(spec, target, missing, progress)
+        if missing:
+            _build_binaries(spec, target, missing, progress)
     return target
 
 
@@ -417,38 +505,193 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _ensure_spec(
-    spec: ToolSpec, target: Path, work_root: Path, *, force: bool, progress: Progress
+def _build_binaries(
+    spec: ToolSpec, target: Path, binaries: Sequence[str], progress: Progress
 ) -> None:
     start = time.monotonic()
     label = f"{spec.name} {spec.version}"
-    if not force and _cached(spec, target, progress):
-        return
-    progress(f"{label}: building {', '.join(spec.binaries)} (cold builds take minutes)")
-    work = Path(tempfile.mkdtemp(prefix=f"{spec.name}-", dir=work_root))
-    out_dir = work / "out"
-    _build_in_wrapper(spec, work, out_dir, progress)
-    for binary in spec.binaries:
-        check_binary(spec, binary, out_dir / binary)
-    for binary in spec.binaries:
-        # rename(2) within one file system is atomic: readers see the old or the new file.
-        os.replace(out_dir / binary, target / binary)
+    progress(f"{label}: building {', '.join(binaries)} (cold builds take minutes)")
+    part = dataclasses.replace(spec, binaries={b: spec.binaries[b] for b in binaries})
+    work = target / ".work"
+    # Left-overs of a killed build: nothing in here is worth keeping.
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    try:
+        out_dir = work / "out"
+        _build_in_wrapper(part, work, out_dir, progress)
+        for binary in binaries:
+            check_binary(spec, binary, out_dir / binary)
+        for binary in binaries:
+            # rename(2) within one file system is atomic: readers see the old or the new file.
+            os.replace(out_dir / binary, target / binary)
+        _record_packages(target, part.binaries)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     progress(f"{label}: built in {time.monotonic() - start:.1f}s")
+
+
+NOT_BUILT = "not built"
+
+
+def _problems(spec: ToolSpec, target: Path) -> dict[str, str]:
+    """binary -> why it cannot be used as it is (not built, other package, failing check)."""
+    recorded = _read_packages(target)
+    problems: dict[str, str] = {}
+    for binary, package in spec.binaries.items():
+        path = target / binary
+        if not os.access(path, os.X_OK):
+            problems[binary] = NOT_BUILT
+        elif recorded.get(binary) != package:
+            problems[binary] = f"{binary} was built from {recorded.get(binary)}, not {package}"
+        else:
+            try:
+                check_binary(spec, binary, path)
+            except ToolchainError as exc:
+                problems[binary] = str(exc)
+    return problems
 
 
 def _cached(spec: ToolSpec, target: Path, progress: Progress) -> bool:
     """Whether the spec's binaries are all in place and pass their check (reported either way)."""
     start = time.monotonic()
     label = f"{spec.name} {spec.version}"
-    if not all(os.access(target / binary, os.X_OK) for binary in spec.binaries):
-        return False
+    problems = _problems(spec, target)
+    if not problems:
+        progress(f"{label}: ok, cached ({time.monotonic() - start:.1f}s)")
+        return True
+    failing = [why for why in problems.values() if why != NOT_BUILT]
+    if failing:
+        progress(f"{label}: cached binaries fail their check, rebuilding ({'; '.join(failing)})")
+    return False
+
+
+# ---------------------------------------------------------------------------------------------
+# adopting binaries of the layout before per-table caching
+
+
+@dataclass(frozen=True)
+class BuildInfo:
+    """What `go version -m` reads from a Go binary: how and from what it was built."""
+
+    package: str
+    main_module: str
+    deps: Mapping[str, str]
+    replaced: Mapping[str, str]
+    settings: Mapping[str, str]
+
+
+def parse_build_info(text: str) -> BuildInfo:
+    package = main_module = ""
+    deps: dict[str, str] = {}
+    replaced: dict[str, str] = {}
+    settings: dict[str, str] = {}
+    last_dep = ""
+    for line in text.splitlines():
+        fields = line.strip().split("\t")
+        kind, rest = fields[0], fields[1:]
+        if kind == "path" and rest:
+            package = rest[0]
+        elif kind == "mod" and rest:
+            main_module = rest[0]
+        elif kind == "dep" and len(rest) >= 2:
+            last_dep = rest[0]
+            deps[last_dep] = rest[1]
+        elif kind == "=>" and len(rest) >= 2 and last_dep:
+            replaced[last_dep] = f"{rest[0]}@{rest[1]}"
+        elif kind == "build" and rest:
+            key, _, value = rest[0].partition("=")
+            # Go quotes values with spaces the way strconv.Quote does, which JSON reads.
+            settings[key] = json.loads(value) if value.startswith('"') else value
+    return BuildInfo(package, main_module, deps, replaced, settings)
+
+
+def read_build_info(path: Path) -> BuildInfo | None:
+    """The build information of a Go binary, or None when it cannot be read."""
     try:
-        for binary in spec.binaries:
-            check_binary(spec, binary, target / binary)
-    except ToolchainError as exc:
-        progress(f"{label}: cached binaries fail their check, rebuilding ({exc})")
+        go = find_go()
+        proc = subprocess.run(
+            [go, "version", "-m", str(path)],
+            capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+    except (ToolchainError, OSError, subprocess.TimeoutExpired):
+        return None
+    return parse_build_info(proc.stdout) if proc.returncode == 0 else None
+
+
+def build_info_matches(spec: ToolSpec, binary: str, info: BuildInfo) -> bool:
+    """Whether a binary is what this table would build now: package, module version, flags.
+
+    Go leaves -ldflags out of the build information of a -trimpath build; the version check
+    that adoption runs afterwards (`expect`) stands in for them.
+    """
+    package = spec.binaries[binary]
+    wanted_package = f"neuraxis.local/tools/{spec.name}/cmd/{binary}" if spec.copy_main else package
+    staging_ok = spec.local_replaces is None or all(
+        target == f"{old}@{spec.local_replaces}"
+        for old, target in info.replaced.items()
+        if target.startswith(f"{old}@")
+    )
+    return (
+        info.package == wanted_package
+        and info.main_module == f"neuraxis.local/tools/{spec.name}"
+        and info.deps.get(spec.module) == spec.version
+        and info.settings.get("-trimpath") == "true"
+        and info.settings.get("-tags", "") == ",".join(spec.tags)
+        and info.settings.get("CGO_ENABLED") == "0"
+        and staging_ok
+    )
+
+
+def _legacy_candidates(binary: str) -> list[Path]:
+    """`binary` in every toolset folder of the old layout, newest first."""
+    root = tools_root()
+    if not root.is_dir():
+        return []
+    found = [
+        folder / "bin" / binary
+        for folder in root.iterdir()
+        if LEGACY_TOOLSET_NAME.fullmatch(folder.name)
+    ]
+    usable = [path for path in found if os.access(path, os.X_OK) and not path.is_symlink()]
+    return sorted(usable, key=lambda path: path.stat().st_mtime, reverse=True)
+
+
+def _adopt_legacy(
+    spec: ToolSpec, target: Path, missing: Sequence[str], progress: Progress
+) -> list[str]:
+    """Take missing binaries from the old layout when they match the table; returns the rest."""
+    still_missing: list[str] = []
+    for binary in missing:
+        source = next(
+            (
+                path
+                for path in _legacy_candidates(binary)
+                if (info := read_build_info(path)) and build_info_matches(spec, binary, info)
+            ),
+            None,
+        )
+        if source is None or not _install_copy(spec, binary, source, target):
+            still_missing.append(binary)
+            continue
+        _record_packages(target, {binary: spec.binaries[binary]})
+        progress(f"{spec.name}: {binary} taken from the old cache {source}")
+    return still_missing
+
+
+def _install_copy(spec: ToolSpec, binary: str, source: Path, target: Path) -> bool:
+    temporary = target / f".{binary}.adopt"
+    try:
+        # A hard link costs nothing; a copy when the old folder is on another file system.
+        temporary.unlink(missing_ok=True)
+        try:
+            os.link(source, temporary)
+        except OSError:
+            shutil.copy2(source, temporary)
+        check_binary(spec, binary, temporary)
+    except (OSError, ToolchainError):
+        temporary.unlink(missing_ok=True)
         return False
-    progress(f"{label}: ok, cached ({time.monotonic() - start:.1f}s)")
+    os.replace(temporary, target / binary)
     return True
 
 
