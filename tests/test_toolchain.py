@@ -312,8 +312,8 @@ def test_adding_a_binary_builds_only_that_binary(
 OLD_BUILD_INFO = """\
 {path}: go1.26.8
 \tpath\texample.com/second/cmd/second-cli
-\tmod\tneuraxis.local/tools/second\t(devel)\t
-\tdep\texample.com/second\tv2.0.0\th1:abc=
+\tmod\texample.com/second\tv2.0.0\th1:abc=
+\tdep\texample.com/other\tv0.1.0\th1:xyz=
 \tdep\texample.com/staged\tv0.0.0
 \t=>\texample.com/staged\tv0.2.0\th1:def=
 \tbuild\t-buildmode=exe
@@ -328,8 +328,8 @@ def test_build_info_decides_whether_an_old_binary_matches() -> None:
     spec = _two_tables().tool("second")
     info = toolchain.parse_build_info(OLD_BUILD_INFO.format(path="/x/second-cli"))
     assert info.package == "example.com/second/cmd/second-cli"
-    assert info.main_module == "neuraxis.local/tools/second"
-    assert info.deps["example.com/second"] == "v2.0.0"
+    assert (info.main_module, info.main_version) == ("example.com/second", "v2.0.0")
+    assert info.deps["example.com/other"] == "v0.1.0"
     assert info.replaced == {"example.com/staged": "example.com/staged@v0.2.0"}
     assert toolchain.build_info_matches(spec, "second-cli", info)
     assert not toolchain.build_info_matches(

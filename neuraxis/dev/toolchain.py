@@ -575,13 +575,14 @@ class BuildInfo:
 
     package: str
     main_module: str
+    main_version: str
     deps: Mapping[str, str]
     replaced: Mapping[str, str]
     settings: Mapping[str, str]
 
 
 def parse_build_info(text: str) -> BuildInfo:
-    package = main_module = ""
+    package = main_module = main_version = ""
     deps: dict[str, str] = {}
     replaced: dict[str, str] = {}
     settings: dict[str, str] = {}
@@ -592,7 +593,7 @@ def parse_build_info(text: str) -> BuildInfo:
         if kind == "path" and rest:
             package = rest[0]
         elif kind == "mod" and rest:
-            main_module = rest[0]
+            main_module, main_version = rest[0], rest[1] if len(rest) > 1 else ""
         elif kind == "dep" and len(rest) >= 2:
             last_dep = rest[0]
             deps[last_dep] = rest[1]
@@ -602,7 +603,7 @@ def parse_build_info(text: str) -> BuildInfo:
             key, _, value = rest[0].partition("=")
             # Go quotes values with spaces the way strconv.Quote does, which JSON reads.
             settings[key] = json.loads(value) if value.startswith('"') else value
-    return BuildInfo(package, main_module, deps, replaced, settings)
+    return BuildInfo(package, main_module, main_version, deps, replaced, settings)
 
 
 def read_build_info(path: Path) -> BuildInfo | None:
@@ -624,17 +625,27 @@ def build_info_matches(spec: ToolSpec, binary: str, info: BuildInfo) -> bool:
     Go leaves -ldflags out of the build information of a -trimpath build; the version check
     that adoption runs afterwards (`expect`) stands in for them.
     """
-    package = spec.binaries[binary]
-    wanted_package = f"neuraxis.local/tools/{spec.name}/cmd/{binary}" if spec.copy_main else package
+    wrapper = f"neuraxis.local/tools/{spec.name}"
+    if spec.copy_main:
+        # The copied main belongs to the wrapper module; upstream is one of its dependencies.
+        source_ok = (
+            info.package == f"{wrapper}/cmd/{binary}"
+            and info.main_module == wrapper
+            and info.deps.get(spec.module) == spec.version
+        )
+    else:
+        # Go records the module holding the main package as the main module.
+        source_ok = info.package == spec.binaries[binary] and (
+            info.main_module,
+            info.main_version,
+        ) == (spec.module, spec.version)
     staging_ok = spec.local_replaces is None or all(
         target == f"{old}@{spec.local_replaces}"
         for old, target in info.replaced.items()
         if target.startswith(f"{old}@")
     )
     return (
-        info.package == wanted_package
-        and info.main_module == f"neuraxis.local/tools/{spec.name}"
-        and info.deps.get(spec.module) == spec.version
+        source_ok
         and info.settings.get("-trimpath") == "true"
         and info.settings.get("-tags", "") == ",".join(spec.tags)
         and info.settings.get("CGO_ENABLED") == "0"
