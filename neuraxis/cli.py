@@ -81,13 +81,20 @@ def operator_run(
     if not namespace and not all_namespaces:
         raise typer.BadParameter("give --namespace (repeatable) or --all-namespaces")
     from neuraxis.operator.main import run_operator
+    from neuraxis.operator.settings import OperatorSettings, SettingsError
 
+    try:
+        settings = OperatorSettings.from_env()
+    except SettingsError as exc:
+        typer.echo(f"operator settings: {exc}", err=True)
+        raise typer.Exit(2) from exc
     run_operator(
         namespace,
         kubeconfig=kubeconfig,
         metrics_port=metrics_port,
         liveness_port=liveness_port,
         json_logs=json_logs,
+        settings=settings,
     )
 
 

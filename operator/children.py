@@ -9,12 +9,14 @@ from typing import Any
 from neuraxis import API_GROUP, API_VERSION
 from neuraxis.crds import Resource
 from neuraxis.operator.errors import InvalidSpecError
+from neuraxis.operator.settings import ALLOW_KWOK_ANNOTATIONS_ENV
 
 MANAGED_BY = "app.kubernetes.io/managed-by"
 POD_ANNOTATIONS = "neuraxis.dev/pod-annotations"
 RUN_LABEL = "neuraxis.dev/run"
 SPEC_MOUNT = "/etc/neuraxis"
 SPEC_FILE = f"{SPEC_MOUNT}/resource.yaml"
+KWOK_ANNOTATION_PREFIX = f"{API_GROUP}/kwok-"
 
 
 def owner_label(kind: str) -> str:
@@ -59,9 +61,13 @@ def child_metadata(res: Resource, name: str, component: str) -> dict[str, Any]:
     }
 
 
-def pod_annotations(res: Resource) -> dict[str, str]:
+def pod_annotations(res: Resource, *, allow_kwok: bool = False) -> dict[str, str]:
     """Extra pod annotations asked for on the parent (`neuraxis.dev/pod-annotations`, a JSON
-    map of strings), e.g. for a service mesh or the cluster autoscaler."""
+    map of strings), e.g. for a service mesh or the cluster autoscaler.
+
+    KWOK fault-injection annotations (`neuraxis.dev/kwok-*`) decide a pod's outcome on a fake
+    node; a user must not be able to fabricate results, so they are refused unless the operator
+    runs with NEURAXIS_ALLOW_KWOK_ANNOTATIONS=true (test clusters only)."""
     raw = res.metadata.annotations.get(POD_ANNOTATIONS)
     if not raw:
         return {}
@@ -72,4 +78,12 @@ def pod_annotations(res: Resource) -> dict[str, str]:
         raise InvalidSpecError("InvalidAnnotation", f"{field}: not valid JSON: {exc}") from exc
     if not isinstance(parsed, dict) or not all(isinstance(v, str) for v in parsed.values()):
         raise InvalidSpecError("InvalidAnnotation", f"{field}: must be a JSON object of strings")
-    return {str(k): v for k, v in parsed.items()}
+    annotations = {str(k): v for k, v in parsed.items()}
+    refused = sorted(k for k in annotations if k.startswith(KWOK_ANNOTATION_PREFIX))
+    if refused and not allow_kwok:
+        raise InvalidSpecError(
+            "InvalidAnnotation",
+            f"{field}: {', '.join(refused)} is a KWOK fault-injection annotation, allowed only "
+            f"when the operator runs with {ALLOW_KWOK_ANNOTATIONS_ENV}=true (test clusters)",
+        )
+    return annotations

@@ -38,7 +38,7 @@ class Cluster:
         return self.dynamic.resources.get(api_version=api_version, kind=kind)
 
     def has_kind(self, api_version: str, kind: str) -> bool:
-        """Whether the cluster serves a kind (an optional CRD such as RayJob), cached."""
+        """Whether the cluster serves a kind (an optional CRD such as HTTPRoute), cached."""
         key = (api_version, kind)
         with self._lock:
             if key not in self._features:

@@ -32,10 +32,13 @@ def run_operator(
     metrics_port: int = 9090,
     liveness_port: int = 8080,
     json_logs: bool = False,
+    settings: OperatorSettings | None = None,
 ) -> None:
-    """Run until interrupted. No namespaces means every namespace (cluster scope)."""
+    """Run until interrupted. No namespaces means every namespace (cluster scope). Settings
+    come from the environment unless given (a bad one raises SettingsError before anything
+    starts)."""
+    settings = settings or OperatorSettings.from_env()
     kopf.configure(log_format=kopf.LogFormat.JSON if json_logs else kopf.LogFormat.PLAIN)
-    settings = OperatorSettings.from_env()
     runtime = Runtime(api_client(kubeconfig), settings, namespaces)
     if metrics_port:
         start_http_server(metrics_port)

@@ -1,6 +1,7 @@
 """The operator's deployment manifests, generated from code (`neuraxis operator manifests`):
 service accounts, a least-privilege ClusterRole (exact resources and verbs, no wildcards, no
-Secret access), its binding, and a hardened Deployment. `operator/deploy/` holds the same
+Secret access), its binding, the ClusterRole Spark drivers are bound to, and a hardened
+Deployment. `operator/deploy/` holds the same
 output as a kustomize directory; a test fails when it drifts."""
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import yaml
 
 from neuraxis import API_GROUP, __version__
 from neuraxis.crds.kinds import KINDS
+from neuraxis.operator.builders.accounts import SPARK_DRIVER_ROLE, spark_driver_cluster_role
 from neuraxis.operator.pods import security_context
 from neuraxis.operator.settings import DEFAULT_IMAGE
 
@@ -21,10 +23,16 @@ WORKLOAD_SA = "neuraxis-workload"
 LABELS = {"app.kubernetes.io/name": "neuraxis", "app.kubernetes.io/component": "operator"}
 WRITE = ["get", "list", "watch", "create", "patch"]
 READ = ["get", "list", "watch"]
+RBAC = "rbac.authorization.k8s.io"
 
 
-def _rule(group: str, resources: list[str], verbs: list[str]) -> dict[str, Any]:
-    return {"apiGroups": [group], "resources": sorted(resources), "verbs": verbs}
+def _rule(
+    group: str, resources: list[str], verbs: list[str], names: list[str] | None = None
+) -> dict[str, Any]:
+    rule: dict[str, Any] = {"apiGroups": [group], "resources": sorted(resources), "verbs": verbs}
+    if names:
+        rule["resourceNames"] = names
+    return rule
 
 
 def cluster_role_rules() -> list[dict[str, Any]]:
@@ -36,14 +44,17 @@ def cluster_role_rules() -> list[dict[str, Any]]:
         _rule("batch", ["jobs", "cronjobs"], WRITE),
         _rule("", ["pods"], READ),
         _rule("", ["services", "configmaps"], WRITE),
-        _rule("", ["serviceaccounts"], ["get", "create"]),  # the workload account per namespace
+        _rule("", ["serviceaccounts"], ["get", "create"]),  # the workload accounts per namespace
+        # The Spark driver's RoleBinding: `bind` on that one ClusterRole only, so the operator
+        # can grant executor-pod rights without holding them (RBAC checks escalation).
+        _rule(RBAC, ["rolebindings"], ["get", "create"]),
+        _rule(RBAC, ["clusterroles"], ["get", "bind"], [SPARK_DRIVER_ROLE]),
         _rule("", ["nodes", "namespaces"], READ),
         _rule("apps", ["deployments", "daemonsets"], WRITE),
         _rule("autoscaling", ["horizontalpodautoscalers"], WRITE),
         _rule("events.k8s.io", ["events"], ["create", "patch"]),
         _rule("", ["events"], ["create", "patch"]),  # kopf's own events API
         # Optional integrations, used only where their CRDs exist.
-        _rule("ray.io", ["rayjobs"], WRITE),
         _rule("gateway.networking.k8s.io", ["httproutes"], WRITE),
         _rule("monitoring.coreos.com", ["servicemonitors"], WRITE),
         _rule("apiextensions.k8s.io", ["customresourcedefinitions"], READ),
@@ -87,6 +98,7 @@ def build_manifests(image: str = DEFAULT_IMAGE, namespace: str = NAMESPACE) -> l
             "metadata": {"name": OPERATOR, "labels": LABELS},
             "rules": cluster_role_rules(),
         },
+        spark_driver_cluster_role({**LABELS, "app.kubernetes.io/component": "spark-driver"}),
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "ClusterRoleBinding",

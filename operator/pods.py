@@ -67,6 +67,25 @@ def workload_container(
     return container
 
 
+def workload_scheduling(settings: OperatorSettings, own: dict[str, Any] | None) -> dict[str, Any]:
+    """A kind's own scheduling (GPU pool, edge nodes) plus the platform-wide tolerations and
+    node selector every workload pod gets (NEURAXIS_WORKLOAD_TOLERATIONS / _NODE_SELECTOR)."""
+    out = dict(own or {})
+    tolerations = list(out.get("tolerations") or [])
+    tolerations += [t for t in settings.workload_tolerations if t not in tolerations]
+    if tolerations:
+        out["tolerations"] = tolerations
+    selector = dict(settings.workload_node_selector)
+    for key, value in (out.get("nodeSelector") or {}).items():
+        if selector.get(key, value) != value:
+            # Settings validation keeps the platform selector off the kinds' own labels.
+            raise ValueError(f"nodeSelector {key}: {value!r} conflicts with the platform's")
+        selector[key] = value
+    if selector:
+        out["nodeSelector"] = selector
+    return out
+
+
 def pod_template(
     res: Resource,
     settings: OperatorSettings,
@@ -77,16 +96,20 @@ def pod_template(
     labels: dict[str, str] | None = None,
     restart_policy: str = "Never",
     scheduling: dict[str, Any] | None = None,
+    service_account: str | None = None,
+    api_token: bool = False,
 ) -> dict[str, Any]:
+    """`service_account` defaults to the workload account; `api_token` mounts its token (only
+    pods that call the API server, such as a Spark driver, get one)."""
     return {
         "metadata": {
             "labels": {**standard_labels(res, component), **(labels or {})},
-            "annotations": pod_annotations(res),
+            "annotations": pod_annotations(res, allow_kwok=settings.allow_kwok_annotations),
         },
         "spec": {
             "restartPolicy": restart_policy,
-            "serviceAccountName": settings.service_account,
-            "automountServiceAccountToken": False,
+            "serviceAccountName": service_account or settings.service_account,
+            "automountServiceAccountToken": api_token,
             "securityContext": {
                 "runAsNonRoot": True,
                 "runAsUser": WORKLOAD_UID,
@@ -98,6 +121,6 @@ def pod_template(
                 {"name": "spec", "configMap": {"name": spec_config_map}},
                 {"name": "tmp", "emptyDir": {}},
             ],
-            **(scheduling or {}),
+            **workload_scheduling(settings, scheduling),
         },
     }

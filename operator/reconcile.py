@@ -9,13 +9,20 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from kubernetes import client as k8s
+
 from neuraxis.crds import Dataset, EdgeDeployment, ModelVersion, Resource, TrainingJob
 from neuraxis.lake import Lake
 from neuraxis.operator import conditions as cond
+from neuraxis.operator.builders.accounts import (
+    SPARK_DRIVER_ROLE,
+    accounts_for,
+    spark_driver_cluster_role,
+)
 from neuraxis.operator.builders.dataset import build_dataset_children, etl_children_name
 from neuraxis.operator.builders.edge import (
     build_bundle_children,
-    build_edge_daemon_sets,
+    build_edge_agent_children,
     canary_daemon_set_name,
     canary_nodes,
     matching_nodes,
@@ -68,26 +75,40 @@ def _finished_for_generation(res: Resource, status: Obj) -> bool:
     )
 
 
-_accounts_made: set[str] = set()
+# (kind, namespace, name) of the shared accounts made since start-up (made once, not owned).
+_accounts_made: set[tuple[str, str, str]] = set()
 
 
-def ensure_workload_account(cluster: Cluster, namespace: str, settings: OperatorSettings) -> None:
-    """Workload pods run as this ServiceAccount; it has no owner (shared by the namespace)."""
-    if namespace in _accounts_made:
+def ensure_accounts(cluster: Cluster, res: Resource, settings: OperatorSettings) -> None:
+    """The accounts the resource's pods run as (shared by the namespace: no owner)."""
+    for manifest in accounts_for(res, settings):
+        meta = manifest["metadata"]
+        key = (manifest["kind"], meta["namespace"], meta["name"])
+        if key in _accounts_made:
+            continue
+        if manifest["kind"] == "RoleBinding":
+            ensure_spark_driver_role(cluster)
+        cluster.create(manifest)
+        _accounts_made.add(key)
+
+
+def ensure_spark_driver_role(cluster: Cluster) -> None:
+    """The ClusterRole Spark drivers are bound to comes with the operator's manifests. An
+    operator run with broader rights (a dev cluster) creates it when missing; one with the
+    shipped rights cannot, and the Dataset waits for it."""
+    if cluster.get("rbac.authorization.k8s.io/v1", "ClusterRole", None, SPARK_DRIVER_ROLE):
         return
-    cluster.create(
-        {
-            "apiVersion": "v1",
-            "kind": "ServiceAccount",
-            "metadata": {
-                "name": settings.service_account,
-                "namespace": namespace,
-                "labels": {"app.kubernetes.io/managed-by": "neuraxis"},
-            },
-            "automountServiceAccountToken": False,
-        }
-    )
-    _accounts_made.add(namespace)
+    try:
+        cluster.create(spark_driver_cluster_role())
+    except k8s.exceptions.ApiException as exc:
+        if exc.status != 403:
+            raise
+        raise InputNotReadyError(
+            "SparkRoleMissing",
+            f"ClusterRole {SPARK_DRIVER_ROLE} is missing (Spark drivers with "
+            "spec.engine.executors > 0 create executor pods with it): apply operator/deploy "
+            "(kubectl apply -k operator/deploy)",
+        ) from exc
 
 
 def _apply_all(cluster: Cluster, manifests: list[Obj]) -> None:
@@ -166,8 +187,7 @@ def reconcile_training(
             ensure_registered(tj, status, cluster)
         return draft
     dataset = resolve_dataset(tj, cluster)
-    kuberay = tj.spec.tuning is not None and cluster.has_kind("ray.io/v1", "RayJob")
-    children = build_training_children(tj, dataset, settings, kuberay=kuberay)
+    children = build_training_children(tj, dataset, settings)
     _apply_all(cluster, children)
     inputs = (
         "InputsReady",
@@ -184,14 +204,6 @@ def reconcile_training(
     }
     lineage = {k: v for k, v in lineage.items() if v is not None}
     name = children[-1]["metadata"]["name"]
-    if kuberay:
-        return Draft(
-            "Running",
-            "RayJobSubmitted",
-            f"RayJob {name}",
-            fields={"lineage": lineage},
-            conditions=[inputs],
-        )
     run = _observe_job(cluster, ns, name)
     if run.state == "Suspended":
         return Draft("Suspended", "Suspended", "spec.suspend is true", conditions=[inputs])
@@ -218,7 +230,6 @@ def cluster_features(cluster: Cluster) -> ClusterFeatures:
     return ClusterFeatures(
         gateway_api=cluster.has_kind("gateway.networking.k8s.io/v1", "HTTPRoute"),
         prometheus_operator=cluster.has_kind("monitoring.coreos.com/v1", "ServiceMonitor"),
-        kuberay=cluster.has_kind("ray.io/v1", "RayJob"),
     )
 
 
@@ -339,10 +350,14 @@ def reconcile_edge(
             return outcome
         bundle = outcome
     nodes = [
-        {"name": n["metadata"]["name"], "labels": n["metadata"].get("labels") or {}}
+        {
+            "name": n["metadata"]["name"],
+            "labels": n["metadata"].get("labels") or {},
+            "taints": (n.get("spec") or {}).get("taints") or [],
+        }
         for n in cluster.list("v1", "Node", None)
     ]
-    targeted = matching_nodes(ed, nodes, settings.edge_site_label)
+    targeted = matching_nodes(ed, nodes, settings)
     fields: dict[str, Any] = {"bundle": bundle, "lineage": lineage, "targetedNodes": len(targeted)}
     if not targeted:
         return Draft(
@@ -353,10 +368,11 @@ def reconcile_edge(
         )
     canary = cluster.get("apps/v1", "DaemonSet", ns, canary_daemon_set_name(ed))
     canary_ready = _daemon_set_done(canary, len(canary_nodes(ed, targeted)))
-    sets = build_edge_daemon_sets(
+    children = build_edge_agent_children(
         ed, str(bundle["uri"]), targeted, settings, canary_ready=canary_ready
     )
-    _apply_all(cluster, sets)
+    _apply_all(cluster, children)
+    sets = [c for c in children if c["kind"] == "DaemonSet"]
     observed = [cluster.get("apps/v1", "DaemonSet", ns, s["metadata"]["name"]) or {} for s in sets]
     updated = sum(int((d.get("status") or {}).get("updatedNumberScheduled") or 0) for d in observed)
     ready = sum(int((d.get("status") or {}).get("numberReady") or 0) for d in observed)
@@ -423,7 +439,7 @@ def reconcile(body: Obj, cluster: Cluster, settings: OperatorSettings) -> Obj:
         invalid: InvalidSpecError | None = None
         try:
             res = parse_resource(body)
-            ensure_workload_account(cluster, meta["namespace"], settings)
+            ensure_accounts(cluster, res, settings)
             draft = RECONCILERS[kind](res, old, cluster, settings)
         except ResourceError as exc:
             invalid = InvalidSpecError("InvalidSpec", str(exc))

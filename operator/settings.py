@@ -1,11 +1,40 @@
-"""Operator settings: read once at start-up from the environment, with defaults in one place."""
+"""Operator settings: read once at start-up from the environment, with defaults in one place.
+A value that cannot work stops the start-up with a SettingsError naming the variable."""
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 DEFAULT_IMAGE = "ghcr.io/neuraxis/neuraxis:0.1.0"
+
+IMAGE_ENV = "NEURAXIS_IMAGE"
+LAKE_URI_ENV = "NEURAXIS_LAKE_URI"
+LAKE_SECRET_ENV = "NEURAXIS_LAKE_SECRET"
+SERVICE_ACCOUNT_ENV = "NEURAXIS_WORKLOAD_SERVICE_ACCOUNT"
+SPARK_SERVICE_ACCOUNT_ENV = "NEURAXIS_SPARK_SERVICE_ACCOUNT"
+RESYNC_ENV = "NEURAXIS_RESYNC_SECONDS"
+WORKLOAD_TOLERATIONS_ENV = "NEURAXIS_WORKLOAD_TOLERATIONS"
+WORKLOAD_NODE_SELECTOR_ENV = "NEURAXIS_WORKLOAD_NODE_SELECTOR"
+ALLOW_KWOK_ANNOTATIONS_ENV = "NEURAXIS_ALLOW_KWOK_ANNOTATIONS"
+
+Toleration = dict[str, Any]
+
+TOLERATION_FIELDS = {"key", "operator", "value", "effect", "tolerationSeconds"}
+TAINT_EFFECTS = {"", "NoSchedule", "PreferNoSchedule", "NoExecute"}
+# Label syntax as the API server checks it: an optional DNS-subdomain prefix and a name part.
+_LABEL_NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+_LABEL_PREFIX = r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?"
+LABEL_KEY = re.compile(rf"^({_LABEL_PREFIX}/)?{_LABEL_NAME}$")
+LABEL_VALUE = re.compile(rf"^({_LABEL_NAME})?$")
+
+
+class SettingsError(ValueError):
+    """An operator setting (environment variable) that cannot work; the message names it."""
 
 
 @dataclass(frozen=True)
@@ -17,8 +46,8 @@ class OperatorSettings:
     # Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_ENDPOINT_URL for the lake.
     lake_secret: str = "neuraxis-lake"
     service_account: str = "neuraxis-workload"
-    # Spark drivers with executors > 0 create executor pods as this account (it needs RBAC to
-    # manage pods in the namespace; the platform's Pulumi stack grants it).
+    # Spark drivers with executors > 0 run as this account and create executor pods with its
+    # token; the operator ensures it (and its RoleBinding) in each namespace that needs it.
     spark_service_account: str = "neuraxis-spark"
     gpu_pool_label: tuple[str, str] = ("neuraxis.dev/pool", "gpu")
     gpu_taint: tuple[str, str, str] = ("nvidia.com/gpu", "present", "NoSchedule")
@@ -28,14 +57,139 @@ class OperatorSettings:
     resync_seconds: float = 30.0
     serving_port: int = 8080
     edge_port: int = 8090
+    # Platform-wide scheduling for every workload pod, merged with each kind's own (GPU pool,
+    # edge nodes): e.g. a dedicated pool's taint and label.
+    workload_tolerations: tuple[Toleration, ...] = ()
+    workload_node_selector: Mapping[str, str] = field(default_factory=dict)
+    # Test clusters only: let `neuraxis.dev/pod-annotations` carry KWOK fault-injection
+    # annotations (`neuraxis.dev/kwok-*`), which fabricate a pod's outcome on fake nodes.
+    allow_kwok_annotations: bool = False
+
+    def __post_init__(self) -> None:
+        for index, toleration in enumerate(self.workload_tolerations):
+            check_toleration(toleration, f"{WORKLOAD_TOLERATIONS_ENV}[{index}]")
+        check_node_selector(self.workload_node_selector, WORKLOAD_NODE_SELECTOR_ENV)
+        gpu_key = self.gpu_pool_label[0]
+        if gpu_key in self.workload_node_selector:
+            raise SettingsError(
+                f"{WORKLOAD_NODE_SELECTOR_ENV}: key {gpu_key!r} is the GPU pool label the "
+                "operator sets on GPU pods itself; use another label"
+            )
 
     @classmethod
-    def from_env(cls) -> OperatorSettings:
+    def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorSettings:
+        env = os.environ if env is None else env
         d = cls()
         return cls(
-            image=os.environ.get("NEURAXIS_IMAGE", d.image),
-            lake_uri=os.environ.get("NEURAXIS_LAKE_URI", d.lake_uri),
-            lake_secret=os.environ.get("NEURAXIS_LAKE_SECRET", d.lake_secret),
-            service_account=os.environ.get("NEURAXIS_WORKLOAD_SERVICE_ACCOUNT", d.service_account),
-            resync_seconds=float(os.environ.get("NEURAXIS_RESYNC_SECONDS", d.resync_seconds)),
+            image=env.get(IMAGE_ENV, d.image),
+            lake_uri=env.get(LAKE_URI_ENV, d.lake_uri),
+            lake_secret=env.get(LAKE_SECRET_ENV, d.lake_secret),
+            service_account=env.get(SERVICE_ACCOUNT_ENV, d.service_account),
+            spark_service_account=env.get(SPARK_SERVICE_ACCOUNT_ENV, d.spark_service_account),
+            resync_seconds=parse_seconds(env.get(RESYNC_ENV), RESYNC_ENV, d.resync_seconds),
+            workload_tolerations=parse_tolerations(env.get(WORKLOAD_TOLERATIONS_ENV)),
+            workload_node_selector=parse_node_selector(env.get(WORKLOAD_NODE_SELECTOR_ENV)),
+            allow_kwok_annotations=parse_flag(
+                env.get(ALLOW_KWOK_ANNOTATIONS_ENV), ALLOW_KWOK_ANNOTATIONS_ENV
+            ),
         )
+
+
+def parse_seconds(raw: str | None, name: str, default: float) -> float:
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name}: {raw!r} is not a number of seconds") from None
+    if value <= 0:
+        raise SettingsError(f"{name}: must be > 0, got {raw!r}")
+    return value
+
+
+def parse_flag(raw: str | None, name: str) -> bool:
+    value = (raw or "").strip().lower()
+    if value in ("", "0", "false", "no"):
+        return False
+    if value in ("1", "true", "yes"):
+        return True
+    raise SettingsError(f"{name}: {raw!r} is not a boolean (true or false)")
+
+
+def _json(raw: str, name: str) -> Any:
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise SettingsError(f"{name}: not valid JSON: {exc}") from exc
+
+
+def parse_tolerations(raw: str | None) -> tuple[Toleration, ...]:
+    """`[{"key": ..., "operator": "Equal"|"Exists", "value": ..., "effect": ...}, ...]`"""
+    name = WORKLOAD_TOLERATIONS_ENV
+    if raw is None or raw.strip() == "":
+        return ()
+    value = _json(raw, name)
+    if not isinstance(value, list):
+        raise SettingsError(f"{name}: must be a JSON list of tolerations, got {_type(value)}")
+    return tuple(check_toleration(item, f"{name}[{i}]") for i, item in enumerate(value))
+
+
+def check_toleration(item: Any, where: str) -> Toleration:
+    """The toleration if the API server would accept it, else a SettingsError naming `where`."""
+    if not isinstance(item, dict):
+        raise SettingsError(f"{where}: a toleration must be a JSON object, got {_type(item)}")
+    unknown = sorted(set(item) - TOLERATION_FIELDS)
+    if unknown:
+        raise SettingsError(
+            f"{where}: unknown field(s) {', '.join(unknown)} "
+            f"(allowed: {', '.join(sorted(TOLERATION_FIELDS))})"
+        )
+    for key in ("key", "operator", "value", "effect"):
+        if key in item and not isinstance(item[key], str):
+            raise SettingsError(f"{where}.{key}: must be a string, got {_type(item[key])}")
+    operator = item.get("operator", "Equal")
+    if operator not in ("Equal", "Exists"):
+        raise SettingsError(f"{where}.operator: must be Equal or Exists, got {operator!r}")
+    if operator == "Exists" and item.get("value"):
+        raise SettingsError(f"{where}.value: must be empty with operator Exists")
+    if operator == "Equal" and not item.get("key"):
+        raise SettingsError(f"{where}.key: required with operator Equal")
+    if item.get("key") and not LABEL_KEY.match(item["key"]):
+        raise SettingsError(f"{where}.key: {item['key']!r} is not a valid taint key")
+    if item.get("effect", "") not in TAINT_EFFECTS:
+        raise SettingsError(
+            f"{where}.effect: must be one of NoSchedule, PreferNoSchedule, NoExecute "
+            f"(or empty for all), got {item['effect']!r}"
+        )
+    if "tolerationSeconds" in item:
+        seconds = item["tolerationSeconds"]
+        if not isinstance(seconds, int) or isinstance(seconds, bool):
+            raise SettingsError(f"{where}.tolerationSeconds: must be an integer")
+        if item.get("effect") != "NoExecute":
+            raise SettingsError(f"{where}.tolerationSeconds: only allowed with effect NoExecute")
+    return dict(item)
+
+
+def parse_node_selector(raw: str | None) -> dict[str, str]:
+    """`{"label": "value", ...}`"""
+    name = WORKLOAD_NODE_SELECTOR_ENV
+    if raw is None or raw.strip() == "":
+        return {}
+    value = _json(raw, name)
+    if not isinstance(value, dict):
+        raise SettingsError(f"{name}: must be a JSON object of labels, got {_type(value)}")
+    return check_node_selector(value, name)
+
+
+def check_node_selector(selector: Mapping[Any, Any], name: str) -> dict[str, str]:
+    for key, value in selector.items():
+        if not isinstance(key, str) or not LABEL_KEY.match(key):
+            raise SettingsError(f"{name}: {key!r} is not a valid label key")
+        if not isinstance(value, str) or not LABEL_VALUE.match(value):
+            raise SettingsError(f"{name}[{key}]: {value!r} is not a valid label value")
+    return dict(selector)
+
+
+def _type(value: Any) -> str:
+    names: dict[type, str] = {dict: "an object", list: "a list", str: "a string"}
+    return names.get(type(value), type(value).__name__)

@@ -67,7 +67,17 @@ def build_dataset_children(ds: Dataset, settings: OperatorSettings) -> list[dict
             else None
         ),
     )
-    template = pod_template(ds, settings, COMPONENT, container, name)
+    spark_driver = ds.spec.engine.executors > 0
+    # The driver asks the API server for executor pods: the Spark account, with its token.
+    template = pod_template(
+        ds,
+        settings,
+        COMPONENT,
+        container,
+        name,
+        service_account=settings.spark_service_account if spark_driver else None,
+        api_token=spark_driver,
+    )
     config = spec_config_map(ds, name, COMPONENT)
     if not ds.spec.schedule:
         return [config, job(ds, name, COMPONENT, template)]

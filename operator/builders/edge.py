@@ -8,21 +8,62 @@ from typing import Any
 from neuraxis.crds import EdgeDeployment
 from neuraxis.operator.builders.common import RUN_ID_ENV, job, spec_config_map
 from neuraxis.operator.children import child_metadata, run_name
-from neuraxis.operator.pods import pod_template, resource_limits, workload_container
+from neuraxis.operator.pods import (
+    WORKLOAD_UID,
+    pod_template,
+    resource_limits,
+    workload_container,
+)
 from neuraxis.operator.settings import OperatorSettings
 
-NodeInfo = dict[str, Any]  # {"name": str, "labels": {...}}
+NodeInfo = dict[str, Any]  # {"name": str, "labels": {...}, "taints": [...]}
+CACHE_MOUNT = "/var/cache/neuraxis"
+# Taint effects that keep a pod (a DaemonSet's too) off a node unless tolerated.
+BLOCKING_EFFECTS = ("NoSchedule", "NoExecute")
 
 
-def matching_nodes(ed: EdgeDeployment, nodes: list[NodeInfo], site_label: str) -> list[str]:
-    """Names of the nodes the deployment targets, sorted (so the canary choice is stable)."""
+def agent_tolerations(ed: EdgeDeployment, settings: OperatorSettings) -> list[dict[str, Any]]:
+    """The edge taint, the spec's own tolerations and the platform-wide ones."""
+    key, value, effect = settings.edge_taint
+    tolerations = [{"key": key, "operator": "Equal", "value": value, "effect": effect}]
+    tolerations += [t.model_dump(exclude_none=True) for t in ed.spec.target.tolerations]
+    tolerations += [t for t in settings.workload_tolerations if t not in tolerations]
+    return tolerations
+
+
+def tolerates(tolerations: list[dict[str, Any]], taint: dict[str, Any]) -> bool:
+    """Whether one of the tolerations matches the taint (the scheduler's rule)."""
+    for t in tolerations:
+        if t.get("effect") and t["effect"] != taint.get("effect"):
+            continue
+        if t.get("operator", "Equal") == "Exists":
+            if not t.get("key") or t["key"] == taint.get("key"):
+                return True
+        elif t.get("key") == taint.get("key") and (t.get("value") or "") == (
+            taint.get("value") or ""
+        ):
+            return True
+    return False
+
+
+def matching_nodes(
+    ed: EdgeDeployment, nodes: list[NodeInfo], settings: OperatorSettings
+) -> list[str]:
+    """Names of the nodes the agents can run on, sorted (so the canary choice is stable): the
+    spec's sites and selector, the platform's node selector, and no taint the agents do not
+    tolerate (a DaemonSet places no pod there, so such a node would never become ready)."""
     target = ed.spec.target
+    tolerations = agent_tolerations(ed, settings)
     out = []
     for node in nodes:
         labels = node.get("labels") or {}
-        if target.sites and labels.get(site_label) not in target.sites:
+        if target.sites and labels.get(settings.edge_site_label) not in target.sites:
             continue
-        if any(labels.get(k) != v for k, v in target.node_selector.items()):
+        wanted = {**settings.workload_node_selector, **target.node_selector}
+        if any(labels.get(k) != v for k, v in wanted.items()):
+            continue
+        blocking = [t for t in node.get("taints") or [] if t.get("effect") in BLOCKING_EFFECTS]
+        if not all(tolerates(tolerations, t) for t in blocking):
             continue
         out.append(node["name"])
     return sorted(out)
@@ -54,6 +95,43 @@ def build_bundle_children(
     return [spec_config_map(ed, name, "bundle"), job(ed, name, "bundle", template)]
 
 
+def agent_config_map_name(ed: EdgeDeployment) -> str:
+    """The spec ConfigMap every agent pod mounts (both DaemonSets share it)."""
+    return f"{ed.metadata.name}-agent"
+
+
+def cache_owner_init_container(settings: OperatorSettings) -> dict[str, Any]:
+    """Hands the node's cache directory to the agent's uid before the agent starts.
+
+    Trade-off: the cache must survive pod restarts and node reboots (the agent starts offline
+    from it), so it is a hostPath; kubelet creates a missing hostPath root:root 0755 and fsGroup
+    does not apply to hostPath, so the non-root agent could not write it. This container runs as
+    root, but only with CHOWN (set the owner) and FOWNER (then set the mode on a directory root
+    no longer owns), no privilege escalation, a read-only root and only that one directory
+    mounted; the agent itself stays uid 10001 with no capabilities. The cost: hostPath and a
+    root init container need a namespace that admits them (Pod Security `privileged`; hostPath
+    alone already rules out `baseline`). Mode 0700: other users on the node cannot read the
+    cached bundle or the buffered inference logs."""
+    uid = str(WORKLOAD_UID)
+    return {
+        "name": "cache-owner",
+        "image": settings.image,
+        "command": ["install", "-d", "-o", uid, "-g", uid, "-m", "0700", CACHE_MOUNT],
+        "resources": resource_limits("100m", "64Mi"),
+        "securityContext": {
+            "runAsUser": 0,
+            "runAsGroup": 0,
+            "runAsNonRoot": False,
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"], "add": ["CHOWN", "FOWNER"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": [{"name": "cache", "mountPath": CACHE_MOUNT}],
+    }
+
+
 def _daemon_set(
     ed: EdgeDeployment,
     name: str,
@@ -65,7 +143,7 @@ def _daemon_set(
     port = settings.edge_port
     command = [
         "neuraxis", "workload", "edge", "--bundle", bundle_uri,
-        "--cache-dir", "/var/cache/neuraxis", "--port", str(port),
+        "--cache-dir", CACHE_MOUNT, "--port", str(port),
     ]  # fmt: skip
     container = workload_container(
         ed,
@@ -74,11 +152,8 @@ def _daemon_set(
         resources=resource_limits("500m", "512Mi"),
         ports=[{"name": "http", "containerPort": port}],
     )
-    container["volumeMounts"].append({"name": "cache", "mountPath": "/var/cache/neuraxis"})
+    container["volumeMounts"].append({"name": "cache", "mountPath": CACHE_MOUNT})
     container["readinessProbe"] = {"httpGet": {"path": "/readyz", "port": "http"}}
-    key, value, effect = settings.edge_taint
-    tolerations = [{"key": key, "operator": "Equal", "value": value, "effect": effect}]
-    tolerations += [t.model_dump(exclude_none=True) for t in ed.spec.target.tolerations]
     terms: list[dict[str, Any]] = []
     if ed.spec.target.sites:
         terms.append(
@@ -98,7 +173,7 @@ def _daemon_set(
             {"key": "metadata.name", "operator": operator, "values": sorted(nodes)}
         ]
     scheduling = {
-        "tolerations": tolerations,
+        "tolerations": agent_tolerations(ed, settings),
         "affinity": {
             "nodeAffinity": {
                 "requiredDuringSchedulingIgnoredDuringExecution": {
@@ -108,7 +183,13 @@ def _daemon_set(
         },
     }
     template = pod_template(
-        ed, settings, "edge-agent", container, name, restart_policy="Always", scheduling=scheduling
+        ed,
+        settings,
+        "edge-agent",
+        container,
+        agent_config_map_name(ed),
+        restart_policy="Always",
+        scheduling=scheduling,
     )
     # The cache must outlive pod restarts on the node (offline start): a hostPath per deployment.
     template["spec"]["volumes"].append(
@@ -120,6 +201,7 @@ def _daemon_set(
             },
         }
     )
+    template["spec"]["initContainers"] = [cache_owner_init_container(settings)]
     selector = {"neuraxis.dev/edgedeployment": ed.metadata.name, "neuraxis.dev/edge-group": name}
     template["metadata"]["labels"]["neuraxis.dev/edge-group"] = name
     return {
@@ -157,3 +239,18 @@ def build_edge_daemon_sets(
     if (canary_ready or not canary) and not ed.spec.rollout.pause:
         sets.append(_daemon_set(ed, ed.metadata.name, bundle_uri, canary, "NotIn", settings))
     return sets
+
+
+def build_edge_agent_children(
+    ed: EdgeDeployment,
+    bundle_uri: str,
+    targeted: list[str],
+    settings: OperatorSettings,
+    *,
+    canary_ready: bool,
+) -> list[dict[str, Any]]:
+    """The agents' spec ConfigMap and the DaemonSets that mount it (none: no ConfigMap)."""
+    sets = build_edge_daemon_sets(ed, bundle_uri, targeted, settings, canary_ready=canary_ready)
+    if not sets:
+        return []
+    return [spec_config_map(ed, agent_config_map_name(ed), "edge-agent"), *sets]

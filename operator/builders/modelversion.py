@@ -26,7 +26,6 @@ class ClusterFeatures:
 
     gateway_api: bool = False
     prometheus_operator: bool = False
-    kuberay: bool = False
 
 
 def build_evaluation_children(

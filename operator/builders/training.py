@@ -1,5 +1,5 @@
-"""TrainingJob -> headless Service + Indexed Job running torchrun (or a tuning driver Job, or a
-RayJob when KubeRay is installed)."""
+"""TrainingJob -> headless Service + Indexed Job running torchrun, one process per GPU of a pod
+(or, with `tuning`, one driver Job that runs Ray locally inside its pod)."""
 
 from __future__ import annotations
 
@@ -47,7 +47,15 @@ def training_service_name(tj: TrainingJob) -> str:
     return f"{tj.metadata.name}-workers"
 
 
-def _train_command(tj: TrainingJob, job_name: str, workers: int, tuning: bool) -> list[str]:
+def processes_per_pod(gpus_per_worker: int) -> int:
+    """torchrun starts one process per GPU the pod is given (each takes cuda:<local rank>);
+    a CPU pod runs one."""
+    return gpus_per_worker if gpus_per_worker > 0 else 1
+
+
+def _train_command(
+    tj: TrainingJob, job_name: str, workers: int, tuning: bool, gpus: int
+) -> list[str]:
     namespace = tj.metadata.namespace or "default"
     workload = [
         "-m", "neuraxis.cli", "workload", "train", "--spec", SPEC_FILE,
@@ -57,14 +65,14 @@ def _train_command(tj: TrainingJob, job_name: str, workers: int, tuning: bool) -
         return ["python", *workload]
     master = f"{job_name}-0.{training_service_name(tj)}.{namespace}.svc"
     return [
-        "torchrun", f"--nnodes={workers}", "--nproc-per-node=1", "--max-restarts=0",
-        "--node-rank=$(JOB_COMPLETION_INDEX)", f"--master-addr={master}",
+        "torchrun", f"--nnodes={workers}", f"--nproc-per-node={processes_per_pod(gpus)}",
+        "--max-restarts=0", "--node-rank=$(JOB_COMPLETION_INDEX)", f"--master-addr={master}",
         f"--master-port={MASTER_PORT}", *workload,
     ]  # fmt: skip
 
 
 def build_training_children(
-    tj: TrainingJob, dataset: ResolvedDataset, settings: OperatorSettings, *, kuberay: bool = False
+    tj: TrainingJob, dataset: ResolvedDataset, settings: OperatorSettings
 ) -> list[dict[str, Any]]:
     """Children of one run (one generation) of the job."""
     spec = tj.spec
@@ -73,8 +81,6 @@ def build_training_children(
     component = "tune" if tuning else "train"
     resolved = pinned(tj, dataset)
     config = spec_config_map(resolved, name, component)
-    if tuning and kuberay:
-        return [config, build_ray_job(tj, name, settings)]
     workers = 1 if tuning else spec.resources.workers
     gpus = spec.resources.gpus_per_worker
     env = {"NEURAXIS_DATASET": dataset.name, "NEURAXIS_DATASET_VERSION": str(dataset.version)}
@@ -91,7 +97,7 @@ def build_training_children(
     container = workload_container(
         tj,
         settings,
-        _train_command(tj, name, workers, tuning),
+        _train_command(tj, name, workers, tuning, gpus),
         resources=resource_limits(spec.resources.cpu, spec.resources.memory, gpus),
         env=env,
         extra_env=[RUN_ID_ENV, completion_index],
@@ -129,54 +135,3 @@ def build_training_children(
         },
     }
     return [config, service, run]
-
-
-def build_ray_job(tj: TrainingJob, name: str, settings: OperatorSettings) -> dict[str, Any]:
-    """A KubeRay RayJob that runs the tuning driver on a Ray cluster of its own."""
-    spec = tj.spec
-    assert spec.tuning is not None
-    namespace = tj.metadata.namespace or "default"
-    entrypoint = (
-        f"neuraxis workload train --spec {SPEC_FILE} --namespace {namespace} --run-id {name}"
-    )
-    resources = resource_limits(spec.resources.cpu, spec.resources.memory)
-
-    def group_template(role: str) -> dict[str, Any]:
-        return {
-            "spec": {
-                "containers": [
-                    {
-                        "name": f"ray-{role}",
-                        "image": settings.image,
-                        "resources": resources,
-                        "env": [{"name": "NEURAXIS_LAKE_URI", "value": settings.lake_uri}],
-                        "volumeMounts": [{"name": "spec", "mountPath": "/etc/neuraxis"}],
-                    }
-                ],
-                "volumes": [{"name": "spec", "configMap": {"name": name}}],
-            }
-        }
-
-    return {
-        "apiVersion": "ray.io/v1",
-        "kind": "RayJob",
-        "metadata": child_metadata(tj, name, "tune"),
-        "spec": {
-            "entrypoint": entrypoint,
-            "shutdownAfterJobFinishes": True,
-            "suspend": spec.suspend,
-            "rayClusterSpec": {
-                "headGroupSpec": {"rayStartParams": {}, "template": group_template("head")},
-                "workerGroupSpecs": [
-                    {
-                        "groupName": "trials",
-                        "replicas": spec.tuning.parallel_trials,
-                        "minReplicas": 0,
-                        "maxReplicas": spec.tuning.parallel_trials,
-                        "rayStartParams": {},
-                        "template": group_template("worker"),
-                    }
-                ],
-            },
-        },
-    }

@@ -18,12 +18,22 @@ from typing import Any
 
 import yaml
 
+from neuraxis.dev import toolchain
 from neuraxis.operator.children import POD_ANNOTATIONS
 from tests.cluster.conftest import Cluster
 from tests.conftest import EXAMPLES
 
 TERMINATION_ANNOTATION = "neuraxis.dev/kwok-termination-message"
 FAIL_ANNOTATION = "neuraxis.dev/kwok-fail"
+# KWOK node pools carry this taint so that real workloads land on the real node only.
+KWOK_TAINT = {"key": "kwok.x-k8s.io/node", "value": "fake", "effect": "NoSchedule"}
+# Operator settings for tests whose workload results are fabricated on KWOK nodes: their pods
+# go to the fake nodes only, and the fault-injection annotations are allowed.
+FAKE_NODE_SETTINGS = {
+    "NEURAXIS_WORKLOAD_TOLERATIONS": json.dumps([{**KWOK_TAINT, "operator": "Equal"}]),
+    "NEURAXIS_WORKLOAD_NODE_SELECTOR": json.dumps({"type": "kwok"}),
+    "NEURAXIS_ALLOW_KWOK_ANNOTATIONS": "true",
+}
 
 
 def free_port() -> int:
@@ -33,13 +43,25 @@ def free_port() -> int:
 
 
 class OperatorProcess:
-    """`neuraxis operator` watching one namespace, restartable (for the restart tests)."""
+    """`neuraxis operator` watching one namespace, restartable (for the restart tests).
 
-    def __init__(self, cluster: Cluster, namespace: str, log_dir: Path):
+    `fake_nodes=True`: the workload pods go to KWOK nodes and results come from annotations
+    (FAKE_NODE_SETTINGS); False: they run on the real node. `env` adds operator settings."""
+
+    def __init__(
+        self,
+        cluster: Cluster,
+        namespace: str,
+        log_dir: Path,
+        env: dict[str, str] | None = None,
+        *,
+        fake_nodes: bool = False,
+    ):
         self.cluster = cluster
         self.namespace = namespace
         self.log_path = log_dir / f"operator-{namespace}.log"
         self.metrics_port = free_port()
+        self.settings = {**(FAKE_NODE_SETTINGS if fake_nodes else {}), **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -48,6 +70,7 @@ class OperatorProcess:
             "KUBECONFIG": str(self.cluster.kubeconfig),
             "NEURAXIS_RESYNC_SECONDS": "3",
             "PYTHONUNBUFFERED": "1",
+            **self.settings,
         }
         log = open(self.log_path, "ab")  # noqa: SIM115 (owned by the child process)
         self.proc = subprocess.Popen(
@@ -76,8 +99,15 @@ class OperatorProcess:
 
 
 @contextmanager
-def running_operator(cluster: Cluster, namespace: str, log_dir: Path) -> Iterator[OperatorProcess]:
-    op = OperatorProcess(cluster, namespace, log_dir)
+def running_operator(
+    cluster: Cluster,
+    namespace: str,
+    log_dir: Path,
+    env: dict[str, str] | None = None,
+    *,
+    fake_nodes: bool = False,
+) -> Iterator[OperatorProcess]:
+    op = OperatorProcess(cluster, namespace, log_dir, env, fake_nodes=fake_nodes)
     op.start()
     try:
         yield op
@@ -138,6 +168,24 @@ def condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any] | None:
         if cond.get("type") == type_:
             return dict(cond)
     return None
+
+
+def can_i(cluster: Cluster, *args: str) -> bool:
+    """`kubectl auth can-i`: True for "yes", False for "no" (exit 1), and an error for anything
+    else, so that a failing call cannot pass as a "no"."""
+    argv = [str(toolchain.tool_path("kubectl")), f"--kubeconfig={cluster.kubeconfig}"]
+    done = subprocess.run(
+        [*argv, "auth", "can-i", *args], capture_output=True, text=True, timeout=60
+    )
+    answer = done.stdout.strip()
+    if done.returncode == 0 and answer == "yes":
+        return True
+    if done.returncode == 1 and (answer == "no" or answer.startswith("no - ")):
+        return False
+    raise AssertionError(
+        f"kubectl auth can-i {' '.join(args)}: exit {done.returncode}, "
+        f"stdout {done.stdout!r}, stderr {done.stderr!r}"
+    )
 
 
 def names(cluster: Cluster, kind: str, namespace: str, selector: str) -> list[str]:

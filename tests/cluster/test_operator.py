@@ -14,6 +14,7 @@ import pytest
 from tests.cluster.conftest import Cluster
 from tests.cluster.operator_fixtures import (
     OperatorProcess,
+    can_i,
     condition,
     example,
     get,
@@ -69,7 +70,7 @@ BUNDLE_OK = {
 
 @pytest.fixture
 def operator(cluster: Cluster, namespace: str, tmp_path: Path) -> Any:
-    with running_operator(cluster, namespace, tmp_path) as op:
+    with running_operator(cluster, namespace, tmp_path, fake_nodes=True) as op:
         yield op
 
 
@@ -128,13 +129,15 @@ def test_full_chain_reaches_its_final_phases(
     assert mv is not None
     assert mv["status"]["evaluation"]["passed"] is True
     assert mv["status"]["endpoint"].startswith("http://anomaly-detector-v1-predictor.")
-    assert (
-        "anomaly-detector"
-        in names(cluster, "services", ns, "neuraxis.dev/modelversion=anomaly-detector-v1")[0]
-        or True
-    )
     services = names(cluster, "services", ns, "neuraxis.dev/modelversion=anomaly-detector-v1")
     assert services == ["service/anomaly-detector", "service/anomaly-detector-v1-predictor"]
+    # The model-level Service routes to every routed version of the model (the canary split).
+    model_service = get(cluster, "services", "anomaly-detector", ns)
+    assert model_service is not None
+    assert model_service["spec"]["selector"] == {
+        "neuraxis.dev/model": "anomaly-detector",
+        "neuraxis.dev/routed": "true",
+    }
     assert (
         names(cluster, "hpa", ns, "neuraxis.dev/modelversion=anomaly-detector-v1") == []
     )  # canary: no HPA
@@ -353,7 +356,54 @@ def test_invalid_annotation_lands_in_status(
     assert "metadata.annotations[neuraxis.dev/pod-annotations]" in ready["message"]
 
 
+def test_kwok_annotations_are_refused_by_an_operator_for_real_nodes(
+    cluster: Cluster, namespace: str, tmp_path: Path
+) -> None:
+    ns = namespace
+    with running_operator(cluster, ns, tmp_path) as op:  # no test-only settings
+        _apply(cluster, ns, with_result(example("01-sensor-readings.yaml"), ETL_OK))
+        wait_for(
+            lambda: phase(cluster, "datasets", "sensor-readings", ns) == "Failed",
+            "Failed",
+            op=op,
+        )
+    ready = condition(get(cluster, "datasets", "sensor-readings", ns), "Ready")
+    assert ready is not None and ready["reason"] == "InvalidAnnotation"
+    assert "neuraxis.dev/kwok-termination-message" in ready["message"]
+    assert "NEURAXIS_ALLOW_KWOK_ANNOTATIONS" in ready["message"]
+    assert names(cluster, "jobs", ns, "neuraxis.dev/dataset=sensor-readings") == []
+
+
+def test_spark_driver_runs_as_an_account_that_may_start_executors(
+    cluster: Cluster, namespace: str, operator: OperatorProcess
+) -> None:
+    ns = namespace
+    doc = with_result(example("01-sensor-readings.yaml"), ETL_OK)
+    doc["spec"]["engine"] = {"executors": 2}
+    _apply(cluster, ns, doc)
+    wait_for(
+        lambda: phase(cluster, "datasets", "sensor-readings", ns) == "Ready", "Ready", op=operator
+    )
+    [job_name] = names(cluster, "jobs", ns, "neuraxis.dev/dataset=sensor-readings")
+    pod = cluster.kubectl_json("get", job_name, "--namespace", ns)["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "neuraxis-spark"
+    assert pod["automountServiceAccountToken"] is True
+    account = get(cluster, "serviceaccounts", "neuraxis-spark", ns)
+    assert account is not None and account["automountServiceAccountToken"] is False
+    spark = f"--as=system:serviceaccount:{ns}:neuraxis-spark"
+    for verb, resource in [
+        ("create", "pods"), ("watch", "pods"), ("delete", "pods"), ("deletecollection", "pods"),
+        ("create", "configmaps"), ("delete", "configmaps"), ("create", "services"),
+    ]:  # fmt: skip
+        assert can_i(cluster, verb, resource, "--namespace", ns, spark), f"{verb} {resource}"
+    assert not can_i(cluster, "get", "secrets", "--namespace", ns, spark)
+    assert not can_i(cluster, "create", "pods", "--namespace", "default", spark)
+    workload = f"--as=system:serviceaccount:{ns}:neuraxis-workload"
+    assert not can_i(cluster, "create", "pods", "--namespace", ns, workload)
+
+
 def test_operator_rbac_is_least_privilege(cluster: Cluster) -> None:
+    from neuraxis.operator.builders.accounts import SPARK_DRIVER_ROLE
     from neuraxis.operator.manifests import OPERATOR, build_manifests
 
     for manifest in build_manifests():
@@ -362,10 +412,7 @@ def test_operator_rbac_is_least_privilege(cluster: Cluster) -> None:
     who = f"--as=system:serviceaccount:neuraxis-system:{OPERATOR}"
 
     def can(*args: str) -> bool:
-        try:
-            return cluster.kubectl("auth", "can-i", *args, who).strip() == "yes"
-        except Exception:
-            return False
+        return can_i(cluster, *args, who)
 
     for verb, resource in [
         ("create", "jobs.batch"), ("watch", "pods"), ("patch", "datasets.neuraxis.dev/status"),
@@ -377,8 +424,15 @@ def test_operator_rbac_is_least_privilege(cluster: Cluster) -> None:
         ("get", "secrets"), ("list", "secrets"), ("delete", "pods"), ("create", "pods"),
         ("delete", "jobs.batch"), ("create", "clusterroles.rbac.authorization.k8s.io"),
         ("patch", "nodes"), ("create", "customresourcedefinitions.apiextensions.k8s.io"),
+        ("create", "roles.rbac.authorization.k8s.io"),
+        ("escalate", "clusterroles.rbac.authorization.k8s.io"),
+        ("bind", "clusterroles.rbac.authorization.k8s.io/cluster-admin"),
+        ("bind", "clusterroles.rbac.authorization.k8s.io/edit"),
     ]:  # fmt: skip
         assert not can(verb, resource, "--all-namespaces"), f"operator may {verb} {resource}"
+    # Spark drivers: the operator binds their ClusterRole (and only that one) per namespace.
+    assert can("create", "rolebindings.rbac.authorization.k8s.io", "--all-namespaces")
+    assert can("bind", f"clusterroles.rbac.authorization.k8s.io/{SPARK_DRIVER_ROLE}")
 
 
 def test_restarts_converge_without_duplicates(
@@ -390,7 +444,7 @@ def test_restarts_converge_without_duplicates(
         doc = with_result(example("01-sensor-readings.yaml"), {**ETL_OK, "version": i})
         doc["metadata"]["name"] = f"readings-{i:02d}"
         docs.append(doc)
-    op = OperatorProcess(cluster, ns, tmp_path)
+    op = OperatorProcess(cluster, ns, tmp_path, fake_nodes=True)
     cluster.kubectl(
         "apply",
         "--namespace",

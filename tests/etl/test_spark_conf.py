@@ -60,6 +60,7 @@ def test_kubernetes_conf_runs_executors_that_connect_back_to_the_pod(tmp_path: P
     assert conf["spark.driver.port"] == "7078"
     assert conf["spark.driver.blockManager.port"] == "7079"
     assert conf["spark.kubernetes.driver.pod.name"] == PLACEMENT.pod_name
+    assert conf["spark.kubernetes.driver.reusePersistentVolumeClaim"] == "false"
     assert conf["spark.kubernetes.executor.podNamePrefix"] == "neuraxis-etl-sensor-readings"
     assert conf["spark.kubernetes.executor.label.neuraxis.dev/dataset"] == "sensor-readings"
     assert conf["spark.sql.shuffle.partitions"] == "16"

@@ -8,10 +8,21 @@ from typing import Any
 import pytest
 
 from neuraxis.crds import Dataset, EdgeDeployment, ModelVersion, TrainingJob
+from neuraxis.operator.builders.accounts import (
+    SPARK_DRIVER_ROLE,
+    accounts_for,
+    spark_driver_rules,
+)
 from neuraxis.operator.builders.dataset import build_dataset_children
-from neuraxis.operator.builders.edge import build_edge_daemon_sets, matching_nodes
+from neuraxis.operator.builders.edge import (
+    build_bundle_children,
+    build_edge_agent_children,
+    build_edge_daemon_sets,
+    matching_nodes,
+)
 from neuraxis.operator.builders.modelversion import (
     ClusterFeatures,
+    build_evaluation_children,
     build_serving_children,
     canary_replicas,
     effective_percent,
@@ -127,16 +138,16 @@ def test_gpu_workers_get_limits_toleration_and_pool() -> None:
     } in pod["tolerations"]
 
 
-def test_tuning_runs_one_driver_or_a_ray_job() -> None:
+def test_tuning_runs_one_driver_job_with_ray_inside() -> None:
     tj: TrainingJob = _example("TrainingJob")
     tj.spec.suspend = True
-    driver = _by_kind(build_training_children(tj, ResolvedDataset("d", 1), SETTINGS))
+    children = build_training_children(tj, ResolvedDataset("d", 1), SETTINGS)
+    assert [c["kind"] for c in children] == ["ConfigMap", "Job"]  # no RayJob, no Service
+    driver = _by_kind(children)
     assert driver["Job"]["spec"]["completions"] == 1 and driver["Job"]["spec"]["suspend"] is True
     command = driver["Job"]["spec"]["template"]["spec"]["containers"][0]["command"]
     assert command[0] == "python" and "torchrun" not in command  # one driver; Ray runs trials
     assert driver["Job"]["metadata"]["name"] == "anomaly-detector-train-tune-g2"
-    ray = _by_kind(build_training_children(tj, ResolvedDataset("d", 1), SETTINGS, kuberay=True))
-    assert ray["RayJob"]["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["replicas"] == 2
 
 
 def test_canary_replicas_track_the_traffic_share() -> None:
@@ -180,7 +191,7 @@ def test_edge_canary_nodes_first_then_the_rest() -> None:
         {"name": "edge-1", "labels": {"neuraxis.dev/edge-site": "plant-a"}},
         {"name": "cpu-0", "labels": {}},
     ]
-    targeted = matching_nodes(ed, nodes, SETTINGS.edge_site_label)
+    targeted = matching_nodes(ed, nodes, SETTINGS)
     assert targeted == ["edge-0", "edge-1", "edge-2"]
     first = build_edge_daemon_sets(ed, "s3://b", targeted, SETTINGS, canary_ready=False)
     assert [d["metadata"]["name"] for d in first] == ["anomaly-detector-plants-canary"]
@@ -249,3 +260,203 @@ def test_spark_on_kubernetes_driver_gets_its_address_and_ports() -> None:
     assert env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
     assert env["NEURAXIS_SPARK_IMAGE"]["value"] == SETTINGS.image
     assert [p["containerPort"] for p in container["ports"]] == [7078, 7079]
+
+
+def _pod_spec(manifest: dict[str, Any]) -> dict[str, Any]:
+    spec: dict[str, Any] = manifest["spec"]["template"]["spec"]
+    return spec
+
+
+def test_edge_agents_mount_a_spec_config_map_that_is_built_with_them() -> None:
+    ed: EdgeDeployment = _example("EdgeDeployment")
+    children = build_edge_agent_children(
+        ed, "s3://b", ["edge-0", "edge-1"], SETTINGS, canary_ready=True
+    )
+    assert [c["kind"] for c in children] == ["ConfigMap", "DaemonSet", "DaemonSet"]
+    config = children[0]
+    assert config["metadata"]["name"] == "anomaly-detector-plants-agent"
+    assert parse_resource(_yaml(config["data"]["resource.yaml"])).kind == "EdgeDeployment"
+    for daemon_set in children[1:]:
+        volumes = {v["name"]: v for v in _pod_spec(daemon_set)["volumes"]}
+        assert volumes["spec"]["configMap"]["name"] == "anomaly-detector-plants-agent"
+    ed.spec.rollout.canary_nodes = 0
+    ed.spec.rollout.pause = True
+    assert build_edge_agent_children(ed, "s3://b", ["edge-0"], SETTINGS, canary_ready=True) == []
+
+
+def test_edge_cache_is_handed_to_the_agent_uid_by_a_minimal_init_container() -> None:
+    ed: EdgeDeployment = _example("EdgeDeployment")
+    [daemon_set] = build_edge_daemon_sets(ed, "s3://b", ["edge-0"], SETTINGS, canary_ready=False)
+    pod = _pod_spec(daemon_set)
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["cache"]["hostPath"] == {
+        "path": "/var/lib/neuraxis/anomaly-detector-plants",
+        "type": "DirectoryOrCreate",
+    }
+    [init] = pod["initContainers"]
+    assert init["command"] == [
+        "install", "-d", "-o", "10001", "-g", "10001", "-m", "0700", "/var/cache/neuraxis",
+    ]  # fmt: skip
+    ctx = init["securityContext"]
+    assert (ctx["runAsUser"], ctx["runAsNonRoot"]) == (0, False)
+    assert ctx["capabilities"] == {"drop": ["ALL"], "add": ["CHOWN", "FOWNER"]}
+    assert ctx["readOnlyRootFilesystem"] is True and ctx["allowPrivilegeEscalation"] is False
+    assert init["volumeMounts"] == [{"name": "cache", "mountPath": "/var/cache/neuraxis"}]
+    # The agent itself stays unprivileged and writes where the init container prepared.
+    [agent] = pod["containers"]
+    assert agent["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert pod["securityContext"]["runAsUser"] == 10001 and "runAsUser" not in agent.get(
+        "securityContext", {}
+    )
+    assert {"name": "cache", "mountPath": "/var/cache/neuraxis"} in agent["volumeMounts"]
+    assert "/var/cache/neuraxis" in agent["command"]
+
+
+def test_spark_driver_runs_as_the_spark_account_with_a_token() -> None:
+    ds: Dataset = _example("Dataset")
+    local = _pod_spec(_by_kind(build_dataset_children(ds, SETTINGS))["Job"])
+    assert local["serviceAccountName"] == SETTINGS.service_account
+    assert local["automountServiceAccountToken"] is False
+    ds.spec.engine.executors = 2
+    driver = _pod_spec(_by_kind(build_dataset_children(ds, SETTINGS))["Job"])
+    assert driver["serviceAccountName"] == SETTINGS.spark_service_account == "neuraxis-spark"
+    assert driver["automountServiceAccountToken"] is True
+    env = {e["name"]: e.get("value") for e in driver["containers"][0]["env"]}
+    assert env["NEURAXIS_SPARK_SERVICE_ACCOUNT"] == "neuraxis-spark"
+
+
+def test_the_namespace_gets_the_spark_account_and_binding_only_when_needed() -> None:
+    ds: Dataset = _example("Dataset")
+    assert [a["kind"] for a in accounts_for(ds, SETTINGS)] == ["ServiceAccount"]
+    ds.spec.engine.executors = 2
+    workload, spark, binding = accounts_for(ds, SETTINGS)
+    assert workload["metadata"]["name"] == "neuraxis-workload"
+    # Executors run under the same account: it mounts no token, only the driver pod asks.
+    assert (spark["metadata"], spark["automountServiceAccountToken"]) == (
+        {
+            "name": "neuraxis-spark",
+            "namespace": "ml",
+            "labels": {"app.kubernetes.io/managed-by": "neuraxis"},
+        },
+        False,
+    )
+    assert binding["kind"] == "RoleBinding" and binding["metadata"]["namespace"] == "ml"
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "ClusterRole",
+        "name": SPARK_DRIVER_ROLE,
+    }
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "neuraxis-spark", "namespace": "ml"}
+    ]
+    rules = {r: set(rule["verbs"]) for rule in spark_driver_rules() for r in rule["resources"]}
+    assert {"create", "delete", "watch", "list"} <= rules["pods"]
+    assert {"create", "delete"} <= rules["configmaps"] and "services" in rules
+    assert not {"secrets", "persistentvolumeclaims"} & set(rules)
+
+
+@pytest.mark.parametrize(("gpus", "processes"), [(0, 1), (1, 1), (4, 4), (8, 8)])
+def test_torchrun_starts_one_process_per_gpu(gpus: int, processes: int) -> None:
+    tj: TrainingJob = _example("TrainingJob")
+    tj.spec.tuning = None
+    tj.spec.resources.gpus_per_worker = gpus
+    pod = _pod_spec(_by_kind(build_training_children(tj, ResolvedDataset("d", 1), SETTINGS))["Job"])
+    command = pod["containers"][0]["command"]
+    assert command[:3] == ["torchrun", "--nnodes=2", f"--nproc-per-node={processes}"]
+    assert "--node-rank=$(JOB_COMPLETION_INDEX)" in command
+    limits = pod["containers"][0]["resources"]["limits"]
+    assert limits.get("nvidia.com/gpu", 0) == gpus
+
+
+def test_kwok_annotations_are_refused_unless_the_operator_allows_them() -> None:
+    ds: Dataset = _example("Dataset")
+    ds.metadata.annotations[POD_ANNOTATIONS] = json.dumps(
+        {"prometheus.io/scrape": "true", "neuraxis.dev/kwok-termination-message": "{}"}
+    )
+    with pytest.raises(InvalidSpecError) as refused:
+        build_dataset_children(ds, SETTINGS)
+    assert refused.value.reason == "InvalidAnnotation"
+    assert "neuraxis.dev/kwok-termination-message" in refused.value.message
+    assert "NEURAXIS_ALLOW_KWOK_ANNOTATIONS=true" in refused.value.message
+    allowed = OperatorSettings(allow_kwok_annotations=True)
+    job = _by_kind(build_dataset_children(ds, allowed))["Job"]
+    assert job["spec"]["template"]["metadata"]["annotations"] == {
+        "prometheus.io/scrape": "true",
+        "neuraxis.dev/kwok-termination-message": "{}",
+    }
+
+
+KWOK_TOLERATION = {
+    "key": "kwok.x-k8s.io/node",
+    "operator": "Equal",
+    "value": "fake",
+    "effect": "NoSchedule",
+}
+PLATFORM = OperatorSettings(
+    workload_tolerations=(KWOK_TOLERATION,), workload_node_selector={"type": "kwok"}
+)
+
+
+def _every_pod_template(settings: OperatorSettings) -> dict[str, dict[str, Any]]:
+    ds: Dataset = _example("Dataset")
+    tj: TrainingJob = _example("TrainingJob")
+    tj.spec.tuning = None
+    tj.spec.resources.gpus_per_worker = 2
+    mv: ModelVersion = _example("ModelVersion")
+    ed: EdgeDeployment = _example("EdgeDeployment")
+    assert mv.spec.serving is not None
+    children = [
+        *build_dataset_children(ds, settings),
+        *build_training_children(tj, ResolvedDataset("d", 1), settings),
+        *build_evaluation_children(mv, "s3://m", settings),
+        *build_serving_children(mv, mv.spec.serving, "s3://m", settings, ClusterFeatures()),
+        *build_bundle_children(ed, "anomaly-detector", settings),
+        *build_edge_agent_children(ed, "s3://b", ["e-0"], settings, canary_ready=True),
+    ]
+    return {
+        f"{c['kind']}/{c['metadata']['name']}": _pod_spec(c)
+        for c in children
+        if c["kind"] in ("Job", "Deployment", "DaemonSet")
+    }
+
+
+def test_platform_scheduling_reaches_every_workload_pod_and_keeps_each_kinds_own() -> None:
+    pods = _every_pod_template(PLATFORM)
+    assert len(pods) == 7
+    for name, pod in pods.items():
+        assert KWOK_TOLERATION in pod["tolerations"], name
+        assert pod["nodeSelector"]["type"] == "kwok", name
+    gpu = pods["Job/anomaly-detector-train-train-g2"]
+    assert gpu["nodeSelector"] == {"type": "kwok", "neuraxis.dev/pool": "gpu"}
+    assert any(t["key"] == "nvidia.com/gpu" for t in gpu["tolerations"])
+    edge = pods["DaemonSet/anomaly-detector-plants-canary"]
+    assert any(t["key"] == "neuraxis.dev/edge" for t in edge["tolerations"])
+    assert edge["affinity"]["nodeAffinity"]  # the site/node pinning is still there
+    # Without platform settings nothing is added.
+    plain = _every_pod_template(SETTINGS)
+    assert "nodeSelector" not in plain["Job/sensor-readings-etl-g2"]
+    assert "tolerations" not in plain["Job/sensor-readings-etl-g2"]
+
+
+def test_edge_targets_only_nodes_the_agents_can_land_on() -> None:
+    ed: EdgeDeployment = _example("EdgeDeployment")
+    site = {"neuraxis.dev/edge-site": "plant-a"}
+    fake_taint = {"key": "kwok.x-k8s.io/node", "value": "fake", "effect": "NoSchedule"}
+    nodes: list[dict[str, Any]] = [
+        {"name": "real-0", "labels": site},
+        {"name": "kwok-edge-0", "labels": {**site, "type": "kwok"}, "taints": [fake_taint]},
+        {
+            "name": "kwok-edge-1",
+            "labels": {**site, "type": "kwok"},
+            "taints": [{"key": "neuraxis.dev/edge", "value": "true", "effect": "NoSchedule"}],
+        },
+        {
+            "name": "soft",
+            "labels": site,
+            "taints": [{"key": "x", "value": "y", "effect": "PreferNoSchedule"}],
+        },
+    ]
+    # No platform toleration: the fake node's taint keeps the agents (and the count) off it.
+    assert matching_nodes(ed, nodes, SETTINGS) == ["kwok-edge-1", "real-0", "soft"]
+    # KWOK tests: tolerate the fake taint and select fake nodes only.
+    assert matching_nodes(ed, nodes, PLATFORM) == ["kwok-edge-0", "kwok-edge-1"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from neuraxis.operator.builders.accounts import SPARK_DRIVER_ROLE, spark_driver_rules
 from neuraxis.operator.manifests import build_manifests, cluster_role_rules, render_deploy_dir
 from tests.conftest import REPO
 
@@ -36,3 +37,24 @@ def test_committed_deploy_dir_matches_the_generator() -> None:
         assert (deploy / name).read_text() == content, (
             f"run `neuraxis operator manifests --out {deploy}`"
         )
+
+
+def test_operator_may_bind_only_the_spark_driver_role() -> None:
+    rbac = [r for r in cluster_role_rules() if r["apiGroups"] == ["rbac.authorization.k8s.io"]]
+    assert {tuple(r["resources"]): r.get("resourceNames") for r in rbac} == {
+        ("rolebindings",): None,
+        ("clusterroles",): [SPARK_DRIVER_ROLE],
+    }
+    verbs = {r["resources"][0]: r["verbs"] for r in rbac}
+    assert verbs == {"rolebindings": ["get", "create"], "clusterroles": ["get", "bind"]}
+    [spark_role] = [
+        m
+        for m in build_manifests()
+        if m["kind"] == "ClusterRole" and m["metadata"]["name"] == SPARK_DRIVER_ROLE
+    ]
+    assert spark_role["rules"] == spark_driver_rules()
+
+
+def test_no_kuberay_integration_is_left() -> None:
+    groups = {g for rule in cluster_role_rules() for g in rule["apiGroups"]}
+    assert "ray.io" not in groups

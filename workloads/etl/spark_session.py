@@ -147,6 +147,9 @@ def kubernetes_conf(
         "spark.driver.blockManager.port": str(BLOCK_MANAGER_PORT),
         "spark.blockManager.port": str(BLOCK_MANAGER_PORT),
         "spark.dynamicAllocation.enabled": "false",
+        # No executor uses a PVC, and the driver's Role grants none: do not look for them.
+        "spark.kubernetes.driver.ownPersistentVolumeClaim": "false",
+        "spark.kubernetes.driver.reusePersistentVolumeClaim": "false",
         "spark.sql.shuffle.partitions": str(partitions),
         "spark.default.parallelism": str(partitions),
     }
