@@ -11,37 +11,20 @@ import secrets
 import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
 from deltalake import DeltaTable
 
+from neuraxis.dev import lake as dev_lake
+from neuraxis.dev.lake import LakeServer
+from neuraxis.dev.toolchain import ToolchainError
 from neuraxis.lake import Lake, S3Settings
 from tests.etl.conftest import REPO
 
 pytestmark = pytest.mark.engine
-START_TIMEOUT_S = 60.0
-
-
-@dataclass(frozen=True)
-class Minio:
-    endpoint: str
-    access_key: str
-    secret_key: str
-
-    def env(self) -> dict[str, str]:
-        return {
-            "AWS_ENDPOINT_URL": self.endpoint,
-            "AWS_ACCESS_KEY_ID": self.access_key,
-            "AWS_SECRET_ACCESS_KEY": self.secret_key,
-            "AWS_REGION": "us-east-1",
-        }
 
 
 def _free_port() -> int:
@@ -51,56 +34,17 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def minio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Minio]:
-    from neuraxis.dev.toolchain import ToolchainError, tool_path
-
+def minio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LakeServer]:
+    """The project's own MinIO start-up (`neuraxis.dev.lake`), on loopback."""
+    home = tmp_path_factory.mktemp("minio-home")
     try:
-        binary = tool_path("minio")
-    except ToolchainError as exc:
-        pytest.fail(f"MinIO server binary unavailable from the toolchain: {exc}")
-    data = tmp_path_factory.mktemp("minio-data")
-    port, console = _free_port(), _free_port()
-    creds = Minio(f"http://127.0.0.1:{port}", "nx" + secrets.token_hex(8), secrets.token_hex(16))
-    env = {
-        **os.environ,
-        "MINIO_ROOT_USER": creds.access_key,
-        "MINIO_ROOT_PASSWORD": creds.secret_key,
-        "MINIO_BROWSER": "off",
-    }
-    log = (data.parent / "minio.log").open("wb")
-    proc = subprocess.Popen(
-        [
-            str(binary),
-            "server",
-            str(data),
-            "--address",
-            f"127.0.0.1:{port}",
-            "--console-address",
-            f"127.0.0.1:{console}",
-        ],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+        server = dev_lake.start(home, port=_free_port(), bucket="unused-" + secrets.token_hex(3))
+    except (dev_lake.LakeServerError, ToolchainError) as exc:
+        pytest.fail(f"MinIO did not start: {exc}")
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            try:
-                with urllib.request.urlopen(f"{creds.endpoint}/minio/health/live", timeout=2):
-                    break
-            except (urllib.error.URLError, OSError):
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"minio did not start: {(data.parent / 'minio.log').read_text()}")
-                time.sleep(0.2)
-        yield creds
+        yield server
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+        dev_lake.stop(home)
 
 
 SPEC = {
@@ -132,7 +76,7 @@ print(json.dumps({"uri": uri, "rows": rows, "digest": digest}))
 """
 
 
-def test_etl_into_minio_read_back_from_python_and_spark(minio: Minio, tmp_path: Path) -> None:
+def test_etl_into_minio_read_back_from_python_and_spark(minio: LakeServer, tmp_path: Path) -> None:
     import boto3
 
     bucket = "lake-" + secrets.token_hex(4)
