@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 dev_app = typer.Typer(help="Developer tooling: the pinned toolchain and the local cluster.")
@@ -76,3 +78,72 @@ def cluster_kubeconfig() -> None:
     from neuraxis.dev import cluster
 
     typer.echo(str(cluster.kubeconfig_path()))
+
+
+image_app = typer.Typer(help="The workload image, built offline and imported into the node.")
+dev_app.add_typer(image_app, name="image")
+
+
+@image_app.command("build")
+def image_build(
+    archive: str = typer.Option(
+        "", "--archive", help="Also write the whole image as an OCI archive file here."
+    ),
+) -> None:
+    """Build the workload image's layers (cached by key); prints the image reference."""
+    from neuraxis.dev import image
+
+    try:
+        built = image.build()
+        if archive:
+            image.write_archive_file(built, Path(archive))
+    except image.ImageError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(built.ref)
+
+
+@image_app.command("ref")
+def image_ref() -> None:
+    """Print the reference the checkout's image has (no build: the tag hashes the layer keys)."""
+    from neuraxis.dev import image
+
+    try:
+        typer.echo(image.ref())
+    except image.ImageError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+
+
+@image_app.command("import")
+def image_import(
+    address: str = typer.Option(
+        "", "--address", help="containerd's socket; default: the running real node's."
+    ),
+    ctr: str = typer.Option("", "--ctr", help="The ctr binary; default: the toolset's."),
+    namespace: str = typer.Option("k8s.io", "--namespace", help="containerd namespace."),
+    if_node_running: bool = typer.Option(
+        False, "--if-node-running", help="Succeed without importing when no node runs."
+    ),
+) -> None:
+    """Build if needed, then import the image into containerd (only the layers it lacks)."""
+    from neuraxis.dev import image
+
+    try:
+        if address:
+            containerd = image.Containerd.at(address, ctr or image.ctr_binary(), namespace)
+        else:
+            found = image.node_containerd(namespace)
+            if found is None:
+                if if_node_running:
+                    typer.echo("no real node is running: image import skipped", err=True)
+                    return
+                raise image.ImageError(
+                    "import: no real node is running (`neuraxis dev cluster up`); "
+                    "or pass --address <containerd socket>"
+                )
+            containerd = found
+        image.import_image(image.build(), containerd)
+    except image.ImageError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
