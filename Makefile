@@ -11,13 +11,14 @@ UV_VERSION := 0.13.8
 # The stamp records which lock the venv was synced from, so a changed lock refreshes it.
 STAMP := $(VENV)/.synced-$(shell sha256sum requirements.lock | cut -c1-16)
 
-.PHONY: help venv lock test lint typecheck unit crds demo tools tools-all jars cluster cluster-down infra-up infra-down clean
+.PHONY: help venv lock test lint typecheck unit crds demo tools tools-all jars image cluster cluster-down infra-up infra-down clean
 
 help:
 	@echo "make demo        set up and run the main example"
 	@echo "make test        set up, then lint, type-check and run every test (builds the tools on first use)"
 	@echo "make crds        regenerate crds/ from the pydantic models"
 	@echo "make tools       build the pinned control-plane binaries into the tool cache"
+	@echo "make image       build the workload image offline; import it into the real node if it runs"
 	@echo "make cluster     start the local control plane (KWOK); make cluster-down stops it"
 	@echo "make lock        re-resolve requirements.in into requirements.lock"
 
@@ -64,6 +65,12 @@ cluster-down: venv
 jars: venv
 	$(PY) -m neuraxis.dev.jars delta s3
 
+# The workload image, assembled offline (neuraxis/dev/image.py; layers cached by key in
+# ~/.cache/neuraxis/images), then imported into the real node's containerd when a node runs.
+image: venv jars
+	$(VENV)/bin/neuraxis dev image build
+	$(VENV)/bin/neuraxis dev image import --if-node-running
+
 # The local Pulumi stack provisions a bare control plane (CRDs, nodes, operator, monitoring).
 infra-up: tools-all
 	$(VENV)/bin/neuraxis dev cluster up --bare
@@ -75,7 +82,7 @@ infra-down: venv
 unit: venv
 	$(VENV)/bin/pytest -m "not cluster and not engine"
 
-test: lint typecheck tools jars
+test: lint typecheck tools jars image
 	$(VENV)/bin/pytest
 
 # The example's hash salt comes from a Secret in a cluster; locally from this variable.
