@@ -381,7 +381,7 @@ def build_source(repo: Path, work: Path) -> tuple[Path, oci.Measured]:
     files = image.tracked_source(repo)
     tree = work / "tree"
     work.mkdir(parents=True)
-    image.build_source_tree(repo, files)(tree, work, lambda _m: None)
+    image.build_source_tree(repo, files)(tree, work, work / "log", lambda _m: None)
     return tree, oci.measure_tar(image.source_members(work))
 
 
@@ -452,7 +452,7 @@ def test_source_layer_imports_through_its_links(checkout: Path, tmp_path: Path) 
 def test_layer_cache_builds_once_and_records_the_digest(tmp_path: Path) -> None:
     built: list[Path] = []
 
-    def fill(tree: Path, work: Path, progress: image.Progress) -> None:
+    def fill(tree: Path, work: Path, log: Path, progress: image.Progress) -> None:
         built.append(tree)
         (tree / "etc").mkdir(parents=True)
         (tree / "etc" / "motd").write_text("hello\n")
@@ -469,7 +469,7 @@ def test_layer_cache_builds_once_and_records_the_digest(tmp_path: Path) -> None:
 
 
 def test_a_failed_layer_build_leaves_nothing_behind(tmp_path: Path) -> None:
-    def fail(tree: Path, work: Path, progress: image.Progress) -> None:
+    def fail(tree: Path, work: Path, log: Path, progress: image.Progress) -> None:
         tree.mkdir(parents=True)
         raise image.ImageError("demo: broke on purpose")
 

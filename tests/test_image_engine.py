@@ -73,7 +73,7 @@ def containerd() -> Iterator[image.Containerd]:
 def tree_layer(name: str, files: dict[str, str]) -> image.LayerSpec:
     """A layer built the way the workload image's are: a tree filled once, cached by key."""
 
-    def fill(tree: Path, work: Path, progress: image.Progress) -> None:
+    def fill(tree: Path, work: Path, log: Path, progress: image.Progress) -> None:
         for path, text in files.items():
             (tree / path).parent.mkdir(parents=True, exist_ok=True)
             (tree / path).write_text(text)

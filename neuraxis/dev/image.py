@@ -431,15 +431,21 @@ def write_record(directory: Path, record: LayerRecord) -> None:
     os.replace(temporary, directory / RECORD_FILE)
 
 
+TreeBuilder = Callable[[Path, Path, Path, Progress], None]
+
+
 @dataclass(frozen=True)
 class LayerSpec:
     """One layer: its key, how to fill its tree (None: it has no tree of its own) and how to
-    list its members from its cache folder."""
+    list its members from its cache folder.
+
+    `build_tree(tree, work, log, progress)` creates `tree`; `work` is a scratch folder removed
+    afterwards, `log` the file long steps write to (kept in <images root>/logs)."""
 
     name: str
     key: str
     members: Callable[[Path], list[oci.Member]]
-    build_tree: Callable[[Path, Path, Progress], None] | None = None
+    build_tree: TreeBuilder | None = None
 
     def directory(self, root: Path) -> Path:
         return root / "layers" / f"{self.name}-{self.key}"
@@ -465,11 +471,14 @@ def _build_layer(spec: LayerSpec, root: Path, directory: Path, progress: Progres
     start = time.monotonic()
     if spec.build_tree is not None:
         work = root / "work" / f"{spec.name}-{spec.key}"
+        log = root / "logs" / f"{spec.name}-{spec.key}.log"
         remove_tree(work)
         work.mkdir(parents=True)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.unlink(missing_ok=True)
         try:
             staged = work / "tree"
-            spec.build_tree(staged, work, progress)
+            spec.build_tree(staged, work, log, progress)
             directory.mkdir(parents=True)
             os.replace(staged, tree_of(directory))
         finally:
@@ -546,11 +555,10 @@ BASE_LEFTOVERS = (
 )
 
 
-def build_base_tree(description: ImageDescription) -> Callable[[Path, Path, Progress], None]:
-    def build(tree: Path, work: Path, progress: Progress) -> None:
+def build_base_tree(description: ImageDescription) -> TreeBuilder:
+    def build(tree: Path, work: Path, log: Path, progress: Progress) -> None:
         _require_root("the base layer")
         debootstrap = ensure_debootstrap(progress)
-        log = work / "base.log"
         progress(f"base: debootstrap {description.suite} minbase (log: {log})")
         _run(
             [
@@ -648,13 +656,12 @@ def host_uv_cache(uv: Path) -> Path:
     return Path(out.splitlines()[-1])
 
 
-def build_deps_tree(base_dir: Path, lock: Path) -> Callable[[Path, Path, Progress], None]:
-    def build(tree: Path, work: Path, progress: Progress) -> None:
+def build_deps_tree(base_dir: Path, lock: Path) -> TreeBuilder:
+    def build(tree: Path, work: Path, log: Path, progress: Progress) -> None:
         _require_root("the deps layer")
         uv = find_uv()
         cache = host_uv_cache(uv)
         cache.mkdir(parents=True, exist_ok=True)
-        log = work / "deps.log"
         with overlay(tree_of(base_dir), work) as (merged, upper):
             with (
                 chroot_mounts(merged),
@@ -842,10 +849,8 @@ def _script(entry: str) -> bytes:
     ).encode()
 
 
-def build_source_tree(
-    repo: Path, files: Sequence[SourceFile]
-) -> Callable[[Path, Path, Progress], None]:
-    def build(tree: Path, work: Path, progress: Progress) -> None:
+def build_source_tree(repo: Path, files: Sequence[SourceFile]) -> TreeBuilder:
+    def build(tree: Path, work: Path, log: Path, progress: Progress) -> None:
         app = tree / APP_DIR.lstrip("/")
         for source in files:
             target = app / source.path
@@ -1141,21 +1146,20 @@ def _feed(
 
 
 def node_containerd(namespace: str = NAMESPACE) -> Containerd | None:
-    """The running real node's containerd (neuraxis.dev.node), or None when none runs."""
+    """The real node's containerd (neuraxis.dev.node), or None when no node runs. One node runs
+    per machine, whichever NEURAXIS_HOME started it; its image store outlives it."""
     try:
         node: Any = importlib.import_module("neuraxis.dev.node")
     except ImportError:
         return None
-    ctr_argv = getattr(node, "ctr_argv", None)
-    if ctr_argv is None:
+    if not all(hasattr(node, name) for name in ("ctr_argv", "is_running")):
         return None
-    from neuraxis.dev import cluster
-
-    home = cluster.neuraxis_home()
-    is_running = getattr(node, "is_running", None)
-    if is_running is not None and not is_running(home):
-        return None
-    argv = [str(a) for a in ctr_argv(home)]
+    try:
+        if not node.is_running():
+            return None
+        argv = [str(a) for a in node.ctr_argv()]
+    except Exception as exc:  # the node module's own errors: not ours to classify
+        raise ImageError(f"import: cannot reach the real node's containerd: {exc}") from exc
     return Containerd(tuple(argv), namespace)
 
 
