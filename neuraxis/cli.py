@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import typer
@@ -248,7 +249,8 @@ workload_app = typer.Typer(help="What runs in pods (and locally): etl, train, se
 app.add_typer(workload_app, name="workload")
 
 
-def _mount() -> None:
+@functools.cache  # once: typer would register the groups twice
+def mount() -> None:
     """Sub-commands whose modules are light to import (their heavy imports are inside)."""
     from neuraxis.dev.cli import dev_app
     from neuraxis.infra.local import infra_app
@@ -270,7 +272,7 @@ def _mount() -> None:
 
 
 def main() -> None:
-    _mount()
+    mount()
     app()
 
 

@@ -141,15 +141,20 @@ def _daemon_set(
     settings: OperatorSettings,
 ) -> dict[str, Any]:
     port = settings.edge_port
+    # All interfaces: the kubelet's probes and clients come in on the pod IP.
     command = [
         "neuraxis", "workload", "edge", "--bundle", bundle_uri,
-        "--cache-dir", CACHE_MOUNT, "--port", str(port),
+        "--cache-dir", CACHE_MOUNT, "--host", "0.0.0.0", "--port", str(port),
+        "--deployment", ed.metadata.name,
+        "--sync-interval-s", str(ed.spec.sync.interval_seconds),
     ]  # fmt: skip
+    node_name = {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}
     container = workload_container(
         ed,
         settings,
         command,
         resources=resource_limits("500m", "512Mi"),
+        extra_env=[node_name],  # the log path names the node, not the pod
         ports=[{"name": "http", "containerPort": port}],
     )
     container["volumeMounts"].append({"name": "cache", "mountPath": CACHE_MOUNT})

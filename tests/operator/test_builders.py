@@ -460,3 +460,20 @@ def test_edge_targets_only_nodes_the_agents_can_land_on() -> None:
     assert matching_nodes(ed, nodes, SETTINGS) == ["kwok-edge-1", "real-0", "soft"]
     # KWOK tests: tolerate the fake taint and select fake nodes only.
     assert matching_nodes(ed, nodes, PLATFORM) == ["kwok-edge-0", "kwok-edge-1"]
+
+
+def test_edge_agent_listens_on_the_pod_ip_and_logs_under_its_node() -> None:
+    ed: EdgeDeployment = _example("EdgeDeployment")
+    [daemon_set] = build_edge_daemon_sets(ed, "s3://b", ["edge-0"], SETTINGS, canary_ready=False)
+    [agent] = _pod_spec(daemon_set)["containers"]
+    command = agent["command"]
+
+    def flag(name: str) -> str:
+        return str(command[command.index(name) + 1])
+
+    # The kubelet probes the pod IP: an agent on 127.0.0.1 would never become ready.
+    assert flag("--host") == "0.0.0.0"
+    assert flag("--deployment") == "anomaly-detector-plants"
+    assert flag("--sync-interval-s") == str(ed.spec.sync.interval_seconds)
+    env = {e["name"]: e for e in agent["env"]}
+    assert env["NODE_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
