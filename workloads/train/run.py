@@ -121,6 +121,11 @@ def run_training(
         if dev.startswith("cuda"):
             torch.cuda.set_device(dev)
         dist.init_process_group(backend=backend_for(dev))
+        # One line per rank that proves the rendezvous happened (pod logs, `neuraxis run`).
+        log.info(
+            "joined the process group: rank=%d world_size=%d device=%s",
+            ctx.rank, ctx.world_size, dev,
+        )  # fmt: skip
     try:
         data = load_data(job, lake, namespace)
         n_outputs = len(data.classes) if data.task == "classification" else 1
