@@ -480,6 +480,26 @@ def test_a_failed_layer_build_leaves_nothing_behind(tmp_path: Path) -> None:
     assert not (tmp_path / "work" / "demo-k2").exists()
 
 
+def test_pruning_keeps_the_most_recently_used_versions(tmp_path: Path) -> None:
+    def fill(tree: Path, work: Path, log: Path, progress: image.Progress) -> None:
+        tree.mkdir(parents=True)
+
+    specs = [image.LayerSpec("demo", f"k{i}", image.source_members, fill) for i in range(4)]
+    for spec in specs:
+        image.ensure_layer(spec, tmp_path, lambda _m: None)
+    for i, spec in enumerate(specs):  # k0 used last, k1 longest ago
+        os.utime(spec.directory(tmp_path) / image.RECORD_FILE, (100 + i, 100 + i))
+    os.utime(specs[0].directory(tmp_path) / image.RECORD_FILE, (200, 200))
+    (tmp_path / "layers" / "demo-unfinished").mkdir()
+    removed = image.prune_layers(tmp_path, 3, lambda _m: None)
+    assert sorted(p.name for p in removed) == ["demo-k1", "demo-unfinished"]
+    assert sorted(p.name for p in (tmp_path / "layers").iterdir()) == [
+        "demo-k0",
+        "demo-k2",
+        "demo-k3",
+    ]
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting needs root")
 def test_remove_tree_unmounts_before_deleting(tmp_path: Path) -> None:
     outside = tmp_path / "outside"

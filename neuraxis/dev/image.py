@@ -68,6 +68,8 @@ JAR_SETS = ("delta", "s3")
 # not reused.
 RECIPES = {"base": 1, "deps": 1, "jars": 1, "source": 1}
 STEP_TIMEOUT_S = 3600.0
+# Cached versions kept per layer: the current one and the few before it (switching branches).
+KEEP_VERSIONS = 3
 
 Progress = Callable[[str], None]
 
@@ -462,6 +464,7 @@ def ensure_layer(spec: LayerSpec, root: Path, progress: Progress) -> oci.LayerBl
     if record is None:
         record = _build_layer(spec, root, directory, progress)
     else:
+        os.utime(directory / RECORD_FILE)  # last use, for pruning
         progress(f"{spec.name}: cached ({_mb(record.size)}, {record.digest[:19]})")
     return oci.LayerBlob(spec.name, record.digest, record.size, lambda: spec.members(directory))
 
@@ -501,6 +504,26 @@ def _build_layer(spec: LayerSpec, root: Path, directory: Path, progress: Progres
         f"({_mb(record.size)}, {record.digest[:19]})"
     )
     return record
+
+
+def prune_layers(root: Path, keep: int, progress: Progress) -> list[Path]:
+    """Delete all but the `keep` most recently used cached versions of each layer (a lock
+    change would otherwise leave an 8 GB tree behind each time); unfinished ones too."""
+    by_name: dict[str, list[tuple[float, Path]]] = {}
+    removed = []
+    for directory in sorted((root / "layers").glob("*-*")):
+        record_file = directory / RECORD_FILE
+        if not record_file.is_file():
+            removed.append(directory)
+            continue
+        name = directory.name.rsplit("-", 1)[0]
+        by_name.setdefault(name, []).append((record_file.stat().st_mtime, directory))
+    for versions in by_name.values():
+        removed.extend(directory for _, directory in sorted(versions, reverse=True)[keep:])
+    for directory in removed:
+        progress(f"pruning {directory.name}")
+        remove_tree(directory)
+    return removed
 
 
 def _mb(size: int) -> str:
@@ -1001,9 +1024,15 @@ def build(
     root = images_root()
     with _locked(root / ".build.lock"):
         the_plan = plan(repo, description, progress, root)
+        for spec in the_plan.layers:
+            if spec.name != "source" and read_record(spec.directory(root)) is None:
+                ensure_layer(spec, root, progress)
+        # Read the checkout again: a cold build takes minutes, and the code may have changed.
+        the_plan = plan(repo, description, progress, root)
         blobs = [ensure_layer(spec, root, progress) for spec in the_plan.layers]
         image = oci.assemble(the_plan.ref, description.runtime, blobs)
         _record_image(root, image, the_plan)
+        prune_layers(root, KEEP_VERSIONS, progress)
     return image
 
 
