@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from neuraxis.dev import image, oci
+from neuraxis.dev import image, oci, rootfs
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -508,6 +508,6 @@ def test_remove_tree_unmounts_before_deleting(tmp_path: Path) -> None:
     work = tmp_path / "work"
     (work / "bound").mkdir(parents=True)
     subprocess.run(["mount", "--bind", str(outside), str(work / "bound")], check=True)
-    image.remove_tree(work)
+    rootfs.remove_tree(work)
     assert not work.exists()
     assert (outside / "keep.txt").read_text() == "must survive\n"

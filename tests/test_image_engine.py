@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from neuraxis.dev import image, oci, toolchain
+from neuraxis.dev import image, oci, rootfs, toolchain
 
 pytestmark = pytest.mark.engine
 
@@ -67,7 +67,7 @@ def containerd() -> Iterator[image.Containerd]:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-        image.remove_tree(folder)
+        rootfs.remove_tree(folder)
 
 
 def tree_layer(name: str, files: dict[str, str]) -> image.LayerSpec:

@@ -97,7 +97,7 @@ def image_build(
         built = image.build()
         if archive:
             image.write_archive_file(built, Path(archive))
-    except image.ImageError as exc:
+    except image.ERRORS as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
     typer.echo(built.ref)
@@ -110,7 +110,7 @@ def image_ref() -> None:
 
     try:
         typer.echo(image.ref())
-    except image.ImageError as exc:
+    except image.ERRORS as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
 
@@ -144,6 +144,6 @@ def image_import(
                 )
             containerd = found
         image.import_image(image.build(), containerd)
-    except image.ImageError as exc:
+    except image.ERRORS as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import importlib
 import json
@@ -41,12 +40,12 @@ import sys
 import tempfile
 import time
 import tomllib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from neuraxis.dev import oci
+from neuraxis.dev import oci, rootfs
 
 IMAGES_DIR_ENV = "NEURAXIS_IMAGES_DIR"
 REPOSITORY = "neuraxis.local/neuraxis"
@@ -67,7 +66,6 @@ JAR_SETS = ("delta", "s3")
 # Bump a layer's recipe when the way it is built changes, so that caches built the old way are
 # not reused.
 RECIPES = {"base": 1, "deps": 1, "jars": 1, "source": 1}
-STEP_TIMEOUT_S = 3600.0
 # Cached versions kept per layer: the current one and the few before it (switching branches).
 KEEP_VERSIONS = 3
 
@@ -76,6 +74,10 @@ Progress = Callable[[str], None]
 
 class ImageError(RuntimeError):
     """The image could not be built or imported; the message names the layer or step."""
+
+
+# Everything building or importing may raise, each message naming the step: what the CLI reports.
+ERRORS = (ImageError, rootfs.StepError, oci.ImageArchiveError)
 
 
 def _stderr_progress(message: str) -> None:
@@ -197,7 +199,7 @@ def image_tag(keys: Mapping[str, str], runtime: oci.RuntimeConfig) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# small process and file helpers
+# where
 
 
 def images_root() -> Path:
@@ -206,198 +208,6 @@ def images_root() -> Path:
         return Path(override).expanduser()
     cache_home = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(cache_home) / "neuraxis" / "images"
-
-
-def _tail(text: str, lines: int = 30) -> str:
-    return "\n".join(text.splitlines()[-lines:])
-
-
-def _run(
-    argv: Sequence[str],
-    *,
-    what: str,
-    log: Path | None = None,
-    env: Mapping[str, str] | None = None,
-    timeout: float = STEP_TIMEOUT_S,
-    ok: Sequence[int] = (0,),
-) -> str:
-    """Run a command; its output goes to `log` when given (long steps), else is returned.
-
-    The umask is fixed: the modes of what the command creates end up in image layers."""
-    command = shlex.join(argv)
-    try:
-        if log is None:
-            proc = subprocess.run(
-                argv,
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=timeout,
-                check=False,
-                umask=0o022,
-            )
-            output = proc.stdout + proc.stderr
-            returncode = proc.returncode
-        else:
-            log.parent.mkdir(parents=True, exist_ok=True)
-            with open(log, "a") as fh:
-                fh.write(f"$ {command}\n")
-                fh.flush()
-                returncode = subprocess.run(
-                    argv,
-                    env=env,
-                    stdout=fh,
-                    stderr=subprocess.STDOUT,
-                    timeout=timeout,
-                    check=False,
-                    umask=0o022,
-                ).returncode
-            output = log.read_text(errors="replace")
-    except FileNotFoundError as exc:
-        raise ImageError(f"{what}: {argv[0]} is not installed ({exc})") from exc
-    except subprocess.TimeoutExpired as exc:
-        raise ImageError(f"{what}: `{command}` took over {timeout:.0f}s") from exc
-    if returncode not in ok:
-        where = f" (log: {log})" if log else ""
-        raise ImageError(f"{what}: `{command}` exited {returncode}{where}:\n{_tail(output)}")
-    return output if log is None else ""
-
-
-def _require_root(what: str) -> None:
-    if os.geteuid() != 0:
-        raise ImageError(f"{what} needs root (debootstrap, chroot and mount); run it as root")
-
-
-def _mount_points() -> list[str]:
-    points = []
-    with open("/proc/self/mounts") as fh:
-        for line in fh:
-            # Spaces and the like are octal escapes in this file (\040).
-            raw = line.split()[1]
-            points.append(raw.encode().decode("unicode_escape"))
-    return points
-
-
-def _mounts_below(path: Path) -> list[str]:
-    prefix = str(path.resolve()).rstrip("/") + "/"
-    return [p for p in _mount_points() if p.startswith(prefix) or p + "/" == prefix]
-
-
-def _unmount_below(path: Path) -> None:
-    """Unmount everything mounted at or under `path`, deepest first."""
-    for point in sorted(_mounts_below(path), key=len, reverse=True):
-        if subprocess.run(["umount", point], capture_output=True, check=False).returncode:
-            subprocess.run(["umount", "-l", point], capture_output=True, check=False)
-    left = _mounts_below(path)
-    if left:
-        raise ImageError(f"could not unmount {left}; unmount them by hand before retrying")
-
-
-def remove_tree(path: Path) -> None:
-    """Delete a work or layer folder, never through a mount still in place (a bind-mounted
-    /dev or cache below it would otherwise be emptied)."""
-    if not path.exists() and not path.is_symlink():
-        return
-    _unmount_below(path)
-    shutil.rmtree(path)
-
-
-@contextlib.contextmanager
-def _mounted(argv: Sequence[str], target: Path, what: str) -> Iterator[Path]:
-    target.mkdir(parents=True, exist_ok=True)
-    _run(["mount", *argv, str(target)], what=what)
-    try:
-        yield target
-    finally:
-        _unmount_below(target)
-
-
-# The device files a build needs; the chroot gets its own /dev on a tmpfs with these bound in
-# one by one, rather than the host's /dev, so that nothing done below the chroot (unmounting,
-# deleting a work folder) can reach the host's device tree.
-CHROOT_DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
-CHROOT_DEV_LINKS = {"fd": "/proc/self/fd", "stdin": "/proc/self/fd/0"} | {
-    "stdout": "/proc/self/fd/1",
-    "stderr": "/proc/self/fd/2",
-}
-
-
-@contextlib.contextmanager
-def chroot_mounts(root: Path) -> Iterator[None]:
-    """/proc, a minimal /dev and /dev/shm (Python's process pools need it) inside a chroot."""
-    dev = root / "dev"
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(_mounted(["-t", "proc", "proc"], root / "proc", "mount /proc"))
-        stack.enter_context(_mounted(["-t", "tmpfs", "-o", "mode=755", "tmpfs"], dev, "mount /dev"))
-        for name in CHROOT_DEVICES:
-            (dev / name).touch()
-            _run(["mount", "--bind", f"/dev/{name}", str(dev / name)], what=f"mount /dev/{name}")
-        for name, target in CHROOT_DEV_LINKS.items():
-            os.symlink(target, dev / name)
-        (dev / "shm").mkdir()
-        _run(
-            ["mount", "-t", "tmpfs", "-o", "mode=1777", "tmpfs", str(dev / "shm")],
-            what="mount /dev/shm",
-        )
-        yield
-
-
-@contextlib.contextmanager
-def overlay(lower: Path, work: Path) -> Iterator[tuple[Path, Path]]:
-    """A writable view of `lower`; yields (merged, upper): what is written lands in `upper`."""
-    upper, scratch, merged = work / "upper", work / "overlay-work", work / "merged"
-    for folder in (upper, scratch, merged):
-        folder.mkdir(parents=True, exist_ok=True)
-    for folder in (lower, upper, scratch):
-        if any(c in str(folder) for c in ",:"):
-            raise ImageError(f"overlay: {folder} holds ',' or ':'; move the images root")
-    options = f"lowerdir={lower},upperdir={upper},workdir={scratch}"
-    with _mounted(["-t", "overlay", "overlay", "-o", options], merged, "mount overlay"):
-        yield merged, upper
-
-
-def _chroot_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    env = {
-        "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        "HOME": "/root",
-        "LC_ALL": "C.UTF-8",
-        "DEBIAN_FRONTEND": "noninteractive",
-    }
-    for name in ("http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY"):
-        if name in os.environ:
-            env[name] = os.environ[name]
-    return {**env, **(extra or {})}
-
-
-def _chroot(
-    root: Path,
-    argv: Sequence[str],
-    *,
-    what: str,
-    log: Path,
-    env: Mapping[str, str] | None = None,
-    ok: Sequence[int] = (0,),
-) -> None:
-    _run(["chroot", str(root), *argv], what=what, log=log, env=_chroot_env(env), ok=ok)
-
-
-def _copy_host_resolver(root: Path) -> None:
-    """Name resolution for apt and uv inside the chroot; the layer keeps an empty file."""
-    resolv = root / "etc" / "resolv.conf"
-    if resolv.is_symlink() or resolv.exists():
-        resolv.unlink()
-    shutil.copyfile("/etc/resolv.conf", resolv)
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -470,12 +280,12 @@ def ensure_layer(spec: LayerSpec, root: Path, progress: Progress) -> oci.LayerBl
 
 
 def _build_layer(spec: LayerSpec, root: Path, directory: Path, progress: Progress) -> LayerRecord:
-    remove_tree(directory)  # an unfinished earlier attempt
+    rootfs.remove_tree(directory)  # an unfinished earlier attempt
     start = time.monotonic()
     if spec.build_tree is not None:
         work = root / "work" / f"{spec.name}-{spec.key}"
         log = root / "logs" / f"{spec.name}-{spec.key}.log"
-        remove_tree(work)
+        rootfs.remove_tree(work)
         work.mkdir(parents=True)
         log.parent.mkdir(parents=True, exist_ok=True)
         log.unlink(missing_ok=True)
@@ -485,7 +295,7 @@ def _build_layer(spec: LayerSpec, root: Path, directory: Path, progress: Progres
             directory.mkdir(parents=True)
             os.replace(staged, tree_of(directory))
         finally:
-            remove_tree(work)
+            rootfs.remove_tree(work)
     else:
         directory.mkdir(parents=True)
     built = time.monotonic()
@@ -522,7 +332,7 @@ def prune_layers(root: Path, keep: int, progress: Progress) -> list[Path]:
         removed.extend(directory for _, directory in sorted(versions, reverse=True)[keep:])
     for directory in removed:
         progress(f"pruning {directory.name}")
-        remove_tree(directory)
+        rootfs.remove_tree(directory)
     return removed
 
 
@@ -539,13 +349,13 @@ def ensure_debootstrap(progress: Progress) -> str:
     found = shutil.which("debootstrap")
     if found:
         return found
-    _require_root("installing debootstrap")
+    rootfs.require_root("installing debootstrap")
     if not shutil.which("apt-get"):
         raise ImageError("debootstrap is missing and there is no apt-get to install it")
     progress("base: installing debootstrap with apt-get (once)")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    _run(["apt-get", "update", "-q"], what="apt-get update", env=env, timeout=600)
-    _run(
+    rootfs.run(["apt-get", "update", "-q"], what="apt-get update", env=env, timeout=600)
+    rootfs.run(
         ["apt-get", "install", "-y", "-q", "--no-install-recommends", "debootstrap"],
         what="apt-get install debootstrap",
         env=env,
@@ -580,10 +390,10 @@ BASE_LEFTOVERS = (
 
 def build_base_tree(description: ImageDescription) -> TreeBuilder:
     def build(tree: Path, work: Path, log: Path, progress: Progress) -> None:
-        _require_root("the base layer")
+        rootfs.require_root("the base layer")
         debootstrap = ensure_debootstrap(progress)
         progress(f"base: debootstrap {description.suite} minbase (log: {log})")
-        _run(
+        rootfs.run(
             [
                 debootstrap,
                 "--variant=minbase",
@@ -596,11 +406,11 @@ def build_base_tree(description: ImageDescription) -> TreeBuilder:
             log=log,
         )
         (tree / "etc" / "apt" / "sources.list").write_text(apt_sources(description.suite))
-        _copy_host_resolver(tree)
+        rootfs.copy_host_resolver(tree)
         progress(f"base: apt-get install {' '.join(description.packages)}")
-        with chroot_mounts(tree):
-            _chroot(tree, ["apt-get", "update", "-q"], what="base: apt-get update", log=log)
-            _chroot(
+        with rootfs.chroot_mounts(tree):
+            rootfs.chroot(tree, ["apt-get", "update", "-q"], what="base: apt-get update", log=log)
+            rootfs.chroot(
                 tree,
                 [
                     "apt-get",
@@ -613,10 +423,10 @@ def build_base_tree(description: ImageDescription) -> TreeBuilder:
                 what="base: apt-get install",
                 log=log,
             )
-            _chroot(tree, _useradd_argv(description), what="base: useradd", log=log)
-            _chroot(tree, ["apt-get", "clean"], what="base: apt-get clean", log=log)
+            rootfs.chroot(tree, _useradd_argv(description), what="base: useradd", log=log)
+            rootfs.chroot(tree, ["apt-get", "clean"], what="base: apt-get clean", log=log)
             for check in (["java", "-version"], [PYTHON, "--version"], ["tini", "--version"]):
-                _chroot(tree, check, what=f"base: check `{' '.join(check)}`", log=log)
+                rootfs.chroot(tree, check, what=f"base: check `{' '.join(check)}`", log=log)
         _tidy_base(tree)
 
     return build
@@ -675,25 +485,27 @@ def find_uv() -> Path:
 
 
 def host_uv_cache(uv: Path) -> Path:
-    out = _run([str(uv), "cache", "dir"], what="deps: uv cache dir").strip()
+    out = rootfs.run([str(uv), "cache", "dir"], what="deps: uv cache dir").strip()
     return Path(out.splitlines()[-1])
 
 
 def build_deps_tree(base_dir: Path, lock: Path) -> TreeBuilder:
     def build(tree: Path, work: Path, log: Path, progress: Progress) -> None:
-        _require_root("the deps layer")
+        rootfs.require_root("the deps layer")
         uv = find_uv()
         cache = host_uv_cache(uv)
         cache.mkdir(parents=True, exist_ok=True)
-        with overlay(tree_of(base_dir), work) as (merged, upper):
+        with rootfs.overlay(tree_of(base_dir), work) as (merged, upper):
             with (
-                chroot_mounts(merged),
-                _mounted(["--bind", str(cache)], merged / "tmp" / "uv-cache", "bind uv cache"),
+                rootfs.chroot_mounts(merged),
+                rootfs.mounted(
+                    ["--bind", str(cache)], merged / "tmp" / "uv-cache", "bind uv cache"
+                ),
             ):
                 shutil.copy2(uv, merged / "tmp" / "uv")
                 shutil.copyfile(lock, merged / "tmp" / "requirements.lock")
-                _copy_host_resolver(merged)
-                trust = _copy_host_trust(merged)
+                rootfs.copy_host_resolver(merged)
+                trust = rootfs.copy_host_trust(merged)
                 _install_venv(merged, log, progress, trust)
             venv = upper / VENV.lstrip("/")
             if not (venv / "bin" / "python").is_symlink():
@@ -703,17 +515,6 @@ def build_deps_tree(base_dir: Path, lock: Path) -> TreeBuilder:
             os.rename(venv, tree / VENV.lstrip("/"))
 
     return build
-
-
-def _copy_host_trust(root: Path) -> str | None:
-    """The host's CA bundle, for uv inside the chroot: the package index may sit behind a proxy
-    whose certificate only the host trusts. It goes to the chroot's /tmp, which the layer
-    leaves out, so the image keeps Debian's own CA set."""
-    bundle = os.environ.get("SSL_CERT_FILE") or "/etc/ssl/certs/ca-certificates.crt"
-    if not os.path.isfile(bundle):
-        return None
-    shutil.copyfile(bundle, root / "tmp" / "host-ca.crt")
-    return "/tmp/host-ca.crt"
 
 
 def _install_venv(root: Path, log: Path, progress: Progress, trust: str | None) -> None:
@@ -730,14 +531,14 @@ def _install_venv(root: Path, log: Path, progress: Progress, trust: str | None) 
         if name in os.environ:
             uv_env[name] = os.environ[name]
     progress(f"deps: uv venv {VENV} on {PYTHON}; uv pip sync requirements.lock (log: {log})")
-    _chroot(
+    rootfs.chroot(
         root,
         ["/tmp/uv", "venv", "--no-config", "--no-project", "--python", PYTHON, VENV],
         what="deps: uv venv",
         log=log,
         env=uv_env,
     )
-    _chroot(
+    rootfs.chroot(
         root,
         [
             "/tmp/uv",
@@ -757,7 +558,7 @@ def _install_venv(root: Path, log: Path, progress: Progress, trust: str | None) 
     progress("deps: byte-compiling site-packages (checked-hash)")
     _compile_all(root, SITE_PACKAGES, log)
     progress("deps: checking `import torch, pyspark, ray` with the image's Python")
-    _chroot(
+    rootfs.chroot(
         root,
         [f"{VENV}/bin/python", "-B", "-c", "import torch, pyspark, ray"],
         what="deps: import check",
@@ -769,7 +570,7 @@ def _compile_all(root: Path, folder: str, log: Path) -> None:
     argv = [PYTHON, "-m", "compileall", "-q", "-j", "0", "--invalidation-mode", "checked-hash"]
     # compileall exits 1 when some file does not compile (test data written for Python 2,
     # templates named .py): such a module cannot be imported anyway. Anything else fails.
-    _chroot(root, [*argv, folder], what="deps: compileall", log=log, ok=(0, 1))
+    rootfs.chroot(root, [*argv, folder], what="deps: compileall", log=log, ok=(0, 1))
 
 
 def deps_members(directory: Path) -> list[oci.Member]:
@@ -841,7 +642,7 @@ def jar_members(set_dirs: Sequence[Path], progress: Progress) -> list[oci.Member
 def tracked_source(repo: Path) -> list[SourceFile]:
     """The tracked files under SOURCE_PATHS, with their working-tree content (uncommitted
     edits included; files deleted in the working tree left out)."""
-    out = _run(
+    out = rootfs.run(
         ["git", "-C", str(repo), "ls-files", "-z", "--", *SOURCE_PATHS],
         what="source: git ls-files",
     )
@@ -1022,7 +823,7 @@ def build(
 ) -> oci.Image:
     """Build (or take from the cache) every layer; the image is ready to import."""
     root = images_root()
-    with _locked(root / ".build.lock"):
+    with rootfs.locked(root / ".build.lock"):
         the_plan = plan(repo, description, progress, root)
         for spec in the_plan.layers:
             if spec.name != "source" and read_record(spec.directory(root)) is None:
@@ -1080,11 +881,13 @@ class Containerd:
         return [*self.ctr, "--namespace", self.namespace, *args]
 
     def image_names(self) -> set[str]:
-        out = _run(self.argv("images", "ls", "-q"), what="import: ctr images ls", timeout=60)
+        out = rootfs.run(self.argv("images", "ls", "-q"), what="import: ctr images ls", timeout=60)
         return {line.strip() for line in out.splitlines() if line.strip()}
 
     def content_digests(self) -> set[str]:
-        out = _run(self.argv("content", "ls", "-q"), what="import: ctr content ls", timeout=60)
+        out = rootfs.run(
+            self.argv("content", "ls", "-q"), what="import: ctr content ls", timeout=60
+        )
         return {line.strip() for line in out.splitlines() if line.startswith("sha256:")}
 
 
@@ -1145,7 +948,7 @@ def _stream_import(
         output.seek(0)
         text = output.read()
     if returncode != 0 or broken:
-        raise ImageError(f"import: `{shlex.join(argv)}` exited {returncode}:\n{_tail(text)}")
+        raise ImageError(f"import: `{shlex.join(argv)}` exited {returncode}:\n{rootfs.tail(text)}")
     return sent, size
 
 
