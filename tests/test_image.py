@@ -252,15 +252,17 @@ def blob(name: str, members: list[oci.Member]) -> oci.LayerBlob:
     return oci.LayerBlob(name, measured.digest, measured.size, lambda: members)
 
 
+RUNTIME = oci.RuntimeConfig(
+    user="65534", env=(("A", "1"),), entrypoint=("/srv/x",), cmd=(), workdir="/srv"
+)
+
+
 def tiny_image(tmp_path: Path, ref: str = "neuraxis.local/tiny:1") -> oci.Image:
     layers = [
         blob(name, oci.with_parents([oci.generated_file(f"srv/{name}.txt", content)]))
         for name, content in (("one", b"first\n"), ("two", b"second\n"))
     ]
-    runtime = oci.RuntimeConfig(
-        user="65534", env=(("A", "1"),), entrypoint=("/srv/x",), cmd=(), workdir="/srv"
-    )
-    return oci.assemble(ref, runtime, layers)
+    return oci.assemble(ref, RUNTIME, layers)
 
 
 def archive_members(data: bytes) -> dict[str, bytes]:
@@ -321,6 +323,17 @@ def test_archive_refuses_a_layer_that_changed_since_it_was_measured(tmp_path: Pa
     broken = oci.Image(img.ref, (stale, img.layers[1]), img.config, img.manifest)
     with pytest.raises(oci.ImageArchiveError, match="layer one: its tree changed"):
         oci.write_archive(broken, io.BytesIO())
+
+
+def test_import_reports_why_the_consumer_stopped_reading(tmp_path: Path) -> None:
+    # A real process in ctr's place that reads a little of the archive, complains and exits.
+    big = blob("big", oci.with_parents([oci.generated_file("srv/big", b"x" * (8 << 20))]))
+    img = oci.assemble("neuraxis.local/big:1", RUNTIME, [big])
+    stops_early = image.Containerd(
+        ("sh", "-c", 'head -c 1000 >/dev/null; echo "ctr: unexpected EOF" >&2; exit 3', "sh")
+    )
+    with pytest.raises(image.ImageError, match=r"(?s)exited 3.*ctr: unexpected EOF"):
+        image._stream_import(img, stops_early, (), lambda _m: None)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ import tarfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 # 2024-01-01T00:00:00Z: the modification time of every member of a generated layer, so that the
 # same content gives the same digest whenever and wherever it is built.
@@ -256,26 +256,38 @@ def write_member(member: Member, out: Sink) -> None:
 
 def _copy_exactly(member: Member, source: str, out: Sink) -> None:
     """Copy the file's bytes, failing if it no longer has the size its header announced (the
-    tree changed between measuring the layer and writing it)."""
+    tree changed between measuring the layer and writing it). Errors writing to `out` (the
+    consumer went away) propagate unchanged."""
     remaining = member.size
     try:
-        with open(source, "rb") as fh:
-            while remaining:
-                chunk = fh.read(min(CHUNK, remaining))
-                if not chunk:
-                    break
-                out.write(chunk)
-                remaining -= len(chunk)
-            grew = bool(fh.read(1))
+        # Not a `with` around the loop: only reading errors are this member's fault.
+        fh = open(source, "rb")  # noqa: SIM115 - closed by the `with fh` below
     except OSError as exc:
         raise ImageArchiveError(
             f"layer member {member.path!r}: cannot read {source}: {exc}"
         ) from exc
+    with fh:
+        while remaining:
+            chunk = _read(fh, min(CHUNK, remaining), member, source)
+            if not chunk:
+                break
+            out.write(chunk)
+            remaining -= len(chunk)
+        grew = bool(_read(fh, 1, member, source))
     if remaining or grew:
         raise ImageArchiveError(
             f"layer member {member.path!r}: {source} changed size while the layer was written "
             f"(expected {member.size} bytes); build the image again"
         )
+
+
+def _read(fh: BinaryIO, size: int, member: Member, source: str) -> bytes:
+    try:
+        return fh.read(size)
+    except OSError as exc:
+        raise ImageArchiveError(
+            f"layer member {member.path!r}: cannot read {source}: {exc}"
+        ) from exc
 
 
 def write_tar(members: Iterable[Member], out: Sink) -> None:
