@@ -327,7 +327,9 @@ def test_archive_refuses_a_layer_that_changed_since_it_was_measured(tmp_path: Pa
 
 def test_import_reports_why_the_consumer_stopped_reading(tmp_path: Path) -> None:
     # A real process in ctr's place that reads a little of the archive, complains and exits.
-    big = blob("big", oci.with_parents([oci.generated_file("srv/big", b"x" * (8 << 20))]))
+    (tmp_path / "tree" / "srv").mkdir(parents=True)
+    (tmp_path / "tree" / "srv" / "big").write_bytes(b"x" * (8 << 20))  # read while streamed
+    big = blob("big", oci.scan_tree(tmp_path / "tree", GENERATED))
     img = oci.assemble("neuraxis.local/big:1", RUNTIME, [big])
     stops_early = image.Containerd(
         ("sh", "-c", 'head -c 1000 >/dev/null; echo "ctr: unexpected EOF" >&2; exit 3', "sh")
