@@ -130,20 +130,15 @@ def image_import(
     from neuraxis.dev import image
 
     try:
-        if address:
-            containerd = image.Containerd.at(address, ctr or image.ctr_binary(), namespace)
-        else:
-            found = image.node_containerd(namespace)
-            if found is None:
-                if if_node_running:
-                    typer.echo("no real node is running: image import skipped", err=True)
-                    return
-                raise image.ImageError(
-                    "import: no real node is running (`neuraxis dev cluster up`); "
-                    "or pass --address <containerd socket>"
-                )
-            containerd = found
-        image.import_image(image.build(), containerd)
+        containerd = (
+            image.Containerd.at(address, ctr or image.ctr_binary(), namespace)
+            if address
+            else image.node_containerd(namespace)
+        )
+        if containerd is None and if_node_running:
+            typer.echo("no real node is running: image import skipped", err=True)
+            return
+        image.build_and_import(containerd)
     except image.ERRORS as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc

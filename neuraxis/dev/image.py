@@ -884,6 +884,13 @@ class Containerd:
         out = rootfs.run(self.argv("images", "ls", "-q"), what="import: ctr images ls", timeout=60)
         return {line.strip() for line in out.splitlines() if line.strip()}
 
+    def responds(self) -> bool:
+        try:
+            self.image_names()
+        except rootfs.StepError:
+            return False
+        return True
+
     def content_digests(self) -> set[str]:
         out = rootfs.run(
             self.argv("content", "ls", "-q"), what="import: ctr content ls", timeout=60
@@ -914,7 +921,9 @@ def import_image(
     try:
         sent, size = _stream_import(image, containerd, held, progress)
     except ImageError as exc:
-        if not held:
+        # Worth a full archive only when containerd is still there to take it (it may have
+        # lost a held blob meanwhile), not when it went away.
+        if not held or not containerd.responds():
             raise
         progress(
             f"import without the {len(held)} layers containerd holds failed ({exc}); "
@@ -971,6 +980,21 @@ def _feed(
         proc.wait()
         raise
     return sent, counter.size, False
+
+
+def build_and_import(
+    containerd: Containerd | None = None, progress: Progress = _stderr_progress
+) -> ImportResult:
+    """Build the checkout's image (cached layers: seconds) and make it present in `containerd`
+    (default: the running real node's). For `make image` and for fixtures of real-pod tests."""
+    if containerd is None:
+        containerd = node_containerd()
+        if containerd is None:
+            raise ImageError(
+                "import: no real node is running (`neuraxis dev cluster up`); "
+                "or pass the containerd socket (--address)"
+            )
+    return import_image(build(progress=progress), containerd, progress)
 
 
 # ---------------------------------------------------------------------------------------------
