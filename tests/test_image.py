@@ -321,7 +321,7 @@ def test_archive_refuses_a_layer_that_changed_since_it_was_measured(tmp_path: Pa
     changed = oci.with_parents([oci.generated_file("srv/one.txt", b"FIRST\n")])
     stale = oci.LayerBlob("one", img.layers[0].digest, img.layers[0].size, lambda: changed)
     broken = oci.Image(img.ref, (stale, img.layers[1]), img.config, img.manifest)
-    with pytest.raises(oci.ImageArchiveError, match="layer one: its tree changed"):
+    with pytest.raises(oci.ImageArchiveError, match="layer one: its content changed"):
         oci.write_archive(broken, io.BytesIO())
 
 

@@ -276,7 +276,9 @@ def ensure_layer(spec: LayerSpec, root: Path, progress: Progress) -> oci.LayerBl
     else:
         os.utime(directory / RECORD_FILE)  # last use, for pruning
         progress(f"{spec.name}: cached ({_mb(record.size)}, {record.digest[:19]})")
-    return oci.LayerBlob(spec.name, record.digest, record.size, lambda: spec.members(directory))
+    return oci.LayerBlob(
+        spec.name, record.digest, record.size, lambda: spec.members(directory), str(directory)
+    )
 
 
 def _build_layer(spec: LayerSpec, root: Path, directory: Path, progress: Progress) -> LayerRecord:

@@ -375,6 +375,8 @@ class LayerBlob:
     digest: str
     size: int
     members: Callable[[], Sequence[Member]]
+    # Where the layer's content is cached, for messages (not part of the image).
+    origin: str = ""
 
     @property
     def descriptor(self) -> Descriptor:
@@ -469,10 +471,11 @@ def _write_layer_entry(out: Sink, layer: LayerBlob) -> None:
     write_tar(layer.members(), sink)
     # The header announced `size` bytes: anything else corrupts the rest of the archive.
     if sink.size != layer.size or sink.digest != layer.digest:
+        fix = f"remove {layer.origin} and build again" if layer.origin else "build it again"
         raise ImageArchiveError(
-            f"layer {layer.name}: its tree changed since it was measured "
+            f"layer {layer.name}: its content changed since it was measured "
             f"({sink.digest}, {sink.size} bytes; recorded {layer.digest}, {layer.size} bytes); "
-            "build the image again"
+            f"{fix}"
         )
     out.write(_padding(layer.size))
 
