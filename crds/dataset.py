@@ -298,6 +298,16 @@ class Engine(ApiModel):
         pattern=r"^[0-9]+[kmgt]$",
         description="Memory per executor (Spark syntax, e.g. 4g).",
     )
+    executor_cpu_request: str | None = Field(
+        default=None,
+        max_length=16,
+        pattern=r"^([0-9]+m|[0-9]+(\.[0-9]{1,3})?)$",
+        description=(
+            "CPU each executor pod requests (Kubernetes quantity, e.g. 250m); default: "
+            "executorCores. The executor still runs executorCores tasks at once and may use up "
+            "to executorCores CPUs: a smaller request lets executors share a small node."
+        ),
+    )
     driver_memory: str = Field(
         default="1g", pattern=r"^[0-9]+[kmgt]$", description="Driver memory (Spark syntax)."
     )

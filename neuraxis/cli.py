@@ -257,6 +257,7 @@ def mount() -> None:
     from neuraxis.workloads.bundle.cli import bundle_command
     from neuraxis.workloads.edge.cli import edge_command
     from neuraxis.workloads.etl.cli import etl_command
+    from neuraxis.workloads.etl.executor import spark_executor_command
     from neuraxis.workloads.evaluate.cli import evaluate_command
     from neuraxis.workloads.serve.cli import serve_command
     from neuraxis.workloads.train.cli import train_command
@@ -264,6 +265,7 @@ def mount() -> None:
     dev_app.add_typer(infra_app, name="infra")
     app.add_typer(dev_app, name="dev")
     workload_app.command("etl")(etl_command)
+    workload_app.command("spark-executor")(spark_executor_command)
     workload_app.command("train")(train_command)
     workload_app.command("evaluate")(evaluate_command)
     workload_app.command("bundle")(bundle_command)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from neuraxis.crds.dataset import Engine
 from neuraxis.lake import Lake, S3Settings
@@ -24,6 +25,7 @@ PLACEMENT = KubernetesPlacement(
     pod_ip="10.1.2.3",
     pod_name="sensor-readings-etl-abcde",
 )
+TEMPLATE = Path("/tmp/neuraxis-executor-pod.json")
 
 
 def test_local_mode_uses_the_cores_and_the_cached_jars(tmp_path: Path) -> None:
@@ -44,6 +46,7 @@ def test_kubernetes_conf_runs_executors_that_connect_back_to_the_pod(tmp_path: P
         JARS,
         PLACEMENT,
         app_name="neuraxis-etl-Sensor_Readings",
+        pod_template_file=TEMPLATE,
         labels={"neuraxis.dev/dataset": "sensor-readings"},
     )
     assert conf["spark.master"] == KUBERNETES_MASTER == "k8s://https://kubernetes.default.svc"
@@ -64,13 +67,40 @@ def test_kubernetes_conf_runs_executors_that_connect_back_to_the_pod(tmp_path: P
     assert conf["spark.kubernetes.executor.podNamePrefix"] == "neuraxis-etl-sensor-readings"
     assert conf["spark.kubernetes.executor.label.neuraxis.dev/dataset"] == "sensor-readings"
     assert conf["spark.sql.shuffle.partitions"] == "16"
-    assert conf["spark.jars"].startswith("/cache/jars/")
+    # Executor pods come from the driver's template, run as the workload account (no token).
+    assert conf["spark.kubernetes.executor.podTemplateFile"] == str(TEMPLATE)
+    assert conf["spark.kubernetes.executor.podTemplateContainerName"] == "executor"
+    assert conf["spark.kubernetes.authenticate.executor.serviceAccountName"] == "neuraxis-workload"
+    assert conf["spark.kubernetes.executor.deleteOnTermination"] == "false"
+    assert conf["spark.kubernetes.executor.request.cores"] == "2"
+    assert conf["spark.kubernetes.executor.limit.cores"] == "2"
+    # The jars are in the image: on both class paths, never shipped by the driver.
+    assert "spark.jars" not in conf
+    assert conf["spark.driver.extraClassPath"] == "/cache/jars/delta.jar:/cache/jars/storage.jar"
+    assert conf["spark.executor.extraClassPath"] == conf["spark.driver.extraClassPath"]
+
+
+def test_executor_cpu_request_can_be_smaller_than_its_cores(tmp_path: Path) -> None:
+    engine = Engine(executors=2, executor_memory="512m", executor_cpu_request="250m")
+    conf = kubernetes_conf(
+        engine, Lake(str(tmp_path)), JARS, PLACEMENT, app_name="a", pod_template_file=TEMPLATE
+    )
+    assert conf["spark.kubernetes.executor.request.cores"] == "250m"
+    assert conf["spark.kubernetes.executor.limit.cores"] == "1"
+    assert conf["spark.executor.cores"] == "1"
+    with pytest.raises(ValidationError, match="executorCpuRequest"):
+        Engine.model_validate({"executors": 1, "executorCpuRequest": "a quarter"})
 
 
 def test_kubernetes_conf_carries_the_s3_settings(tmp_path: Path) -> None:
     s3 = S3Settings(endpoint="http://minio:9000", access_key="ak", secret_key="sk", region="eu-1")
     conf = kubernetes_conf(
-        Engine(executors=1), Lake("s3://bucket/lake", s3=s3), JARS, PLACEMENT, app_name="a"
+        Engine(executors=1),
+        Lake("s3://bucket/lake", s3=s3),
+        JARS,
+        PLACEMENT,
+        app_name="a",
+        pod_template_file=TEMPLATE,
     )
     assert conf["spark.hadoop.fs.s3a.endpoint"] == "http://minio:9000"
     assert conf["spark.hadoop.fs.s3a.path.style.access"] == "true"
@@ -78,7 +108,9 @@ def test_kubernetes_conf_carries_the_s3_settings(tmp_path: Path) -> None:
 
 def test_kubernetes_needs_executors_and_a_pod(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="at least 1 executor"):
-        kubernetes_conf(Engine(), Lake(str(tmp_path)), JARS, PLACEMENT, app_name="a")
+        kubernetes_conf(
+            Engine(), Lake(str(tmp_path)), JARS, PLACEMENT, app_name="a", pod_template_file=TEMPLATE
+        )
     with pytest.raises(ValueError, match="NEURAXIS_SPARK_IMAGE, POD_IP"):
         KubernetesPlacement.from_env({"POD_NAMESPACE": "ml"})
     placement = KubernetesPlacement.from_env(
@@ -86,6 +118,8 @@ def test_kubernetes_needs_executors_and_a_pod(tmp_path: Path) -> None:
     )
     assert placement.service_account == "neuraxis-spark"
     assert placement.pod_name is None
+    assert placement.executor_service_account == "neuraxis-workload"
+    assert (placement.lake_secret, placement.executor_scheduling) == (None, {})
 
 
 def test_local_cores_from_env() -> None:

@@ -8,10 +8,12 @@ does not commit a second version: the table history records which run wrote each
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from neuraxis.crds.dataset import ColumnSchema, Dataset, DataSource
@@ -78,10 +80,20 @@ def start_spark_for(
         placement = spark_session.KubernetesPlacement.from_env(env)
         labels = {
             "app.kubernetes.io/managed-by": "neuraxis",
+            "app.kubernetes.io/component": "spark-executor",
             "neuraxis.dev/dataset": dataset.metadata.name,
         }
+        template = spark_session.write_pod_template(
+            spark_session.executor_pod_template(placement), Path(tempfile.gettempdir())
+        )
         conf = spark_session.kubernetes_conf(
-            engine, lake, jars, placement, app_name=app_name, labels=labels
+            engine,
+            lake,
+            jars,
+            placement,
+            app_name=app_name,
+            pod_template_file=template,
+            labels=labels,
         )
     else:
         cores = spark_session.local_cores(env)
@@ -220,21 +232,43 @@ def _pipeline(
     started: datetime,
     timings: dict[str, float],
 ) -> tuple[EtlResult, list[LineageDataset], list[LineageDataset]]:
+    # Before any Spark work: a missing salt is known without reading a byte.
+    salt = privacy.resolve_salt(dataset.spec.privacy, env)
+    args = (dataset, lake, base, namespace, upstream)
+    if spark is not None:
+        return _process(*args, spark, salt, started, timings)
+    t = time.monotonic()
+    try:
+        spark = start_spark_for(dataset, lake, upstream, env)
+    except Exception as exc:
+        raise EtlError(SPARK_UNAVAILABLE, f"cannot start Spark: {exc}") from exc
+    timings["sparkStart"] = time.monotonic() - t
+    try:
+        return _process(*args, spark, salt, started, timings)
+    finally:
+        if dataset.spec.engine.executors > 0:
+            # A session with executor pods is stopped here, not by the process exit: the
+            # executors are told to shut down (their pods end Succeeded) before the driver's
+            # container ends and takes the JVM with it.
+            spark.stop()
+
+
+def _process(
+    dataset: Dataset,
+    lake: Lake,
+    base: EtlResult,
+    namespace: str,
+    upstream: Mapping[str, str],
+    spark: SparkSession,
+    salt: str | None,
+    started: datetime,
+    timings: dict[str, float],
+) -> tuple[EtlResult, list[LineageDataset], list[LineageDataset]]:
     from pyspark import StorageLevel
     from pyspark.sql import functions as sf
 
     spec = dataset.spec
     run_id = base.run_id
-    # Before any Spark work: a missing salt is known without reading a byte.
-    salt = privacy.resolve_salt(spec.privacy, env)
-    if spark is None:
-        t = time.monotonic()
-        try:
-            spark = start_spark_for(dataset, lake, upstream, env)
-        except Exception as exc:
-            raise EtlError(SPARK_UNAVAILABLE, f"cannot start Spark: {exc}") from exc
-        timings["sparkStart"] = time.monotonic() - t
-
     t = time.monotonic()
     src = sources.read_source(spark, spec.source, lake, namespace, upstream)
     df = transform.apply_transform(spark, src.df, spec.transform)
