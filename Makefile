@@ -19,7 +19,7 @@ help:
 	@echo "make crds        regenerate crds/ from the pydantic models"
 	@echo "make tools       build the pinned control-plane binaries into the tool cache"
 	@echo "make image       build the workload image offline; import it into the real node if it runs"
-	@echo "make cluster     start the local control plane (KWOK); make cluster-down stops it"
+	@echo "make cluster     start the local control plane (KWOK pools + a real node); make cluster-down stops it"
 	@echo "make lock        re-resolve requirements.in into requirements.lock"
 
 venv: $(STAMP)
@@ -45,13 +45,17 @@ typecheck: venv
 crds: venv
 	$(VENV)/bin/neuraxis crds generate
 
-# What the tests run: the control plane and MinIO. The Pulumi engine and Prometheus are pinned in
+# What the tests run: the control plane, the real node (kubelet and kube-proxy are in the
+# kubernetes set; containerd, CoreDNS) and MinIO. The Pulumi engine and Prometheus are pinned in
 # the same file and built by `make tools-all`: the engine test also needs the Python language
 # host, which the module proxy does not serve, so building them here would only cost time.
-TEST_TOOLS := kubernetes etcd kwok minio
+# `dev node deps` apt-installs the node's Debian packages (runc, CNI plugins, iptables,
+# conntrack, busybox-static) only when one of their binaries is missing.
+TEST_TOOLS := kubernetes etcd kwok containerd coredns minio
 
 tools: venv
 	$(VENV)/bin/neuraxis dev tools build $(addprefix --only ,$(TEST_TOOLS))
+	$(VENV)/bin/neuraxis dev node deps
 
 tools-all: venv
 	$(VENV)/bin/neuraxis dev tools build

@@ -499,10 +499,16 @@ def test_fake_node_pools() -> None:
         "allocatable": {**cluster.BASE_RESOURCES, "nvidia.com/gpu": "8"},
         "capacity": {**cluster.BASE_RESOURCES, "nvidia.com/gpu": "8"},
     }
+    # Every KWOK node keeps its pool's taints and gets the KWOK one: ordinary pods go to the
+    # real node only.
+    kwok_taint = {"key": "kwok.x-k8s.io/node", "value": "fake", "effect": "NoSchedule"}
     assert gpu["spec"] == {
-        "taints": [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}]
+        "taints": [
+            {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"},
+            kwok_taint,
+        ]
     }
-    assert by_pool["cpu"][0]["spec"] == {}
+    assert by_pool["cpu"][0]["spec"] == {"taints": [kwok_taint]}
     sites = [n["metadata"]["labels"]["neuraxis.dev/edge-site"] for n in by_pool["edge"]]
     assert sites == ["plant-a", "plant-a", "plant-b"]
 

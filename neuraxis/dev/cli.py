@@ -9,8 +9,10 @@ import typer
 dev_app = typer.Typer(help="Developer tooling: the pinned toolchain and the local cluster.")
 tools_app = typer.Typer(help="The pinned Go toolchain (Kubernetes, etcd, KWOK, ...).")
 cluster_app = typer.Typer(help="The local control plane (real Kubernetes, KWOK nodes).")
+node_app = typer.Typer(help="The real node of the local cluster (kubelet, containerd).")
 dev_app.add_typer(tools_app, name="tools")
 dev_app.add_typer(cluster_app, name="cluster")
+dev_app.add_typer(node_app, name="node")
 
 
 @tools_app.command("build")
@@ -48,13 +50,24 @@ def tools_path(
 @cluster_app.command("up")
 def cluster_up(
     bare: bool = typer.Option(False, "--bare", help="Control plane and kwok only: no CRDs, nodes."),
+    no_real_node: bool = typer.Option(
+        False, "--no-real-node", help="Only KWOK nodes: no kubelet, containerd, bridge (root)."
+    ),
+    node_label: list[str] = typer.Option(
+        [], "--node-label", help="A label of the real node, key=value (repeatable)."
+    ),
+    node_taint: list[str] = typer.Option(
+        [], "--node-taint", help="A taint of the real node, key=value:Effect (repeatable)."
+    ),
 ) -> None:
     """Start the local cluster (or reuse a healthy one); prints the kubeconfig path."""
-    from neuraxis.dev import cluster, toolchain
+    from neuraxis.dev import cluster, node, toolchain
 
     try:
-        info = cluster.up(bare=bare)
-    except (cluster.ClusterError, toolchain.ToolchainError) as exc:
+        labels = dict(node.parse_label(text) for text in node_label)
+        taints = [node.parse_taint(text) for text in node_taint]
+        info = cluster.up(bare=bare, real=not no_real_node, node_labels=labels, node_taints=taints)
+    except (cluster.ClusterError, node.NodeError, toolchain.ToolchainError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
     typer.echo(f"export KUBECONFIG={info.kubeconfig}")
@@ -62,12 +75,24 @@ def cluster_up(
 
 @cluster_app.command("down")
 def cluster_down() -> None:
-    """Stop the local cluster and every process it started."""
-    from neuraxis.dev import cluster, toolchain
+    """Stop the local cluster, its real node and every process they started."""
+    from neuraxis.dev import cluster, node, toolchain
 
     try:
         cluster.down()
-    except (cluster.ClusterError, toolchain.ToolchainError) as exc:
+    except (cluster.ClusterError, node.NodeError, toolchain.ToolchainError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+
+
+@node_app.command("deps")
+def node_deps() -> None:
+    """Install the node's Debian packages (runc, CNI plugins, iptables, ...) when missing."""
+    from neuraxis.dev import node
+
+    try:
+        node.install_host_packages()
+    except node.NodeError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
 

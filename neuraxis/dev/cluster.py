@@ -1,5 +1,6 @@
 """The local control plane: real kube-apiserver, etcd, controller manager and scheduler, with
-KWOK playing the kubelets (`kwokctl create cluster --runtime binary`).
+KWOK playing the kubelets (`kwokctl create cluster --runtime binary`), plus one real node
+(`neuraxis.dev.node`: kubelet, containerd, CoreDNS, kube-proxy) where pods really run.
 
 Everything runs from the pinned binaries that `neuraxis.dev.toolchain` builds; nothing is
 downloaded. State lives under `$NEURAXIS_HOME` (default `./.neuraxis`): the kwok work dir in
@@ -18,11 +19,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from neuraxis.dev import node as real_node
 from neuraxis.dev import toolchain
 
 CLUSTER_NAME = "neuraxis"
@@ -107,18 +109,23 @@ class NodePool:
     node_labels: tuple[dict[str, str], ...] = ()
 
 
+# The local cluster's KWOK pools carry this taint besides their own, so pods without the
+# toleration land on the real node only; pods meant for the fake pools (the operator's, in the
+# cluster tests) tolerate it.
+KWOK_NODE_TAINT = (KWOK_NODE_ANNOTATION, "fake", "NoSchedule")
+
 NODE_POOLS: tuple[NodePool, ...] = (
-    NodePool("cpu", 4),
+    NodePool("cpu", 4, taints=(KWOK_NODE_TAINT,)),
     NodePool(
         "gpu",
         2,
-        taints=((GPU_RESOURCE, "present", "NoSchedule"),),
+        taints=((GPU_RESOURCE, "present", "NoSchedule"), KWOK_NODE_TAINT),
         extra_resources={GPU_RESOURCE: "8"},
     ),
     NodePool(
         "edge",
         3,
-        taints=(("neuraxis.dev/edge", "true", "NoSchedule"),),
+        taints=(("neuraxis.dev/edge", "true", "NoSchedule"), KWOK_NODE_TAINT),
         node_labels=(
             {EDGE_SITE_LABEL: "plant-a"},
             {EDGE_SITE_LABEL: "plant-a"},
@@ -239,7 +246,7 @@ class ClusterInfo:
     elapsed_s: float
 
 
-def fingerprint() -> str:
+def fingerprint(home: Path | None = None) -> str:
     """What a running cluster must have been made from to be reused as it is.
 
     Only the pins of the tools the cluster runs count: adding, say, prometheus to the toolset
@@ -250,6 +257,7 @@ def fingerprint() -> str:
     pins = [toolset.tool(name).build_pins() for name in CLUSTER_TOOLS]
     digest = hashlib.sha256(json.dumps(pins, sort_keys=True).encode())
     digest.update(STAGES_FILE.read_bytes())
+    digest.update(_kwokctl_configuration(cluster_paths(home)).encode())
     return digest.hexdigest()[:12]
 
 
@@ -276,7 +284,9 @@ def is_healthy(home: Path | None = None) -> bool:
 def is_running(home: Path | None = None) -> bool:
     """A healthy cluster made from the current toolset and stages."""
     paths = cluster_paths(home)
-    return _read_state(paths).get("fingerprint") == fingerprint() and is_healthy(paths.home)
+    return _read_state(paths).get("fingerprint") == fingerprint(paths.home) and is_healthy(
+        paths.home
+    )
 
 
 @contextlib.contextmanager
@@ -300,11 +310,16 @@ def up(
     bare: bool = False,
     home: Path | None = None,
     crds_dir: Path | None = None,
+    real: bool = True,
+    node_labels: Mapping[str, str] | None = None,
+    node_taints: Sequence[tuple[str, str, str]] = (),
     progress: Progress = _stderr_progress,
 ) -> ClusterInfo:
     """Start the cluster (or reuse a healthy one) and return where to reach it.
 
     `bare`: only the control plane and the kwok controller, no CRDs and no nodes.
+    `real`: also the real node (`neuraxis.dev.node`) with these labels and taints; without
+    it, a real node this home started is stopped.
     """
     start = time.monotonic()
     paths = cluster_paths(home)
@@ -319,13 +334,19 @@ def up(
         if not bare:
             _apply_crds(paths, crds_dir or DEFAULT_CRDS_DIR, progress, start)
             _register_nodes(paths, progress, start)
+        if real and not bare:
+            request = node_request(paths.home, node_labels, node_taints)
+            real_node.up(request, progress=progress)
+        else:
+            _stop_own_node(paths, progress)
     elapsed = time.monotonic() - start
     progress(f"ready in {elapsed:.1f}s; kubeconfig: {paths.kubeconfig}")
     return ClusterInfo(paths.kubeconfig, _server(paths), reused, elapsed)
 
 
 def down(*, home: Path | None = None, progress: Progress = _stderr_progress) -> None:
-    """Stop the cluster; afterwards none of its processes or listening ports are left."""
+    """Stop the cluster and its real node; afterwards none of their processes, listening
+    ports or host changes are left."""
     start = time.monotonic()
     paths = cluster_paths(home)
     with _locked(paths):
@@ -335,7 +356,7 @@ def down(*, home: Path | None = None, progress: Progress = _stderr_progress) -> 
 
 def _create(paths: ClusterPaths, progress: Progress, start: float) -> None:
     bins = toolchain.bin_dir()
-    paths.kwokctl_config.write_text(_kwokctl_configuration())
+    paths.kwokctl_config.write_text(_kwokctl_configuration(paths))
     progress("starting etcd, kube-apiserver, controller manager, scheduler and kwok")
     _kwokctl(
         paths,
@@ -359,16 +380,62 @@ def _create(paths: ClusterPaths, progress: Progress, start: float) -> None:
         timeout=CREATE_TIMEOUT_S + 30,
     )
     _wait_ready(paths)
-    paths.state_file.write_text(json.dumps({"fingerprint": fingerprint()}))
+    paths.state_file.write_text(json.dumps({"fingerprint": fingerprint(paths.home)}))
     progress(f"control plane up at {_server(paths)} ({time.monotonic() - start:.1f}s)")
 
 
-def _kwokctl_configuration() -> str:
-    # Loopback only: the components must not be reachable from other hosts.
+def node_request(
+    home: Path | None = None,
+    labels: Mapping[str, str] | None = None,
+    taints: Sequence[tuple[str, str, str]] = (),
+) -> real_node.NodeRequest:
+    """What `up` asks of the real node for this home's control plane (which must be up)."""
+    paths = cluster_paths(home)
+    return real_node.NodeRequest(
+        home=paths.home,
+        kubeconfig=paths.kubeconfig,
+        pki_dir=paths.cluster_dir / "pki",
+        server=_server(paths),
+        labels=dict(labels or {}),
+        taints=tuple(taints),
+    )
+
+
+def _stop_own_node(paths: ClusterPaths, progress: Progress) -> None:
+    # Another home's node is not ours to stop (one real node per machine).
+    if real_node.running_home() == paths.home:
+        real_node.down(progress=progress)
+
+
+def _kwokctl_configuration(paths: ClusterPaths) -> str:
+    """Loopback only: the components must not be reachable from other hosts. The API server
+    advertises the real node's IP, where the node relays to it, so the `kubernetes` Service
+    works from pods; its certificate names that IP and the Service's. The same control plane
+    serves with or without the real node, so adding the node never restarts it."""
+    pki = paths.cluster_dir / "pki"
+    apiserver_args = {
+        "advertise-address": real_node.NODE_IP,
+        "service-cluster-ip-range": real_node.SERVICE_CIDR,
+        # The node's name does not resolve (no DNS leaves the machine): use its InternalIP.
+        "kubelet-preferred-address-types": "InternalIP",
+        # `kubectl logs/exec` on the real node: kubelet trusts the CA, authorizes by webhook.
+        "kubelet-client-certificate": str(pki / "admin.crt"),
+        "kubelet-client-key": str(pki / "admin.key"),
+    }
     config = {
         "apiVersion": "config.kwok.x-k8s.io/v1alpha1",
         "kind": "KwokctlConfiguration",
-        "options": {"bindAddress": "127.0.0.1"},
+        "options": {
+            "bindAddress": "127.0.0.1",
+            "kubeApiserverCertSANs": [real_node.NODE_IP, real_node.KUBERNETES_SERVICE_IP],
+        },
+        # Not --extra-args: kwokctl v0.8.0 panics when two components get several each.
+        "componentsPatches": [
+            {
+                "name": "kube-apiserver",
+                "extraArgs": [{"key": k, "value": v} for k, v in apiserver_args.items()],
+            }
+        ],
     }
     return json.dumps(config, indent=2) + "\n"
 
@@ -432,7 +499,9 @@ def _register_nodes(paths: ClusterPaths, progress: Progress, start: float) -> No
 
 
 def _clean_stale(paths: ClusterPaths, progress: Progress) -> None:
-    """Stop whatever an earlier run left: kwokctl's own stop, then leftover processes."""
+    """Stop whatever an earlier run left: the real node (its pods are deleted through the API
+    server, so it goes first), kwokctl's own stop, then leftover processes."""
+    _stop_own_node(paths, progress)
     ports = _recorded_ports(paths)
     if paths.cluster_dir.exists():
         try:

@@ -11,6 +11,15 @@ if TYPE_CHECKING:
     from tests.cluster.conftest import Cluster
 
 WAIT = "--timeout=90s"
+KWOK_TAINT = ("kwok.x-k8s.io/node", "fake", "NoSchedule")
+# These pods play their outcome on KWOK nodes: they tolerate the KWOK taint and select the
+# fake nodes, so they never land on the real node (whose kubelet would try to pull the image).
+ON_KWOK = {
+    "tolerations": [
+        {"key": KWOK_TAINT[0], "operator": "Equal", "value": KWOK_TAINT[1], "effect": KWOK_TAINT[2]}
+    ],
+    "nodeSelector": {"type": "kwok"},
+}
 
 
 def _job(name: str, annotations: dict[str, str] | None = None) -> dict[str, Any]:
@@ -26,6 +35,7 @@ def _job(name: str, annotations: dict[str, str] | None = None) -> dict[str, Any]
                 "spec": {
                     "restartPolicy": "Never",
                     "containers": [{"name": "main", "image": "neuraxis/noop:1"}],
+                    **ON_KWOK,
                 },
             },
         },
@@ -45,7 +55,7 @@ def test_node_pools_have_labels_taints_and_gpus(cluster: Cluster) -> None:
     from kubernetes import client
 
     with cluster.api_client() as api:
-        listed = client.CoreV1Api(api).list_node(label_selector="neuraxis.dev/pool")
+        listed = client.CoreV1Api(api).list_node(label_selector="type=kwok")
         nodes: list[dict[str, Any]] = api.sanitize_for_serialization(listed)["items"]
     pools = Counter(n["metadata"]["labels"]["neuraxis.dev/pool"] for n in nodes)
     assert pools == {"cpu": 4, "gpu": 2, "edge": 3}
@@ -59,13 +69,13 @@ def test_node_pools_have_labels_taints_and_gpus(cluster: Cluster) -> None:
         pool = labels["neuraxis.dev/pool"]
         if pool == "gpu":
             assert allocatable["nvidia.com/gpu"] == capacity["nvidia.com/gpu"] == "8", name
-            assert taints == {("nvidia.com/gpu", "present", "NoSchedule")}, name
+            assert taints == {("nvidia.com/gpu", "present", "NoSchedule"), KWOK_TAINT}, name
         else:
             assert "nvidia.com/gpu" not in allocatable, name
         if pool == "edge":
-            assert taints == {("neuraxis.dev/edge", "true", "NoSchedule")}, name
+            assert taints == {("neuraxis.dev/edge", "true", "NoSchedule"), KWOK_TAINT}, name
         if pool == "cpu":
-            assert not taints, name
+            assert taints == {KWOK_TAINT}, name
     sites = sorted(
         n["metadata"]["labels"]["neuraxis.dev/edge-site"]
         for n in nodes
@@ -80,7 +90,7 @@ def test_job_runs_on_cpu_nodes_and_completes(cluster: Cluster, namespace: str) -
     job = cluster.kubectl_json("get", "job", "ok", f"--namespace={namespace}")
     assert job["status"]["succeeded"] == 1
     pod = _job_pod(cluster, namespace, "ok")
-    # Tolerating nothing, it can only land on the untainted cpu pool.
+    # Tolerating only the KWOK taint, it can only land on the cpu pool.
     assert pod["spec"]["nodeName"].startswith("kwok-cpu-")
     assert pod["status"]["phase"] == "Succeeded"
     terminated = pod["status"]["containerStatuses"][0]["state"]["terminated"]
@@ -127,7 +137,7 @@ def test_deployment_pod_is_running_and_ready(cluster: Cluster, namespace: str) -
             "selector": {"matchLabels": {"app": "web"}},
             "template": {
                 "metadata": {"labels": {"app": "web"}},
-                "spec": {"containers": [{"name": "web", "image": "neuraxis/web:1"}]},
+                "spec": {"containers": [{"name": "web", "image": "neuraxis/web:1"}], **ON_KWOK},
             },
         },
     }
