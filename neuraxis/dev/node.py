@@ -463,6 +463,24 @@ def _create_bridge() -> None:
     _run(["ip", "link", "set", BRIDGE, "up"], what=f"bring {BRIDGE} up")
 
 
+def _flush_pod_conntrack() -> None:
+    """Drop the kernel's connection-tracking entries of pod addresses (they would otherwise
+    linger until they time out); `conntrack -D` exits 1 when none match."""
+    if shutil.which("conntrack") is None:
+        return
+    for direction in ("--orig-src", "--orig-dst"):
+        _run(["conntrack", "-D", direction, POD_SUBNET], what="conntrack -D", check=False)
+
+
+def _require_br_netfilter() -> None:
+    if not Path("/proc/sys/net/bridge").is_dir():
+        raise NodeError(
+            "the kernel has no br_netfilter (/proc/sys/net/bridge is missing): Service traffic "
+            "between pods needs it; load the module (`modprobe br_netfilter`) or use "
+            "--no-real-node"
+        )
+
+
 def _isolate_bridge() -> None:
     """Drop what would be routed from the bridge to another interface (mangle runs before
     filter, where kube-proxy prepends ACCEPT rules of its own)."""
@@ -887,9 +905,11 @@ def _is_running(record: Mapping[str, Any]) -> bool:
     return isinstance(pid, int) and started is not None and _process_start_time(pid) == started
 
 
-def _stop_processes(pids: Sequence[int], what: str) -> None:
-    """SIGTERM, then SIGKILL after STOP_TIMEOUT_S; raises when something survives."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
+def _stop_processes(pids: Sequence[int], what: str, *, graceful: bool = True) -> None:
+    """SIGTERM, then SIGKILL after STOP_TIMEOUT_S (only SIGKILL unless `graceful`); raises when
+    something survives."""
+    signals = (signal.SIGTERM, signal.SIGKILL) if graceful else (signal.SIGKILL,)
+    for sig in signals:
         for pid in pids:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, sig)
@@ -1073,6 +1093,7 @@ def _refuse_foreign_node(state: Mapping[str, Any], request: NodeRequest) -> None
 
 def _start_node(request: NodeRequest, progress: Progress, start: float) -> None:
     paths = NodePaths(request.home)
+    _require_br_netfilter()
     _prepare_dirs(paths)
     _update_host_state(
         boot_id=_boot_id(),
@@ -1317,6 +1338,7 @@ def _teardown(state: Mapping[str, Any], progress: Progress) -> None:
     step("unmount", lambda: _unmount_under([*ours, containerd_root()], progress))
     step("remove cgroups", lambda: _remove_kubepods_cgroups(progress))
     step("delete bridge", lambda: _delete_bridge(progress))
+    step("forget connections", _flush_pod_conntrack)
     step("remove iptables chains", lambda: remove_iptables_chains(progress))
     step("restore sysctls", lambda: _restore_sysctls(state.get("sysctls", {}), progress))
     step("remove log links", lambda: _remove_container_log_links(node_dir))
@@ -1376,7 +1398,9 @@ def _stop_leftovers(markers: Sequence[str], progress: Progress) -> None:
     if pids:
         names = sorted({_process_name(pid) for pid in pids})
         progress(f"stopping {len(pids)} leftover processes: {', '.join(names)}")
-        _stop_processes(sorted(set(pids)), "leftover node processes")
+        # Orphans of a stopped node: nothing is left to shut down gracefully, and a container's
+        # pid 1 ignores SIGTERM anyway.
+        _stop_processes(sorted(set(pids)), "leftover node processes", graceful=False)
 
 
 def _process_name(pid: int) -> str:
