@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -92,7 +93,9 @@ class Recorder:
         while not self.stop.is_set():
             w = watch.Watch()
             for event in w.stream(batch.list_namespaced_job, NS, timeout_seconds=5):
-                self.job_seen.setdefault(event["object"].metadata.name, time.time())
+                # `<name>-<step>-<short uid>-g<generation>` -> `<name>-<step>`
+                run = re.sub(r"-[0-9a-z]{8}-g[0-9]+$", "", event["object"].metadata.name)
+                self.job_seen.setdefault(run, time.time())
             w.stop()
 
     def _datasets(self) -> None:
@@ -255,14 +258,14 @@ def main() -> None:
     operator.wait(timeout=30)
 
     ds_latency = [
-        recorder.job_seen[f"ds-{i:04d}-etl-g1"] - created[f"ds-{i:04d}"]
+        recorder.job_seen[f"ds-{i:04d}-etl"] - created[f"ds-{i:04d}"]
         for i in range(n)
-        if f"ds-{i:04d}-etl-g1" in recorder.job_seen
+        if f"ds-{i:04d}-etl" in recorder.job_seen
     ]
     tj_latency = [
-        recorder.job_seen[f"tj-{i:04d}-train-g1"] - recorder.ready_seen[f"ds-{i:04d}"]
+        recorder.job_seen[f"tj-{i:04d}-train"] - recorder.ready_seen[f"ds-{i:04d}"]
         for i in range(n)
-        if f"tj-{i:04d}-train-g1" in recorder.job_seen and f"ds-{i:04d}" in recorder.ready_seen
+        if f"tj-{i:04d}-train" in recorder.job_seen and f"ds-{i:04d}" in recorder.ready_seen
     ]
     first = min(created.values())
     last_ds_job = max(

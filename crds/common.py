@@ -184,6 +184,26 @@ class Condition(ApiModel):
     )
 
 
+class RunRecord(ApiModel):
+    """One run of the resource: a Job whose name is the run id."""
+
+    id: str = Field(
+        max_length=63,
+        description="The run id: the Job's name and NEURAXIS_RUN_ID (results, Delta commits and "
+        "checkpoints are keyed by it); it carries the resource's short uid and generation.",
+    )
+    generation: int = Field(ge=0, description="The metadata.generation the run was started for.")
+    phase: Literal["Running", "Succeeded", "Failed", "Superseded"] = Field(
+        description="Superseded: stopped before it finished because the spec changed (its Job "
+        "was deleted before the next run started)."
+    )
+    start_time: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
+    completion_time: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
+
+
+RUNS_KEPT = 8
+
+
 class StatusBase(ApiModel):
     """The status contract shared by every Neuraxis kind."""
 
@@ -198,6 +218,11 @@ class StatusBase(ApiModel):
     )
     message: str | None = Field(
         default=None, max_length=32768, description="Why the resource is in its phase, for people."
+    )
+    runs: list[RunRecord] = Field(
+        default_factory=list,
+        max_length=RUNS_KEPT,
+        description="The latest runs, newest first.",
     )
 
 

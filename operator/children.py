@@ -4,6 +4,7 @@ deterministic (a restarted operator finds what it made instead of making it agai
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from neuraxis import API_GROUP, API_VERSION
@@ -33,10 +34,50 @@ def standard_labels(res: Resource, component: str) -> dict[str, str]:
     }
 
 
+# Room for what Kubernetes appends to a run's name: a CronJob's Jobs add 11 characters, an
+# Indexed Job's pod hostnames `-<index>`; the Job name is also a label value (63 at most).
+RUN_NAME_MAX = 52
+SHORT_UID_LENGTH = 8
+
+
+def short_uid(res: Resource) -> str:
+    """The first characters of the resource's uid (letters and digits only): a resource deleted
+    and created again under the same name gets a new uid, so its runs get new names."""
+    uid = re.sub(r"[^a-z0-9]", "", (res.metadata.uid or "").lower())[:SHORT_UID_LENGTH]
+    if not uid:
+        raise ValueError(f"{res.kind}/{res.metadata.name} has no uid (not read from the API?)")
+    return uid
+
+
 def run_name(res: Resource, suffix: str) -> str:
-    """Name of a per-generation run child, e.g. `sensor-readings-etl-g3`: a spec change starts a
-    new run under a new name, and a finished run's Job is never recreated under the old one."""
-    return f"{res.metadata.name}-{suffix}-g{res.metadata.generation or 1}"
+    """Name of a per-generation run child, e.g. `sensor-readings-etl-3f2a9c1b-g3`, which is also
+    the run id (NEURAXIS_RUN_ID: Delta commits, checkpoints and results are keyed by it).
+
+    The uid part makes a recreated resource start fresh (a new run, not the old one's result or
+    checkpoints); the generation part starts a new run on a spec change, and a finished run's
+    Job is never recreated under the old name. The resource's name is shortened when needed
+    so that the whole stays within RUN_NAME_MAX."""
+    tail = f"-{suffix}-{short_uid(res)}-g{res.metadata.generation or 1}"
+    return f"{_shorten(res.metadata.name, RUN_NAME_MAX - len(tail))}{tail}"
+
+
+def fixed_name(res: Resource, suffix: str) -> str:
+    """`<name>-<suffix>-<short uid>` within RUN_NAME_MAX: a child that lives across
+    generations (a scheduled Dataset's CronJob), still never shared with an earlier
+    resource of the same name."""
+    tail = f"-{suffix}-{short_uid(res)}"
+    return f"{_shorten(res.metadata.name, RUN_NAME_MAX - len(tail))}{tail}"
+
+
+def _shorten(name: str, room: int) -> str:
+    # A name part must end in a letter or digit; the uid keeps shortened names unique.
+    return name[: max(room, 1)].rstrip("-.") or "x"
+
+
+def run_generation(run_id: str) -> int | None:
+    """The generation a run name (from `run_name`) was made for."""
+    match = re.search(r"-g([0-9]+)$", run_id)
+    return int(match.group(1)) if match else None
 
 
 def owner_reference(res: Resource) -> dict[str, Any]:

@@ -4,6 +4,7 @@ is a no-op when nothing changed."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -116,6 +117,22 @@ class Cluster:
                 return None
             raise
         return dict(created.to_dict())
+
+    def delete(
+        self,
+        api_version: str,
+        kind: str,
+        namespace: str | None,
+        name: str,
+        propagation: str = "Foreground",
+    ) -> None:
+        """Delete an object; with Foreground propagation it stays (with a deletionTimestamp)
+        until its dependents are gone. Already gone is fine."""
+        API_REQUESTS.labels(verb="delete").inc()
+        with contextlib.suppress(NotFoundError):
+            self._resource(api_version, kind).delete(
+                name=name, namespace=namespace, body={"propagationPolicy": propagation}
+            )
 
     def patch_status(self, kind: str, namespace: str, name: str, status: Obj) -> None:
         API_REQUESTS.labels(verb="patch-status").inc()

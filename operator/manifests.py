@@ -41,7 +41,10 @@ def cluster_role_rules() -> list[dict[str, Any]]:
         # The four kinds: read them, create registered ModelVersions, write status.
         _rule(API_GROUP, plurals, ["get", "list", "watch", "create", "patch", "update"]),
         _rule(API_GROUP, [f"{p}/status" for p in plurals], ["get", "patch", "update"]),
-        _rule("batch", ["jobs", "cronjobs"], WRITE),
+        _rule("batch", ["cronjobs"], WRITE),
+        # A new run first deletes the unfinished Job of the run it supersedes (the garbage
+        # collector deletes its pods: the operator needs no pod rights for that).
+        _rule("batch", ["jobs"], [*WRITE, "delete"]),
         _rule("", ["pods"], READ),
         _rule("", ["services", "configmaps"], WRITE),
         _rule("", ["serviceaccounts"], ["get", "create"]),  # the workload accounts per namespace

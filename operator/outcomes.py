@@ -6,15 +6,22 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from neuraxis.crds.common import RUNS_KEPT
 from neuraxis.operator import conditions as cond
+from neuraxis.workloads.result import now_rfc3339
 
 Obj = dict[str, Any]
 Condition = tuple[str, bool | None, str, str]  # type, status, reason, message
 
 
+RunPhase = str  # Running, Succeeded, Failed or Superseded (RunRecord.phase)
+FINISHED_RUN_PHASES = ("Succeeded", "Failed", "Superseded")
+
+
 @dataclass
 class Draft:
-    """What a reconciler concluded: the phase, why, extra status fields and conditions."""
+    """What a reconciler concluded: the phase, why, extra status fields and conditions; `run`
+    is the current run (id, phase) and `superseded` the ids of earlier runs being stopped."""
 
     phase: str
     reason: str
@@ -22,6 +29,37 @@ class Draft:
     ready: bool = False
     fields: dict[str, Any] = field(default_factory=dict)
     conditions: list[Condition] = field(default_factory=list)
+    run: tuple[str, RunPhase] | None = None
+    superseded: list[str] = field(default_factory=list)
+
+
+def update_runs(
+    runs: list[Obj],
+    generation: int | None,
+    current: tuple[str, RunPhase] | None,
+    superseded: list[str],
+    now: str,
+) -> list[Obj]:
+    """The `status.runs` history, newest first and at most RUNS_KEPT long.
+
+    A run being stopped is `Superseded`; so is any other run still `Running` when a new run
+    appears (the reconcilers start a run only after the earlier ones stopped)."""
+    out = [dict(r) for r in runs]
+    known = {r.get("id") for r in out}
+    if current is not None and current[0] not in known:
+        superseded = [*superseded, *(str(r["id"]) for r in out if r.get("phase") == "Running")]
+        out.insert(0, {"id": current[0], "generation": generation or 0, "startTime": now})
+    for entry in out:
+        if current is not None and entry["id"] == current[0]:
+            phase = current[1]
+        elif entry["id"] in superseded and entry.get("phase") == "Running":
+            phase = "Superseded"
+        else:
+            continue
+        entry["phase"] = phase
+        if phase in FINISHED_RUN_PHASES and not entry.get("completionTime"):
+            entry["completionTime"] = now
+    return out[:RUNS_KEPT]
 
 
 def failed(result: Obj | None, reason: str, message: str) -> Draft:
@@ -118,10 +156,16 @@ def status_from_draft(
     conditions = cond.set_condition(
         conditions, "Ready", draft.ready, draft.reason, ready_message, generation, now
     )
-    return {
+    status = {
         **draft.fields,
         "phase": draft.phase,
         "message": draft.message,
         "observedGeneration": generation,
         "conditions": conditions,
     }
+    runs = list(old.get("runs") or [])
+    if draft.run is not None or draft.superseded or runs:
+        status["runs"] = update_runs(
+            runs, generation, draft.run, draft.superseded, now or now_rfc3339()
+        )
+    return status

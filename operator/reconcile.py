@@ -5,6 +5,7 @@ when it changed. Running it twice in a row changes nothing."""
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -52,6 +53,7 @@ from neuraxis.operator.inputs import (
 )
 from neuraxis.operator.observe import RunObservation, observe_run
 from neuraxis.operator.outcomes import (
+    Condition,
     Draft,
     bundle_outcome,
     dataset_outcome,
@@ -59,9 +61,11 @@ from neuraxis.operator.outcomes import (
     failed,
     status_from_draft,
     training_outcome,
+    update_runs,
 )
 from neuraxis.operator.settings import OperatorSettings
 from neuraxis.resources import ResourceError, parse_resource
+from neuraxis.workloads.result import now_rfc3339
 
 TERMINAL = {"Ready", "Succeeded", "Failed", "Approved", "Rejected"}
 
@@ -116,6 +120,55 @@ def _apply_all(cluster: Cluster, manifests: list[Obj]) -> None:
         cluster.apply(manifest)
 
 
+def _run_finished(job: Obj) -> bool:
+    """A Job that ended and whose pods stopped: it writes nothing any more."""
+    status = job.get("status") or {}
+    ended = any(
+        c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
+        for c in status.get("conditions") or []
+    )
+    return ended and not status.get("active") and not status.get("terminating")
+
+
+def stop_previous_runs(cluster: Cluster, res: Resource, current: str) -> list[str]:
+    """Delete (foreground: the Job goes only after its pods) every unfinished run Job of this
+    resource other than `current`, including those of an earlier resource of the same name;
+    returns the names still present. A new run starts only when this is empty, so two runs
+    never write one table or model folder at once. Finished runs are history and stay."""
+    ns = ns_of(res)
+    stopping = []
+    for job in cluster.list("batch/v1", "Job", ns, {owner_label(res.kind): res.metadata.name}):
+        name = job["metadata"]["name"]
+        if name == current or _run_finished(job):
+            continue
+        if not job["metadata"].get("deletionTimestamp"):
+            cluster.delete("batch/v1", "Job", ns, name)
+        stopping.append(name)
+    return sorted(stopping)
+
+
+def _start_run(cluster: Cluster, res: Resource, children: list[Obj], job_name: str) -> Draft | None:
+    """Apply a run's children; None when applied, else the Pending Draft while earlier runs of
+    the resource are still stopping (nothing of the new run is applied before that)."""
+    if cluster.get("batch/v1", "Job", ns_of(res), job_name) is None:
+        stopping = stop_previous_runs(cluster, res, job_name)
+        if stopping:
+            return Draft(
+                "Pending",
+                "StoppingPreviousRun",
+                f"run {job_name} starts once {', '.join(stopping)} stopped (Job deleted, "
+                "waiting for its pods to be gone)",
+                superseded=stopping,
+            )
+    _apply_all(cluster, children)
+    return None
+
+
+def _run_phase(run: RunObservation) -> str:
+    """The run's phase in status.runs, from its Job."""
+    return run.state if run.state in ("Succeeded", "Failed") else "Running"
+
+
 def _observe_job(cluster: Cluster, namespace: str, name: str) -> RunObservation:
     job = cluster.get("batch/v1", "Job", namespace, name)
     pods = (
@@ -136,15 +189,28 @@ def reconcile_dataset(
     if _finished_for_generation(ds, status) and not ds.spec.schedule:
         return _keep(status)
     upstream = resolve_upstream(ds, cluster)
-    _apply_all(cluster, build_dataset_children(pin_upstream(ds, upstream), settings))
+    children = build_dataset_children(pin_upstream(ds, upstream), settings)
     name = etl_children_name(ds)
     if ds.spec.schedule:
+        _apply_all(cluster, children)  # the CronJob forbids concurrent runs itself
         jobs = cluster.list("batch/v1", "Job", ns, {owner_label("Dataset"): ds.metadata.name})
         jobs.sort(key=lambda j: str(j["metadata"].get("creationTimestamp")))
         if not jobs:
             return Draft("Pending", "Scheduled", f"waiting for schedule {ds.spec.schedule!r}")
         name = jobs[-1]["metadata"]["name"]
+    else:
+        waiting = _start_run(cluster, ds, children, name)
+        if waiting is not None:
+            return waiting
     run = _observe_job(cluster, ns, name)
+    draft = _dataset_draft(ds, run, name, settings)
+    draft.run = (name, _run_phase(run))
+    return draft
+
+
+def _dataset_draft(
+    ds: Dataset, run: RunObservation, name: str, settings: OperatorSettings
+) -> Draft:
     if run.state in ("Missing", "Active", "Suspended"):
         return Draft("Running" if run.state == "Active" else "Pending", run.reason, f"Job {name}")
     if run.state == "Failed":
@@ -188,7 +254,10 @@ def reconcile_training(
         return draft
     dataset = resolve_dataset(tj, cluster)
     children = build_training_children(tj, dataset, settings)
-    _apply_all(cluster, children)
+    name = children[-1]["metadata"]["name"]
+    waiting = _start_run(cluster, tj, children, name)
+    if waiting is not None:
+        return waiting
     inputs = (
         "InputsReady",
         True,
@@ -203,8 +272,22 @@ def reconcile_training(
         "trainingJobUid": tj.metadata.uid,
     }
     lineage = {k: v for k, v in lineage.items() if v is not None}
-    name = children[-1]["metadata"]["name"]
     run = _observe_job(cluster, ns, name)
+    draft = _training_draft(tj, status, run, name, lineage, inputs, cluster)
+    if run.state != "Suspended":
+        draft.run = (name, _run_phase(run))
+    return draft
+
+
+def _training_draft(
+    tj: TrainingJob,
+    status: Obj,
+    run: RunObservation,
+    name: str,
+    lineage: Obj,
+    inputs: Condition,
+    cluster: Cluster,
+) -> Draft:
     if run.state == "Suspended":
         return Draft("Suspended", "Suspended", "spec.suspend is true", conditions=[inputs])
     if run.state in ("Missing", "Active"):
@@ -250,11 +333,16 @@ def _evaluate(
             str(status.get("message") or "gates failed"),
             fields={"evaluation": evaluation},
         )
-    children = build_evaluation_children(mv, artifact_uri, settings)
-    _apply_all(cluster, children)
-    run = _observe_job(cluster, ns_of(mv), run_name(mv, "eval"))
+    name = run_name(mv, "eval")
+    waiting = _start_run(cluster, mv, build_evaluation_children(mv, artifact_uri, settings), name)
+    if waiting is not None:
+        return waiting
+    run = _observe_job(cluster, ns_of(mv), name)
+    status["runs"] = update_runs(
+        status.get("runs") or [], mv.metadata.generation, (name, _run_phase(run)), [], now_rfc3339()
+    )
     if run.state in ("Missing", "Active", "Suspended"):
-        return Draft("Evaluating", "EvaluationRunning", f"Job {run_name(mv, 'eval')}")
+        return Draft("Evaluating", "EvaluationRunning", f"Job {name}")
     if run.state == "Failed" and not (run.result and "passed" in run.result):
         return _failed_run(run)
     verdict, fields = evaluation_outcome(run.result or {})
@@ -334,21 +422,28 @@ def reconcile_edge(
         status.get("bundle") if status.get("observedGeneration") == ed.metadata.generation else None
     )
     if not bundle:
-        _apply_all(cluster, build_bundle_children(ed, model, settings))
-        run = _observe_job(cluster, ns, run_name(ed, "bundle"))
+        name = run_name(ed, "bundle")
+        waiting = _start_run(cluster, ed, build_bundle_children(ed, model, settings), name)
+        if waiting is not None:
+            return waiting
+        run = _observe_job(cluster, ns, name)
+        phase = (name, _run_phase(run))
         if run.state in ("Missing", "Active", "Suspended"):
             return Draft(
-                "Pending",
-                "BuildingBundle",
-                f"Job {run_name(ed, 'bundle')}",
-                fields={"lineage": lineage},
+                "Pending", "BuildingBundle", f"Job {name}", fields={"lineage": lineage}, run=phase
             )
         if run.state == "Failed":
-            return _failed_run(run)
+            draft = _failed_run(run)
+            draft.run = phase
+            return draft
         outcome = bundle_outcome(run.result or {})
         if isinstance(outcome, Draft):
+            outcome.run = phase
             return outcome
         bundle = outcome
+        status["runs"] = update_runs(
+            status.get("runs") or [], ed.metadata.generation, phase, [], now_rfc3339()
+        )
     nodes = [
         {
             "name": n["metadata"]["name"],
@@ -435,12 +530,15 @@ def reconcile(body: Obj, cluster: Cluster, settings: OperatorSettings) -> Obj:
     meta = body["metadata"]
     with _lock_for(kind, meta["namespace"], meta["name"]):
         old = status_of(body)
+        # The reconcilers may note what they learn in `work` (an evaluation, a finished run);
+        # `old` stays as read, so that the comparison below sees every change.
+        work = copy.deepcopy(old)
         generation = meta.get("generation")
         invalid: InvalidSpecError | None = None
         try:
             res = parse_resource(body)
             ensure_accounts(cluster, res, settings)
-            draft = RECONCILERS[kind](res, old, cluster, settings)
+            draft = RECONCILERS[kind](res, work, cluster, settings)
         except ResourceError as exc:
             invalid = InvalidSpecError("InvalidSpec", str(exc))
             draft = Draft("Failed", "InvalidSpec", str(exc))
@@ -455,7 +553,7 @@ def reconcile(body: Obj, cluster: Cluster, settings: OperatorSettings) -> Obj:
                 fields=_kept_fields(old),
                 conditions=[("InputsReady", False, exc.reason, exc.message)],
             )
-        new = status_from_draft(draft, old, generation)
+        new = status_from_draft(draft, work, generation)
         if _comparable(new) != _comparable(old):
             cluster.patch_status(kind, meta["namespace"], meta["name"], new)
             if new.get("phase") != old.get("phase"):

@@ -14,7 +14,14 @@ from neuraxis.local.runner import Outcome, key_figure
 PHASE_STYLE = {
     "Ready": "green", "Succeeded": "green", "Approved": "green", "Serving": "green",
     "Available": "green", "Failed": "red", "Rejected": "red", "Pending": "yellow",
+    "Superseded": "yellow",
 }  # fmt: skip
+
+
+def styled(phase: str) -> str:
+    """The phase in its colour (a phase without one is printed plain: `[]` is no markup)."""
+    style = PHASE_STYLE.get(phase)
+    return f"[{style}]{phase}[/]" if style else phase
 
 
 def summary_table(outcomes: list[Outcome]) -> Table:
@@ -25,7 +32,7 @@ def summary_table(outcomes: list[Outcome]) -> Table:
         style = PHASE_STYLE.get(o.phase, "")
         took = "skipped" if o.skipped else f"{o.seconds:.1f}s"
         why = o.message if o.phase not in PHASE_STYLE or style != "green" else o.reason
-        table.add_row(o.kind, o.name, f"[{style}]{o.phase}[/]", took, key_figure(o), why)
+        table.add_row(o.kind, o.name, styled(o.phase), took, key_figure(o), why)
     return table
 
 
@@ -41,7 +48,7 @@ def status_table(bodies: list[dict[str, Any]]) -> Table:
         phase = str(status.get("phase", "?"))
         table.add_row(
             meta.get("namespace", ""), body["kind"], meta["name"],
-            f"[{PHASE_STYLE.get(phase, '')}]{phase}[/]", ready.get("reason", ""),
+            styled(phase), ready.get("reason", ""),
             str(status.get("message", "")),
         )  # fmt: skip
     return table

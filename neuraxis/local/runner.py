@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -20,10 +21,12 @@ import yaml
 
 from neuraxis.crds import Dataset, EdgeDeployment, ModelVersion, Resource, TrainingJob
 from neuraxis.lake import Lake, neuraxis_home
+from neuraxis.local.runlock import RunClaim, claim_run
 from neuraxis.local.smoke import smoke_test
 from neuraxis.local.state import LocalStore, spec_digest
 from neuraxis.operator.builders.edge import bundle_command
 from neuraxis.operator.builders.training import pinned
+from neuraxis.operator.children import short_uid
 from neuraxis.operator.errors import InputNotReadyError, InvalidSpecError
 from neuraxis.operator.inputs import (
     CR_VERSION,
@@ -75,6 +78,19 @@ class Outcome:
     seconds: float
     skipped: bool = False
     status: dict[str, Any] = field(default_factory=dict)
+
+
+RUNNING_PHASE = {
+    "Dataset": "Running",
+    "TrainingJob": "Running",
+    "ModelVersion": "Evaluating",
+    "EdgeDeployment": "Pending",
+}
+
+
+def _run_phase(draft: Draft) -> str:
+    """A finished local run's phase in status.runs (a gate verdict is a run that succeeded)."""
+    return "Succeeded" if draft.phase in (*DONE_PHASES, "Rejected") else "Failed"
 
 
 def references(res: Resource) -> list[tuple[str, str]]:
@@ -159,6 +175,8 @@ class Runner:
         self.force = force
         self.on_step = on_step or (lambda _msg: None)
         self.work = neuraxis_home() / "work"
+        self._claim: RunClaim | None = None
+        self._on_workload_start: Callable[[int], None] | None = None
 
     # ---- one workload process, as a pod would run it --------------------------------------
     def workload(
@@ -176,13 +194,17 @@ class Runner:
             "NEURAXIS_NAMESPACE": res.metadata.namespace or "default",
         }
         with open(log, "wb") as out:
-            subprocess.run(
+            # Its own process group: a later run of the same resource stops the whole workload.
+            proc = subprocess.Popen(
                 [sys.executable, "-m", "neuraxis.cli", "workload", *args],
                 env=env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                check=False,
+                start_new_session=True,
             )
+            if self._on_workload_start is not None:
+                self._on_workload_start(proc.pid)
+            proc.wait()
         result = read_compact_result(term.read_text()) if term.exists() else None
         return result, log
 
@@ -325,6 +347,31 @@ class Runner:
     def step(self, entry: Entry) -> Outcome:
         started = time.monotonic()
         previous = self.store.get(CR_VERSION, entry.kind, entry.namespace, entry.name) or {}
+        if entry.resource is None or self._unchanged(entry.resource, previous):
+            return self._step(entry, previous, started)
+        # One run per resource at a time: an earlier run of it in another `neuraxis run`
+        # process is stopped first (the cluster rule: never two writers of one table).
+        lock = self.store.path(entry.kind, entry.namespace, entry.name).with_suffix(".run")
+        claim = claim_run(lock, f"{entry.kind}/{entry.name} (pid {os.getpid()}, starting)")
+        self._claim = claim
+        try:
+            # Read again: the run just stopped may have moved the state.
+            previous = self.store.get(CR_VERSION, entry.kind, entry.namespace, entry.name) or {}
+            return self._step(entry, previous, started)
+        finally:
+            self._claim = None
+            claim.release()
+
+    def _unchanged(self, res: Resource, previous: dict[str, Any]) -> bool:
+        annotations = (previous.get("metadata") or {}).get("annotations") or {}
+        return (
+            not self.force
+            and annotations.get(SPEC_ANNOTATION) == spec_digest(res.to_wire()["spec"])
+            and annotations.get(INPUTS_ANNOTATION) == self.inputs_digest(res)
+            and ((previous.get("status") or {}).get("phase") in DONE_PHASES)
+        )
+
+    def _step(self, entry: Entry, previous: dict[str, Any], started: float) -> Outcome:
         old_status = previous.get("status") or {}
         if entry.resource is None:
             draft = Draft("Failed", "InvalidSpec", entry.error or "invalid")
@@ -360,7 +407,9 @@ class Runner:
                 status=old_status,
             )
         res.metadata.generation = generation
-        res.metadata.uid = meta.get("uid") or f"local-{entry.kind.lower()}-{entry.name}"
+        # A new uid for a resource the state does not know (never run, or its state deleted):
+        # its runs never reuse an earlier resource's run ids, checkpoints or results.
+        res.metadata.uid = meta.get("uid") or str(uuid.uuid4())
         annotations.update({SPEC_ANNOTATION: digest, INPUTS_ANNOTATION: inputs})
         body = {
             **wire,
@@ -373,9 +422,32 @@ class Runner:
             },
         }
         run_id = (
-            f"{entry.name}-{entry.kind.lower()}-g{generation}-{datetime.now(UTC):%Y%m%dT%H%M%S}"
+            f"{entry.name}-{entry.kind.lower()}-{short_uid(res)}-g{generation}-"
+            f"{datetime.now(UTC):%Y%m%dT%H%M%S}"
         )
         self.on_step(f"{entry.kind}/{entry.name}")
+        claim = self._claim
+        launched = False
+
+        def on_workload_start(pid: int) -> None:
+            # The run is visible (status.runs, and to a later `neuraxis run` that stops it)
+            # from the moment its workload exists.
+            nonlocal old_status, launched
+            launched = True
+            if claim is not None:
+                claim.run_id = run_id
+                claim.started(pid)
+            running = Draft(
+                RUNNING_PHASE[entry.kind],
+                "Running",
+                f"run {run_id}",
+                run=(run_id, "Running"),
+                superseded=[claim.superseded] if claim and claim.superseded else [],
+            )
+            old_status = status_from_draft(running, old_status, generation)
+            self.store.save({**body, "status": old_status})
+
+        self._on_workload_start = on_workload_start
         try:
             draft = self._run(res, run_id)
         except InputNotReadyError as exc:
@@ -388,6 +460,18 @@ class Runner:
             annotations.pop(INPUTS_ANNOTATION, None)
         except InvalidSpecError as exc:
             draft = Draft("Failed", exc.reason, exc.message)
+        finally:
+            self._on_workload_start = None
+        if claim is not None and claim.was_superseded():
+            # A later run of this resource stopped this one and records it (Superseded).
+            message = f"run {run_id} was stopped by a later run of {entry.kind}/{entry.name}"
+            return Outcome(
+                entry.kind, entry.name, "Superseded", "Superseded", message, 0.0, status=old_status
+            )
+        if launched:
+            draft.run = (run_id, _run_phase(draft))
+        elif claim is not None and claim.superseded:
+            draft.superseded = [claim.superseded]
         return self._finish(entry, body, draft, old_status, started)
 
     def _run(self, res: Resource, run_id: str) -> Draft:

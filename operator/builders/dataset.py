@@ -7,7 +7,13 @@ from typing import Any
 
 from neuraxis.crds import Dataset
 from neuraxis.operator.builders.common import RUN_ID_ENV, job, spec_config_map
-from neuraxis.operator.children import SPEC_FILE, child_metadata, run_name
+from neuraxis.operator.children import (
+    SPEC_FILE,
+    child_metadata,
+    fixed_name,
+    run_name,
+    standard_labels,
+)
 from neuraxis.operator.pods import (
     pod_template,
     resource_limits,
@@ -69,7 +75,7 @@ def driver_pod_memory(driver_memory: str) -> str:
 
 def etl_children_name(ds: Dataset) -> str:
     """The Job (or CronJob) and ConfigMap name for the current generation."""
-    return f"{ds.metadata.name}-etl" if ds.spec.schedule else run_name(ds, "etl")
+    return fixed_name(ds, "etl") if ds.spec.schedule else run_name(ds, "etl")
 
 
 def build_dataset_children(ds: Dataset, settings: OperatorSettings) -> list[dict[str, Any]]:
@@ -117,7 +123,11 @@ def build_dataset_children(ds: Dataset, settings: OperatorSettings) -> list[dict
             "concurrencyPolicy": "Forbid",  # two writers of one Delta table would conflict
             "successfulJobsHistoryLimit": 3,
             "failedJobsHistoryLimit": 3,
-            "jobTemplate": {"spec": {"backoffLimit": 0, "template": template}},
+            # The labels let the operator find (and watch) the Jobs the CronJob makes.
+            "jobTemplate": {
+                "metadata": {"labels": standard_labels(ds, COMPONENT)},
+                "spec": {"backoffLimit": 0, "template": template},
+            },
         },
     }
     return [config, cron]

@@ -8,6 +8,7 @@ Every test under tests/cluster gets the `cluster` marker.
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -53,10 +54,15 @@ class Cluster:
         return config.new_client_from_config(config_file=str(self.kubeconfig))  # type: ignore[no-untyped-call]
 
 
+# `0`: a cluster of KWOK nodes only (no kubelet, containerd or bridge), e.g. while another
+# NEURAXIS_HOME on this machine holds the one real node; tests that need it then fail.
+REAL_NODE_ENV = "NEURAXIS_TEST_REAL_NODE"
+
+
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[Cluster]:
     started_here = not dev_cluster.is_running()
-    info = dev_cluster.up()
+    info = dev_cluster.up(real=os.environ.get(REAL_NODE_ENV, "1") != "0")
     try:
         yield Cluster(info.kubeconfig)
     finally:

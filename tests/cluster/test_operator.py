@@ -313,10 +313,13 @@ def test_children_are_restored_finished_runs_are_history_and_deletion_collects(
         "--type=merge",
         '--patch={"spec": {"output": {"mode": "append"}}}',
     )
+    uid = cluster.kubectl_json("get", "dataset", "sensor-readings", "--namespace", ns)["metadata"][
+        "uid"
+    ]
     wait_for(
         lambda: (
             names(cluster, "jobs", ns, "neuraxis.dev/dataset=sensor-readings")
-            == ["job.batch/sensor-readings-etl-g2"]
+            == [f"job.batch/sensor-readings-etl-{uid[:8]}-g2"]
         ),
         "second run",
         op=operator,
@@ -417,12 +420,12 @@ def test_operator_rbac_is_least_privilege(cluster: Cluster) -> None:
     for verb, resource in [
         ("create", "jobs.batch"), ("watch", "pods"), ("patch", "datasets.neuraxis.dev/status"),
         ("create", "modelversions.neuraxis.dev"), ("patch", "daemonsets.apps"), ("list", "nodes"),
-        ("create", "events.events.k8s.io"),
+        ("create", "events.events.k8s.io"), ("delete", "jobs.batch"),
     ]:  # fmt: skip
         assert can(verb, resource, "--all-namespaces"), f"operator cannot {verb} {resource}"
     for verb, resource in [
         ("get", "secrets"), ("list", "secrets"), ("delete", "pods"), ("create", "pods"),
-        ("delete", "jobs.batch"), ("create", "clusterroles.rbac.authorization.k8s.io"),
+        ("delete", "cronjobs.batch"), ("create", "clusterroles.rbac.authorization.k8s.io"),
         ("patch", "nodes"), ("create", "customresourcedefinitions.apiextensions.k8s.io"),
         ("create", "roles.rbac.authorization.k8s.io"),
         ("escalate", "clusterroles.rbac.authorization.k8s.io"),

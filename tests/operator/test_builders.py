@@ -37,13 +37,14 @@ from neuraxis.resources import load_resources, parse_resource
 from tests.conftest import EXAMPLES
 
 SETTINGS = OperatorSettings()
+UID = "3f2a9c1b-7d4e-4f60-9a1b-2c3d4e5f6a7b"  # short uid: 3f2a9c1b
 
 
 def _example(kind: str, index: int = 0) -> Any:
     found = [r for r in load_resources([EXAMPLES / "smart-manufacturing"]) if r.kind == kind]
     res = found[index]
     res.metadata.namespace = "ml"
-    res.metadata.uid = f"uid-{res.metadata.name}"
+    res.metadata.uid = UID
     res.metadata.generation = 2
     return res
 
@@ -56,10 +57,10 @@ def test_dataset_children_are_a_config_map_and_a_job_named_by_generation() -> No
     ds: Dataset = _example("Dataset")
     children = _by_kind(build_dataset_children(ds, SETTINGS))
     job = children["Job"]
-    assert job["metadata"]["name"] == "sensor-readings-etl-g2"
+    assert job["metadata"]["name"] == "sensor-readings-etl-3f2a9c1b-g2"
     assert children["ConfigMap"]["metadata"]["name"] == job["metadata"]["name"]
     owner = job["metadata"]["ownerReferences"][0]
-    assert owner["uid"] == "uid-sensor-readings" and owner["controller"] is True
+    assert owner["uid"] == UID and owner["controller"] is True
     assert job["metadata"]["labels"]["neuraxis.dev/dataset"] == "sensor-readings"
     container = job["spec"]["template"]["spec"]["containers"][0]
     assert container["command"][:3] == ["neuraxis", "workload", "etl"]
@@ -115,7 +116,9 @@ def test_training_without_tuning_is_an_indexed_job_with_torchrun() -> None:
     )
     command = pod["containers"][0]["command"]
     assert command[0] == "torchrun" and "--nnodes=2" in command
-    assert any(c.startswith("--master-addr=anomaly-detector-train-train-g2-0.") for c in command)
+    assert any(
+        c.startswith("--master-addr=anomaly-detector-train-train-3f2a9c1b-g2-0.") for c in command
+    )
     assert children["Service"]["spec"]["clusterIP"] == "None"
     pinned = _yaml(children["ConfigMap"]["data"]["resource.yaml"])
     assert pinned["spec"]["datasetRef"]["version"] == 4  # lineage: the run reads what was resolved
@@ -147,7 +150,7 @@ def test_tuning_runs_one_driver_job_with_ray_inside() -> None:
     assert driver["Job"]["spec"]["completions"] == 1 and driver["Job"]["spec"]["suspend"] is True
     command = driver["Job"]["spec"]["template"]["spec"]["containers"][0]["command"]
     assert command[0] == "python" and "torchrun" not in command  # one driver; Ray runs trials
-    assert driver["Job"]["metadata"]["name"] == "anomaly-detector-train-tune-g2"
+    assert driver["Job"]["metadata"]["name"] == "anomaly-detector-train-tune-3f2a9c1b-g2"
 
 
 def test_canary_replicas_track_the_traffic_share() -> None:
@@ -426,7 +429,7 @@ def test_platform_scheduling_reaches_every_workload_pod_and_keeps_each_kinds_own
     for name, pod in pods.items():
         assert KWOK_TOLERATION in pod["tolerations"], name
         assert pod["nodeSelector"]["type"] == "kwok", name
-    gpu = pods["Job/anomaly-detector-train-train-g2"]
+    gpu = pods["Job/anomaly-detector-train-train-3f2a9c1b-g2"]
     assert gpu["nodeSelector"] == {"type": "kwok", "neuraxis.dev/pool": "gpu"}
     assert any(t["key"] == "nvidia.com/gpu" for t in gpu["tolerations"])
     edge = pods["DaemonSet/anomaly-detector-plants-canary"]
@@ -434,8 +437,8 @@ def test_platform_scheduling_reaches_every_workload_pod_and_keeps_each_kinds_own
     assert edge["affinity"]["nodeAffinity"]  # the site/node pinning is still there
     # Without platform settings nothing is added.
     plain = _every_pod_template(SETTINGS)
-    assert "nodeSelector" not in plain["Job/sensor-readings-etl-g2"]
-    assert "tolerations" not in plain["Job/sensor-readings-etl-g2"]
+    assert "nodeSelector" not in plain["Job/sensor-readings-etl-3f2a9c1b-g2"]
+    assert "tolerations" not in plain["Job/sensor-readings-etl-3f2a9c1b-g2"]
 
 
 def test_edge_targets_only_nodes_the_agents_can_land_on() -> None:
