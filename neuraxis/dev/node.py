@@ -55,6 +55,7 @@ from typing import Any
 from neuraxis.dev import toolchain
 
 NODE_NAME = "real-0"
+NODE_SELECTOR = f"spec.nodeName={NODE_NAME}"
 BRIDGE = "nx0"
 NODE_IP = "10.88.0.1"
 POD_SUBNET = "10.88.0.0/16"
@@ -316,9 +317,11 @@ def _run(
     return proc.stdout.decode(errors="replace")
 
 
-def _kubectl(kubeconfig: Path, *args: str, what: str, timeout: float = 60.0) -> str:
+def _kubectl(
+    kubeconfig: Path, *args: str, what: str, timeout: float = 60.0, check: bool = True
+) -> str:
     argv: list[str | Path] = [toolchain.tool_path("kubectl"), f"--kubeconfig={kubeconfig}", *args]
-    return _run(argv, what=what, timeout=timeout)
+    return _run(argv, what=what, timeout=timeout, check=check)
 
 
 def ctr_argv(home: Path | None = None) -> list[str]:
@@ -1321,8 +1324,9 @@ def _teardown(state: Mapping[str, Any], progress: Progress) -> None:
             errors.append(f"{name}: {exc}")
 
     processes: Mapping[str, Mapping[str, Any]] = state.get("processes", {})
-    if kubeconfig is not None and "kubelet" in processes and _is_running(processes["kubelet"]):
-        step("delete pods", lambda: _delete_node_pods(kubeconfig, progress))
+    if kubeconfig is not None:
+        kubelet_up = "kubelet" in processes and _is_running(processes["kubelet"])
+        step("delete pods", lambda: _delete_node_pods(kubeconfig, progress, graceful=kubelet_up))
     # kube-proxy and DNS first, kubelet before containerd: nothing restarts what was stopped.
     for name in ("kube-proxy", "coredns", "apiserver-relay", "kubelet"):
         if name in processes:
@@ -1352,27 +1356,53 @@ def _teardown(state: Mapping[str, Any], progress: Progress) -> None:
     state_file().unlink(missing_ok=True)
 
 
-def _delete_node_pods(kubeconfig: Path, progress: Progress) -> None:
+def _delete_node_pods(kubeconfig: Path, progress: Progress, *, graceful: bool) -> None:
     """Cordon, then delete the node's pods with a short grace: kubelet stops the sandboxes,
-    runs CNI DEL and unmounts volumes, which leaves little for the sweep below."""
+    runs CNI DEL and unmounts volumes, which leaves little for the sweep below. Without a
+    kubelet (a crashed run) nobody would confirm a graceful delete: the pods are removed at
+    once, or a new kubelet would restart them."""
+    if not _api_answers(kubeconfig):
+        progress("the API server does not answer: the node's pods are left to the sweep")
+        return
     start = time.monotonic()
-    _kubectl(kubeconfig, "cordon", NODE_NAME, what="cordon the real node", timeout=20)
-    selector = f"--field-selector=spec.nodeName={NODE_NAME}"
-    _kubectl(
-        kubeconfig, "delete", "pods", "--all-namespaces", selector, "--grace-period=1",
-        "--wait=false", what="delete the real node's pods", timeout=30,
-    )  # fmt: skip
-    deadline = time.monotonic() + POD_DELETE_TIMEOUT_S
-    while time.monotonic() < deadline:
-        left = _kubectl(
-            kubeconfig, "get", "pods", "--all-namespaces", selector, "--output=name",
-            what="list the real node's pods", timeout=20,
-        ).split()  # fmt: skip
-        if not left:
+    # The Node object may be missing (a kubelet that never registered): nothing to cordon.
+    _kubectl(kubeconfig, "cordon", NODE_NAME, what="cordon", timeout=20, check=False)
+    if graceful:
+        _delete_pods(kubeconfig, "--grace-period=1")
+        if _wait_pods_gone(kubeconfig, POD_DELETE_TIMEOUT_S):
             progress(f"pods deleted ({time.monotonic() - start:.1f}s)")
             return
+        progress(f"pods still terminating after {POD_DELETE_TIMEOUT_S:.0f}s; removing them")
+    _delete_pods(kubeconfig, "--grace-period=0", "--force")
+    _wait_pods_gone(kubeconfig, 15)
+
+
+def _api_answers(kubeconfig: Path) -> bool:
+    try:
+        _kubectl(kubeconfig, "get", "--raw=/readyz", what="API server readyz", timeout=10)
+    except (NodeError, toolchain.ToolchainError):
+        return False
+    return True
+
+
+def _delete_pods(kubeconfig: Path, *flags: str) -> None:
+    _kubectl(
+        kubeconfig, "delete", "pods", "--all-namespaces", f"--field-selector={NODE_SELECTOR}",
+        "--wait=false", *flags, what="delete the real node's pods", timeout=30,
+    )  # fmt: skip
+
+
+def _wait_pods_gone(kubeconfig: Path, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        left = _kubectl(
+            kubeconfig, "get", "pods", "--all-namespaces", f"--field-selector={NODE_SELECTOR}",
+            "--output=name", what="list the real node's pods", timeout=20,
+        ).split()  # fmt: skip
+        if not left:
+            return True
         time.sleep(0.5)
-    progress(f"pods still terminating after {POD_DELETE_TIMEOUT_S:.0f}s; stopping anyway")
+    return False
 
 
 def _remove_containers() -> None:
