@@ -13,15 +13,18 @@ Next to the KWOK pools, `neuraxis dev cluster up` starts one real node, `real-0`
 
 Traffic stays on the machine: the global ip_forward stays 0 and nothing is masqueraded out.
 Service DNAT between pods on the bridge needs br_netfilter's bridge-nf-call-iptables=1 and, on
-this kernel (6.18), forwarding on the bridge: the "bridged DNAT without ip_forward" path of
-br_netfilter drops the packet. So forwarding is on for `nx0` only (net.ipv4.conf.nx0.forwarding,
-gone with the bridge), and the mangle FORWARD chain drops whatever would be routed from the
-bridge to any other interface (chain NX-NODE-ISOLATE), before kube-proxy's rules see it.
+this kernel (6.18, measured), forwarding on the bridge: without it the DNAT'ed SYN is dropped
+(br_netfilter's "bridged DNAT without ip_forward" path does not deliver it). So forwarding is
+on for `nx0` only (net.ipv4.conf.nx0.forwarding, gone with the bridge), and the mangle FORWARD
+chain drops whatever would be routed from the bridge to any other interface (chain
+NX-NODE-ISOLATE), before kube-proxy's filter rules see it.
 
 Every host change is written to a state file before it is made, so `down`, or the next `up`
 after a crash, undoes it: processes, mounts under the node's folders, kubepods cgroups, the
 bridge and veths, sysctls (kubelet sets kernel.panic and friends), iptables chains (kubelet's
-canaries, kube-proxy's KUBE-*, the portmap plugin's CNI-*) and /var/log/containers links.
+canaries, kube-proxy's KUBE-*, the portmap plugin's CNI-*, NX-NODE-ISOLATE), conntrack entries
+of the pod subnet, /var/log/containers links and the fixed paths kubelet, libcni and the shims
+write to (FIXED_HOST_PATHS) when the node created them.
 
 Needs root. One real node per machine. Standard library only, like the rest of neuraxis.dev.
 """
