@@ -513,6 +513,16 @@ def test_pruning_keeps_the_most_recently_used_versions(tmp_path: Path) -> None:
         "demo-k2",
         "demo-k3",
     ]
+    removed = image.prune_layers(tmp_path, 3, lambda _m: None, {"demo": 1})
+    assert sorted(p.name for p in removed) == ["demo-k2", "demo-k3"]
+
+
+def test_recent_refs_are_the_latest_builds(tmp_path: Path) -> None:
+    (tmp_path / "refs").mkdir()
+    for i, tag in enumerate(("aaa", "bbb", "ccc")):
+        (tmp_path / "refs" / f"{tag}.json").write_text("{}")
+        os.utime(tmp_path / "refs" / f"{tag}.json", (100 - i, 100 - i))  # aaa newest
+    assert image.recent_refs(tmp_path, 2) == [f"{image.REPOSITORY}:bbb", f"{image.REPOSITORY}:aaa"]
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting needs root")

@@ -133,3 +133,17 @@ def test_a_changed_top_layer_imports_only_that_layer(
     assert new.ref in containerd.image_names()
     snapshots = ctr(containerd, "snapshots", "--snapshotter", "overlayfs", "ls")
     assert chain_id([layer.digest for layer in new.layers]) in snapshots
+
+
+def test_older_tags_of_the_repository_are_removed(
+    containerd: image.Containerd, tmp_path: Path
+) -> None:
+    old = tiny_image(tmp_path, f"{image.REPOSITORY}:old", "old\n")
+    new = tiny_image(tmp_path, f"{image.REPOSITORY}:new", "new\n")
+    other = tiny_image(tmp_path, "neuraxis.local/other:1", "other\n")
+    for img in (old, new, other):
+        image.import_image(img, containerd, lambda _m: None)
+    removed = image.prune_images(containerd, [new.ref], lambda _m: None)
+    assert removed == [old.ref]
+    names = containerd.image_names()
+    assert new.ref in names and other.ref in names and old.ref not in names

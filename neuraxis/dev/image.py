@@ -66,8 +66,12 @@ JAR_SETS = ("delta", "s3")
 # Bump a layer's recipe when the way it is built changes, so that caches built the old way are
 # not reused.
 RECIPES = {"base": 1, "deps": 1, "jars": 1, "source": 1}
-# Cached versions kept per layer: the current one and the few before it (switching branches).
-KEEP_VERSIONS = 3
+# Cached versions kept per layer: the current one and the one before (a deps version is 8 GB
+# here and twice that in containerd); more of the small source layer, for switching branches.
+KEEP_VERSIONS = 2
+KEEP_VERSIONS_BY_LAYER = {"source": 5}
+# Tags of this repository kept in containerd: those of the most recent builds on this machine.
+KEEP_IMAGES = 3
 
 Progress = Callable[[str], None]
 
@@ -318,9 +322,12 @@ def _build_layer(spec: LayerSpec, root: Path, directory: Path, progress: Progres
     return record
 
 
-def prune_layers(root: Path, keep: int, progress: Progress) -> list[Path]:
-    """Delete all but the `keep` most recently used cached versions of each layer (a lock
-    change would otherwise leave an 8 GB tree behind each time); unfinished ones too."""
+def prune_layers(
+    root: Path, keep: int, progress: Progress, keep_by_layer: Mapping[str, int] | None = None
+) -> list[Path]:
+    """Delete all but the `keep` (or `keep_by_layer[name]`) most recently used cached versions
+    of each layer (a lock change would otherwise leave an 8 GB tree behind each time), and
+    unfinished ones."""
     by_name: dict[str, list[tuple[float, Path]]] = {}
     removed = []
     for directory in sorted((root / "layers").glob("*-*")):
@@ -330,8 +337,9 @@ def prune_layers(root: Path, keep: int, progress: Progress) -> list[Path]:
             continue
         name = directory.name.rsplit("-", 1)[0]
         by_name.setdefault(name, []).append((record_file.stat().st_mtime, directory))
-    for versions in by_name.values():
-        removed.extend(directory for _, directory in sorted(versions, reverse=True)[keep:])
+    for name, versions in by_name.items():
+        kept = (keep_by_layer or {}).get(name, keep)
+        removed.extend(directory for _, directory in sorted(versions, reverse=True)[kept:])
     for directory in removed:
         progress(f"pruning {directory.name}")
         rootfs.remove_tree(directory)
@@ -835,7 +843,7 @@ def build(
         blobs = [ensure_layer(spec, root, progress) for spec in the_plan.layers]
         image = oci.assemble(the_plan.ref, description.runtime, blobs)
         _record_image(root, image, the_plan)
-        prune_layers(root, KEEP_VERSIONS, progress)
+        prune_layers(root, KEEP_VERSIONS, progress, KEEP_VERSIONS_BY_LAYER)
     return image
 
 
@@ -996,7 +1004,29 @@ def build_and_import(
                 "import: no real node is running (`neuraxis dev cluster up`); "
                 "or pass the containerd socket (--address)"
             )
-    return import_image(build(progress=progress), containerd, progress)
+    result = import_image(build(progress=progress), containerd, progress)
+    prune_images(containerd, recent_refs(images_root(), KEEP_IMAGES), progress)
+    return result
+
+
+def recent_refs(root: Path, count: int) -> list[str]:
+    """The references of the `count` most recent builds on this machine (refs/<tag>.json)."""
+    records = sorted((root / "refs").glob("*.json"), key=lambda p: p.stat().st_mtime)
+    return [f"{REPOSITORY}:{record.stem}" for record in records[-count:]]
+
+
+def prune_images(containerd: Containerd, keep: Sequence[str], progress: Progress) -> list[str]:
+    """Remove this repository's other tags from containerd; its garbage collector then frees
+    the layers only they used (an old deps layer is 8 GB, twice over once unpacked)."""
+    stale = sorted(
+        name
+        for name in containerd.image_names()
+        if name.startswith(f"{REPOSITORY}:") and name not in set(keep)
+    )
+    if stale:
+        progress(f"removing {len(stale)} older {REPOSITORY} tags from containerd")
+        rootfs.run(containerd.argv("images", "rm", *stale), what="import: ctr images rm")
+    return stale
 
 
 # ---------------------------------------------------------------------------------------------
