@@ -71,7 +71,7 @@ RECIPES = {"base": 1, "deps": 1, "jars": 1, "source": 1}
 KEEP_VERSIONS = 2
 KEEP_VERSIONS_BY_LAYER = {"source": 5}
 # Tags of this repository kept in containerd: those of the most recent builds on this machine.
-KEEP_IMAGES = 3
+KEEP_IMAGES = 5
 
 Progress = Callable[[str], None]
 
