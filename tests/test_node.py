@@ -161,3 +161,10 @@ def test_host_state_of_another_boot_is_void(
     assert node.running_home() == tmp_path
     assert node.is_running(tmp_path)  # no processes recorded, all (none) alive
     assert not node.is_running(tmp_path / "other")
+
+
+def test_a_home_too_deep_for_kubelets_sockets_is_refused() -> None:
+    node.check_socket_paths(NodePaths(Path("/work/main/.neuraxis")))
+    deep = Path("/tmp") / ("d" * 80)
+    with pytest.raises(NodeError, match="too deep for the real node"):
+        node.check_socket_paths(NodePaths(deep))

@@ -77,6 +77,7 @@ NODE_TOOLS = ("kubernetes", "containerd", "coredns")
 # Machine-wide on purpose (one node per machine) and short: unix socket paths are limited to
 # 108 bytes, which a deep $NEURAXIS_HOME would overflow.
 RUN_DIR = Path("/run/neuraxis-node")
+UNIX_PATH_MAX = 108
 CACHE_ENV = "NEURAXIS_NODE_CACHE"
 RUNC = Path("/usr/sbin/runc")
 CNI_BIN_DIR = Path("/usr/lib/cni")
@@ -476,6 +477,17 @@ def _flush_pod_conntrack() -> None:
         return
     for direction in ("--orig-src", "--orig-dst"):
         _run(["conntrack", "-D", direction, POD_SUBNET], what="conntrack -D", check=False)
+
+
+def check_socket_paths(paths: NodePaths) -> None:
+    """kubelet puts unix sockets under its root dir (inside NEURAXIS_HOME); their paths must fit
+    the kernel's 108 bytes, so a deep NEURAXIS_HOME is refused up front with the reason."""
+    longest = paths.kubelet_root / "pod-resources" / "kubelet.sock"
+    if len(str(longest).encode()) >= UNIX_PATH_MAX:
+        raise NodeError(
+            f"NEURAXIS_HOME={paths.home} is too deep for the real node: kubelet's socket "
+            f"{longest} would exceed {UNIX_PATH_MAX - 1} bytes; use a shorter NEURAXIS_HOME"
+        )
 
 
 def _require_br_netfilter() -> None:
@@ -1099,6 +1111,7 @@ def _refuse_foreign_node(state: Mapping[str, Any], request: NodeRequest) -> None
 
 def _start_node(request: NodeRequest, progress: Progress, start: float) -> None:
     paths = NodePaths(request.home)
+    check_socket_paths(paths)
     _require_br_netfilter()
     _prepare_dirs(paths)
     _update_host_state(
