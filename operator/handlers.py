@@ -13,12 +13,12 @@ import logging
 from typing import Any
 
 import kopf
-from kubernetes import client as k8s
 
 from neuraxis import API_GROUP, API_VERSION
 from neuraxis.crds.kinds import KINDS
 from neuraxis.operator.children import MANAGED_BY
 from neuraxis.operator.errors import InvalidSpecError
+from neuraxis.operator.kube import ApiError, ApiUnavailableError
 from neuraxis.operator.runtime import Runtime
 
 log = logging.getLogger("neuraxis.operator")
@@ -31,10 +31,9 @@ CHILD_RESOURCES = [
     ("apps", "v1", "deployments"),
     ("apps", "v1", "daemonsets"),
 ]
-TRANSIENT_STATUS = {409, 429, 500, 502, 503, 504}
 
 
-def configure_kopf(settings: kopf.OperatorSettings) -> None:
+def configure_kopf(settings: kopf.OperatorSettings, workers: int) -> None:
     """kopf's own bookkeeping lives under the neuraxis.dev prefix."""
     settings.persistence.finalizer = f"{API_GROUP}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=API_GROUP)
@@ -43,7 +42,8 @@ def configure_kopf(settings: kopf.OperatorSettings) -> None:
     )
     settings.posting.enabled = False  # the reconcilers post their own phase-transition Events
     settings.watching.server_timeout = 300
-    settings.execution.max_workers = 8
+    settings.execution.max_workers = workers
+    settings.networking.request_timeout = 60  # kopf's own calls have a timeout too
 
 
 def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
@@ -56,16 +56,19 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
 
     @kopf.on.startup(registry=registry)
     def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
-        configure_kopf(settings)
+        configure_kopf(settings, runtime.settings.workers)
 
     def handle(body: kopf.Body, **_: Any) -> None:
         try:
             runtime.reconcile_body(dict(body))
         except InvalidSpecError as exc:
             raise kopf.PermanentError(f"{exc.reason}: {exc.message}") from exc
-        except k8s.exceptions.ApiException as exc:
-            if exc.status in TRANSIENT_STATUS:
-                raise kopf.TemporaryError(f"API {exc.status}: {exc.reason}", delay=5) from exc
+        except ApiUnavailableError as exc:  # status says Degraded: retry slowly
+            delay = runtime.settings.degraded_retry_seconds
+            raise kopf.TemporaryError(exc.short(), delay=delay) from exc
+        except ApiError as exc:
+            if exc.status == 409:  # a conflict: someone else wrote first, read again
+                raise kopf.TemporaryError(exc.short(), delay=1) from exc
             raise
 
     for info in KINDS.values():

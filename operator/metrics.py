@@ -19,4 +19,19 @@ RECONCILE_SECONDS = Histogram(
 RESOURCES_BY_PHASE = Gauge(
     "neuraxis_resources", "Resources by kind and phase (as last reconciled).", ["kind", "phase"]
 )
-API_REQUESTS = Counter("neuraxis_api_requests_total", "API server requests by verb.", ["verb"])
+API_REQUESTS = Counter(
+    "neuraxis_api_requests_total",
+    "API server requests by verb, resource and HTTP status (0: no answer).",
+    ["verb", "resource", "code"],
+)
+API_RETRIES = Counter(
+    "neuraxis_api_retries_total",
+    "Retried API requests (429, 5xx, no answer).",
+    ["verb", "resource"],
+)
+API_SECONDS = Histogram(
+    "neuraxis_api_request_duration_seconds",
+    "Time of one API request (without the rate limit's wait).",
+    ["verb", "resource"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)

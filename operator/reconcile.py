@@ -6,11 +6,10 @@ when it changed. Running it twice in a row changes nothing."""
 from __future__ import annotations
 
 import copy
+import logging
 import threading
 from collections.abc import Callable
 from typing import Any
-
-from kubernetes import client as k8s
 
 from neuraxis.crds import Dataset, EdgeDeployment, ModelVersion, Resource, TrainingJob
 from neuraxis.lake import Lake
@@ -37,6 +36,7 @@ from neuraxis.operator.builders.modelversion import (
     predictor_name,
 )
 from neuraxis.operator.builders.training import build_training_children
+from neuraxis.operator.caches import TTLCache
 from neuraxis.operator.children import owner_label, run_name
 from neuraxis.operator.cluster import Cluster, Obj
 from neuraxis.operator.errors import InputNotReadyError, InvalidSpecError
@@ -51,6 +51,7 @@ from neuraxis.operator.inputs import (
     resolve_upstream,
     status_of,
 )
+from neuraxis.operator.kube import ApiError, ApiUnavailableError, RetryPolicy
 from neuraxis.operator.observe import RunObservation, observe_run
 from neuraxis.operator.outcomes import (
     Condition,
@@ -67,6 +68,7 @@ from neuraxis.operator.settings import OperatorSettings
 from neuraxis.resources import ResourceError, parse_resource
 from neuraxis.workloads.result import now_rfc3339
 
+log = logging.getLogger("neuraxis.operator")
 TERMINAL = {"Ready", "Succeeded", "Failed", "Approved", "Rejected"}
 
 
@@ -79,8 +81,9 @@ def _finished_for_generation(res: Resource, status: Obj) -> bool:
     )
 
 
-# (kind, namespace, name) of the shared accounts made since start-up (made once, not owned).
-_accounts_made: set[tuple[str, str, str]] = set()
+# The shared accounts (not owned) made recently: made again (a no-op create when present) once
+# their entry expires, so one deleted by someone comes back; bounded by namespaces in use.
+_accounts_made: TTLCache[tuple[str, str, str], bool] = TTLCache(4096, 600.0)
 
 
 def ensure_accounts(cluster: Cluster, res: Resource, settings: OperatorSettings) -> None:
@@ -88,12 +91,12 @@ def ensure_accounts(cluster: Cluster, res: Resource, settings: OperatorSettings)
     for manifest in accounts_for(res, settings):
         meta = manifest["metadata"]
         key = (manifest["kind"], meta["namespace"], meta["name"])
-        if key in _accounts_made:
+        if _accounts_made.get(key):
             continue
         if manifest["kind"] == "RoleBinding":
             ensure_spark_driver_role(cluster)
         cluster.create(manifest)
-        _accounts_made.add(key)
+        _accounts_made.put(key, True)
 
 
 def ensure_spark_driver_role(cluster: Cluster) -> None:
@@ -104,7 +107,7 @@ def ensure_spark_driver_role(cluster: Cluster) -> None:
         return
     try:
         cluster.create(spark_driver_cluster_role())
-    except k8s.exceptions.ApiException as exc:
+    except ApiError as exc:
         if exc.status != 403:
             raise
         raise InputNotReadyError(
@@ -509,13 +512,13 @@ RECONCILERS: dict[str, Reconciler] = {
     "ModelVersion": reconcile_model_version,
     "EdgeDeployment": reconcile_edge,
 }
-_locks: dict[tuple[str, str, str], threading.Lock] = {}
-_locks_guard = threading.Lock()
+# One resource is reconciled by one thread at a time: a fixed set of locks, picked by hash
+# (bounded, unlike a lock per resource ever seen).
+_locks = [threading.Lock() for _ in range(256)]
 
 
 def _lock_for(kind: str, namespace: str, name: str) -> threading.Lock:
-    with _locks_guard:
-        return _locks.setdefault((kind, namespace, name), threading.Lock())
+    return _locks[hash((kind, namespace, name)) % len(_locks)]
 
 
 def _comparable(status: Obj) -> Obj:
@@ -553,6 +556,11 @@ def reconcile(body: Obj, cluster: Cluster, settings: OperatorSettings) -> Obj:
                 fields=_kept_fields(old),
                 conditions=[("InputsReady", False, exc.reason, exc.message)],
             )
+        except ApiUnavailableError as exc:
+            report_degraded(cluster, body, old, exc, settings)
+            raise
+        if (cond.condition(old.get("conditions") or [], "Degraded") or {}).get("status") == "True":
+            draft.conditions.append(("Degraded", False, "ApiAvailable", "the API server answers"))
         new = status_from_draft(draft, work, generation)
         if _comparable(new) != _comparable(old):
             cluster.patch_status(kind, meta["namespace"], meta["name"], new)
@@ -567,6 +575,45 @@ def reconcile(body: Obj, cluster: Cluster, settings: OperatorSettings) -> Obj:
         if invalid is not None:
             raise invalid
         return new
+
+
+# The Degraded condition is written with one try: the API server may be the thing that is down.
+DEGRADED_WRITE = RetryPolicy(attempts=1)
+
+
+def report_degraded(
+    cluster: Cluster,
+    body: Obj,
+    old: Obj,
+    error: ApiUnavailableError,
+    settings: OperatorSettings,
+) -> None:
+    """Record that the API server kept failing (condition `Degraded`, the error) and that the
+    operator retries every `degraded_retry_seconds`; the phase stays as it was."""
+    meta = body["metadata"]
+    message = f"{error.short()}; retrying every {settings.degraded_retry_seconds:g}s"
+    was = cond.condition(old.get("conditions") or [], "Degraded") or {}
+    conditions = cond.set_condition(
+        list(old.get("conditions") or []),
+        "Degraded",
+        True,
+        "ApiUnavailable",
+        message,
+        meta.get("generation"),
+    )
+    try:
+        cluster.patch_status(
+            body["kind"],
+            meta["namespace"],
+            meta["name"],
+            {"conditions": conditions},
+            retry=DEGRADED_WRITE,
+        )
+    except ApiError as exc:
+        log.warning("could not record Degraded on %s/%s: %s", body["kind"], meta["name"], exc)
+        return
+    if was.get("status") != "True":
+        cluster.event(body, "Warning", "ApiUnavailable", message)
 
 
 def _kept_fields(old: Obj) -> Obj:

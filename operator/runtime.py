@@ -11,6 +11,7 @@ from neuraxis.crds.kinds import KINDS
 from neuraxis.operator.children import owner_label
 from neuraxis.operator.cluster import CR_VERSION, Cluster, Obj
 from neuraxis.operator.errors import InvalidSpecError
+from neuraxis.operator.kube import ApiError, Kube, RetryPolicy
 from neuraxis.operator.metrics import (
     RECONCILE_ERRORS,
     RECONCILE_SECONDS,
@@ -43,7 +44,16 @@ class Runtime:
     def __init__(
         self, api_client: k8s.ApiClient, settings: OperatorSettings, namespaces: list[str]
     ):
-        self.cluster = Cluster(api_client)
+        kube = Kube(
+            api_client,
+            qps=settings.api_qps,
+            burst=settings.api_burst,
+            timeout_s=settings.api_timeout_seconds,
+            retry=RetryPolicy(
+                attempts=settings.api_retries + 1, cap_s=settings.api_retry_cap_seconds
+            ),
+        )
+        self.cluster = Cluster(kube)
         self.settings = settings
         self.namespaces = namespaces  # empty: every namespace
         self._phases: dict[tuple[str, str, str], str] = {}
@@ -104,6 +114,10 @@ class Runtime:
             self.reconcile_body(body)
         except InvalidSpecError:
             pass  # already in status; kopf's own handler reports it
+        except ApiError as exc:  # an answer or an outage, not a bug: no traceback
+            log.warning(
+                "reconcile of %s %s: %s", body["kind"], body["metadata"]["name"], exc.short()
+            )
         except Exception:
             log.exception(
                 "reconcile of %s %s/%s failed",

@@ -21,6 +21,13 @@ RESYNC_ENV = "NEURAXIS_RESYNC_SECONDS"
 WORKLOAD_TOLERATIONS_ENV = "NEURAXIS_WORKLOAD_TOLERATIONS"
 WORKLOAD_NODE_SELECTOR_ENV = "NEURAXIS_WORKLOAD_NODE_SELECTOR"
 ALLOW_KWOK_ANNOTATIONS_ENV = "NEURAXIS_ALLOW_KWOK_ANNOTATIONS"
+WORKERS_ENV = "NEURAXIS_WORKERS"
+API_QPS_ENV = "NEURAXIS_API_QPS"
+API_BURST_ENV = "NEURAXIS_API_BURST"
+API_TIMEOUT_ENV = "NEURAXIS_API_TIMEOUT_SECONDS"
+API_RETRIES_ENV = "NEURAXIS_API_RETRIES"
+API_RETRY_CAP_ENV = "NEURAXIS_API_RETRY_CAP_SECONDS"
+DEGRADED_RETRY_ENV = "NEURAXIS_DEGRADED_RETRY_SECONDS"
 
 Toleration = dict[str, Any]
 
@@ -64,6 +71,17 @@ class OperatorSettings:
     # Test clusters only: let `neuraxis.dev/pod-annotations` carry KWOK fault-injection
     # annotations (`neuraxis.dev/kwok-*`), which fabricate a pod's outcome on fake nodes.
     allow_kwok_annotations: bool = False
+    # Bounds: reconciles at once, the client's request rate (QPS, with a burst), the timeout of
+    # every API request, and the retries of 429/5xx/no answer (exponential backoff with jitter,
+    # each wait at most the cap). After the last retry the resource reports `Degraded` and is
+    # reconciled again every `degraded_retry_seconds` until the API answers.
+    workers: int = 8
+    api_qps: float = 100.0
+    api_burst: int = 200
+    api_timeout_seconds: float = 10.0
+    api_retries: int = 5
+    api_retry_cap_seconds: float = 5.0
+    degraded_retry_seconds: float = 30.0
 
     def __post_init__(self) -> None:
         for index, toleration in enumerate(self.workload_tolerations):
@@ -92,16 +110,41 @@ class OperatorSettings:
             allow_kwok_annotations=parse_flag(
                 env.get(ALLOW_KWOK_ANNOTATIONS_ENV), ALLOW_KWOK_ANNOTATIONS_ENV
             ),
+            workers=parse_count(env.get(WORKERS_ENV), WORKERS_ENV, d.workers, low=1),
+            api_qps=parse_seconds(env.get(API_QPS_ENV), API_QPS_ENV, d.api_qps, "requests/s"),
+            api_burst=parse_count(env.get(API_BURST_ENV), API_BURST_ENV, d.api_burst, low=1),
+            api_timeout_seconds=parse_seconds(
+                env.get(API_TIMEOUT_ENV), API_TIMEOUT_ENV, d.api_timeout_seconds
+            ),
+            api_retries=parse_count(env.get(API_RETRIES_ENV), API_RETRIES_ENV, d.api_retries),
+            api_retry_cap_seconds=parse_seconds(
+                env.get(API_RETRY_CAP_ENV), API_RETRY_CAP_ENV, d.api_retry_cap_seconds
+            ),
+            degraded_retry_seconds=parse_seconds(
+                env.get(DEGRADED_RETRY_ENV), DEGRADED_RETRY_ENV, d.degraded_retry_seconds
+            ),
         )
 
 
-def parse_seconds(raw: str | None, name: str, default: float) -> float:
+def parse_count(raw: str | None, name: str, default: int, *, low: int = 0) -> int:
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name}: {raw!r} is not a whole number") from None
+    if value < low:
+        raise SettingsError(f"{name}: must be >= {low}, got {raw!r}")
+    return value
+
+
+def parse_seconds(raw: str | None, name: str, default: float, unit: str = "seconds") -> float:
     if raw is None or raw.strip() == "":
         return default
     try:
         value = float(raw)
     except ValueError:
-        raise SettingsError(f"{name}: {raw!r} is not a number of seconds") from None
+        raise SettingsError(f"{name}: {raw!r} is not a number of {unit}") from None
     if value <= 0:
         raise SettingsError(f"{name}: must be > 0, got {raw!r}")
     return value

@@ -92,3 +92,36 @@ def test_the_operator_refuses_to_start_with_a_bad_setting() -> None:
     )
     assert done.returncode == 2, done.stderr
     assert "operator settings: NEURAXIS_WORKLOAD_NODE_SELECTOR: not valid JSON" in done.stderr
+
+
+def test_bounds_are_read() -> None:
+    settings = OperatorSettings.from_env(
+        {
+            "NEURAXIS_WORKERS": "3",
+            "NEURAXIS_API_QPS": "12.5",
+            "NEURAXIS_API_BURST": "25",
+            "NEURAXIS_API_TIMEOUT_SECONDS": "4",
+            "NEURAXIS_API_RETRIES": "0",
+            "NEURAXIS_API_RETRY_CAP_SECONDS": "1.5",
+            "NEURAXIS_DEGRADED_RETRY_SECONDS": "60",
+        }
+    )
+    assert (settings.workers, settings.api_qps, settings.api_burst) == (3, 12.5, 25)
+    assert (settings.api_timeout_seconds, settings.api_retries) == (4.0, 0)
+    assert (settings.api_retry_cap_seconds, settings.degraded_retry_seconds) == (1.5, 60.0)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "error"),
+    [
+        ("NEURAXIS_WORKERS", "0", "NEURAXIS_WORKERS: must be >= 1"),
+        ("NEURAXIS_WORKERS", "two", "NEURAXIS_WORKERS: 'two' is not a whole number"),
+        ("NEURAXIS_API_QPS", "fast", "NEURAXIS_API_QPS: 'fast' is not a number of requests/s"),
+        ("NEURAXIS_API_BURST", "0", "NEURAXIS_API_BURST: must be >= 1"),
+        ("NEURAXIS_API_TIMEOUT_SECONDS", "-1", "NEURAXIS_API_TIMEOUT_SECONDS: must be > 0"),
+        ("NEURAXIS_API_RETRIES", "-1", "NEURAXIS_API_RETRIES: must be >= 0"),
+    ],
+)
+def test_bad_bounds_name_the_variable(name: str, value: str, error: str) -> None:
+    with pytest.raises(SettingsError, match=error):
+        OperatorSettings.from_env({name: value})
