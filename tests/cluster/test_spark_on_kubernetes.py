@@ -16,6 +16,7 @@ import json
 import socket
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -149,9 +150,9 @@ def test_a_dataset_with_executors_runs_spark_on_kubernetes(
             json.dumps(ds["status"], indent=1) + "\ndriver log:\n" + driver_log[-6000:]
         )
         assert condition(ds, "Ready")["status"] == "True"  # type: ignore[index]
-        _check_executors(cluster, ns, real_node, driver, workload_image, op)
+        executors = _check_executors(cluster, ns, real_node, driver, workload_image, op)
         _check_table(ds, lake_server)
-    print(f"Dataset Ready {elapsed:.0f}s after it was applied")
+    _report_times(elapsed, driver, executors, ns, lake_server)
 
 
 def _driver_pod(cluster: Cluster, ns: str, node: str) -> dict[str, Any]:
@@ -168,7 +169,7 @@ def _check_executors(
     driver: dict[str, Any],
     image: str,
     op: OperatorProcess,
-) -> None:
+) -> list[dict[str, Any]]:
     # The driver stopped its session: the executors shut down cleanly and their pods stay,
     # finished, until the driver pod goes.
     executors = wait_for(
@@ -206,6 +207,7 @@ def _check_executors(
         assert "Successfully registered with driver" in log, log[-4000:]
     logs = "\n".join(_logs(cluster, ns, n) for n in names)
     assert "Finished task" in logs, logs[-4000:]
+    return executors
 
 
 def _check_table(ds: dict[str, Any], server: LakeServer) -> None:
@@ -218,3 +220,39 @@ def _check_table(ds: dict[str, Any], server: LakeServer) -> None:
     rows = table.to_pyarrow_table().num_rows
     assert rows == status["rows"] > 1000, status
     assert status["quarantinedRows"] + rows <= 4000
+
+
+def _seconds(stamp: str) -> float:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+def _report_times(
+    elapsed: float,
+    driver: dict[str, Any],
+    executors: list[dict[str, Any]],
+    ns: str,
+    server: LakeServer,
+) -> None:
+    """The figures of this run, for people (the ETL's own timings come from its result)."""
+    created = _seconds(driver["metadata"]["creationTimestamp"])
+    run_id = driver["metadata"]["labels"]["batch.kubernetes.io/job-name"]
+    lake = _lake_of(server)
+    result = json.loads(lake.read_bytes(f"{lake.run_path(ns, run_id)}/result.json"))
+    lines = [f"Dataset Ready {elapsed:.0f}s after it was applied; ETL timings {result['timings']}"]
+    for status in driver["status"].get("containerStatuses") or []:
+        done = status["state"].get("terminated") or {}
+        if done:
+            began = _seconds(done["startedAt"]) - created
+            ended = _seconds(done["finishedAt"]) - created
+            lines.append(f"driver: container started +{began:.0f}s, finished +{ended:.0f}s")
+    for pod in executors:
+        [state] = pod["status"]["containerStatuses"]
+        done = state["state"]["terminated"]
+        made = _seconds(pod["metadata"]["creationTimestamp"]) - created
+        began = _seconds(done["startedAt"]) - created
+        ended = _seconds(done["finishedAt"]) - created
+        lines.append(
+            f"{pod['metadata']['name']}: created +{made:.0f}s, container started +{began:.0f}s, "
+            f"finished +{ended:.0f}s after the driver pod was created"
+        )
+    print("\n".join(lines))
