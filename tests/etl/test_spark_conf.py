@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from neuraxis.lake import Lake, S3Settings
 from neuraxis.workloads.etl.spark_session import (
     KUBERNETES_MASTER,
     KubernetesPlacement,
+    executor_name_prefix,
     kubernetes_conf,
     local_conf,
     local_cores,
@@ -64,7 +66,8 @@ def test_kubernetes_conf_runs_executors_that_connect_back_to_the_pod(tmp_path: P
     assert conf["spark.driver.blockManager.port"] == "7079"
     assert conf["spark.kubernetes.driver.pod.name"] == PLACEMENT.pod_name
     assert conf["spark.kubernetes.driver.reusePersistentVolumeClaim"] == "false"
-    assert conf["spark.kubernetes.executor.podNamePrefix"] == "neuraxis-etl-sensor-readings"
+    prefix = conf["spark.kubernetes.executor.podNamePrefix"]
+    assert re.fullmatch(r"neuraxis-etl-sensor-readings-[0-9a-f]{8}", prefix), prefix
     assert conf["spark.kubernetes.executor.label.neuraxis.dev/dataset"] == "sensor-readings"
     assert conf["spark.sql.shuffle.partitions"] == "16"
     # Executor pods come from the driver's template, run as the workload account (no token).
@@ -125,3 +128,13 @@ def test_kubernetes_needs_executors_and_a_pod(tmp_path: Path) -> None:
 def test_local_cores_from_env() -> None:
     assert local_cores({"NEURAXIS_SPARK_CORES": "3"}) == 3
     assert local_cores({}) >= 1
+
+
+def test_executor_names_differ_per_driver_pod_and_fit_spark_s_limit() -> None:
+    long_name = "neuraxis-etl-" + "a-very-long-dataset-name-" * 3
+    first = executor_name_prefix(long_name, "x-etl-g1-abcde")
+    assert first == executor_name_prefix(long_name, "x-etl-g1-abcde")
+    assert first != executor_name_prefix(long_name, "x-etl-g2-fghij")
+    assert len(first) <= 47 and re.fullmatch(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?", first)
+    # Without a driver pod name (not in a pod), every session gets new names.
+    assert executor_name_prefix("etl", None) != executor_name_prefix("etl", None)

@@ -15,10 +15,12 @@ start: nothing is shipped to executors at run time."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import tempfile
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -152,10 +154,14 @@ def local_conf(
     }
 
 
-def _pod_name_prefix(app_name: str) -> str:
-    """Executor pods are named `<prefix>-exec-<n>`: a DNS label, so at most 47 characters."""
+def executor_name_prefix(app_name: str, driver_pod: str | None) -> str:
+    """Executor pods are named `<prefix>-exec-<n>`; the prefix is a DNS label of at most 47
+    characters (Spark's rule). It ends in a hash of the driver pod's name: finished executor
+    pods stay until their driver pod goes, so the next run (a new spec, a scheduled run) must
+    not reuse their names."""
     clean = re.sub(r"[^a-z0-9-]+", "-", app_name.lower()).strip("-") or "neuraxis-etl"
-    return clean[:47].rstrip("-")
+    unique = driver_pod or uuid.uuid4().hex
+    return f"{clean[:38].rstrip('-')}-{hashlib.sha256(unique.encode()).hexdigest()[:8]}"
 
 
 def container_security_context() -> dict[str, Any]:
@@ -253,7 +259,9 @@ def kubernetes_conf(
         ),
         "spark.kubernetes.executor.podTemplateFile": str(pod_template_file),
         "spark.kubernetes.executor.podTemplateContainerName": EXECUTOR_CONTAINER,
-        "spark.kubernetes.executor.podNamePrefix": _pod_name_prefix(app_name),
+        "spark.kubernetes.executor.podNamePrefix": executor_name_prefix(
+            app_name, placement.pod_name
+        ),
         # Finished executor pods stay, with their logs, until the driver pod (their owner) is
         # deleted with its Job: like the driver's own pod, they are the run's history.
         "spark.kubernetes.executor.deleteOnTermination": "false",
