@@ -1,0 +1,347 @@
+"""The smart-manufacturing chain on real pods: the operator drives real Jobs, Deployments and a
+DaemonSet whose containers run on the real kubelet node from the offline-built workload image,
+against a real MinIO lake on the node's bridge. Nothing in this test fabricates a result: every
+status it checks was written by a workload that ran, and the test reads the lake to confirm.
+
+Differences from the example as committed, and why:
+- The TrainingJob has no `tuning` block: with tuning the platform runs one Ray driver pod; this
+  test exercises the distributed path (2 torchrun workers rendezvousing through the headless
+  Service over the pod network).
+- CPU requests are smaller: the node has 2 cores and requests are reserved, not used.
+- The real node joins site `plant-a` for the test (the example targets plant-a and plant-b); the
+  KWOK edge nodes carry a NoSchedule taint, so the agent runs only on the real node.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from deltalake import DeltaTable
+
+from neuraxis.dev import image as dev_image
+from neuraxis.dev import lake as dev_lake
+from neuraxis.dev import node as dev_node
+from neuraxis.dev.lake import LakeServer
+from neuraxis.lake import Lake, S3Settings
+from neuraxis.workloads.artifact import MANIFEST, SIGNATURE
+from tests.cluster.conftest import Cluster
+from tests.cluster.operator_fixtures import (
+    OperatorProcess,
+    condition,
+    example,
+    get,
+    phase,
+    running_operator,
+    wait_for,
+)
+
+SITE_LABEL = "neuraxis.dev/edge-site"
+SALT = "chain-test-salt"
+# Plausible values of the sensor features, by name; rows follow the model's signature.
+FEATURE_VALUES = {
+    "temperature": 71.5, "vibration": 0.42, "pressure": 101.3, "rpm": 1480.0,
+    "heat_stress": 30.03, "in_maintenance": 0.0,
+}  # fmt: skip
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def real_node(cluster: Cluster) -> Iterator[str]:
+    """The real node's name, added to site plant-a for the duration of the module."""
+    nodes = cluster.kubectl_json("get", "nodes")["items"]
+    real = [
+        n["metadata"]["name"]
+        for n in nodes
+        if "kwok.x-k8s.io/node" not in (n["metadata"].get("annotations") or {})
+    ]
+    assert len(real) == 1, f"expected one real node, found {real}"
+    [name] = real
+    cluster.kubectl("label", "node", name, f"{SITE_LABEL}=plant-a", "--overwrite")
+    try:
+        yield name
+    finally:
+        cluster.kubectl("label", "node", name, f"{SITE_LABEL}-")
+
+
+@pytest.fixture(scope="module")
+def workload_image(cluster: Cluster) -> str:
+    """The workload image, built offline and imported into the node (no-ops when current)."""
+    return dev_image.build_and_import().ref
+
+
+@pytest.fixture(scope="module")
+def lake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, LakeServer]]:
+    """MinIO on the node's bridge address: pods reach it, nothing outside the machine does."""
+    home = tmp_path_factory.mktemp("chain-lake")
+    server = dev_lake.start(
+        home, host=dev_node.NODE_IP, port=_free_port(dev_node.NODE_IP), bucket="chain-lake"
+    )
+    try:
+        yield home, server
+    finally:
+        dev_lake.stop(home)
+
+
+def _chain_resources() -> list[dict[str, Any]]:
+    readings = example("01-sensor-readings.yaml")
+    features = example("02-sensor-features.yaml")
+    train = example("03-anomaly-detector-train.yaml")
+    del train["spec"]["tuning"]
+    train["spec"]["resources"] = {"workers": 2, "cpu": "500m", "memory": "1536Mi"}
+    train["spec"]["model"]["epochs"] = 3
+    version = example("04-anomaly-detector-v1.yaml")
+    version["spec"]["serving"] = {
+        "replicas": 1,
+        "resources": {"cpu": "250m", "memory": "1Gi"},
+    }
+    edge = example("05-anomaly-detector-edge.yaml")
+    edge["spec"]["sync"]["intervalSeconds"] = 10  # the minimum
+    return [readings, features, train, version, edge]
+
+
+def _pods_on(cluster: Cluster, namespace: str, selector: str) -> list[dict[str, Any]]:
+    pods: list[dict[str, Any]] = cluster.kubectl_json(
+        "get", "pods", "--namespace", namespace, "-l", selector
+    )["items"]
+    return pods
+
+
+def _run_client_pod(
+    cluster: Cluster, namespace: str, image: str, name: str, script: str, timeout: float = 180
+) -> str:
+    """Run `python -c script` in a pod of the workload image; returns its log (stdout)."""
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "restartPolicy": "Never",
+            "automountServiceAccountToken": False,
+            "securityContext": {"runAsNonRoot": True, "runAsUser": 10001},
+            "containers": [
+                {
+                    "name": "client",
+                    "image": image,
+                    "imagePullPolicy": "IfNotPresent",
+                    "command": ["python", "-c", script],
+                    "securityContext": {
+                        "readOnlyRootFilesystem": True,
+                        "allowPrivilegeEscalation": False,
+                        "capabilities": {"drop": ["ALL"]},
+                    },
+                }
+            ],
+        },
+    }
+    cluster.apply(pod, namespace)
+    deadline = time.monotonic() + timeout
+    while True:
+        got = cluster.kubectl_json("get", "pod", name, "--namespace", namespace)
+        pod_phase = got.get("status", {}).get("phase")
+        if pod_phase in ("Succeeded", "Failed"):
+            break
+        if time.monotonic() > deadline:
+            raise AssertionError(f"client pod {name} still {pod_phase} after {timeout:.0f}s")
+        time.sleep(1)
+    logs = cluster.kubectl("logs", name, "--namespace", namespace)
+    assert pod_phase == "Succeeded", f"client pod {name} failed:\n{logs}"
+    return logs
+
+
+PREDICT = """
+import json, sys, urllib.error, urllib.request
+url, rows = sys.argv[1], json.loads(sys.argv[2])
+req = urllib.request.Request(url, data=json.dumps({"instances": rows}).encode(),
+                             headers={"Content-Type": "application/json"})
+try:
+    print(urllib.request.urlopen(req, timeout=30).read().decode())
+except urllib.error.HTTPError as exc:
+    sys.exit(f"HTTP {exc.code}: {exc.read().decode()}")
+"""
+
+
+def _predict_script(url: str, rows: list[list[float]]) -> str:
+    # `python -c` takes no argv of its own after the script here; bake the values in.
+    return f"import sys; sys.argv = ['c', {url!r}, {json.dumps(rows)!r}]\n" + PREDICT
+
+
+def _lake_of(server: LakeServer) -> Lake:
+    settings = S3Settings(server.endpoint, server.access_key, server.secret_key, "us-east-1")
+    return Lake(server.lake_uri, s3=settings)
+
+
+def _edge_log_records(lake: Lake, prefix: str) -> list[dict[str, Any]]:
+    records: list[dict[str, Any]] = []
+    for key in lake.list_files(prefix):
+        records += [json.loads(line) for line in lake.read_bytes(key).splitlines() if line]
+    return records
+
+
+def test_smart_manufacturing_chain_runs_on_real_pods(
+    cluster: Cluster,
+    namespace: str,
+    real_node: str,
+    workload_image: str,
+    lake: tuple[Path, LakeServer],
+    tmp_path: Path,
+) -> None:
+    lake_home, server = lake
+    ns = namespace
+    cluster.apply(server.secret_manifest(ns), ns)
+    salt = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "lake-salt"},
+        "stringData": {"salt": SALT},
+    }
+    cluster.apply(salt, ns)
+    env = {"NEURAXIS_IMAGE": workload_image, "NEURAXIS_LAKE_URI": server.lake_uri}
+    with running_operator(cluster, ns, tmp_path, env=env) as op:
+        for doc in _chain_resources():
+            cluster.apply(doc, ns)
+        _check_datasets(cluster, ns, server, op)
+        row = _check_training(cluster, ns, real_node, server, op)
+        _check_serving(cluster, ns, workload_image, row, op)
+        _check_edge(cluster, ns, real_node, workload_image, row, lake_home, server, op)
+
+
+def _check_datasets(cluster: Cluster, ns: str, server: LakeServer, op: OperatorProcess) -> None:
+    for name in ("sensor-readings", "sensor-features"):
+        wait_for(
+            lambda name=name: phase(cluster, "datasets", name, ns) in ("Ready", "Failed"),  # type: ignore[misc]
+            f"Dataset {name} finished",
+            timeout=600,
+            op=op,
+        )
+        ds = get(cluster, "datasets", name, ns)
+        assert ds is not None
+        assert ds["status"]["phase"] == "Ready", json.dumps(ds["status"], indent=1)
+        assert condition(ds, "Ready")["status"] == "True"  # type: ignore[index]
+        # The table the status names exists in MinIO, at that version, with those rows.
+        lake = _lake_of(server)
+        uri = ds["status"]["table"]["uri"]
+        assert uri.startswith(f"{server.lake_uri}/tables/{ns}/"), uri
+        table = DeltaTable(uri, storage_options=lake.storage_options())
+        assert table.version() == ds["status"]["version"]
+        assert table.to_pyarrow_table().num_rows == ds["status"]["rows"] > 0
+
+
+def _check_training(
+    cluster: Cluster, ns: str, node: str, server: LakeServer, op: OperatorProcess
+) -> list[float]:
+    """Checks the distributed run; returns one input row in the model's feature order."""
+    wait_for(
+        lambda: (
+            phase(cluster, "trainingjobs", "anomaly-detector-train", ns) in ("Succeeded", "Failed")
+        ),
+        "TrainingJob finished",
+        timeout=600,
+        op=op,
+    )
+    tj = get(cluster, "trainingjobs", "anomaly-detector-train", ns)
+    assert tj is not None
+    assert tj["status"]["phase"] == "Succeeded", json.dumps(tj["status"], indent=1)
+    workers = _pods_on(cluster, ns, "neuraxis.dev/trainingjob=anomaly-detector-train")
+    assert len(workers) == 2
+    assert {p["spec"]["nodeName"] for p in workers} == {node}
+    assert {p["status"]["phase"] for p in workers} == {"Succeeded"}
+    # Both ranks took part in one rendezvous: each worker's log names the world size.
+    for pod in workers:
+        log = cluster.kubectl("logs", pod["metadata"]["name"], "--namespace", ns)
+        assert "world_size=2" in log, log[-2000:]
+    artifact = tj["status"]["artifact"]
+    lake = _lake_of(server)
+    folder = artifact["uri"].removeprefix(server.lake_uri + "/")
+    assert lake.exists(f"{folder}/{MANIFEST}"), artifact
+    signature = json.loads(lake.read_bytes(f"{folder}/{SIGNATURE}"))
+    return [FEATURE_VALUES[f["name"]] for f in signature["features"]]
+
+
+def _check_serving(
+    cluster: Cluster, ns: str, image: str, row: list[float], op: OperatorProcess
+) -> None:
+    wait_for(
+        lambda: (
+            phase(cluster, "modelversions", "anomaly-detector-v1", ns)
+            in ("Serving", "Rejected", "Failed")
+        ),
+        "ModelVersion serving",
+        timeout=600,
+        op=op,
+    )
+    mv = get(cluster, "modelversions", "anomaly-detector-v1", ns)
+    assert mv is not None
+    assert mv["status"]["phase"] == "Serving", json.dumps(mv["status"], indent=1)
+    assert mv["status"]["evaluation"]["passed"] is True
+    # A client pod calls the predictor through its Service, by DNS name, over the pod network.
+    url = f"http://anomaly-detector-v1-predictor.{ns}.svc/v1/models/anomaly-detector:predict"
+    out = _run_client_pod(cluster, ns, image, "predict-client", _predict_script(url, [row, row]))
+    body = json.loads(out.strip().splitlines()[-1])
+    assert len(body["predictions"]) == 2
+
+
+def _check_edge(
+    cluster: Cluster,
+    ns: str,
+    node: str,
+    image: str,
+    row: list[float],
+    lake_home: Path,
+    server: LakeServer,
+    op: OperatorProcess,
+) -> None:
+    name = "anomaly-detector-plants"
+    wait_for(
+        lambda: phase(cluster, "edgedeployments", name, ns) in ("Available", "Failed"),
+        "EdgeDeployment Available",
+        timeout=600,
+        op=op,
+    )
+    ed = get(cluster, "edgedeployments", name, ns)
+    assert ed is not None
+    assert ed["status"]["phase"] == "Available", json.dumps(ed["status"], indent=1)
+    agents = _pods_on(cluster, ns, f"neuraxis.dev/edgedeployment={name}")
+    agents = [p for p in agents if p["metadata"]["labels"].get("app.kubernetes.io/component")
+              == "edge-agent"]  # fmt: skip
+    assert [p["spec"]["nodeName"] for p in agents] == [node]
+    agent_url = f"http://{agents[0]['status']['podIP']}:8090/v1/models/anomaly-detector:predict"
+    lake = _lake_of(server)
+    prefix = f"inference-logs/{ns}/{name}/{node}"
+
+    # Offline: with the lake down the agent keeps answering from its cache and buffers logs.
+    dev_lake.stop(lake_home)
+    try:
+        rows = [[value + i for value in row] for i in range(5)]
+        out = _run_client_pod(
+            cluster, ns, image, "edge-client-offline", _predict_script(agent_url, rows)
+        )
+        assert len(json.loads(out.strip().splitlines()[-1])["predictions"]) == 5
+    finally:
+        dev_lake.start(
+            lake_home, host=server.endpoint.split("//")[1].split(":")[0],
+            port=int(server.endpoint.rsplit(":", 1)[1]), bucket=server.bucket,
+        )  # fmt: skip
+    # Back online: the buffered records arrive, each exactly once.
+    records = wait_for(
+        lambda: [r for r in _edge_log_records(lake, prefix)] or None,
+        "edge logs uploaded",
+        timeout=120,
+        op=op,
+    )
+    time.sleep(25)  # two more sync intervals: a duplicate upload would show now
+    records = _edge_log_records(lake, prefix)
+    ids = [r["id"] for r in records]
+    assert len(ids) == len(set(ids)) == 5, records
+    assert secrets.compare_digest(records[0]["bundle_digest"], ed["status"]["bundle"]["digest"])
