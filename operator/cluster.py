@@ -1,7 +1,13 @@
 """The imperative shell: the only module that talks to the API server (through `Kube`: every
-request with a timeout, a rate limit and retries). Children are written with server-side apply
-(field manager `neuraxis`), so re-applying restores edited fields and is a no-op when nothing
-changed."""
+request with a timeout, a rate limit and retries).
+
+Reads of watched kinds come from the watch caches (no request); what the operator writes goes
+into the cache at once (the API's answer), so the next reconcile sees it. Children are made once
+and re-applied (server-side apply, field manager `neuraxis`) only when they drifted: the
+operator's annotation on a child records the digest of what it applied, and the child's
+generation (or resourceVersion, for kinds without one) tells whether someone else changed it
+since. A Job is only ever created (its pod template is immutable); only `suspend` follows the
+spec."""
 
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ from typing import Any
 
 from neuraxis import API_GROUP, API_VERSION
 from neuraxis.operator.caches import TTLCache
+from neuraxis.operator.informer import Informer
 from neuraxis.operator.kube import APPLY_PATCH, MERGE_PATCH, ApiError, Kube, RetryPolicy
 
 FIELD_MANAGER = "neuraxis"
@@ -22,9 +29,29 @@ EVENT_RETRY = RetryPolicy(attempts=2, base_s=0.2, cap_s=1.0)
 # Optional APIs (Gateway API, prometheus-operator) may be installed later: looked up again.
 FEATURE_TTL_S = 300.0
 APPLIED_MAX = 50_000
+# On each child: the digest of the manifest the operator last applied.
+APPLIED_ANNOTATION = f"{API_GROUP}/applied"
 
 Obj = dict[str, Any]
 log = logging.getLogger("neuraxis.operator")
+
+
+def _digest(manifest: Obj) -> str:
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def _stamped(manifest: Obj, digest: str) -> Obj:
+    meta = manifest["metadata"]
+    annotations = {**(meta.get("annotations") or {}), APPLIED_ANNOTATION: digest}
+    return {**manifest, "metadata": {**meta, "annotations": annotations}}
+
+
+def _revision(obj: Obj) -> str:
+    """What changes when someone changes the object: its generation where it has one (status
+    updates leave it alone), else its resourceVersion."""
+    meta = obj.get("metadata") or {}
+    generation = meta.get("generation")
+    return f"g{generation}" if generation is not None else f"r{meta.get('resourceVersion')}"
 
 
 def plural(kind: str) -> str:
@@ -54,11 +81,23 @@ def api_path(
 class Cluster:
     """Typed access to the few operations the reconcilers need."""
 
-    def __init__(self, kube: Kube):
+    def __init__(self, kube: Kube, caches: dict[tuple[str, str], Informer] | None = None):
         self.kube = kube
+        self.caches = caches or {}
         self._features: TTLCache[tuple[str, str], bool] = TTLCache(64, FEATURE_TTL_S)
-        # What was last applied per object (a digest), so an unchanged child is not re-sent.
+        # Kinds without a watch cache: the digest last applied, so an unchanged one is not sent.
         self._applied: TTLCache[tuple[str, str, str, str], str] = TTLCache(APPLIED_MAX, 3600.0)
+        # Watched children: their generation (or resourceVersion) after the operator's own
+        # last write; a different one in the cache means someone else changed the object.
+        self._written: TTLCache[tuple[str, str, str, str], str] = TTLCache(4 * APPLIED_MAX, 86400.0)
+
+    def cache(self, api_version: str, kind: str) -> Informer | None:
+        return self.caches.get((api_version, kind))
+
+    def _observe(self, obj: Obj | None, api_version: str, kind: str) -> None:
+        informer = self.cache(api_version, kind)
+        if obj and informer is not None:
+            informer.observe(obj)
 
     def has_kind(self, api_version: str, kind: str) -> bool:
         """Whether the cluster serves a kind (an optional CRD such as HTTPRoute), cached."""
@@ -76,6 +115,10 @@ class Cluster:
         return known
 
     def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> Obj | None:
+        """From the watch cache when the kind has one (do not change the returned dict)."""
+        informer = self.cache(api_version, kind)
+        if informer is not None:
+            return informer.get(namespace, name)
         try:
             return self.kube.request("GET", api_path(api_version, kind, namespace, name))
         except ApiError as exc:
@@ -90,6 +133,9 @@ class Cluster:
         namespace: str | None,
         labels: dict[str, str] | None = None,
     ) -> list[Obj]:
+        informer = self.cache(api_version, kind)
+        if informer is not None:
+            return informer.list(namespace, labels)
         selector = ",".join(f"{k}={v}" for k, v in sorted((labels or {}).items())) or None
         items: list[Obj] = []
         token = None
@@ -111,13 +157,36 @@ class Cluster:
         meta = obj.get("metadata") or {}
         return (obj["apiVersion"], obj["kind"], meta.get("namespace") or "", meta["name"])
 
-    def apply(self, manifest: Obj) -> Obj | None:
-        """Server-side apply, skipped (None) when this exact manifest was applied since the
-        object was last seen deleted and the last resync."""
+    def ensure(self, manifest: Obj) -> None:
+        """Make the child exist as built: created when missing, re-applied when the operator's
+        manifest changed or someone else changed the object (see the module doc)."""
+        informer = self.cache(manifest["apiVersion"], manifest["kind"])
+        if informer is None:
+            self.apply(manifest)
+            return
         key = self._key(manifest)
-        digest = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
-        if self._applied.get(key) == digest:
-            return None
+        digest = _digest(manifest)
+        meta = manifest["metadata"]
+        cached = informer.get(meta.get("namespace"), meta["name"])
+        if manifest["kind"] == "Job":
+            if cached is None:
+                self.create(_stamped(manifest, digest))
+            elif bool((manifest["spec"]).get("suspend")) != bool(cached["spec"].get("suspend")):
+                self._patch(manifest, {"spec": {"suspend": bool(manifest["spec"].get("suspend"))}})
+            return
+        if cached is not None:
+            stamp = ((cached.get("metadata") or {}).get("annotations") or {}).get(
+                APPLIED_ANNOTATION
+            )
+            written = self._written.get(key)
+            if stamp == digest and written in (None, _revision(cached)):
+                if written is None:  # first look since start-up: this is the baseline
+                    self._written.put(key, _revision(cached))
+                return
+        applied = self._server_side_apply(_stamped(manifest, digest))
+        self._written.put(key, _revision(applied))
+
+    def _server_side_apply(self, manifest: Obj) -> Obj:
         meta = manifest["metadata"]
         applied = self.kube.request(
             "PATCH",
@@ -126,26 +195,50 @@ class Cluster:
             body=manifest,
             content_type=APPLY_PATCH,
         )
+        self._observe(applied, manifest["apiVersion"], manifest["kind"])
+        return applied
+
+    def _patch(self, manifest: Obj, patch: Obj) -> None:
+        meta = manifest["metadata"]
+        patched = self.kube.request(
+            "PATCH",
+            api_path(manifest["apiVersion"], manifest["kind"], meta.get("namespace"), meta["name"]),
+            body=patch,
+            content_type=MERGE_PATCH,
+        )
+        self._observe(patched, manifest["apiVersion"], manifest["kind"])
+
+    def apply(self, manifest: Obj) -> Obj | None:
+        """Server-side apply, skipped (None) when this exact manifest was applied recently."""
+        key = self._key(manifest)
+        digest = _digest(manifest)
+        if self._applied.get(key) == digest:
+            return None
+        applied = self._server_side_apply(manifest)
         self._applied.put(key, digest)
         return applied
 
     def forget(self, obj: Obj | None = None) -> None:
-        """Drop the apply cache for one object (it was deleted) or for all (resync)."""
+        """Drop what is remembered of one object (it was deleted) or of all."""
         if obj is None:
             self._applied.clear()
+            self._written.clear()
         else:
             self._applied.pop(self._key(obj))
+            self._written.pop(self._key(obj))
 
     def create(self, manifest: Obj) -> Obj | None:
         """Create, or return None when an object of that name already exists."""
         meta = manifest["metadata"]
         path = api_path(manifest["apiVersion"], manifest["kind"], meta.get("namespace"))
         try:
-            return self.kube.request("POST", path, body=manifest)
+            created = self.kube.request("POST", path, body=manifest)
         except ApiError as exc:
             if exc.status == 409:
                 return None
             raise
+        self._observe(created, manifest["apiVersion"], manifest["kind"])
+        return created
 
     def delete(
         self,
@@ -158,7 +251,7 @@ class Cluster:
         """Delete an object; with Foreground propagation it stays (with a deletionTimestamp)
         until its dependents are gone. Already gone is fine."""
         try:
-            self.kube.request(
+            gone = self.kube.request(
                 "DELETE",
                 api_path(api_version, kind, namespace, name),
                 body={"propagationPolicy": propagation},
@@ -166,6 +259,9 @@ class Cluster:
         except ApiError as exc:
             if exc.status != 404:
                 raise
+            return
+        if (gone.get("metadata") or {}).get("deletionTimestamp"):
+            self._observe(gone, api_version, kind)  # still there, being deleted
 
     def patch_status(
         self,
@@ -175,13 +271,15 @@ class Cluster:
         status: Obj,
         retry: RetryPolicy | None = None,
     ) -> Obj:
-        return self.kube.request(
+        patched = self.kube.request(
             "PATCH",
             api_path(CR_VERSION, kind, namespace, name, "status"),
             body={"status": status},
             content_type=MERGE_PATCH,
             retry=retry,
         )
+        self._observe(patched, CR_VERSION, kind)
+        return patched
 
     def event(self, obj: Obj, type_: str, reason: str, message: str) -> None:
         """Record an Event on `obj` (best effort: an Event must never fail a reconcile)."""

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 
 class InvalidSpecError(Exception):
-    """The resource cannot be reconciled as written (kopf.PermanentError): fix the spec."""
+    """The resource cannot be reconciled as written (permanent: not retried until the spec
+    changes); the reason and message land in status."""
 
     def __init__(self, reason: str, message: str):
         super().__init__(message)

@@ -10,6 +10,7 @@ configuration (kubeconfig or in-cluster)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import random
@@ -29,6 +30,23 @@ log = logging.getLogger("neuraxis.operator")
 Obj = dict[str, Any]
 
 RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
+# Which kind the calling thread reconciles (a label of the request counter): requests per kind.
+_context = threading.local()
+
+
+@contextlib.contextmanager
+def reconciling(kind: str) -> Iterator[None]:
+    _context.kind = kind
+    try:
+        yield
+    finally:
+        _context.kind = ""
+
+
+def _kind() -> str:
+    return str(getattr(_context, "kind", ""))
+
+
 CONNECTION_ERROR = 0  # the status recorded when no HTTP answer came back
 
 
@@ -223,7 +241,7 @@ class Kube:
                 method, path, query, body, content_type, timeout_s or self.timeout_s
             )
             API_SECONDS.labels(**labels).observe(time.monotonic() - started)
-            API_REQUESTS.labels(**labels, code=str(status)).inc()
+            API_REQUESTS.labels(**labels, code=str(status), kind=_kind()).inc()
             if 200 <= status < 300:
                 return json.loads(data) if data else {}
             reason, message = _status_message(data)
@@ -255,9 +273,9 @@ class Kube:
                 preload_content=False,
             )
         except urllib3.exceptions.HTTPError as exc:
-            API_REQUESTS.labels(**labels, code=str(CONNECTION_ERROR)).inc()
+            API_REQUESTS.labels(**labels, code=str(CONNECTION_ERROR), kind="").inc()
             raise ApiError(CONNECTION_ERROR, type(exc).__name__, str(exc), "GET", path) from exc
-        API_REQUESTS.labels(**labels, code=str(resp.status)).inc()
+        API_REQUESTS.labels(**labels, code=str(resp.status), kind="").inc()
         try:
             if resp.status != 200:
                 reason, message = _status_message(resp.read())

@@ -47,16 +47,16 @@ def cluster_role_rules() -> list[dict[str, Any]]:
         _rule("batch", ["jobs"], [*WRITE, "delete"]),
         _rule("", ["pods"], READ),
         _rule("", ["services", "configmaps"], WRITE),
-        _rule("", ["serviceaccounts"], ["get", "create"]),  # the workload accounts per namespace
+        # The workload accounts per namespace (watched: a deleted one is made again).
+        _rule("", ["serviceaccounts"], ["get", "list", "watch", "create"]),
         # The Spark driver's RoleBinding: `bind` on that one ClusterRole only, so the operator
         # can grant executor-pod rights without holding them (RBAC checks escalation).
-        _rule(RBAC, ["rolebindings"], ["get", "create"]),
+        _rule(RBAC, ["rolebindings"], ["get", "list", "watch", "create"]),
         _rule(RBAC, ["clusterroles"], ["get", "bind"], [SPARK_DRIVER_ROLE]),
         _rule("", ["nodes", "namespaces"], READ),
         _rule("apps", ["deployments", "daemonsets"], WRITE),
         _rule("autoscaling", ["horizontalpodautoscalers"], WRITE),
         _rule("events.k8s.io", ["events"], ["create", "patch"]),
-        _rule("", ["events"], ["create", "patch"]),  # kopf's own events API
         # Optional integrations, used only where their CRDs exist.
         _rule("gateway.networking.k8s.io", ["httproutes"], WRITE),
         _rule("monitoring.coreos.com", ["servicemonitors"], WRITE),

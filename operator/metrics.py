@@ -21,8 +21,9 @@ RESOURCES_BY_PHASE = Gauge(
 )
 API_REQUESTS = Counter(
     "neuraxis_api_requests_total",
-    "API server requests by verb, resource and HTTP status (0: no answer).",
-    ["verb", "resource", "code"],
+    "API server requests by verb, resource, HTTP status (0: no answer) and the kind being "
+    "reconciled (empty: the watch caches and the leader lease).",
+    ["verb", "resource", "code", "kind"],
 )
 API_RETRIES = Counter(
     "neuraxis_api_retries_total",
@@ -35,3 +36,7 @@ API_SECONDS = Histogram(
     ["verb", "resource"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+CACHES_SYNCED = Gauge("neuraxis_caches_synced", "1 once every watch cache has listed its objects.")
+CACHED_OBJECTS = Gauge("neuraxis_cached_objects", "Objects in the watch caches.", ["kind"])
+QUEUE_DEPTH = Gauge("neuraxis_queue_depth", "Resources waiting to be reconciled.")
+IS_LEADER = Gauge("neuraxis_leader", "1 while this replica holds the leader lease.")

@@ -9,6 +9,7 @@ import copy
 import logging
 import threading
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from neuraxis.crds import Dataset, EdgeDeployment, ModelVersion, Resource, TrainingJob
@@ -19,6 +20,7 @@ from neuraxis.operator.builders.accounts import (
     accounts_for,
     spark_driver_cluster_role,
 )
+from neuraxis.operator.builders.common import inline_specs
 from neuraxis.operator.builders.dataset import build_dataset_children, etl_children_name
 from neuraxis.operator.builders.edge import (
     build_bundle_children,
@@ -81,9 +83,11 @@ def _finished_for_generation(res: Resource, status: Obj) -> bool:
     )
 
 
-# The shared accounts (not owned) made recently: made again (a no-op create when present) once
-# their entry expires, so one deleted by someone comes back; bounded by namespaces in use.
+# The shared accounts (not owned) made or found recently: looked at again (in the watch cache,
+# else with a create that is a no-op when present) once their entry expires, so one deleted by
+# someone comes back; bounded by the namespaces in use.
 _accounts_made: TTLCache[tuple[str, str, str], bool] = TTLCache(4096, 600.0)
+_cluster_roles: TTLCache[str, bool] = TTLCache(16, 600.0)
 
 
 def ensure_accounts(cluster: Cluster, res: Resource, settings: OperatorSettings) -> None:
@@ -93,6 +97,10 @@ def ensure_accounts(cluster: Cluster, res: Resource, settings: OperatorSettings)
         key = (manifest["kind"], meta["namespace"], meta["name"])
         if _accounts_made.get(key):
             continue
+        version, kind = manifest["apiVersion"], manifest["kind"]
+        watched = cluster.cache(version, kind) is not None
+        if watched and cluster.get(version, kind, meta["namespace"], meta["name"]):
+            continue  # present now (a deletion shows up in the cache at once)
         if manifest["kind"] == "RoleBinding":
             ensure_spark_driver_role(cluster)
         cluster.create(manifest)
@@ -103,7 +111,10 @@ def ensure_spark_driver_role(cluster: Cluster) -> None:
     """The ClusterRole Spark drivers are bound to comes with the operator's manifests. An
     operator run with broader rights (a dev cluster) creates it when missing; one with the
     shipped rights cannot, and the Dataset waits for it."""
+    if _cluster_roles.get(SPARK_DRIVER_ROLE):
+        return
     if cluster.get("rbac.authorization.k8s.io/v1", "ClusterRole", None, SPARK_DRIVER_ROLE):
+        _cluster_roles.put(SPARK_DRIVER_ROLE, True)
         return
     try:
         cluster.create(spark_driver_cluster_role())
@@ -119,8 +130,9 @@ def ensure_spark_driver_role(cluster: Cluster) -> None:
 
 
 def _apply_all(cluster: Cluster, manifests: list[Obj]) -> None:
-    for manifest in manifests:
-        cluster.apply(manifest)
+    # A run's spec travels in its Job (a pod annotation) unless it is large: no ConfigMap.
+    for manifest in inline_specs(manifests):
+        cluster.ensure(manifest)
 
 
 def _run_finished(job: Obj) -> bool:
@@ -172,12 +184,48 @@ def _run_phase(run: RunObservation) -> str:
     return run.state if run.state in ("Succeeded", "Failed") else "Running"
 
 
+# How long a finished Job's result may lag behind it in the pod cache (the Job and Pod watches
+# are separate streams): past this, a missing result is missing.
+RESULT_LAG_S = 30.0
+
+
 def _observe_job(cluster: Cluster, namespace: str, name: str) -> RunObservation:
     job = cluster.get("batch/v1", "Job", namespace, name)
     pods = (
         cluster.list("v1", "Pod", namespace, {"batch.kubernetes.io/job-name": name}) if job else []
     )
-    return observe_run(job, pods)
+    run = observe_run(job, pods)
+    finished = run.state in ("Succeeded", "Failed")
+    if job is not None and finished and run.result is None and _pods_behind(job, pods):
+        return RunObservation("Active", "Finishing", "waiting for the pods' final state", None)
+    return run
+
+
+def seconds_since(stamp: str) -> float:
+    """Seconds since an RFC 3339 time such as the API server writes (0 when unreadable)."""
+    try:
+        then = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    except ValueError:
+        return 0.0
+    return (datetime.now(UTC) - then).total_seconds()
+
+
+def _pods_behind(job: Obj, pods: list[Obj]) -> bool:
+    """Whether the cached pods may not show the finished Job's end yet: a pod still running,
+    or none at all, shortly after the Job finished."""
+    if any((p.get("status") or {}).get("phase") not in ("Succeeded", "Failed") for p in pods):
+        return True
+    if pods:
+        return False
+    finished = (job.get("status") or {}).get("completionTime") or next(
+        (
+            c.get("lastTransitionTime")
+            for c in (job.get("status") or {}).get("conditions") or []
+            if c.get("type") == "Failed"
+        ),
+        None,
+    )
+    return finished is not None and seconds_since(str(finished)) < RESULT_LAG_S
 
 
 def _failed_run(run: RunObservation) -> Draft:
@@ -525,12 +573,32 @@ def _comparable(status: Obj) -> Obj:
     return {k: v for k, v in status.items() if v is not None}
 
 
+def finished_and_quiet(body: Obj) -> bool:
+    """A run that ended for the current spec and needs nothing more: a Dataset without a
+    schedule that is Ready or Failed, a TrainingJob that failed or succeeded without a
+    ModelVersion to register. Read from the body alone (no parsing: resyncs stay cheap)."""
+    status = body.get("status") or {}
+    spec = body.get("spec") or {}
+    if status.get("observedGeneration") != body["metadata"].get("generation"):
+        return False
+    if (cond.condition(status.get("conditions") or [], "Degraded") or {}).get("status") == "True":
+        return False
+    phase = status.get("phase")
+    if body["kind"] == "Dataset":
+        return phase in ("Ready", "Failed") and not spec.get("schedule")
+    if body["kind"] == "TrainingJob":
+        return phase == "Failed" or (phase == "Succeeded" and not spec.get("register"))
+    return False
+
+
 def reconcile(body: Obj, cluster: Cluster, settings: OperatorSettings) -> Obj:
     """Reconcile one resource given its current body; returns the status it now has.
 
     Raises InvalidSpecError for specs that cannot work (after recording it in status)."""
     kind = body["kind"]
     meta = body["metadata"]
+    if finished_and_quiet(body):
+        return status_of(body)
     with _lock_for(kind, meta["namespace"], meta["name"]):
         old = status_of(body)
         # The reconcilers may note what they learn in `work` (an evaluation, a finished run);

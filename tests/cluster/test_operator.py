@@ -101,7 +101,7 @@ def test_full_chain_reaches_its_final_phases(
     assert readings is not None
     assert readings["status"]["rows"] == 4990 and readings["status"]["qualityPassed"] is True
     assert condition(readings, "Ready")["status"] == "True"  # type: ignore[index]
-    # The ETL Job: ConfigMap with the spec, owner reference, labels, salt from the Secret.
+    # The ETL Job: the spec in a pod annotation, owner reference, labels, salt from the Secret.
     [job_name] = names(cluster, "jobs", ns, "neuraxis.dev/dataset=sensor-readings")
     job = cluster.kubectl_json("get", job_name, "--namespace", ns)
     assert job["metadata"]["ownerReferences"][0]["kind"] == "Dataset"
@@ -476,6 +476,6 @@ def test_restarts_converge_without_duplicates(
     jobs = names(cluster, "jobs", ns, "app.kubernetes.io/managed-by=neuraxis")
     configmaps = names(cluster, "configmaps", ns, "app.kubernetes.io/managed-by=neuraxis")
     assert len(jobs) == 50 and len(set(jobs)) == 50
-    assert len(configmaps) == 50
+    assert configmaps == []  # each run's spec travels in its Job (a pod annotation)
     items = cluster.kubectl_json("get", "datasets", "--namespace", ns)["items"]
     assert sorted(i["status"]["version"] for i in items) == list(range(50))

@@ -49,7 +49,11 @@ def test_operator_may_bind_only_the_spark_driver_role() -> None:
         ("clusterroles",): [SPARK_DRIVER_ROLE],
     }
     verbs = {r["resources"][0]: r["verbs"] for r in rbac}
-    assert verbs == {"rolebindings": ["get", "create"], "clusterroles": ["get", "bind"]}
+    # Role bindings are watched (a deleted one is made again), never updated or deleted.
+    assert verbs == {
+        "rolebindings": ["get", "list", "watch", "create"],
+        "clusterroles": ["get", "bind"],
+    }
     [spark_role] = [
         m
         for m in build_manifests()
