@@ -17,6 +17,8 @@ from kubernetes import config as k8s_config
 from prometheus_client import start_http_server
 
 from neuraxis.operator.kube import Kube, RetryPolicy
+from neuraxis.operator.leader import LeaderElector, LeaseConfig
+from neuraxis.operator.metrics import IS_LEADER
 from neuraxis.operator.runtime import Runtime
 from neuraxis.operator.settings import OperatorSettings
 
@@ -110,8 +112,56 @@ def run_operator(
     runtime.start()
     scope = ", ".join(namespaces) if namespaces else "all namespaces"
     log.info("operator started (%s, %d workers)", scope, settings.workers)
-    runtime.lead()
-    log.info("caches synced: reconciling")
+    elector = None
+    if settings.leader_election:
+        elector = start_election(runtime, settings, namespaces, stopping)
+    else:
+        runtime.lead()
+        IS_LEADER.set(1)
+        log.info("caches synced: reconciling")
     stopping.wait()
     log.info("stopping")
     runtime.shutdown()
+    if elector is not None:
+        elector.release()  # the next replica need not wait for the lease to expire
+
+
+def start_election(
+    runtime: Runtime, settings: OperatorSettings, namespaces: list[str], stopping: threading.Event
+) -> LeaderElector:
+    """Campaign in the background; reconcile while holding the Lease. Losing it ends the
+    process at once (exit 1): a restarted one rejoins as a follower with fresh state."""
+    namespace = settings.lease_namespace or (namespaces[0] if namespaces else "default")
+    config = LeaseConfig(
+        namespace=namespace,
+        name=settings.lease_name,
+        identity=settings.lease_identity(),
+        lease_s=settings.lease_seconds,
+        renew_s=settings.lease_renew_seconds,
+        retry_s=settings.lease_retry_seconds,
+    )
+    elector = LeaderElector(runtime.kube, config)
+
+    def started() -> None:
+        runtime.lead()
+        IS_LEADER.set(1)
+        log.info("leading (%s): reconciling", config.identity)
+
+    def lost() -> None:
+        runtime.leading.clear()
+        IS_LEADER.set(0)
+        logging.shutdown()
+        os._exit(1)
+
+    def campaign() -> None:
+        # Synced first: taking the lease must not wait on the caches (renewals would stall).
+        try:
+            runtime.wait_synced()
+        except RuntimeError:
+            log.exception("not campaigning for the lease")
+            lost()
+        elector.run(stopping, started, lost)
+
+    log.info("waiting for the leader lease %s/%s as %s", namespace, config.name, config.identity)
+    threading.Thread(target=campaign, name="leader-election", daemon=True).start()
+    return elector

@@ -358,14 +358,17 @@ class Runtime:
 
     def lead(self, timeout: float = 120.0) -> None:
         """Begin reconciling: once the caches are synced, everything once, then on events."""
+        self.wait_synced(timeout)
+        CACHES_SYNCED.set(1)
+        self.enqueue_all()
+        self.leading.set()
+
+    def wait_synced(self, timeout: float = 120.0) -> None:
         deadline = time.monotonic() + timeout
         for informer in self.informers.values():
             if not informer.wait_synced(max(0.0, deadline - time.monotonic())):
                 plural = informer.watched.plural
                 raise RuntimeError(f"the {plural} cache did not sync within {timeout:.0f}s")
-        CACHES_SYNCED.set(1)
-        self.enqueue_all()
-        self.leading.set()
 
     def alive(self) -> bool:
         return not self.stop.is_set() and all(t.is_alive() for t in self._threads)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +29,14 @@ API_TIMEOUT_ENV = "NEURAXIS_API_TIMEOUT_SECONDS"
 API_RETRIES_ENV = "NEURAXIS_API_RETRIES"
 API_RETRY_CAP_ENV = "NEURAXIS_API_RETRY_CAP_SECONDS"
 DEGRADED_RETRY_ENV = "NEURAXIS_DEGRADED_RETRY_SECONDS"
+LEADER_ELECTION_ENV = "NEURAXIS_LEADER_ELECTION"
+LEASE_NAMESPACE_ENV = "NEURAXIS_LEASE_NAMESPACE"
+LEASE_NAME_ENV = "NEURAXIS_LEASE_NAME"
+LEASE_SECONDS_ENV = "NEURAXIS_LEASE_SECONDS"
+LEASE_RENEW_ENV = "NEURAXIS_LEASE_RENEW_SECONDS"
+LEASE_RETRY_ENV = "NEURAXIS_LEASE_RETRY_SECONDS"
+IDENTITY_ENV = "POD_NAME"  # set from the downward API in the operator's Deployment
+POD_NAMESPACE_ENV = "POD_NAMESPACE"
 
 Toleration = dict[str, Any]
 
@@ -82,6 +91,19 @@ class OperatorSettings:
     api_retries: int = 5
     api_retry_cap_seconds: float = 5.0
     degraded_retry_seconds: float = 30.0
+    # Several replicas: only the holder of the Lease `<lease_namespace>/<lease_name>` reconciles;
+    # another takes over when it is not renewed for `lease_seconds`. The namespace defaults to
+    # the pod's own (POD_NAMESPACE), the identity to POD_NAME (else host and process id).
+    leader_election: bool = False
+    lease_namespace: str = ""
+    lease_name: str = "neuraxis-operator"
+    lease_seconds: float = 15.0
+    lease_renew_seconds: float = 5.0
+    lease_retry_seconds: float = 2.0
+    identity: str = ""
+
+    def lease_identity(self) -> str:
+        return self.identity or f"{socket.gethostname()}-{os.getpid()}"
 
     def __post_init__(self) -> None:
         for index, toleration in enumerate(self.workload_tolerations):
@@ -123,7 +145,29 @@ class OperatorSettings:
             degraded_retry_seconds=parse_seconds(
                 env.get(DEGRADED_RETRY_ENV), DEGRADED_RETRY_ENV, d.degraded_retry_seconds
             ),
+            **lease_settings(env),
         )
+
+
+def lease_settings(env: Mapping[str, str]) -> dict[str, Any]:
+    d = OperatorSettings
+    lease = parse_seconds(env.get(LEASE_SECONDS_ENV), LEASE_SECONDS_ENV, d.lease_seconds)
+    renew = parse_seconds(env.get(LEASE_RENEW_ENV), LEASE_RENEW_ENV, d.lease_renew_seconds)
+    if renew >= lease:
+        raise SettingsError(
+            f"{LEASE_RENEW_ENV}: {renew:g}s must be shorter than {LEASE_SECONDS_ENV} ({lease:g}s)"
+        )
+    return {
+        "leader_election": parse_flag(env.get(LEADER_ELECTION_ENV), LEADER_ELECTION_ENV),
+        "lease_namespace": env.get(LEASE_NAMESPACE_ENV) or env.get(POD_NAMESPACE_ENV) or "",
+        "lease_name": env.get(LEASE_NAME_ENV) or d.lease_name,
+        "lease_seconds": lease,
+        "lease_renew_seconds": renew,
+        "lease_retry_seconds": parse_seconds(
+            env.get(LEASE_RETRY_ENV), LEASE_RETRY_ENV, d.lease_retry_seconds
+        ),
+        "identity": env.get(IDENTITY_ENV) or "",
+    }
 
 
 def parse_count(raw: str | None, name: str, default: int, *, low: int = 0) -> int:

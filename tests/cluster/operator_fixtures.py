@@ -56,10 +56,12 @@ class OperatorProcess:
         env: dict[str, str] | None = None,
         *,
         fake_nodes: bool = False,
+        name: str = "",
     ):
         self.cluster = cluster
         self.namespace = namespace
-        self.log_path = log_dir / f"operator-{namespace}.log"
+        self.name = name  # a replica's name (its log file and, with leader election, identity)
+        self.log_path = log_dir / f"operator-{namespace}{'-' + name if name else ''}.log"
         self.metrics_port = free_port()
         self.settings = {**(FAKE_NODE_SETTINGS if fake_nodes else {}), **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
@@ -70,6 +72,7 @@ class OperatorProcess:
             "KUBECONFIG": str(self.cluster.kubeconfig),
             "NEURAXIS_RESYNC_SECONDS": "3",
             "PYTHONUNBUFFERED": "1",
+            **({"POD_NAME": self.name} if self.name else {}),
             **self.settings,
         }
         log = open(self.log_path, "ab")  # noqa: SIM115 (owned by the child process)

@@ -433,6 +433,9 @@ def test_operator_rbac_is_least_privilege(cluster: Cluster) -> None:
         ("bind", "clusterroles.rbac.authorization.k8s.io/edit"),
     ]:  # fmt: skip
         assert not can(verb, resource, "--all-namespaces"), f"operator may {verb} {resource}"
+    # The leader Lease: in the operator's own namespace only.
+    assert can("update", "leases.coordination.k8s.io", "--namespace", "neuraxis-system")
+    assert not can("update", "leases.coordination.k8s.io", "--namespace", "default")
     # Spark drivers: the operator binds their ClusterRole (and only that one) per namespace.
     assert can("create", "rolebindings.rbac.authorization.k8s.io", "--all-namespaces")
     assert can("bind", f"clusterroles.rbac.authorization.k8s.io/{SPARK_DRIVER_ROLE}")

@@ -65,3 +65,23 @@ def test_operator_may_bind_only_the_spark_driver_role() -> None:
 def test_no_kuberay_integration_is_left() -> None:
     groups = {g for rule in cluster_role_rules() for g in rule["apiGroups"]}
     assert "ray.io" not in groups
+
+
+def test_two_replicas_elect_a_leader_with_a_lease_in_their_own_namespace() -> None:
+    manifests = build_manifests()
+    [deploy] = [m for m in manifests if m["kind"] == "Deployment"]
+    assert deploy["spec"]["replicas"] == 2
+    env = {e["name"]: e for e in deploy["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["NEURAXIS_LEADER_ELECTION"]["value"] == "true"
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    [role] = [m for m in manifests if m["kind"] == "Role"]
+    [binding] = [m for m in manifests if m["kind"] == "RoleBinding"]
+    assert role["metadata"]["namespace"] == deploy["metadata"]["namespace"]
+    assert role["rules"] == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+         "verbs": ["get", "create", "update"]}
+    ]  # fmt: skip
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert all("leases" not in r["resources"] for r in cluster_role_rules())
+    [budget] = [m for m in manifests if m["kind"] == "PodDisruptionBudget"]
+    assert budget["spec"]["minAvailable"] == 1

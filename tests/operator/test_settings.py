@@ -125,3 +125,24 @@ def test_bounds_are_read() -> None:
 def test_bad_bounds_name_the_variable(name: str, value: str, error: str) -> None:
     with pytest.raises(SettingsError, match=error):
         OperatorSettings.from_env({name: value})
+
+
+def test_leader_election_settings() -> None:
+    settings = OperatorSettings.from_env(
+        {
+            "NEURAXIS_LEADER_ELECTION": "true",
+            "POD_NAME": "operator-abc",
+            "POD_NAMESPACE": "neuraxis-system",
+            "NEURAXIS_LEASE_SECONDS": "6",
+            "NEURAXIS_LEASE_RENEW_SECONDS": "2",
+        }
+    )
+    assert settings.leader_election and settings.lease_identity() == "operator-abc"
+    assert (settings.lease_namespace, settings.lease_name) == (
+        "neuraxis-system",
+        "neuraxis-operator",
+    )
+    assert (settings.lease_seconds, settings.lease_renew_seconds) == (6.0, 2.0)
+    assert OperatorSettings().lease_identity()  # host and process id without POD_NAME
+    with pytest.raises(SettingsError, match="NEURAXIS_LEASE_RENEW_SECONDS: 15s must be shorter"):
+        OperatorSettings.from_env({"NEURAXIS_LEASE_RENEW_SECONDS": "15"})
