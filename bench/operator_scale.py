@@ -452,6 +452,16 @@ def report(n: int, nodes: int, ideal: Phase, op: Phase) -> None:
     print_requests(n, ideal, op)
 
 
+def run_chaos(n: int) -> None:
+    """The chaos test at bench size: 10 leader SIGKILLs and an API server restart while n
+    resources (half Datasets, half TrainingJobs) reconcile on this machine's cluster."""
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "NEURAXIS_CHAOS_RESOURCES": str(n // 2)}
+    test = "tests/cluster/test_operator_chaos.py"
+    argv = [sys.executable, "-m", "pytest", test, "-q", "-s", "-o", "timeout=7200"]
+    raise SystemExit(subprocess.run(argv, cwd=repo, env=env, check=False).returncode)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -464,7 +474,15 @@ def main() -> None:
         "--threads", type=int, default=8, help="ideal controller threads = operator workers"
     )
     parser.add_argument("--timeout", type=float, default=3600)
+    parser.add_argument(
+        "--chaos",
+        action="store_true",
+        help="run the chaos test (tests/cluster/test_operator_chaos.py) at N/2 + N/2 instead",
+    )
     args = parser.parse_args()
+    if args.chaos:
+        run_chaos(args.n)
+        return
     n, nodes = (
         (100, 50) if args.quick else (10_000, args.nodes) if args.full else (args.n, args.nodes)
     )
