@@ -15,8 +15,6 @@ Differences from the example as committed, and why:
 from __future__ import annotations
 
 import json
-import secrets
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,13 +23,9 @@ from typing import Any
 import pytest
 from deltalake import DeltaTable
 
-from neuraxis.dev import image as dev_image
-from neuraxis.dev import lake as dev_lake
-from neuraxis.dev import node as dev_node
-from neuraxis.dev.lake import LakeServer
-from neuraxis.lake import Lake, S3Settings
+from neuraxis.lake import Lake
 from neuraxis.workloads.artifact import MANIFEST, SIGNATURE
-from tests.cluster.conftest import Cluster
+from tests.cluster.conftest import Cluster, NodeLake
 from tests.cluster.operator_fixtures import (
     OperatorProcess,
     condition,
@@ -51,47 +45,14 @@ FEATURE_VALUES = {
 }  # fmt: skip
 
 
-def _free_port(host: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
-def real_node(cluster: Cluster) -> Iterator[str]:
-    """The real node's name, added to site plant-a for the duration of the module."""
-    nodes = cluster.kubectl_json("get", "nodes")["items"]
-    real = [
-        n["metadata"]["name"]
-        for n in nodes
-        if "kwok.x-k8s.io/node" not in (n["metadata"].get("annotations") or {})
-    ]
-    assert len(real) == 1, f"expected one real node, found {real}"
-    [name] = real
-    cluster.kubectl("label", "node", name, f"{SITE_LABEL}=plant-a", "--overwrite")
+def site_node(cluster: Cluster, real_node: str) -> Iterator[str]:
+    """The real node, added to site plant-a for the duration of the module."""
+    cluster.kubectl("label", "node", real_node, f"{SITE_LABEL}=plant-a", "--overwrite")
     try:
-        yield name
+        yield real_node
     finally:
-        cluster.kubectl("label", "node", name, f"{SITE_LABEL}-")
-
-
-@pytest.fixture(scope="module")
-def workload_image(cluster: Cluster) -> str:
-    """The workload image, built offline and imported into the node (no-ops when current)."""
-    return dev_image.build_and_import().ref
-
-
-@pytest.fixture(scope="module")
-def lake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, LakeServer]]:
-    """MinIO on the node's bridge address: pods reach it, nothing outside the machine does."""
-    home = tmp_path_factory.mktemp("chain-lake")
-    server = dev_lake.start(
-        home, host=dev_node.NODE_IP, port=_free_port(dev_node.NODE_IP), bucket="chain-lake"
-    )
-    try:
-        yield home, server
-    finally:
-        dev_lake.stop(home)
+        cluster.kubectl("label", "node", real_node, f"{SITE_LABEL}-")
 
 
 def _chain_resources() -> list[dict[str, Any]]:
@@ -177,9 +138,32 @@ def _predict_script(url: str, rows: list[list[float]]) -> str:
     return f"import sys; sys.argv = ['c', {url!r}, {json.dumps(rows)!r}]\n" + PREDICT
 
 
-def _lake_of(server: LakeServer) -> Lake:
-    settings = S3Settings(server.endpoint, server.access_key, server.secret_key, "us-east-1")
-    return Lake(server.lake_uri, s3=settings)
+def _edge_agents(cluster: Cluster, namespace: str, deployment: str) -> list[dict[str, Any]]:
+    pods = _pods_on(cluster, namespace, f"neuraxis.dev/edgedeployment={deployment}")
+    return [
+        p for p in pods
+        if p["metadata"]["labels"].get("app.kubernetes.io/component") == "edge-agent"
+        and not p["metadata"].get("deletionTimestamp")
+    ]  # fmt: skip
+
+
+def _ready(pod: dict[str, Any]) -> bool:
+    conditions = pod.get("status", {}).get("conditions") or []
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+
+def _predict_on(
+    cluster: Cluster,
+    namespace: str,
+    image: str,
+    agent: dict[str, Any],
+    rows: list[list[float]],
+    client: str,
+) -> int:
+    """Predictions answered by one edge agent pod, asked by a client pod over the pod network."""
+    url = f"http://{agent['status']['podIP']}:8090/v1/models/anomaly-detector:predict"
+    out = _run_client_pod(cluster, namespace, image, client, _predict_script(url, rows))
+    return len(json.loads(out.strip().splitlines()[-1])["predictions"])
 
 
 def _edge_log_records(lake: Lake, prefix: str) -> list[dict[str, Any]]:
@@ -192,12 +176,12 @@ def _edge_log_records(lake: Lake, prefix: str) -> list[dict[str, Any]]:
 def test_smart_manufacturing_chain_runs_on_real_pods(
     cluster: Cluster,
     namespace: str,
-    real_node: str,
+    site_node: str,
     workload_image: str,
-    lake: tuple[Path, LakeServer],
+    node_lake: NodeLake,
     tmp_path: Path,
 ) -> None:
-    lake_home, server = lake
+    server = node_lake.server
     ns = namespace
     cluster.apply(server.secret_manifest(ns), ns)
     salt = {
@@ -211,13 +195,14 @@ def test_smart_manufacturing_chain_runs_on_real_pods(
     with running_operator(cluster, ns, tmp_path, env=env) as op:
         for doc in _chain_resources():
             cluster.apply(doc, ns)
-        _check_datasets(cluster, ns, server, op)
-        row = _check_training(cluster, ns, real_node, server, op)
+        _check_datasets(cluster, ns, node_lake, op)
+        row = _check_training(cluster, ns, site_node, node_lake, op)
         _check_serving(cluster, ns, workload_image, row, op)
-        _check_edge(cluster, ns, real_node, workload_image, row, lake_home, server, op)
+        _check_edge(cluster, ns, site_node, workload_image, row, node_lake, op)
 
 
-def _check_datasets(cluster: Cluster, ns: str, server: LakeServer, op: OperatorProcess) -> None:
+def _check_datasets(cluster: Cluster, ns: str, node_lake: NodeLake, op: OperatorProcess) -> None:
+    server = node_lake.server
     for name in ("sensor-readings", "sensor-features"):
         wait_for(
             lambda name=name: phase(cluster, "datasets", name, ns) in ("Ready", "Failed"),  # type: ignore[misc]
@@ -230,7 +215,7 @@ def _check_datasets(cluster: Cluster, ns: str, server: LakeServer, op: OperatorP
         assert ds["status"]["phase"] == "Ready", json.dumps(ds["status"], indent=1)
         assert condition(ds, "Ready")["status"] == "True"  # type: ignore[index]
         # The table the status names exists in MinIO, at that version, with those rows.
-        lake = _lake_of(server)
+        lake = node_lake.client()
         uri = ds["status"]["table"]["uri"]
         assert uri.startswith(f"{server.lake_uri}/tables/{ns}/"), uri
         table = DeltaTable(uri, storage_options=lake.storage_options())
@@ -239,7 +224,7 @@ def _check_datasets(cluster: Cluster, ns: str, server: LakeServer, op: OperatorP
 
 
 def _check_training(
-    cluster: Cluster, ns: str, node: str, server: LakeServer, op: OperatorProcess
+    cluster: Cluster, ns: str, node: str, node_lake: NodeLake, op: OperatorProcess
 ) -> list[float]:
     """Checks the distributed run; returns one input row in the model's feature order."""
     wait_for(
@@ -262,8 +247,8 @@ def _check_training(
         log = cluster.kubectl("logs", pod["metadata"]["name"], "--namespace", ns)
         assert "world_size=2" in log, log[-2000:]
     artifact = tj["status"]["artifact"]
-    lake = _lake_of(server)
-    folder = artifact["uri"].removeprefix(server.lake_uri + "/")
+    lake = node_lake.client()
+    folder = artifact["uri"].removeprefix(node_lake.server.lake_uri + "/")
     assert lake.exists(f"{folder}/{MANIFEST}"), artifact
     signature = json.loads(lake.read_bytes(f"{folder}/{SIGNATURE}"))
     return [FEATURE_VALUES[f["name"]] for f in signature["features"]]
@@ -298,8 +283,7 @@ def _check_edge(
     node: str,
     image: str,
     row: list[float],
-    lake_home: Path,
-    server: LakeServer,
+    node_lake: NodeLake,
     op: OperatorProcess,
 ) -> None:
     name = "anomaly-detector-plants"
@@ -312,30 +296,33 @@ def _check_edge(
     ed = get(cluster, "edgedeployments", name, ns)
     assert ed is not None
     assert ed["status"]["phase"] == "Available", json.dumps(ed["status"], indent=1)
-    agents = _pods_on(cluster, ns, f"neuraxis.dev/edgedeployment={name}")
-    agents = [p for p in agents if p["metadata"]["labels"].get("app.kubernetes.io/component")
-              == "edge-agent"]  # fmt: skip
-    assert [p["spec"]["nodeName"] for p in agents] == [node]
-    agent_url = f"http://{agents[0]['status']['podIP']}:8090/v1/models/anomaly-detector:predict"
-    lake = _lake_of(server)
+    [agent] = _edge_agents(cluster, ns, name)
+    assert agent["spec"]["nodeName"] == node
+    lake = node_lake.client()
     prefix = f"inference-logs/{ns}/{name}/{node}"
 
-    # Offline: with the lake down the agent keeps answering from its cache and buffers logs.
-    dev_lake.stop(lake_home)
+    # Offline: with the lake down the agent keeps answering and buffers its logs on the node;
+    # a restarted agent starts from its hostPath cache (bundle and buffered logs) and serves.
+    node_lake.stop()
     try:
         rows = [[value + i for value in row] for i in range(5)]
-        out = _run_client_pod(
-            cluster, ns, image, "edge-client-offline", _predict_script(agent_url, rows)
-        )
-        assert len(json.loads(out.strip().splitlines()[-1])["predictions"]) == 5
-    finally:
-        dev_lake.start(
-            lake_home, host=server.endpoint.split("//")[1].split(":")[0],
-            port=int(server.endpoint.rsplit(":", 1)[1]), bucket=server.bucket,
+        assert _predict_on(cluster, ns, image, agent, rows[:3], "edge-client-offline") == 3
+        cluster.kubectl("delete", "pod", agent["metadata"]["name"], "--namespace", ns)
+        restarted = wait_for(
+            lambda: [
+                p for p in _edge_agents(cluster, ns, name)
+                if p["metadata"]["uid"] != agent["metadata"]["uid"] and _ready(p)
+            ],
+            "edge agent restarted offline and ready",
+            timeout=180,
+            op=op,
         )  # fmt: skip
-    # Back online: the buffered records arrive, each exactly once.
-    records = wait_for(
-        lambda: [r for r in _edge_log_records(lake, prefix)] or None,
+        assert _predict_on(cluster, ns, image, restarted[0], rows[3:], "edge-client-restart") == 2
+    finally:
+        node_lake.start()
+    # Back online: the buffered records of both agents arrive, each exactly once.
+    wait_for(
+        lambda: len(_edge_log_records(lake, prefix)) >= 5,
         "edge logs uploaded",
         timeout=120,
         op=op,
@@ -344,4 +331,5 @@ def _check_edge(
     records = _edge_log_records(lake, prefix)
     ids = [r["id"] for r in records]
     assert len(ids) == len(set(ids)) == 5, records
-    assert secrets.compare_digest(records[0]["bundle_digest"], ed["status"]["bundle"]["digest"])
+    # Each record names the bundle that answered: the one the rollout pinned.
+    assert {r["bundle_digest"] for r in records} == {ed["status"]["bundle"]["digest"]}

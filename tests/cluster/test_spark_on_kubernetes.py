@@ -13,9 +13,7 @@ may still use one core each) and 512m of heap."""
 from __future__ import annotations
 
 import json
-import socket
 import time
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -23,12 +21,7 @@ from typing import Any
 import pytest
 from deltalake import DeltaTable
 
-from neuraxis.dev import image as dev_image
-from neuraxis.dev import lake as dev_lake
-from neuraxis.dev import node as dev_node
-from neuraxis.dev.lake import LakeServer
-from neuraxis.lake import Lake, S3Settings
-from tests.cluster.conftest import Cluster
+from tests.cluster.conftest import Cluster, NodeLake
 from tests.cluster.operator_fixtures import (
     OperatorProcess,
     condition,
@@ -67,48 +60,6 @@ DATASET: dict[str, Any] = {
 }
 
 
-def _free_port(host: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def real_node(cluster: Cluster) -> str:
-    nodes = cluster.kubectl_json("get", "nodes")["items"]
-    real = [
-        n["metadata"]["name"]
-        for n in nodes
-        if "kwok.x-k8s.io/node" not in (n["metadata"].get("annotations") or {})
-    ]
-    assert len(real) == 1, f"expected one real node, found {real}"
-    return str(real[0])
-
-
-@pytest.fixture(scope="module")
-def workload_image(cluster: Cluster) -> str:
-    """The checkout's workload image, built offline and present in the node's containerd."""
-    return dev_image.build_and_import().ref
-
-
-@pytest.fixture(scope="module")
-def lake_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LakeServer]:
-    """MinIO on the node's bridge address, where pods reach it."""
-    home = tmp_path_factory.mktemp("spark-lake")
-    server = dev_lake.start(
-        home, host=dev_node.NODE_IP, port=_free_port(dev_node.NODE_IP), bucket="spark-lake"
-    )
-    try:
-        yield server
-    finally:
-        dev_lake.stop(home)
-
-
-def _lake_of(server: LakeServer) -> Lake:
-    settings = S3Settings(server.endpoint, server.access_key, server.secret_key, "us-east-1")
-    return Lake(server.lake_uri, s3=settings)
-
-
 def _pods(cluster: Cluster, namespace: str, selector: str) -> list[dict[str, Any]]:
     pods: list[dict[str, Any]] = cluster.kubectl_json(
         "get", "pods", "--namespace", namespace, "-l", selector
@@ -126,12 +77,13 @@ def test_a_dataset_with_executors_runs_spark_on_kubernetes(
     namespace: str,
     real_node: str,
     workload_image: str,
-    lake_server: LakeServer,
+    node_lake: NodeLake,
     tmp_path: Path,
 ) -> None:
     ns = namespace
-    cluster.apply(lake_server.secret_manifest(ns), ns)
-    env = {"NEURAXIS_IMAGE": workload_image, "NEURAXIS_LAKE_URI": lake_server.lake_uri}
+    server = node_lake.server
+    cluster.apply(server.secret_manifest(ns), ns)
+    env = {"NEURAXIS_IMAGE": workload_image, "NEURAXIS_LAKE_URI": server.lake_uri}
     started = time.monotonic()
     with running_operator(cluster, ns, tmp_path, env=env) as op:
         cluster.apply(DATASET, ns)
@@ -151,8 +103,8 @@ def test_a_dataset_with_executors_runs_spark_on_kubernetes(
         )
         assert condition(ds, "Ready")["status"] == "True"  # type: ignore[index]
         executors = _check_executors(cluster, ns, real_node, driver, workload_image, op)
-        _check_table(ds, lake_server)
-    _report_times(elapsed, driver, executors, ns, lake_server)
+        _check_table(ds, node_lake)
+    _report_times(elapsed, driver, executors, ns, node_lake)
 
 
 def _driver_pod(cluster: Cluster, ns: str, node: str) -> dict[str, Any]:
@@ -210,11 +162,11 @@ def _check_executors(
     return executors
 
 
-def _check_table(ds: dict[str, Any], server: LakeServer) -> None:
+def _check_table(ds: dict[str, Any], node_lake: NodeLake) -> None:
     status = ds["status"]
-    lake = _lake_of(server)
+    lake = node_lake.client()
     uri = status["table"]["uri"]
-    assert uri.startswith(f"{server.lake_uri}/tables/"), uri
+    assert uri.startswith(f"{node_lake.server.lake_uri}/tables/"), uri
     table = DeltaTable(uri, storage_options=lake.storage_options())
     assert table.version() == status["version"]
     rows = table.to_pyarrow_table().num_rows
@@ -231,12 +183,12 @@ def _report_times(
     driver: dict[str, Any],
     executors: list[dict[str, Any]],
     ns: str,
-    server: LakeServer,
+    node_lake: NodeLake,
 ) -> None:
     """The figures of this run, for people (the ETL's own timings come from its result)."""
     created = _seconds(driver["metadata"]["creationTimestamp"])
     run_id = driver["metadata"]["labels"]["batch.kubernetes.io/job-name"]
-    lake = _lake_of(server)
+    lake = node_lake.client()
     result = json.loads(lake.read_bytes(f"{lake.run_path(ns, run_id)}/result.json"))
     lines = [f"Dataset Ready {elapsed:.0f}s after it was applied; ETL timings {result['timings']}"]
     for status in driver["status"].get("containerStatuses") or []:
