@@ -1,17 +1,22 @@
-"""`neuraxis operator`: run the operator in this process (watch caches, work queue, workers;
-with leader election, only the replica holding the Lease reconciles)."""
+"""`neuraxis operator`: run the operator in this process.
+
+kopf hosts it: kopf logs in, runs the start-up and clean-up handlers, handles SIGTERM/SIGINT and
+serves the liveness endpoint with a probe of the reconciler. The reconciler is ours (watch caches,
+work queue, workers in `runtime.py`): kopf's per-resource handlers would GET, LIST and write
+progress annotations on every change, which the scale goals rule out. With leader election,
+only the replica holding the Lease reconciles (a coordination.k8s.io Lease, not kopf's peering,
+which would need its own CRD)."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
-import signal
 import sys
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import kopf
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from prometheus_client import start_http_server
@@ -65,26 +70,65 @@ def configure_logging(json_logs: bool) -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
     logging.getLogger("urllib3").setLevel(logging.WARNING)
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # every probe otherwise
 
 
-def serve_liveness(port: int, runtime: Runtime) -> ThreadingHTTPServer:
-    """/healthz: 200 while the caches, workers and (when elected) the lease loop run."""
+def connection_info(client: k8s.ApiClient) -> kopf.ConnectionInfo:
+    """What kopf needs to reach the API server: the same credentials as the reconciler's client
+    (kopf's own login would ignore --kubeconfig)."""
+    cfg = client.configuration
+    token = (cfg.api_key or {}).get("authorization") or (cfg.api_key or {}).get("BearerToken")
+    scheme, _, value = (token or "").partition(" ")
+    return kopf.ConnectionInfo(
+        server=cfg.host,
+        ca_path=cfg.ssl_ca_cert,
+        insecure=not cfg.verify_ssl,
+        certificate_path=cfg.cert_file,
+        private_key_path=cfg.key_file,
+        scheme=scheme or None,
+        token=value or None,
+    )
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            ok = self.path.split("?")[0] == "/healthz" and runtime.alive()
-            body = b"ok\n" if ok else b"unhealthy\n"
-            self.send_response(200 if ok else 503)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
 
-        def log_message(self, *args: Any) -> None:
-            pass
+def operator_registry(
+    client: k8s.ApiClient, runtime: Runtime, settings: OperatorSettings, namespaces: list[str]
+) -> kopf.OperatorRegistry:
+    """kopf's activity handlers around the reconciler: login, start, probe, clean up."""
+    registry = kopf.OperatorRegistry()
+    stopping = threading.Event()
+    electors: list[LeaderElector] = []
 
-    server = ThreadingHTTPServer(("0.0.0.0", port), Handler)
-    threading.Thread(target=server.serve_forever, name="liveness", daemon=True).start()
-    return server
+    @kopf.on.login(registry=registry)
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        return connection_info(client)
+
+    @kopf.on.startup(registry=registry)
+    def start(**_: Any) -> None:
+        runtime.start()
+        scope = ", ".join(namespaces) if namespaces else "all namespaces"
+        log.info("operator started (%s, %d workers)", scope, settings.workers)
+        if settings.leader_election:
+            electors.append(start_election(runtime, settings, namespaces, stopping))
+            return
+        runtime.lead()
+        IS_LEADER.set(1)
+        log.info("caches synced: reconciling")
+
+    @kopf.on.probe(id="reconciler", registry=registry)
+    def reconciler(**_: Any) -> str:
+        if not runtime.alive():
+            raise RuntimeError("a cache, worker or resync thread has stopped")
+        return "leading" if runtime.leading.is_set() else "standby"
+
+    @kopf.on.cleanup(registry=registry)
+    def stop(**_: Any) -> None:
+        log.info("stopping")
+        stopping.set()
+        runtime.shutdown()
+        for elector in electors:
+            elector.release()  # the next replica need not wait for the lease to expire
+
+    return registry
 
 
 def run_operator(
@@ -101,29 +145,17 @@ def run_operator(
     anything starts)."""
     settings = settings or OperatorSettings.from_env()
     configure_logging(json_logs)
-    runtime = Runtime(kube_for(api_client(kubeconfig), settings), settings, namespaces)
+    client = api_client(kubeconfig)
+    runtime = Runtime(kube_for(client, settings), settings, namespaces)
     if metrics_port:
         start_http_server(metrics_port)
-    if liveness_port:
-        serve_liveness(liveness_port, runtime)
-    stopping = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stopping.set())
-    runtime.start()
-    scope = ", ".join(namespaces) if namespaces else "all namespaces"
-    log.info("operator started (%s, %d workers)", scope, settings.workers)
-    elector = None
-    if settings.leader_election:
-        elector = start_election(runtime, settings, namespaces, stopping)
-    else:
-        runtime.lead()
-        IS_LEADER.set(1)
-        log.info("caches synced: reconciling")
-    stopping.wait()
-    log.info("stopping")
-    runtime.shutdown()
-    if elector is not None:
-        elector.release()  # the next replica need not wait for the lease to expire
+    kopf.run(
+        registry=operator_registry(client, runtime, settings, namespaces),
+        standalone=True,  # one active replica comes from the Lease (start_election)
+        clusterwide=not namespaces,
+        namespaces=namespaces,
+        liveness_endpoint=f"http://0.0.0.0:{liveness_port}/healthz" if liveness_port else None,
+    )
 
 
 def start_election(
