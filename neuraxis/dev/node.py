@@ -181,7 +181,9 @@ class NodePaths:
 
     @property
     def kubelet_root(self) -> Path:
-        return self.node_dir / "kubelet"
+        # Machine-wide like the sockets: kubelet puts unix sockets here, and a checkout deep in
+        # the file system would overflow their 108-byte limit under NEURAXIS_HOME.
+        return RUN_DIR / "kubelet"
 
     @property
     def pod_logs(self) -> Path:
@@ -477,17 +479,6 @@ def _flush_pod_conntrack() -> None:
         return
     for direction in ("--orig-src", "--orig-dst"):
         _run(["conntrack", "-D", direction, POD_SUBNET], what="conntrack -D", check=False)
-
-
-def check_socket_paths(paths: NodePaths) -> None:
-    """kubelet puts unix sockets under its root dir (inside NEURAXIS_HOME); their paths must fit
-    the kernel's 108 bytes, so a deep NEURAXIS_HOME is refused up front with the reason."""
-    longest = paths.kubelet_root / "pod-resources" / "kubelet.sock"
-    if len(str(longest).encode()) >= UNIX_PATH_MAX:
-        raise NodeError(
-            f"NEURAXIS_HOME={paths.home} is too deep for the real node: kubelet's socket "
-            f"{longest} would exceed {UNIX_PATH_MAX - 1} bytes; use a shorter NEURAXIS_HOME"
-        )
 
 
 def _require_br_netfilter() -> None:
@@ -1111,7 +1102,6 @@ def _refuse_foreign_node(state: Mapping[str, Any], request: NodeRequest) -> None
 
 def _start_node(request: NodeRequest, progress: Progress, start: float) -> None:
     paths = NodePaths(request.home)
-    check_socket_paths(paths)
     _require_br_netfilter()
     _prepare_dirs(paths)
     _update_host_state(
