@@ -224,6 +224,20 @@ def in_parallel(threads: int, work: Callable[[int], None], items: Iterable[int])
             pass
 
 
+def paced(
+    threads: int, rate: float, items: list[tuple[str, Obj]], create: Callable[[str, Obj], None]
+) -> None:
+    """Submit the creates at a steady `rate` per second (a stream of users, not one burst)."""
+    with ThreadPoolExecutor(threads) as pool:
+        start = time.monotonic()
+        futures = []
+        for index, (plural, body) in enumerate(items):
+            time.sleep(max(0.0, start + index / rate - time.monotonic()))
+            futures.append(pool.submit(create, plural, body))
+        for future in futures:
+            future.result()
+
+
 class Stamps:
     """Watches a namespace's Jobs and Datasets; stamps when each first appears / is Ready."""
 
@@ -336,7 +350,9 @@ def wait_operator_ready(port: int, proc: subprocess.Popen[bytes]) -> None:
         time.sleep(0.5)
 
 
-def operator_phase(kube: Kube, kubeconfig: Path, n: int, threads: int, timeout: float) -> Phase:
+def operator_phase(
+    kube: Kube, kubeconfig: Path, n: int, threads: int, timeout: float, rate: float
+) -> Phase:
     recreate_namespace(kube, NS)
     port = 19090
     proc = start_operator(kubeconfig, port, threads)
@@ -355,8 +371,12 @@ def operator_phase(kube: Kube, kubeconfig: Path, n: int, threads: int, timeout: 
             kube.request("POST", f"{CR}/{NS}/{plural}", body=body)
 
         t0 = time.time()
-        in_parallel(threads, lambda i: create("datasets", dataset(i)), range(n))
-        in_parallel(threads, lambda i: create("trainingjobs", training_job(i)), range(n))
+        if rate > 0:  # paced: each Dataset then its TrainingJob, `rate` resources a second
+            paced(threads, rate, [("datasets", dataset(i)) for i in range(n)]
+                  + [("trainingjobs", training_job(i)) for i in range(n)], create)  # fmt: skip
+        else:  # as fast as the API server takes them
+            in_parallel(threads, lambda i: create("datasets", dataset(i)), range(n))
+            in_parallel(threads, lambda i: create("trainingjobs", training_job(i)), range(n))
         print(f"  created {2 * n} resources in {time.time() - t0:.1f}s", flush=True)
         done_at = wait_succeeded(kube, n, t0, timeout, stamps)
         cpu_after, peak_rss = proc_stats(proc.pid)
@@ -475,6 +495,12 @@ def main() -> None:
     )
     parser.add_argument("--timeout", type=float, default=3600)
     parser.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        help="create the operator's resources at this many per second (default: all at once)",
+    )
+    parser.add_argument(
         "--chaos",
         action="store_true",
         help="run the chaos test (tests/cluster/test_operator_chaos.py) at N/2 + N/2 instead",
@@ -508,7 +534,7 @@ def main() -> None:
         )
         ideal = ideal_controller(kube, n, args.threads)
         print(f"operator: {n} Datasets + {n} TrainingJobs, {args.threads} workers", flush=True)
-        op = operator_phase(kube, info_kubeconfig, n, args.threads, args.timeout)
+        op = operator_phase(kube, info_kubeconfig, n, args.threads, args.timeout, args.rate)
         report(n, nodes, ideal, op)
     finally:
         for name in (NS, IDEAL_NS):

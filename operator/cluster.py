@@ -46,6 +46,12 @@ def _stamped(manifest: Obj, digest: str) -> Obj:
     return {**manifest, "metadata": {**meta, "annotations": annotations}}
 
 
+def _controller(obj: Obj) -> str | None:
+    """The uid of the object's controlling owner."""
+    refs = (obj.get("metadata") or {}).get("ownerReferences") or []
+    return next((str(r.get("uid")) for r in refs if r.get("controller")), None)
+
+
 def _revision(obj: Obj) -> str:
     """What changes when someone changes the object: its generation where it has one (status
     updates leave it alone), else its resourceVersion."""
@@ -164,17 +170,22 @@ class Cluster:
         if informer is None:
             self.apply(manifest)
             return
-        key = self._key(manifest)
-        digest = _digest(manifest)
         meta = manifest["metadata"]
         cached = informer.get(meta.get("namespace"), meta["name"])
-        if manifest["kind"] == "Job":
+        if manifest["kind"] == "Job":  # made once: no digest to keep
             if cached is None:
-                self.create(_stamped(manifest, digest))
+                self.create(manifest)
             elif bool((manifest["spec"]).get("suspend")) != bool(cached["spec"].get("suspend")):
                 self._patch(manifest, {"spec": {"suspend": bool(manifest["spec"].get("suspend"))}})
             return
+        key = self._key(manifest)
+        digest = _digest(manifest)
         if cached is not None:
+            if _controller(cached) not in (None, _controller(manifest)):
+                # Another resource's child under the same name (a Service two versions of a
+                # model share, or what a deleted resource left for the garbage collector):
+                # not ours to fight over; its deletion brings ours.
+                return
             stamp = ((cached.get("metadata") or {}).get("annotations") or {}).get(
                 APPLIED_ANNOTATION
             )

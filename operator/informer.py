@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import builtins
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from neuraxis import API_GROUP
 from neuraxis.operator.kube import ApiError, Kube
 
 log = logging.getLogger("neuraxis.operator")
@@ -29,6 +31,26 @@ WATCH_TIMEOUT_S = 290  # server side; the read timeout adds a margin (bookmarks 
 RELIST_BACKOFF_S = (0.5, 30.0)
 # Metadata the reconcilers never read, and that can be large.
 DROPPED_ANNOTATIONS = ("kubectl.kubernetes.io/last-applied-configuration",)
+OWNER_PREFIX = f"{API_GROUP}/"  # neuraxis.dev/dataset, ... (children.owner_label)
+
+
+SHARED_MAX = 64  # strings up to this long are shared between objects (keys, labels, phases)
+
+
+def _shared(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {sys.intern(k): _shared(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_shared(v) for v in value]
+    if isinstance(value, str) and len(value) <= SHARED_MAX:
+        return sys.intern(value)
+    return value
+
+
+def compact(obj: Obj) -> Obj:
+    """The same object with dict keys and short strings interned: thousands of cached objects
+    then share one copy of "metadata", "app.kubernetes.io/managed-by", "Succeeded", ..."""
+    return {sys.intern(k): _shared(v) for k, v in obj.items()}
 
 
 def _metadata(meta: Obj, *, annotations: bool = True) -> Obj:
@@ -43,54 +65,88 @@ def _metadata(meta: Obj, *, annotations: bool = True) -> Obj:
 
 def keep_all(obj: Obj) -> Obj:
     """Everything but managedFields and kubectl's copy of the last applied object."""
-    return {**obj, "metadata": _metadata(obj.get("metadata") or {})}
+    return compact({**obj, "metadata": _metadata(obj.get("metadata") or {})})
 
 
 def keep_meta_status(obj: Obj) -> Obj:
     """Metadata (with our annotations) and status: children whose spec the operator compares
     through its own annotation and the object's generation, not field by field."""
+    return compact(
+        {
+            "metadata": _metadata(obj.get("metadata") or {}),
+            **({"status": obj["status"]} if "status" in obj else {}),
+        }
+    )
+
+
+# What of a run's Job and pods the reconcilers read: the labels that find them (the owner
+# labels, the job name, a pod's completion index), the Job's state, a pod's result.
+JOB_METADATA = (
+    "name", "namespace", "uid", "labels", "resourceVersion", "generation",
+    "creationTimestamp", "deletionTimestamp",
+)  # fmt: skip
+JOB_STATUS = ("conditions", "active", "terminating", "completionTime", "startTime")
+POD_METADATA = (
+    "name", "namespace", "labels", "resourceVersion", "creationTimestamp", "deletionTimestamp",
+)  # fmt: skip
+RUN_LABELS = (
+    "app.kubernetes.io/managed-by",
+    "batch.kubernetes.io/job-name",
+    "batch.kubernetes.io/job-completion-index",
+)
+
+
+def _run_labels(labels: Obj | None) -> Obj:
     return {
-        "metadata": _metadata(obj.get("metadata") or {}),
-        **({"status": obj["status"]} if "status" in obj else {}),
+        k: v for k, v in (labels or {}).items() if k in RUN_LABELS or k.startswith(OWNER_PREFIX)
     }
 
 
 def keep_job(obj: Obj) -> Obj:
+    meta = obj.get("metadata") or {}
     spec = obj.get("spec") or {}
-    kept = {k: spec[k] for k in ("suspend", "completions", "parallelism") if k in spec}
-    return {**keep_meta_status(obj), "spec": kept}
-
-
-POD_METADATA = (
-    "name", "namespace", "uid", "labels", "resourceVersion",
-    "creationTimestamp", "deletionTimestamp", "ownerReferences",
-)  # fmt: skip
+    status = obj.get("status") or {}
+    kept_meta = {k: meta[k] for k in JOB_METADATA if k in meta}
+    kept_meta["labels"] = _run_labels(meta.get("labels"))
+    return compact(
+        {
+            "metadata": kept_meta,
+            "spec": {k: spec[k] for k in ("suspend",) if k in spec},
+            "status": {k: status[k] for k in JOB_STATUS if k in status},
+        }
+    )
 
 
 def keep_pod(obj: Obj) -> Obj:
-    """Labels, phase and the containers' terminated states (where results arrive)."""
+    """Labels, phase and the containers' termination messages (where results arrive)."""
     meta = obj.get("metadata") or {}
     status = obj.get("status") or {}
     containers = []
     for cs in status.get("containerStatuses") or []:
-        kept: Obj = {"name": cs.get("name")}
+        kept: Obj = {}
         for part in ("state", "lastState"):
-            terminated = (cs.get(part) or {}).get("terminated")
-            if terminated:
-                kept[part] = {"terminated": terminated}
+            message = ((cs.get(part) or {}).get("terminated") or {}).get("message")
+            if message:
+                kept[part] = {"terminated": {"message": message}}
         containers.append(kept)
-    return {
-        "metadata": {k: meta[k] for k in POD_METADATA if k in meta},
-        "status": {"phase": status.get("phase"), "containerStatuses": containers},
-    }
+    kept_meta = {k: meta[k] for k in POD_METADATA if k in meta}
+    kept_meta["labels"] = _run_labels(meta.get("labels"))
+    return compact(
+        {
+            "metadata": kept_meta,
+            "status": {"phase": status.get("phase"), "containerStatuses": containers},
+        }
+    )
 
 
 def keep_node(obj: Obj) -> Obj:
     meta = obj.get("metadata") or {}
-    return {
-        "metadata": {k: meta[k] for k in ("name", "labels", "resourceVersion") if k in meta},
-        "spec": {"taints": (obj.get("spec") or {}).get("taints") or []},
-    }
+    return compact(
+        {
+            "metadata": {k: meta[k] for k in ("name", "labels", "resourceVersion") if k in meta},
+            "spec": {"taints": (obj.get("spec") or {}).get("taints") or []},
+        }
+    )
 
 
 @dataclass(frozen=True)

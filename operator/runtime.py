@@ -318,15 +318,18 @@ class Runtime:
                 self.queue.add(key, again)
 
     # ---- lifecycle ----------------------------------------------------------------------------
-    def enqueue_all(self) -> None:
-        """Level-based: every resource of the four kinds (a finished one costs a dict lookup)."""
+    def enqueue_all(self, spread_s: float = 0.0) -> None:
+        """Level-based: every resource of the four kinds (a finished one costs a dict lookup).
+        `spread_s` spreads them over that many seconds, behind what events bring: a resync of
+        thousands of resources must not delay the reconcile a change asks for."""
         counts: dict[tuple[str, str], int] = {}
-        for kind in KINDS:
-            for body in self.informer(kind).list():
-                meta = body["metadata"]
-                self.queue.add((kind, meta["namespace"], meta["name"]))
-                phase = str(_dig(body, "status", "phase") or "Pending")
-                counts[(kind, phase)] = counts.get((kind, phase), 0) + 1
+        bodies = [body for kind in KINDS for body in self.informer(kind).list()]
+        for index, body in enumerate(bodies):
+            meta = body["metadata"]
+            delay = spread_s * (index + 1) / len(bodies)
+            self.queue.add((body["kind"], meta["namespace"], meta["name"]), delay)
+            phase = str(_dig(body, "status", "phase") or "Pending")
+            counts[(body["kind"], phase)] = counts.get((body["kind"], phase), 0) + 1
         RESOURCES_BY_PHASE.clear()
         for (kind, phase), n in counts.items():
             RESOURCES_BY_PHASE.labels(kind=kind, phase=phase).set(n)
@@ -334,7 +337,7 @@ class Runtime:
     def _resync(self) -> None:
         while not self.stop.wait(self.settings.resync_seconds):
             if self.leading.is_set():
-                self.enqueue_all()
+                self.enqueue_all(spread_s=self.settings.resync_seconds / 2)
 
     def _gauges(self) -> None:
         while not self.stop.wait(2.0):

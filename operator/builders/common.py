@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
-
-import yaml
 
 from neuraxis.crds import Resource
 from neuraxis.operator.children import child_metadata
@@ -25,7 +24,8 @@ def spec_config_map(res: Resource, name: str, component: str) -> dict[str, Any]:
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": child_metadata(res, name, component),
-        "data": {"resource.yaml": yaml.safe_dump(body, sort_keys=True)},
+        # JSON is YAML too, and far cheaper to write than PyYAML's emitter at thousands of runs.
+        "data": {"resource.yaml": json.dumps(body, sort_keys=True, separators=(",", ":"))},
     }
 
 

@@ -9,6 +9,7 @@ import time
 import urllib.request
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 from tests.cluster.conftest import Cluster
 from tests.cluster.operator_fixtures import (
@@ -83,3 +84,60 @@ def _reachable(op: OperatorProcess) -> bool:
     except OSError:
         return False
     return True
+
+
+EVAL_OK = {
+    "outcome": "Succeeded",
+    "reason": "GatesPassed",
+    "passed": True,
+    "metrics": {"accuracy": 0.93},
+    "gates": [{"metric": "accuracy", "value": 0.93, "min": 0.8, "passed": True}],
+}
+
+
+def model_version(name: str, **serving: object) -> dict[str, Any]:
+    doc = with_result(example("04-anomaly-detector-v1.yaml"), EVAL_OK)
+    doc["metadata"]["name"] = name
+    doc["spec"]["source"] = {
+        "uri": f"s3://lake/models/ml/anomaly-detector/{name}",
+        "digest": "sha256:" + "ab" * 32,
+    }
+    doc["spec"]["serving"] = {"replicas": 2, **serving}
+    return doc
+
+
+def test_two_versions_sharing_the_model_service_settle_without_writes(
+    cluster: Cluster, namespace: str, tmp_path: Path
+) -> None:
+    """The stable version and its canary both build the model-level Service: the one that
+    controls it keeps it, the other does not fight over it (no apply loop)."""
+    ns = namespace
+    stable = model_version("stable-v1")
+    stable["spec"]["stage"] = "production"
+    canary = model_version(
+        "canary-v2", canary={"trafficPercent": 10, "stableRef": {"name": "stable-v1"}}
+    )
+    with running_operator(cluster, ns, tmp_path, fake_nodes=True) as op:
+        cluster.apply(stable, ns)
+        cluster.apply(canary, ns)
+
+        def serving() -> bool:
+            return all(
+                phase(cluster, "modelversions", n, ns) == "Serving"
+                for n in ("stable-v1", "canary-v2")
+            )
+
+        wait_for(serving, "both versions Serving", timeout=120, op=op)
+        time.sleep(4)
+        settled = requests(op)
+        time.sleep(8)
+        later = requests(op)
+    writes = {
+        key: later[key] - settled.get(key, 0)
+        for key in later
+        if key[1] not in ("watch", "list", "get") and later[key] != settled.get(key, 0)
+    }
+    assert writes == {}, writes
+    service = cluster.kubectl_json("get", "service", "anomaly-detector", "--namespace", ns)
+    [owner] = service["metadata"]["ownerReferences"]
+    assert owner["name"] in ("stable-v1", "canary-v2")

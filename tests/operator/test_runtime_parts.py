@@ -124,27 +124,41 @@ def test_the_cache_indexes_by_label_trims_and_ignores_older_versions() -> None:
     assert seen[-1][0] == "DELETED" and seen[-1][2] is None
 
 
-def test_a_pod_keeps_only_its_labels_phase_and_termination_messages() -> None:
+def test_a_pod_keeps_only_its_run_labels_phase_and_termination_messages() -> None:
+    labels = {
+        "batch.kubernetes.io/job-name": "ds-etl-0a1b2c3d-g1",
+        "neuraxis.dev/dataset": "ds",
+        "controller-uid": "5e1f",
+    }
     pod = {
-        "metadata": {"name": "p", "namespace": "ml", "labels": {"x": "y"}, "annotations": {
-            "neuraxis.dev/resource": "big" * 1000}},
+        "metadata": {"name": "p", "namespace": "ml", "uid": "u", "labels": labels, "annotations": {
+            "neuraxis.dev/resource": "big" * 1000}, "ownerReferences": [{"kind": "Job"}]},
         "spec": {"containers": [{"name": "main", "image": "i"}]},
         "status": {
             "phase": "Succeeded",
             "conditions": [{"type": "Ready"}],
-            "containerStatuses": [
-                {"name": "main", "image": "i", "state": {"terminated": {"message": "{}"}}}
-            ],
+            "containerStatuses": [{"name": "main", "image": "i", "state": {
+                "terminated": {"message": "{}", "exitCode": 0}}}],
         },
     }  # fmt: skip
     kept = keep_pod(pod)
     assert kept == {
-        "metadata": {"name": "p", "namespace": "ml", "labels": {"x": "y"}},
+        "metadata": {
+            "name": "p",
+            "namespace": "ml",
+            "labels": {
+                "batch.kubernetes.io/job-name": "ds-etl-0a1b2c3d-g1",
+                "neuraxis.dev/dataset": "ds",
+            },
+        },
         "status": {
             "phase": "Succeeded",
-            "containerStatuses": [{"name": "main", "state": {"terminated": {"message": "{}"}}}],
+            "containerStatuses": [{"state": {"terminated": {"message": "{}"}}}],
         },
     }
+    # Keys and short values are shared between cached objects, not copied per object.
+    again = keep_pod(pod)
+    assert next(iter(again["metadata"]["labels"])) is next(iter(kept["metadata"]["labels"]))
 
 
 # ---- the spec inside the Job ----------
