@@ -174,7 +174,8 @@ def test_local_stack(fake_kubeconfig: str) -> None:
     container = pod["containers"][0]
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
-    env = {e["name"]: e["value"] for e in container["env"]}
+    # Plain values only: the lease identity comes from the pod's name (valueFrom).
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
     assert env["NEURAXIS_LAKE_URI"] == "s3://neuraxis-lake/lake"
     assert env["NEURAXIS_LAKE_SECRET"] == SETTINGS.lake_secret
 
