@@ -14,12 +14,24 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import queue
+import threading
+import time
 from typing import Any
 
 from neuraxis import API_GROUP, API_VERSION
 from neuraxis.operator.caches import TTLCache
 from neuraxis.operator.informer import Informer
-from neuraxis.operator.kube import APPLY_PATCH, MERGE_PATCH, ApiError, Kube, RetryPolicy
+from neuraxis.operator.kube import (
+    APPLY_PATCH,
+    MERGE_PATCH,
+    ApiError,
+    Kube,
+    RetryPolicy,
+    current_kind,
+    reconciling,
+)
+from neuraxis.operator.metrics import EVENTS_DROPPED
 
 FIELD_MANAGER = "neuraxis"
 CR_VERSION = f"{API_GROUP}/{API_VERSION}"
@@ -87,9 +99,15 @@ def api_path(
 class Cluster:
     """Typed access to the few operations the reconcilers need."""
 
-    def __init__(self, kube: Kube, caches: dict[tuple[str, str], Informer] | None = None):
+    def __init__(
+        self,
+        kube: Kube,
+        caches: dict[tuple[str, str], Informer] | None = None,
+        events: EventSink | None = None,
+    ):
         self.kube = kube
         self.caches = caches or {}
+        self.events = events
         self._features: TTLCache[tuple[str, str], bool] = TTLCache(64, FEATURE_TTL_S)
         # Kinds without a watch cache: the digest last applied, so an unchanged one is not sent.
         self._applied: TTLCache[tuple[str, str, str, str], str] = TTLCache(APPLIED_MAX, 3600.0)
@@ -316,12 +334,50 @@ class Cluster:
                 "uid": meta.get("uid"),
             },
         }
+        if self.events is not None:
+            self.events.put(body)
+        else:
+            post_event(self.kube, body)
+
+
+def post_event(kube: Kube, body: Obj) -> None:
+    try:
+        kube.request(
+            "POST",
+            api_path("events.k8s.io/v1", "Event", body["metadata"]["namespace"]),
+            body=body,
+            retry=EVENT_RETRY,
+        )
+    except ApiError as exc:
+        name = body["regarding"]["name"]
+        log.warning("could not record Event %s on %s: %s", body["reason"], name, exc.short())
+
+
+class EventSink:
+    """Events are posted by threads of their own, so a reconcile does not wait for them (one
+    write fewer on its path). Bounded: when the API server cannot keep up, new Events are
+    dropped (counted) rather than held without limit."""
+
+    def __init__(self, kube: Kube, threads: int = 2, maxsize: int = 10_000):
+        self.kube = kube
+        self._queue: queue.Queue[tuple[str, Obj]] = queue.Queue(maxsize)
+        for index in range(threads):
+            threading.Thread(target=self._post, name=f"events-{index}", daemon=True).start()
+
+    def put(self, body: Obj) -> None:
         try:
-            self.kube.request(
-                "POST",
-                api_path("events.k8s.io/v1", "Event", meta["namespace"]),
-                body=body,
-                retry=EVENT_RETRY,
-            )
-        except ApiError as exc:
-            log.warning("could not record Event %s on %s: %s", reason, meta["name"], exc.short())
+            self._queue.put_nowait((current_kind(), body))
+        except queue.Full:
+            EVENTS_DROPPED.inc()
+
+    def _post(self) -> None:
+        while True:
+            kind, body = self._queue.get()
+            with reconciling(kind):  # counted with the kind that asked for it
+                post_event(self.kube, body)
+
+    def drain(self, timeout: float = 5.0) -> None:
+        """Wait (a while) for the queued Events, e.g. before the process exits."""
+        deadline = time.monotonic() + timeout
+        while not self._queue.empty() and time.monotonic() < deadline:
+            time.sleep(0.05)

@@ -43,7 +43,7 @@ def reconciling(kind: str) -> Iterator[None]:
         _context.kind = ""
 
 
-def _kind() -> str:
+def current_kind() -> str:
     return str(getattr(_context, "kind", ""))
 
 
@@ -241,7 +241,7 @@ class Kube:
                 method, path, query, body, content_type, timeout_s or self.timeout_s
             )
             API_SECONDS.labels(**labels).observe(time.monotonic() - started)
-            API_REQUESTS.labels(**labels, code=str(status), kind=_kind()).inc()
+            API_REQUESTS.labels(**labels, code=str(status), kind=current_kind()).inc()
             if 200 <= status < 300:
                 return json.loads(data) if data else {}
             reason, message = _status_message(data)

@@ -40,3 +40,6 @@ CACHES_SYNCED = Gauge("neuraxis_caches_synced", "1 once every watch cache has li
 CACHED_OBJECTS = Gauge("neuraxis_cached_objects", "Objects in the watch caches.", ["kind"])
 QUEUE_DEPTH = Gauge("neuraxis_queue_depth", "Resources waiting to be reconciled.")
 IS_LEADER = Gauge("neuraxis_leader", "1 while this replica holds the leader lease.")
+EVENTS_DROPPED = Counter(
+    "neuraxis_events_dropped_total", "Events not posted: the queue of Events to post was full."
+)

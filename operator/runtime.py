@@ -19,7 +19,7 @@ from typing import Any
 
 from neuraxis.crds.kinds import KINDS
 from neuraxis.operator.children import MANAGED_BY, owner_label
-from neuraxis.operator.cluster import CR_VERSION, Cluster, Obj
+from neuraxis.operator.cluster import CR_VERSION, Cluster, EventSink, Obj
 from neuraxis.operator.errors import InvalidSpecError
 from neuraxis.operator.informer import (
     Informer,
@@ -151,7 +151,8 @@ class Runtime:
         for watched in watched_kinds(probe.has_kind):
             informer = Informer(kube, watched, namespaces, self._handler_for(watched.kind))
             self.informers[(watched.api_version, watched.kind)] = informer
-        self.cluster = Cluster(kube, self.informers)
+        self.events = EventSink(kube)
+        self.cluster = Cluster(kube, self.informers, self.events)
         self._failures: dict[Key, int] = {}
         self._failures_lock = threading.Lock()
         self.stop = threading.Event()
@@ -380,3 +381,4 @@ class Runtime:
         self.leading.clear()
         self.stop.set()
         self.queue.close()
+        self.events.drain()
