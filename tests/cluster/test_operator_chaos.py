@@ -118,18 +118,19 @@ class StatusHistory:
         self.api_client.close()
 
     def problems(self) -> list[str]:
-        """Regressions (a phase going back, a status lost) and failures."""
+        """Regressions (a phase going back, a status field lost) and failures."""
         out = []
         with self.lock:
             for (kind, name), history in sorted(self.seen.items()):
                 order = ORDER[kind]
                 rank = -1
-                had_status = False
+                fields: set[str] = set()
                 for status in history:
                     phase = status.get("phase")
-                    if not status and had_status:
-                        out.append(f"{kind}/{name}: status lost after {history}")
-                    had_status = had_status or bool(status)
+                    if not fields <= set(status):  # a field once written never goes away
+                        lost = sorted(fields - set(status))
+                        out.append(f"{kind}/{name}: status lost {lost}: {status}")
+                    fields |= set(status)
                     if phase is None:
                         continue
                     if phase not in order:
@@ -214,7 +215,7 @@ def test_leader_kills_and_an_api_server_restart_leave_nothing_wrong(
     )
     assert history.problems() == []
     _assert_one_job_per_run_and_no_orphans(cluster, ns)
-    assert max(failovers) <= LEASE_SECONDS + 5, failovers
+    assert max(failovers) <= LEASE_SECONDS + 6, failovers  # takeover, not a timeout
 
 
 def _phases(cluster: Cluster, ns: str) -> dict[str, int]:

@@ -51,7 +51,7 @@ def test_one_replica_reconciles_and_the_other_takes_over_after_a_sigkill(
         assert lease.wait_holder({follower.name}, timeout=4 * LEASE_SECONDS) == follower.name
         failover = time.monotonic() - killed_at
         print(f"leader failover after SIGKILL: {failover:.2f}s (lease {LEASE_SECONDS:g}s)")
-        assert failover <= LEASE_SECONDS + 3
+        assert failover <= LEASE_SECONDS + 6  # the lease time, plus slack for a loaded machine
         for i in range(3):
             cluster.apply(dataset(f"after-{i}"), ns)
         wait_for(lambda: ready(cluster, ns, "after"), "Ready under the new leader", op=follower)
