@@ -299,11 +299,18 @@ class Cluster:
         name: str,
         status: Obj,
         retry: RetryPolicy | None = None,
+        resource_version: str | None = None,
     ) -> Obj:
+        """Merge `status` in. With `resource_version` (of the object the status was computed
+        from) the write applies only to that version: a status computed from a stale cache (a
+        new leader's, say) gets 409 Conflict instead of overwriting a newer one."""
+        body: Obj = {"status": status}
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
         patched = self.kube.request(
             "PATCH",
             api_path(CR_VERSION, kind, namespace, name, "status"),
-            body={"status": status},
+            body=body,
             content_type=MERGE_PATCH,
             retry=retry,
         )

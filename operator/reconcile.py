@@ -631,7 +631,13 @@ def reconcile(body: Obj, cluster: Cluster, settings: OperatorSettings) -> Obj:
             draft.conditions.append(("Degraded", False, "ApiAvailable", "the API server answers"))
         new = status_from_draft(draft, work, generation)
         if _comparable(new) != _comparable(old):
-            cluster.patch_status(kind, meta["namespace"], meta["name"], new)
+            cluster.patch_status(
+                kind,
+                meta["namespace"],
+                meta["name"],
+                new,
+                resource_version=meta.get("resourceVersion"),
+            )
             if new.get("phase") != old.get("phase"):
                 type_ = "Warning" if new["phase"] in ("Failed", "Rejected") else "Normal"
                 cluster.event(
@@ -676,6 +682,7 @@ def report_degraded(
             meta["name"],
             {"conditions": conditions},
             retry=DEGRADED_WRITE,
+            resource_version=meta.get("resourceVersion"),
         )
     except ApiError as exc:
         log.warning("could not record Degraded on %s/%s: %s", body["kind"], meta["name"], exc)

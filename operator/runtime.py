@@ -279,10 +279,14 @@ class Runtime:
             log.warning("%s %s/%s: %s", kind, namespace, name, exc.short())
             return self.settings.degraded_retry_seconds
         except ApiError as exc:
+            if exc.status == 409:  # written from a stale cache: again once it caught up
+                RECONCILES.labels(kind=kind, outcome="conflict").inc()
+                log.info("%s %s/%s: conflict, again in 1 s: %s", kind, namespace, name, exc.short())
+                return 1.0
             RECONCILES.labels(kind=kind, outcome="error").inc()
             RECONCILE_ERRORS.labels(kind=kind, reason=exc.reason or str(exc.status)).inc()
             log.warning("%s %s/%s: %s", kind, namespace, name, exc.short())
-            return 1.0 if exc.status == 409 else self._failed(key)
+            return self._failed(key)
         except Exception as exc:
             RECONCILES.labels(kind=kind, outcome="error").inc()
             RECONCILE_ERRORS.labels(kind=kind, reason=type(exc).__name__).inc()
