@@ -21,6 +21,7 @@ from neuraxis.crds.common import (
     StatusBase,
     exactly_one,
 )
+from neuraxis.crds.dataset import CRON_PATTERN
 
 
 class ModelSource(ApiModel):
@@ -88,6 +89,12 @@ class Gate(ApiModel):
     )
 
 
+BACKTEST_NEEDS_DATA = (
+    "schedule needs datasetRef without a pinned version (a backtest reads the latest Ready "
+    "version of the evaluation Dataset)"
+)
+
+
 class Evaluation(ApiModel):
     """Held-out evaluation and the gates that decide Approved or Rejected."""
 
@@ -96,6 +103,28 @@ class Evaluation(ApiModel):
         description="Evaluation data; defaults to the training job's validation split.",
     )
     gates: list[Gate] = Field(default_factory=list, max_length=32, description="Thresholds.")
+    # The same field as Dataset.spec.schedule (one pattern, one wording).
+    schedule: str | None = Field(
+        default=None,
+        max_length=128,
+        pattern=CRON_PATTERN,
+        description=(
+            "Cron schedule (5 fields or @daily etc.) of backtests: the Approved model is scored "
+            "again on the latest Ready version of datasetRef and judged by the same gates; "
+            "results go to status.evaluationHistory, a failing gate sets condition Degraded."
+        ),
+    )
+
+    rules = (
+        Rule(
+            cel="!has(self.schedule) || (has(self.datasetRef) && !has(self.datasetRef.version))",
+            message=BACKTEST_NEEDS_DATA,
+            check=lambda e: (
+                e.schedule is None or (e.dataset_ref is not None and e.dataset_ref.version is None)
+            ),
+            field=".schedule",
+        ),
+    )
 
 
 class Canary(ApiModel):
@@ -181,6 +210,23 @@ class EvaluationStatus(ApiModel):
     passed: bool | None = None
 
 
+HISTORY_KEPT = 20
+
+
+class BacktestRecord(ApiModel):
+    """One scheduled re-evaluation (backtest) of an Approved model."""
+
+    time: str = Field(description="When it finished.", json_schema_extra={"format": "date-time"})
+    run_id: str = Field(max_length=63, description="The backtest Job (run id).")
+    dataset: str | None = Field(default=None, max_length=NAME_MAX_LENGTH)
+    dataset_version: int | None = Field(default=None, ge=0, description="Version scored on.")
+    dataset_digest: str | None = Field(default=None, max_length=128)
+    rows: int | None = Field(default=None, ge=0, description="Rows scored.")
+    metrics: dict[str, float] = Field(default_factory=dict, max_length=64)
+    passed: bool = Field(description="Every gate held (false too when the backtest failed).")
+    message: str = Field(default="", max_length=4096, description="The gates' verdict or error.")
+
+
 class ModelVersionStatus(StatusBase):
     """Observed state of a ModelVersion."""
 
@@ -195,6 +241,11 @@ class ModelVersionStatus(StatusBase):
     card_uri: str | None = Field(default=None, max_length=2048)
     endpoint: str | None = Field(default=None, max_length=2048, description="In-cluster URL.")
     lineage: Lineage | None = None
+    evaluation_history: list[BacktestRecord] = Field(
+        default_factory=list,
+        max_length=HISTORY_KEPT,
+        description="Backtests (spec.evaluation.schedule), newest first.",
+    )
 
 
 class ModelVersion(ApiModel):
