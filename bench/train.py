@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from neuraxis.workloads.train.data import TabularData, validation_mask
+from neuraxis.workloads.train.data import TabularData, assign_splits
 from neuraxis.workloads.train.loop import DistContext, TrainSettings, feature_stats, train_model
 from neuraxis.workloads.train.models import ModelConfig, build_model, model_config
 
@@ -27,9 +27,9 @@ def synthetic(rows: int, features: int, seed: int = 0) -> TabularData:
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(rows, features, generator=gen)
     y = (x[:, 0] + x[:, 1] * x[:, 2] > 0).long()
-    mask = torch.from_numpy(validation_mask(np.arange(rows, dtype=np.int64), 0.2, seed))
+    split = torch.from_numpy(assign_splits(np.arange(rows, dtype=np.int64), 0.2, 0.0, seed))
     names = [f"f{i}" for i in range(features)]
-    return TabularData(names, "y", "classification", x, y, mask, ["0", "1"])
+    return TabularData(names, "y", "classification", x, y, split, ["0", "1"])
 
 
 def bare_loop(data: TabularData, cfg: ModelConfig, settings: TrainSettings) -> float:

@@ -179,7 +179,18 @@ class TrainingJobSpec(ApiModel):
 
     dataset_ref: DatasetRef = Field(description="Training data; the Dataset must be Ready.")
     validation_split: float = Field(
-        default=0.2, gt=0, lt=1, description="Share of rows held out for validation and evaluation."
+        default=0.2,
+        gt=0,
+        lt=1,
+        description="Share of rows for validation: Ray Tune and early stopping choose on it.",
+    )
+    test_split: float = Field(
+        default=0.2,
+        ge=0,
+        lt=1,
+        description="Share of rows held out as test data before tuning: training never sees "
+        "them; evaluation gates and the model card score on them. 0: none (give the "
+        "ModelVersion spec.evaluation.datasetRef).",
     )
     task: Task = Field(description="Label and features.")
     model: BuiltinModel | None = Field(default=None, description="A built-in architecture.")
@@ -206,6 +217,12 @@ class TrainingJobSpec(ApiModel):
             cel="has(self.model) != has(self.custom)",
             message="exactly one of model or custom must be set",
             check=lambda s: exactly_one(s.model, s.custom),
+        ),
+        Rule(
+            cel="self.validationSplit + self.testSplit < 1.0",
+            message="validationSplit + testSplit must be below 1 (rows are left to train on)",
+            check=lambda s: s.validation_split + s.test_split < 1,
+            field=".testSplit",
         ),
         Rule(
             cel="!has(self.tuning) || has(self.model)",

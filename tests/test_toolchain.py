@@ -462,6 +462,42 @@ binaries = { pulumi-resource-demo = "example.com/provider/v4/cmd/pulumi-resource
         toolchain.check_binary(spec, "pulumi-resource-demo", copied / "main.go")
 
 
+def test_language_host_ships_its_exec_script() -> None:
+    """The Python language host of sdk v3.68.0 runs programs through a script of its module."""
+    host = toolchain.load_toolset().tool("pulumi-language-python")
+    assert (host.module, host.version) == ("github.com/pulumi/pulumi/sdk/v3", "v3.68.0")
+    assert host.module_files == {
+        "pulumi-language-python-exec": "python/cmd/pulumi-language-python-exec"
+    }
+    # The files are part of the cache key; a table without them keeps its old key.
+    assert host.build_pins()["module_files"] == dict(host.module_files)
+    assert "module_files" not in toolchain.load_toolset().tool("etcd").build_pins()
+
+
+def test_module_files_are_installed_executable(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    module_dir = tmp_path / "modcache"
+    (module_dir / "python" / "cmd").mkdir(parents=True)
+    script = module_dir / "python" / "cmd" / "exec-script"
+    script.write_text("#!/bin/sh\necho hi\n")
+    script.chmod(0o444)  # read-only, as in the module cache
+    spec = dataclasses.replace(
+        _spec(), module_files={"demo-exec": "python/cmd/exec-script", "gone": "no/such/file"}
+    )
+    monkeypatch.setattr(toolchain, "find_go", lambda: "go")
+    monkeypatch.setattr(toolchain._GoRunner, "json", lambda self, *a: {"Dir": str(module_dir)})
+    target = tmp_path / "target"
+    target.mkdir()
+    with pytest.raises(ToolchainError, match=r"no/such/file is not a file of example\.com/demo"):
+        toolchain._install_module_files(spec, target, force=False)
+    spec = dataclasses.replace(spec, module_files={"demo-exec": "python/cmd/exec-script"})
+    toolchain._install_module_files(spec, target, force=False)
+    installed = target / "demo-exec"
+    assert installed.read_text() == script.read_text()
+    assert os.access(installed, os.X_OK)
+
+
 def _toml(version: str) -> bytes:
     return (
         "[tools.demo]\n"

@@ -30,6 +30,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import tomllib
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -71,6 +72,7 @@ class ToolSpec:
     main_files: Mapping[str, str] = field(default_factory=dict)
     generate_env: Mapping[str, str] = field(default_factory=dict)
     check: bool = True
+    module_files: Mapping[str, str] = field(default_factory=dict)
 
     def args_for(self, binary: str) -> tuple[str, ...]:
         return self.version_args.get(binary, self.default_version_args)
@@ -97,6 +99,8 @@ class ToolSpec:
             "copy_main": self.copy_main,
             "main_files": dict(self.main_files),
             "generate_env": {k: self.expand(v) for k, v in self.generate_env.items()},
+            # Only when set, so that tables without files keep their cache key.
+            **({"module_files": dict(self.module_files)} if self.module_files else {}),
         }
 
 
@@ -177,6 +181,7 @@ def _parse_spec(name: str, table: object) -> ToolSpec:
         main_files=_str_table(table, "main_files", where),
         generate_env=_str_table(table, "generate_env", where),
         check=_bool(table, "check", where, default=True),
+        module_files=_str_table(table, "module_files", where),
     )
 
 
@@ -370,7 +375,7 @@ def bin_dir(toolset: Toolset | None = None) -> Path:
     target = toolset_dir(toolset) / "bin"
     target.mkdir(parents=True, exist_ok=True)
     for spec in toolset.tools:
-        for binary in spec.binaries:
+        for binary in [*spec.binaries, *spec.module_files]:
             _link(target / binary, spec_dir(spec) / binary)
     return target
 
@@ -469,7 +474,8 @@ def ensure_tool(
     an interrupted build never leaves a half-written tool behind.
     """
     target = spec_dir(spec)
-    if not force and _cached(spec, target, progress):
+    files_present = all((target / name).is_file() for name in spec.module_files)
+    if not force and files_present and _cached(spec, target, progress):
         # The warm path takes no lock: a long cold build of another tool must not block it.
         return target
     target.mkdir(parents=True, exist_ok=True)
@@ -480,6 +486,7 @@ def ensure_tool(
             missing = _adopt_legacy(spec, target, missing, progress)
         if missing:
             _build_binaries(spec, target, missing, progress)
+        _install_module_files(spec, target, force=force)
     return target
 
 
@@ -528,6 +535,28 @@ def _build_binaries(
     finally:
         shutil.rmtree(work, ignore_errors=True)
     progress(f"{label}: built in {time.monotonic() - start:.1f}s")
+
+
+def _install_module_files(spec: ToolSpec, target: Path, *, force: bool) -> None:
+    """Copy the table's `module_files` out of the (read-only) module cache, executable."""
+    wanted = {n: f for n, f in spec.module_files.items() if force or not (target / n).is_file()}
+    if not wanted:
+        return
+    with tempfile.TemporaryDirectory(prefix=f"{spec.name}-files-") as scratch:
+        runner = _GoRunner(spec, find_go(), Path(scratch), _stderr_progress)
+        module_dir = runner.json("mod", "download", "-json", f"{spec.module}@{spec.version}").get(
+            "Dir"
+        )
+    if not isinstance(module_dir, str):
+        raise ToolchainError(f"{spec.name}: `go mod download` did not report the module dir")
+    for name, relative in wanted.items():
+        source = Path(module_dir) / relative
+        if not source.is_file():
+            raise ToolchainError(f"{spec.name}: {relative} is not a file of {spec.module}")
+        temporary = target / f".{name}.copy"
+        shutil.copyfile(source, temporary)
+        temporary.chmod(0o755)
+        os.replace(temporary, target / name)
 
 
 NOT_BUILT = "not built"

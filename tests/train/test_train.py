@@ -3,6 +3,8 @@ checkpoint fallback, the artifact contract and the Prometheus textfile."""
 
 from __future__ import annotations
 
+import io
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -17,10 +19,18 @@ from neuraxis.resources import parse_resource
 from neuraxis.workloads.artifact import read_signature, read_verified
 from neuraxis.workloads.evaluate.heldout import load_torchscript
 from neuraxis.workloads.train.checkpoint import CheckpointStore, epochs_to_delete
-from neuraxis.workloads.train.data import DataError, read_table, validation_mask
+from neuraxis.workloads.train.data import (
+    TEST,
+    TRAIN,
+    VALIDATION,
+    DataError,
+    assign_splits,
+    read_table,
+)
 from neuraxis.workloads.train.loop import train_model
 from neuraxis.workloads.train.models import HyperparameterError, model_config, parse_hyperparameters
 from neuraxis.workloads.train.run import load_data, run_training, train_settings
+from tests.train.conftest import write_delta
 
 NAMESPACE = "ml"
 
@@ -50,13 +60,38 @@ def job(**spec: object) -> TrainingJob:
     return parsed
 
 
-def test_validation_mask_is_seeded_deterministic_and_near_the_split() -> None:
+def test_splits_are_seeded_deterministic_disjoint_and_near_their_fractions() -> None:
     rows = np.arange(10_000, dtype=np.int64)
-    first = validation_mask(rows, 0.2, seed=7)
-    assert np.array_equal(first, validation_mask(rows, 0.2, seed=7))
-    assert not np.array_equal(first, validation_mask(rows, 0.2, seed=8))
-    assert 0.18 < first.mean() < 0.22
-    assert not validation_mask(rows, 0.0, seed=7).any()
+    first = assign_splits(rows, 0.2, 0.15, seed=7)
+    assert np.array_equal(first, assign_splits(rows, 0.2, 0.15, seed=7))
+    assert not np.array_equal(first, assign_splits(rows, 0.2, 0.15, seed=8))
+    assert 0.18 < (first == VALIDATION).mean() < 0.22
+    assert 0.13 < (first == TEST).mean() < 0.17
+    assert set(np.unique(first)) == {TRAIN, VALIDATION, TEST}
+    # The test rows do not depend on the validation share: tuning choices cannot move them.
+    assert np.array_equal(first == TEST, assign_splits(rows, 0.3, 0.15, seed=7) == TEST)
+    assert not (assign_splits(rows, 0.2, 0.0, seed=7) == TEST).any()
+    with pytest.raises(ValueError, match="below 1"):
+        assign_splits(rows, 0.6, 0.4, seed=7)
+
+
+def test_training_never_sees_test_rows_and_records_the_split(lake: Lake) -> None:
+    spec = job(testSplit=0.2)
+    full = load_data(spec, lake, NAMESPACE)
+    rows = full.split_rows()
+    assert rows["test"] > 0 and sum(rows.values()) == len(full.x)
+    trained = full.without_test()
+    assert len(trained.x) == rows["train"] + rows["validation"]
+    assert not (trained.split == TEST).any()
+    result = run_training(spec, lake, NAMESPACE, "split")
+    assert result is not None
+    folder = result["artifact"]["uri"].removeprefix(lake.root.rstrip("/") + "/")
+    payload = torch.load(
+        io.BytesIO(read_verified(lake, folder, ["model.pt"])["model.pt"]), weights_only=True
+    )
+    training = payload["config"]["training"]
+    assert (training["validationSplit"], training["testSplit"]) == (0.25, 0.2)
+    assert training["splitSeed"] == 42 and training["splitRows"] == rows
 
 
 def test_default_features_are_numeric_columns_except_label(lake: Lake) -> None:
@@ -77,6 +112,26 @@ def test_bad_columns_are_named(lake: Lake) -> None:
         read_table(lake, NAMESPACE, "features", label="broken", task="classification", features=[])
     with pytest.raises(DataError, match="no Delta table"):
         read_table(lake, NAMESPACE, "missing", label="failure", task="classification", features=[])
+
+
+def test_lineage_digest_is_the_one_recorded_in_the_commit(lake: Lake) -> None:
+    from deltalake import DeltaTable
+
+    uri = lake.uri(Lake.table_path(NAMESPACE, "features"))
+    data = read_table(
+        lake, NAMESPACE, "features", label="failure", task="classification", features=[]
+    )
+    recorded = json.loads(DeltaTable(uri).history()[-1]["userMetadata"])["digest"]
+    assert data.lineage is not None and data.lineage.digest == recorded
+    # A version no Dataset run wrote has no digest: an error, never a substitute.
+    write_delta(lake, "features", DeltaTable(uri).to_pyarrow_table(), digest=False)
+    with pytest.raises(DataError, match=rf"{uri}: version 1 records no content digest"):
+        read_table(lake, NAMESPACE, "features", label="failure", task="classification", features=[])
+    # The older version keeps its own.
+    older = read_table(
+        lake, NAMESPACE, "features", label="failure", task="classification", features=[], version=0
+    )
+    assert older.lineage is not None and older.lineage.digest == recorded
 
 
 @pytest.mark.parametrize(
@@ -134,13 +189,12 @@ def test_artifact_takes_raw_features_and_returns_probabilities(
 
 def test_regression_artifact_returns_one_prediction_per_row(tmp_path: Path) -> None:
     import pyarrow as pa
-    from deltalake import write_deltalake
 
     lake = Lake(str(tmp_path / "lake"))
     rng = np.random.default_rng(1)
     a, b = rng.normal(size=300), rng.normal(size=300)
     table = pa.table({"a": a, "b": b, "y": 3 * a - b})
-    write_deltalake(lake.uri(Lake.table_path(NAMESPACE, "features")), table)
+    write_delta(lake, "features", table)
     spec = job(task={"type": "regression", "label": "y"})
     result = run_training(spec, lake, NAMESPACE, "reg")
     assert result is not None and "val_mae" in result["metrics"]

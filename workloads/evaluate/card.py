@@ -55,11 +55,40 @@ def build_card(
             "trainingCodeVersion": training.get("codeVersion"),
             "evaluationCodeVersion": code_version,
         },
+        "dataSources": data_sources(training, evaluation),
         "hyperparameters": training.get("hyperparameters", {}),
         "bestTrial": training.get("bestTrial"),
         "plots": plots,
         "edge": None,
     }
+
+
+def data_sources(training: dict[str, Any], evaluation: dict[str, Any]) -> list[dict[str, Any]]:
+    """Which rows each number of the card comes from: the evaluation (metrics, gates, plots) and
+    the training run (curves; tuning and early stopping chose on the validation split)."""
+    evaluated = evaluation.get("data") or {}
+    dataset = training.get("dataset") or {}
+    rows = training.get("splitRows") or {}
+    sources = [
+        {
+            "use": "evaluation metrics, gates, plots",
+            "dataset": evaluated.get("name"),
+            "version": evaluated.get("version"),
+            "split": evaluated.get("split"),
+            "rows": evaluated.get("rows"),
+        }
+    ]
+    for split, use in (("train", "training (fit)"), ("validation", "tuning, early stopping")):
+        sources.append(
+            {
+                "use": use,
+                "dataset": dataset.get("name"),
+                "version": dataset.get("version"),
+                "split": split,
+                "rows": rows.get(split),
+            }
+        )
+    return sources
 
 
 def _fmt(value: Any) -> str:
@@ -101,7 +130,17 @@ def render_markdown(card: dict[str, Any]) -> str:
     ):
         out += [f"## {title}", "", card[key] or "_Not stated._", ""]
     out += ["## Owners", ""] + ([f"- {o}" for o in card["owners"]] or ["_None listed._"]) + [""]
-    out += ["## Evaluation", "", f"Data: {evaluation.get('data', {}).get('description', '—')}", ""]
+    out += ["## Data", ""]
+    out += _table(
+        ["used for", "dataset", "version", "split", "rows"],
+        [
+            [d["use"], d["dataset"], d["version"], d["split"], d["rows"]]
+            for d in card.get("dataSources", [])
+        ],
+    )
+    out += ["", "## Evaluation", ""]
+    data = evaluation.get("data", {})
+    out += [f"Data: {data.get('description', '—')}, {_fmt(data.get('rows'))} rows", ""]
     out += _table(["metric", "value"], [[k, v] for k, v in sorted(evaluation["metrics"].items())])
     out += ["", "### Gates", ""]
     if evaluation["gates"]:

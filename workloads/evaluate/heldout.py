@@ -1,6 +1,7 @@
 """Loading a verified artifact and the data it is judged on (shared by evaluation and the edge
-bundle): an evaluation Dataset, or the training job's validation split through the same split
-function training used."""
+bundle): an evaluation Dataset, or the training job's test split, recomputed with the same split
+function, fractions and seed that training used (recorded in model.pt). Training, tuning and
+early stopping never saw those rows."""
 
 from __future__ import annotations
 
@@ -88,7 +89,7 @@ def load_heldout(
     dataset: str | None = None,
     version: int | None = None,
 ) -> HeldOut:
-    """Every row of `dataset`, or else the validation split of the training data."""
+    """Every row of `dataset`, or else the test split of the training data."""
     sig = artifact.signature
     common: dict[str, Any] = {
         "label": sig.label,
@@ -104,26 +105,37 @@ def load_heldout(
             data.y,
             data,
             f"all rows of {dataset} v{lineage.version if lineage else '?'}",
-            _lineage_dict(data),
+            {**_lineage_dict(data), "split": "all"},
         )
-    trained_on = artifact.training.get("dataset")
+    training = artifact.training
+    trained_on = training.get("dataset")
+    where = lake.uri(artifact.folder)
     if not trained_on:
         raise ValueError(
-            f"{lake.uri(artifact.folder)}: no training lineage in model.pt; "
+            f"{where}: no training lineage in model.pt; "
             "give an evaluation dataset (spec.evaluation.datasetRef)"
         )
-    split = float(artifact.training["validationSplit"])
+    test_split = float(training.get("testSplit") or 0.0)
+    if test_split <= 0:
+        raise ValueError(
+            f"{where}: the training job held out no test rows (spec.testSplit 0, or trained "
+            "before test splits existed); give an evaluation dataset "
+            "(spec.evaluation.datasetRef) or retrain with spec.testSplit > 0"
+        )
     data = read_table(
         lake,
         namespace,
         trained_on["name"],
         version=int(trained_on["version"]),
-        validation_split=split,
-        seed=int(artifact.training["seed"]),
+        validation_split=float(training["validationSplit"]),
+        test_split=test_split,
+        seed=int(training.get("splitSeed", training["seed"])),
         **common,
     )
-    description = f"validation split ({split:.0%}) of {trained_on['name']} v{trained_on['version']}"
-    return HeldOut(data.val_x, data.val_y, data, description, _lineage_dict(data))
+    description = f"test split ({test_split:.0%}) of {trained_on['name']} v{trained_on['version']}"
+    return HeldOut(
+        data.test_x, data.test_y, data, description, {**_lineage_dict(data), "split": "test"}
+    )
 
 
 def _lineage_dict(data: TabularData) -> dict[str, Any]:

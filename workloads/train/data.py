@@ -1,11 +1,11 @@
 """Training data from the lake: a Dataset's Delta table streamed as Arrow record batches and
 turned into tensors batch by batch (no pandas copy of the table), plus the one deterministic
-train/validation split that training and evaluation share."""
+train/validation/test split that training and evaluation share."""
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -34,17 +34,36 @@ def _splitmix64(values: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
         return z ^ (z >> np.uint64(31))
 
 
-def validation_mask(
-    row_index: npt.NDArray[np.int64], split: float, seed: int
-) -> npt.NDArray[np.bool_]:
-    """True for rows in the validation split: hash(row index, seed) mod 1000 < split * 1000.
+# Split codes in TabularData.split.
+TRAIN, VALIDATION, TEST = 0, 1, 2
+SPLIT_NAMES = {TRAIN: "train", VALIDATION: "validation", TEST: "test"}
 
-    The one split function: training holds these rows out and evaluation scores on exactly them.
-    Row indices count rows in the table version's files sorted by path."""
-    if not 0 <= split < 1:
-        raise ValueError(f"validation split must be in [0, 1), got {split}")
+
+def assign_splits(
+    row_index: npt.NDArray[np.int64], validation_split: float, test_split: float, seed: int
+) -> npt.NDArray[np.int8]:
+    """Each row's split (TRAIN, VALIDATION or TEST) from hash(row index, seed) mod 1000: buckets
+    below test_split * 1000 are test, the next validation_split * 1000 validation, the rest train.
+
+    The one split function: training learns on TRAIN, tunes and stops early on VALIDATION and
+    never sees TEST; evaluation and the bundle recompute it (same fractions and seed, recorded in
+    the artifact) and score on TEST. Row indices count rows in the table version's files sorted
+    by path."""
+    for name, value in (("validation", validation_split), ("test", test_split)):
+        if not 0 <= value < 1:
+            raise ValueError(f"{name} split must be in [0, 1), got {value}")
+    if validation_split + test_split >= 1:
+        raise ValueError(
+            f"validation split + test split must be below 1, got {validation_split + test_split}"
+        )
     mixed = _splitmix64(row_index.astype(np.uint64) ^ np.uint64(seed))
-    return (mixed % np.uint64(SPLIT_BUCKETS)) < np.uint64(round(split * SPLIT_BUCKETS))
+    bucket = mixed % np.uint64(SPLIT_BUCKETS)
+    test_end = np.uint64(round(test_split * SPLIT_BUCKETS))
+    validation_end = np.uint64(round((test_split + validation_split) * SPLIT_BUCKETS))
+    out = np.full(len(row_index), TRAIN, dtype=np.int8)
+    out[bucket < validation_end] = VALIDATION
+    out[bucket < test_end] = TEST
+    return out
 
 
 def _is_numeric(dtype: pa.DataType) -> bool:
@@ -107,32 +126,53 @@ class DatasetLineage:
 
 @dataclass
 class TabularData:
-    """Feature matrix and targets of a table version, with the validation mask."""
+    """Feature matrix and targets of a table version, with each row's split (assign_splits)."""
 
     features: list[str]
     label: str
     task: TaskType
     x: torch.Tensor
     y: torch.Tensor
-    is_validation: torch.Tensor
+    split: torch.Tensor  # int8 per row: TRAIN, VALIDATION or TEST
     classes: list[str] = field(default_factory=list)
     lineage: DatasetLineage | None = None
 
+    def rows_in(self, split: int) -> torch.Tensor:
+        return self.split == split
+
     @property
     def train_x(self) -> torch.Tensor:
-        return self.x[~self.is_validation]
+        return self.x[self.rows_in(TRAIN)]
 
     @property
     def train_y(self) -> torch.Tensor:
-        return self.y[~self.is_validation]
+        return self.y[self.rows_in(TRAIN)]
 
     @property
     def val_x(self) -> torch.Tensor:
-        return self.x[self.is_validation]
+        return self.x[self.rows_in(VALIDATION)]
 
     @property
     def val_y(self) -> torch.Tensor:
-        return self.y[self.is_validation]
+        return self.y[self.rows_in(VALIDATION)]
+
+    @property
+    def test_x(self) -> torch.Tensor:
+        return self.x[self.rows_in(TEST)]
+
+    @property
+    def test_y(self) -> torch.Tensor:
+        return self.y[self.rows_in(TEST)]
+
+    def without_test(self) -> TabularData:
+        """The same data with the test rows dropped: what training and tuning get, so no code
+        path of theirs can touch a test row."""
+        keep = ~self.rows_in(TEST)
+        return replace(self, x=self.x[keep], y=self.y[keep], split=self.split[keep])
+
+    def split_rows(self) -> dict[str, int]:
+        """How many rows each split has (recorded with the artifact and in the card)."""
+        return {name: int(self.rows_in(code).sum()) for code, name in SPLIT_NAMES.items()}
 
 
 def table_digest(file_uris: list[str], version: int) -> str:
@@ -151,6 +191,7 @@ def read_table(
     features: list[str],
     version: int | None = None,
     validation_split: float = 0.0,
+    test_split: float = 0.0,
     seed: int = 0,
     classes: list[str] | None = None,
 ) -> TabularData:
@@ -207,7 +248,7 @@ def read_table(
     else:
         class_list = []
         y = torch.from_numpy(np.concatenate(labels))
-    mask = validation_mask(np.arange(len(x), dtype=np.int64), validation_split, seed)
+    split = assign_splits(np.arange(len(x), dtype=np.int64), validation_split, test_split, seed)
     lineage = DatasetLineage(
         name=dataset,
         uri=uri,
@@ -220,7 +261,7 @@ def read_table(
         task=task,
         x=x,
         y=y,
-        is_validation=torch.from_numpy(mask),
+        split=torch.from_numpy(split),
         classes=class_list,
         lineage=lineage,
     )

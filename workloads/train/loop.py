@@ -137,7 +137,9 @@ def train_model(
     train_x, train_y = data.train_x.to(device), data.train_y.to(device)
     val_x, val_y = data.val_x.to(device), data.val_y.to(device)
     if len(train_x) == 0:
-        raise ValueError("the training split is empty (validationSplit too high for the table)")
+        raise ValueError(
+            "the training split is empty (validationSplit + testSplit too high for the table)"
+        )
     mean, std = feature_stats(data.train_x)
     torch.manual_seed(settings.seed)
     model = build_model(cfg, mean, std).to(device)

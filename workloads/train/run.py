@@ -78,6 +78,7 @@ def load_data(job: TrainingJob, lake: Lake, namespace: str) -> TabularData:
         features=job.spec.task.features,
         version=job.spec.dataset_ref.version,
         validation_split=job.spec.validation_split,
+        test_split=job.spec.test_split,
         seed=model.seed if model else 0,
     )
 
@@ -127,7 +128,10 @@ def run_training(
             ctx.rank, ctx.world_size, dev,
         )  # fmt: skip
     try:
-        data = load_data(job, lake, namespace)
+        full = load_data(job, lake, namespace)
+        split_rows = full.split_rows()
+        # The test rows are gone before tuning and training start (evaluation recomputes them).
+        data = full.without_test()
         n_outputs = len(data.classes) if data.task == "classification" else 1
         settings = train_settings(job, dev)
         hyperparameters = dict(model_spec.hyperparameters)
@@ -169,6 +173,10 @@ def run_training(
             "runId": run_id,
             "dataset": asdict(data.lineage) if data.lineage else None,
             "validationSplit": job.spec.validation_split,
+            "testSplit": job.spec.test_split,
+            # The split's seed: the spec's model seed (a search may change the weight seed).
+            "splitSeed": model_spec.seed,
+            "splitRows": split_rows,
             "seed": settings.seed,
             "hyperparameters": {
                 **hyperparameters,
