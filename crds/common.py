@@ -5,9 +5,10 @@ operator reject the same input with the same message)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
@@ -26,6 +27,14 @@ SHA256_PATTERN = r"^sha256:[a-f0-9]{64}$"
 # An image reference with a tag or a digest (RE2 syntax: the API server evaluates it too). That
 # the tag is not `latest` is a CEL rule next to each image field.
 PINNED_IMAGE_PATTERN = r"^[a-z0-9./_:-]+(@sha256:[a-f0-9]{64}|:[A-Za-z0-9_][A-Za-z0-9._-]*)$"
+# Kubernetes label syntax, as the API server checks node selectors and tolerations: an optional
+# DNS-subdomain prefix and a name part of at most 63 characters.
+_LABEL_NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+LABEL_KEY_PATTERN = rf"^([a-z0-9]([-a-z0-9.]{{0,251}}[a-z0-9])?/)?{_LABEL_NAME}$"
+LABEL_VALUE_PATTERN = rf"^({_LABEL_NAME})?$"
+# A Secret data key as the API server checks it (`.` and `..` are refused by a rule).
+SECRET_KEY_PATTERN = r"^[-._a-zA-Z0-9]+$"
+Column = Annotated[str, Field(max_length=128, pattern=IDENTIFIER_PATTERN)]
 
 
 @dataclass(frozen=True)
@@ -111,6 +120,84 @@ def exactly_one(*values: Any) -> bool:
     return sum(1 for v in values if v is not None) == 1
 
 
+def ordered_bounds_rule() -> Rule:
+    """min <= max when both are set, with one wording wherever a min/max pair appears."""
+    return Rule(
+        cel="!has(self.min) || !has(self.max) || self.min <= self.max",
+        message="min must not be greater than max",
+        check=lambda o: o.min is None or o.max is None or o.min <= o.max,
+        field=".min",
+    )
+
+
+# Cron as the Kubernetes CronJob controller parses it (robfig/cron ParseStandard): five fields,
+# each a list of `*`, `?`, a value or a range low-high, each with an optional /step; month and
+# day-of-week names in any case; day of week 0-6 (7 is refused there, so here too). RE2 and
+# Python's re read the same pattern (no backslashes: it sits in a CEL string literal).
+_CRON_FIELDS = (
+    "[0-5]?[0-9]",  # minute 0-59
+    "[01]?[0-9]|2[0-3]",  # hour 0-23
+    "0?[1-9]|[12][0-9]|3[01]",  # day of month 1-31
+    "0?[1-9]|1[0-2]|(?i:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)",  # month 1-12
+    "0?[0-6]|(?i:sun|mon|tue|wed|thu|fri|sat)",  # day of week 0-6
+)
+CRON_MACROS = ("yearly", "annually", "monthly", "weekly", "daily", "midnight", "hourly")
+
+
+def _cron_field(value: str) -> str:
+    item = f"([*?]|({value})(-({value}))?)(/[1-9][0-9]*)?"
+    return f"{item}(,{item})*"
+
+
+CRON_PATTERN = f"^(@({'|'.join(CRON_MACROS)})|{' +'.join(_cron_field(v) for v in _CRON_FIELDS)})$"
+_CRON = re.compile(CRON_PATTERN)
+# Numeric ranges (names are not compared: `fri-mon` still fails at the CronJob).
+_CRON_RANGE = "[0-9]+-[0-9]+"
+
+
+def is_cron(value: str) -> bool:
+    return _CRON.fullmatch(value) is not None
+
+
+def cron_ranges_ordered(value: str) -> bool:
+    ranges = (r.split("-") for r in re.findall(_CRON_RANGE, value))
+    return all(int(low) <= int(high) for low, high in ranges)
+
+
+def cron_rules(alias: str, attr: str) -> tuple[Rule, Rule]:
+    """The rules of the cron field `alias` (model attribute `attr`), set on its parent object.
+    Without them a bad schedule is admitted and only the CronJob built from it is refused."""
+    this = f"self.{alias}"
+    matches = f"{this}.matches('{CRON_PATTERN}')"
+    return (
+        Rule(
+            cel=f"!has({this}) || {matches}",
+            message=(
+                f"{alias} must be five cron fields (minute 0-59, hour 0-23, day of month 1-31, "
+                "month 1-12 or jan-dec, day of week 0-6 or sun-sat; each *, a value, a range "
+                "or a list, with an optional /step) or one of "
+                + ", ".join(f"@{m}" for m in CRON_MACROS)
+            ),
+            check=lambda o: getattr(o, attr) is None or is_cron(getattr(o, attr)),
+            field=f".{alias}",
+        ),
+        # Guarded by the pattern: int() then only sees numbers of at most two digits.
+        Rule(
+            cel=(
+                f"!has({this}) || !{matches} || {this}.findAll('{_CRON_RANGE}')"
+                ".all(r, int(r.split('-')[0]) <= int(r.split('-')[1]))"
+            ),
+            message=f"{alias}: a range must not end before it starts (write 9-17, not 17-9)",
+            check=lambda o: (
+                getattr(o, attr) is None
+                or not is_cron(getattr(o, attr))
+                or cron_ranges_ordered(getattr(o, attr))
+            ),
+            field=f".{alias}",
+        ),
+    )
+
+
 class ObjectMeta(BaseModel):
     """Standard Kubernetes object metadata. Only `name` is constrained by Neuraxis: it becomes
     part of child resource names and label values."""
@@ -156,7 +243,18 @@ class SecretKeyRef(ApiModel):
 
     name: str = Field(description="Secret name.", max_length=253, pattern=NAME_PATTERN)
     key: str = Field(
-        description="Key within the Secret.", max_length=253, pattern=r"^[-._a-zA-Z0-9]+$"
+        description="Key within the Secret: letters, digits, -, _ and . (not . or ..).",
+        max_length=253,
+        pattern=SECRET_KEY_PATTERN,
+    )
+
+    rules = (
+        Rule(
+            cel="self.key != '.' && self.key != '..'",
+            message="key must not be . or .. (not a valid Secret key)",
+            check=lambda r: r.key not in (".", ".."),
+            field=".key",
+        ),
     )
 
 

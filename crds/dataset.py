@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Literal
 
 from pydantic import Field
 
@@ -10,25 +10,22 @@ from neuraxis.crds.common import (
     IDENTIFIER_PATTERN,
     ApiModel,
     Artifact,
+    Column,
     DatasetRef,
     Lineage,
     ObjectMeta,
     Rule,
     SecretKeyRef,
     StatusBase,
+    cron_rules,
     exactly_one,
     is_set,
+    ordered_bounds_rule,
 )
 
 SourceFormat = Literal["csv", "json", "parquet", "delta"]
 SparkType = Literal["string", "int", "long", "double", "float", "boolean", "date", "timestamp"]
 URI_PATTERN = r"^(file|s3|s3a|gs)://[^\s]+$"
-# Five cron fields (minute hour day-of-month month day-of-week) or a macro such as @daily.
-CRON_PATTERN = (
-    r"^(@(yearly|annually|monthly|weekly|daily|hourly)"
-    r"|[0-9A-Za-z*/,?-]+( [0-9A-Za-z*/,?-]+){4})$"
-)
-Column = Annotated[str, Field(max_length=128, pattern=IDENTIFIER_PATTERN)]
 
 
 class DatasetFrom(ApiModel):
@@ -161,12 +158,7 @@ class Expectation(ApiModel):
             message="range and rowCount need min or max",
             check=lambda e: e.rule not in ("range", "rowCount") or is_set(e.min) or is_set(e.max),
         ),
-        Rule(
-            cel="!has(self.min) || !has(self.max) || self.min <= self.max",
-            message="min must not be greater than max",
-            check=lambda e: e.min is None or e.max is None or e.min <= e.max,
-            field=".min",
-        ),
+        ordered_bounds_rule(),
         Rule(
             cel="self.rule != 'regex' || has(self.pattern)",
             message="regex needs pattern",
@@ -326,10 +318,14 @@ class DatasetSpec(ApiModel):
     schedule: str | None = Field(
         default=None,
         max_length=128,
-        pattern=CRON_PATTERN,
-        description="Cron schedule (5 fields or @daily etc.); unset runs once per spec change.",
+        description=(
+            "Cron schedule (5 fields or @daily etc., as a Kubernetes CronJob reads it); "
+            "unset runs once per spec change."
+        ),
     )
     engine: Engine = Field(default_factory=Engine, description="Spark placement.")
+
+    rules = cron_rules("schedule", "schedule")
 
 
 class ColumnSchema(ApiModel):

@@ -7,6 +7,8 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from neuraxis.crds.common import (
+    LABEL_KEY_PATTERN,
+    LABEL_VALUE_PATTERN,
     NAME_PATTERN,
     ApiModel,
     Artifact,
@@ -18,15 +20,40 @@ from neuraxis.crds.common import (
 )
 
 SiteName = Annotated[str, Field(max_length=63, pattern=NAME_PATTERN)]
+LabelValue = Annotated[str, Field(max_length=63, pattern=LABEL_VALUE_PATTERN)]
 
 
 class Toleration(ApiModel):
     """A pod toleration (as in core/v1)."""
 
-    key: str | None = Field(default=None, max_length=316)
+    key: str | None = Field(
+        default=None,
+        max_length=316,
+        pattern=LABEL_KEY_PATTERN,
+        description="Taint key (label syntax); omit it with operator Exists to match every taint.",
+    )
     operator: Literal["Exists", "Equal"] = "Equal"
-    value: str | None = Field(default=None, max_length=63)
+    value: str | None = Field(
+        default=None, max_length=63, pattern=LABEL_VALUE_PATTERN, description="Taint value."
+    )
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+
+    # What the API server checks on the pod: without these rules the EdgeDeployment is
+    # admitted and only the agent DaemonSet built from it is refused.
+    rules = (
+        Rule(
+            cel="self.operator != 'Equal' || (has(self.key) && self.key != '')",
+            message="key is required with operator Equal",
+            check=lambda t: t.operator != "Equal" or bool(t.key),
+            field=".key",
+        ),
+        Rule(
+            cel="self.operator != 'Exists' || !has(self.value) || self.value == ''",
+            message="value must be empty with operator Exists",
+            check=lambda t: t.operator != "Exists" or not t.value,
+            field=".value",
+        ),
+    )
 
 
 class Target(ApiModel):
@@ -37,7 +64,7 @@ class Target(ApiModel):
         max_length=256,
         description="Edge sites (node label neuraxis.dev/edge-site).",
     )
-    node_selector: dict[str, str] = Field(
+    node_selector: dict[str, LabelValue] = Field(
         default_factory=dict, max_length=32, description="Extra node labels to match."
     )
     tolerations: list[Toleration] = Field(default_factory=list, max_length=32)

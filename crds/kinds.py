@@ -45,7 +45,7 @@ KINDS: dict[str, KindInfo] = {
         KindInfo(
             "Dataset",
             "datasets",
-            "ds",
+            "nxds",
             Dataset,
             [
                 PHASE_COLUMN,
@@ -57,7 +57,7 @@ KINDS: dict[str, KindInfo] = {
         KindInfo(
             "TrainingJob",
             "trainingjobs",
-            "tj",
+            "nxtj",
             TrainingJob,
             [
                 PHASE_COLUMN,
@@ -69,7 +69,7 @@ KINDS: dict[str, KindInfo] = {
         KindInfo(
             "ModelVersion",
             "modelversions",
-            "mv",
+            "nxmv",
             ModelVersion,
             [
                 {"name": "Model", "type": "string", "jsonPath": ".spec.model"},
@@ -86,7 +86,7 @@ KINDS: dict[str, KindInfo] = {
         KindInfo(
             "EdgeDeployment",
             "edgedeployments",
-            "ed",
+            "nxed",
             EdgeDeployment,
             [
                 {"name": "Model", "type": "string", "jsonPath": ".spec.modelVersionRef.name"},

@@ -13,6 +13,7 @@ from neuraxis.crds.common import (
     PINNED_IMAGE_PATTERN,
     ApiModel,
     Artifact,
+    Column,
     DatasetRef,
     Lineage,
     ObjectMeta,
@@ -30,10 +31,21 @@ class Task(ApiModel):
         description="classification or regression."
     )
     label: str = Field(max_length=128, pattern=IDENTIFIER_PATTERN, description="Label column.")
-    features: list[str] = Field(
+    features: list[Column] = Field(
         default_factory=list,
         max_length=4096,
-        description="Feature columns; empty means every numeric column except the label.",
+        description="Feature columns, without the label; empty means every numeric column "
+        "except the label.",
+    )
+
+    rules = (
+        Rule(
+            # A label among the features is target leakage: the model reads the answer.
+            cel="!has(self.features) || !(self.label in self.features)",
+            message="features must not contain the label (target leakage)",
+            check=lambda t: t.label not in t.features,
+            field=".features",
+        ),
     )
 
 

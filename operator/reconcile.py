@@ -15,6 +15,7 @@ from typing import Any
 from neuraxis.crds import Dataset, EdgeDeployment, ModelVersion, Resource, TrainingJob
 from neuraxis.lake import Lake
 from neuraxis.operator import conditions as cond
+from neuraxis.operator.backtests import backtest_entry, degraded_condition, record_backtest
 from neuraxis.operator.builders.accounts import (
     SPARK_DRIVER_ROLE,
     accounts_for,
@@ -30,7 +31,10 @@ from neuraxis.operator.builders.edge import (
     matching_nodes,
 )
 from neuraxis.operator.builders.modelversion import (
+    BACKTEST_LABEL,
     ClusterFeatures,
+    backtest_cron_job_name,
+    build_backtest_children,
     build_evaluation_children,
     build_serving_children,
     canary_replicas,
@@ -405,7 +409,9 @@ def reconcile_model_version(
     mv: ModelVersion, status: Obj, cluster: Cluster, settings: OperatorSettings
 ) -> Draft:
     artifact_uri, lineage = resolve_artifact(mv, cluster)
-    base_fields = {"artifact": {"uri": artifact_uri}, "lineage": lineage}
+    base_fields: Obj = {"artifact": {"uri": artifact_uri}, "lineage": lineage}
+    if status.get("evaluationHistory"):
+        base_fields["evaluationHistory"] = status["evaluationHistory"]
     verdict = _evaluate(mv, status, artifact_uri, cluster, settings)
     if verdict is not None:
         verdict.fields = {**base_fields, **verdict.fields}
@@ -415,7 +421,59 @@ def reconcile_model_version(
         "evaluation": status.get("evaluation"),
         "cardUri": status.get("cardUri"),
     }
+    history = _backtests(mv, status, artifact_uri, cluster, settings)
+    fields["evaluationHistory"] = history or None
     fields = {k: v for k, v in fields.items() if v is not None}
+    degraded = degraded_condition(history)
+    draft = _approved_draft(mv, fields, cluster, settings, artifact_uri)
+    if degraded is not None:
+        draft.conditions.append(degraded)
+    return draft
+
+
+def _backtests(
+    mv: ModelVersion, status: Obj, artifact_uri: str, cluster: Cluster, settings: OperatorSettings
+) -> list[Obj]:
+    """Keep the backtest CronJob as the spec asks (made, updated or suspended) and add each
+    finished backtest Job not yet recorded to the history. Jobs and pods come from the watch
+    caches; a recorded Job is skipped by name, so steady state sends no request."""
+    ns = ns_of(mv)
+    schedule = mv.spec.evaluation.schedule if mv.spec.evaluation else None
+    cron_name = backtest_cron_job_name(mv)
+    if schedule is not None or cluster.get("batch/v1", "CronJob", ns, cron_name) is not None:
+        _apply_all(cluster, build_backtest_children(mv, artifact_uri, settings))
+    history: list[Obj] = list(status.get("evaluationHistory") or [])
+    recorded = {e.get("runId") for e in history}
+    jobs = cluster.list("batch/v1", "Job", ns, {owner_label("ModelVersion"): mv.metadata.name})
+    for job in jobs:
+        name = job["metadata"]["name"]
+        if (job["metadata"].get("labels") or {}).get(BACKTEST_LABEL) != "true" or name in recorded:
+            continue
+        run = _observe_job(cluster, ns, name)
+        if run.state not in ("Succeeded", "Failed"):
+            continue
+        entry = backtest_entry(name, run.result, _finish_time(job), run.message)
+        history = record_backtest(history, entry)
+    return history
+
+
+def _finish_time(job: Obj) -> str:
+    status = job.get("status") or {}
+    failed_at = next(
+        (
+            c.get("lastTransitionTime")
+            for c in status.get("conditions") or []
+            if c.get("type") == "Failed" and c.get("status") == "True"
+        ),
+        None,
+    )
+    return str(status.get("completionTime") or failed_at or now_rfc3339())
+
+
+def _approved_draft(
+    mv: ModelVersion, fields: Obj, cluster: Cluster, settings: OperatorSettings, artifact_uri: str
+) -> Draft:
+    """Approved, or Serving once the predictor answers (when serving is asked for)."""
     serving = mv.spec.serving
     if serving is None or not serving.enabled:
         return Draft("Approved", "GatesPassed", "every gate passed", ready=True, fields=fields)
@@ -627,7 +685,13 @@ def reconcile(body: Obj, cluster: Cluster, settings: OperatorSettings) -> Obj:
         except ApiUnavailableError as exc:
             report_degraded(cluster, body, old, exc, settings)
             raise
-        if (cond.condition(old.get("conditions") or [], "Degraded") or {}).get("status") == "True":
+        was = cond.condition(old.get("conditions") or [], "Degraded") or {}
+        # Only the API outage's Degraded is cleared here; a backtest's follows the history.
+        if (
+            was.get("status") == "True"
+            and was.get("reason") == "ApiUnavailable"
+            and not any(c[0] == "Degraded" for c in draft.conditions)
+        ):
             draft.conditions.append(("Degraded", False, "ApiAvailable", "the API server answers"))
         new = status_from_draft(draft, work, generation)
         if _comparable(new) != _comparable(old):

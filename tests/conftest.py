@@ -1,4 +1,4 @@
-"""Shared test helpers: repository paths and the bad-input corpus."""
+"""Shared test helpers: repository paths, the bad-input corpus and the valid edge cases."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
 BAD_INPUTS = Path(__file__).resolve().parent / "bad_inputs"
+GOOD_INPUTS = Path(__file__).resolve().parent / "good_inputs"
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,24 @@ def load_bad_inputs() -> list[BadInput]:
                 before=doc.get("before"),
             )
         )
+    return cases
+
+
+@dataclass(frozen=True)
+class GoodInput:
+    """One valid edge case: `object` must be accepted (by the models and the API server), so
+    that the validation rules are shown not to be stricter than the platform."""
+
+    name: str
+    why: str
+    object: dict[str, Any]
+
+
+def load_good_inputs() -> list[GoodInput]:
+    cases = []
+    for path in sorted(GOOD_INPUTS.glob("*.yaml")):
+        doc = yaml.safe_load(path.read_text())
+        cases.append(GoodInput(name=path.stem, why=doc["why"], object=doc["object"]))
     return cases
 
 

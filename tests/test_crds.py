@@ -62,7 +62,7 @@ def test_names_columns_and_subresources() -> None:
         assert version["subresources"] == {"status": {}}
         names = [c["name"] for c in version["additionalPrinterColumns"]]
         assert "Phase" in names and names[-1] == "Age"
-    assert {i.short_name for i in KINDS.values()} == {"ds", "tj", "mv", "ed"}
+    assert {i.short_name for i in KINDS.values()} == {"nxds", "nxtj", "nxmv", "nxed"}
 
 
 def _models(model: type[ApiModel], seen: set[type[ApiModel]]) -> Iterator[type[ApiModel]]:

@@ -11,13 +11,22 @@ from typing import Any
 from neuraxis.crds import ModelVersion
 from neuraxis.crds.modelversion import Serving
 from neuraxis.operator.builders.common import RUN_ID_ENV, job, spec_config_map
-from neuraxis.operator.children import SPEC_FILE, child_metadata, run_name
+from neuraxis.operator.children import (
+    SPEC_FILE,
+    child_metadata,
+    fixed_name,
+    run_name,
+    standard_labels,
+)
 from neuraxis.operator.pods import pod_template, resource_limits, workload_container
 from neuraxis.operator.settings import OperatorSettings
 
 MODEL_LABEL = "neuraxis.dev/model"
 ROUTED_LABEL = "neuraxis.dev/routed"
 TRACK_LABEL = "neuraxis.dev/track"
+# On a backtest Job (kept in the operator's Job cache, as every neuraxis.dev/ label is).
+BACKTEST_LABEL = "neuraxis.dev/backtest"
+BACKTEST_COMPONENT = "backtest"
 
 
 @dataclass(frozen=True)
@@ -198,3 +207,61 @@ def _service_monitor(mv: ModelVersion, name: str) -> dict[str, Any]:
             "endpoints": [{"port": "http", "path": "/metrics", "interval": "30s"}],
         },
     }
+
+
+# A backtest that runs longer than this is stuck (it scores one table once).
+BACKTEST_DEADLINE_S = 3600
+# What a suspended backtest CronJob shows as its schedule (it never fires while suspended).
+SUSPENDED_SCHEDULE = "@yearly"
+
+
+def backtest_cron_job_name(mv: ModelVersion) -> str:
+    return fixed_name(mv, "backtest")
+
+
+def build_backtest_children(
+    mv: ModelVersion, artifact_uri: str, settings: OperatorSettings
+) -> list[dict[str, Any]]:
+    """The spec ConfigMap and the CronJob of spec.evaluation.schedule. Its pods run the
+    evaluation's own command line (derived from the evaluation Job, so both modes take the
+    same flags) with `--backtest`, as the same least-privileged workload account. Without a
+    schedule (removed from the spec) the CronJob is suspended: the operator deletes no
+    CronJobs (its one deletion right is a superseded run's Job); the ModelVersion's deletion
+    takes it away."""
+    schedule = mv.spec.evaluation.schedule if mv.spec.evaluation else None
+    name = backtest_cron_job_name(mv)
+    evaluation_job = build_evaluation_children(mv, artifact_uri, settings)[-1]
+    evaluation_container = evaluation_job["spec"]["template"]["spec"]["containers"][0]
+    container = workload_container(
+        mv,
+        settings,
+        [*evaluation_container["command"], "--backtest"],
+        resources=resource_limits("1", "2Gi"),
+        extra_env=[RUN_ID_ENV],
+    )
+    template = pod_template(mv, settings, BACKTEST_COMPONENT, container, name)
+    cron = {
+        "apiVersion": "batch/v1",
+        "kind": "CronJob",
+        "metadata": child_metadata(mv, name, BACKTEST_COMPONENT),
+        "spec": {
+            "schedule": schedule or SUSPENDED_SCHEDULE,
+            "suspend": schedule is None,
+            "concurrencyPolicy": "Forbid",  # one backtest at a time: history stays in order
+            "successfulJobsHistoryLimit": 3,
+            "failedJobsHistoryLimit": 3,
+            # The owner label on the Jobs lets the operator find (and watch) them; the
+            # backtest label tells them from the evaluation's Job.
+            "jobTemplate": {
+                "metadata": {
+                    "labels": {**standard_labels(mv, BACKTEST_COMPONENT), BACKTEST_LABEL: "true"}
+                },
+                "spec": {
+                    "backoffLimit": 0,
+                    "activeDeadlineSeconds": BACKTEST_DEADLINE_S,
+                    "template": template,
+                },
+            },
+        },
+    }
+    return [spec_config_map(mv, name, BACKTEST_COMPONENT), cron]

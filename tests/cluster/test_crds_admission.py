@@ -14,9 +14,10 @@ from neuraxis import API_GROUP, API_VERSION
 from neuraxis.crds.kinds import KINDS
 from neuraxis.resources import FieldError, ResourceError, check_update, parse_resource
 from tests.cluster.conftest import Cluster
-from tests.conftest import EXAMPLES, BadInput, load_bad_inputs
+from tests.conftest import EXAMPLES, BadInput, GoodInput, load_bad_inputs, load_good_inputs
 
 CASES = load_bad_inputs()
+GOOD = load_good_inputs()
 
 
 def test_every_crd_is_established(cluster: Cluster) -> None:
@@ -91,6 +92,24 @@ def test_bad_input_is_rejected_at_admission(
         str(e) for e in _python_errors(case) if e.path == case.field or case.field in e.detail
     ]
     assert any(e in message for e in python_errors), f"{case.name}: {python_errors} vs {message}"
+
+
+@pytest.mark.parametrize("case", GOOD, ids=[c.name for c in GOOD])
+def test_valid_edge_case_is_admitted(
+    cluster: Cluster, corpus_namespace: str, case: GoodInput
+) -> None:
+    # The rules are not stricter than the platform: what the models accept, the API server
+    # admits too (tests/test_validation_rules.py checks the models' side).
+    plural = KINDS[case.object["kind"]].plural
+    api_client, api = _custom(cluster)
+    with api_client:
+        try:
+            api.create_namespaced_custom_object(
+                API_GROUP, API_VERSION, corpus_namespace, plural, case.object,
+                field_validation="Strict",
+            )  # fmt: skip
+        except k8s.exceptions.ApiException as exc:
+            pytest.fail(f"{case.name}: refused ({case.why}): {exc.body}")
 
 
 def _python_errors(case: BadInput) -> list[FieldError]:

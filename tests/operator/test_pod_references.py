@@ -11,11 +11,13 @@ from typing import Any
 import pytest
 
 from neuraxis.crds import Dataset, EdgeDeployment, ModelVersion, Resource, TrainingJob
+from neuraxis.crds.common import DatasetRef
 from neuraxis.operator.builders.accounts import accounts_for
 from neuraxis.operator.builders.dataset import build_dataset_children
 from neuraxis.operator.builders.edge import build_bundle_children, build_edge_agent_children
 from neuraxis.operator.builders.modelversion import (
     ClusterFeatures,
+    build_backtest_children,
     build_evaluation_children,
     build_serving_children,
 )
@@ -140,6 +142,15 @@ def _training(variant: str) -> TrainingJob:
     return tj
 
 
+def _backtested(mv: ModelVersion) -> ModelVersion:
+    """The version with a backtest schedule on the sensor-features Dataset."""
+    out = mv.model_copy(deep=True)
+    assert out.spec.evaluation is not None
+    out.spec.evaluation.dataset_ref = DatasetRef(name="sensor-features")
+    out.spec.evaluation.schedule = "0 6 * * *"
+    return out
+
+
 def _all_children() -> Iterator[tuple[str, Resource, list[Manifest]]]:
     for variant in ("once", "scheduled", "spark-on-kubernetes"):
         ds = _dataset(variant)
@@ -152,6 +163,11 @@ def _all_children() -> Iterator[tuple[str, Resource, list[Manifest]]]:
     stable = mv.model_copy(deep=True)
     stable.metadata.name = "anomaly-detector-v0"
     yield "ModelVersion/evaluation", mv, build_evaluation_children(mv, "s3://l/m", SETTINGS)
+    yield (
+        "ModelVersion/backtest",
+        mv,
+        build_backtest_children(_backtested(mv), "s3://l/m", SETTINGS),
+    )
     assert mv.spec.serving is not None
     everything = ClusterFeatures(gateway_api=True, prometheus_operator=True)
     serving = build_serving_children(

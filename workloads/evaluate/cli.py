@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import TYPE_CHECKING
 
 import typer
+
+if TYPE_CHECKING:
+    from neuraxis.lake import Lake
 
 app = typer.Typer(help="Evaluation workload.", no_args_is_help=True, pretty_exceptions_enable=False)
 log = logging.getLogger("neuraxis.workloads.evaluate")
@@ -26,6 +30,11 @@ def evaluate_command(
     dataset: str | None = typer.Option(
         None, help="Evaluation Dataset (default: validation split)."
     ),
+    backtest: bool = typer.Option(
+        False,
+        "--backtest",
+        help="Backtest: score on the latest version of spec.evaluation.datasetRef; no card.",
+    ),
 ) -> None:
     """Exit 0 when evaluation ran (gates passed or not: see the result), 1 when it could not."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
@@ -35,6 +44,9 @@ def evaluate_command(
 
     the_lake = Lake(lake) if lake else Lake.from_env()
     started = now_rfc3339()
+    if backtest:
+        _backtest(spec, the_lake, namespace, run_id, artifact_uri, started)
+        return
     try:
         mv = load_model_version(spec)
         result = run_evaluation(
@@ -46,6 +58,26 @@ def evaluate_command(
         publish_failure(the_lake, namespace, run_id, "EvaluationFailed", message, started)
         raise typer.Exit(1) from exc
     typer.echo(f"{result['reason']}: {result['message']} (card {result['cardUri']})")
+
+
+def _backtest(
+    spec: str, lake: Lake, namespace: str, run_id: str, artifact_uri: str | None, started: str
+) -> None:
+    from neuraxis.workloads.evaluate.backtest import run_backtest
+    from neuraxis.workloads.evaluate.run import load_model_version
+    from neuraxis.workloads.result import publish_failure
+
+    try:
+        result = run_backtest(
+            load_model_version(spec), lake, namespace, run_id, artifact_uri=artifact_uri
+        )
+    except Exception as exc:
+        log.exception("backtest failed")
+        message = f"{type(exc).__name__}: {exc}"
+        publish_failure(lake, namespace, run_id, "BacktestFailed", message, started)
+        raise typer.Exit(1) from exc
+    data = result["dataset"]
+    typer.echo(f"{result['reason']}: {result['message']} ({data['name']} v{data.get('version')})")
 
 
 def main() -> None:

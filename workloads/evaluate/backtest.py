@@ -1,0 +1,81 @@
+"""Backtest mode of the evaluate workload: an Approved model scored again on the latest version of
+its evaluation Dataset and judged by the same gates. Unlike an evaluation it writes no model
+card and changes nothing next to the artifact: its only output is the run's result, which the
+operator (from the termination message) or `neuraxis backtest` turns into one entry of
+`status.evaluationHistory` (neuraxis/operator/outcomes.py: backtest_entry)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from neuraxis.crds.modelversion import ModelVersion
+from neuraxis.lake import Lake
+from neuraxis.workloads.artifact import artifact_digest
+from neuraxis.workloads.evaluate.gates import check_gates, gates_summary
+from neuraxis.workloads.evaluate.heldout import load_artifact, load_heldout
+from neuraxis.workloads.evaluate.metrics import single_row_latency
+from neuraxis.workloads.evaluate.run import LATENCY_ROWS, artifact_folder_for, score
+from neuraxis.workloads.result import now_rfc3339, publish_result
+
+
+def run_backtest(
+    mv: ModelVersion,
+    lake: Lake,
+    namespace: str,
+    run_id: str,
+    *,
+    artifact_uri: str | None = None,
+) -> dict[str, Any]:
+    """Score the artifact on every row of the newest version of spec.evaluation.datasetRef."""
+    started = now_rfc3339()
+    ref = mv.spec.evaluation.dataset_ref if mv.spec.evaluation else None
+    if ref is None:
+        raise ValueError("spec.evaluation.datasetRef: required for a backtest")
+    folder = artifact_folder_for(mv, lake, namespace, artifact_uri)
+    artifact = load_artifact(lake, folder, mv.spec.source.digest)
+    # version=None: the newest version of the table (the ETL commits only finished runs).
+    heldout = load_heldout(lake, namespace, artifact, dataset=ref.name, version=None)
+    if len(heldout.x) == 0:
+        raise ValueError(f"{heldout.description}: no rows to backtest on")
+    evaluated, _outputs = score(artifact, heldout)
+    module = artifact.torchscript()
+    rows = [heldout.x[i : i + 1] for i in range(min(LATENCY_ROWS, len(heldout.x)))]
+    with torch.no_grad():
+        latency = single_row_latency(module, rows)
+    # The evaluation's metric set (latency included), so every gate finds its metric.
+    metrics: dict[str, float] = {**evaluated["scalars"], **latency}
+    gates = check_gates(mv.spec.evaluation.gates if mv.spec.evaluation else [], metrics)
+    passed, reason = gates_summary(gates)
+    dataset = {"name": ref.name, "rows": len(heldout.x), **heldout.dataset}
+    artifact_ref = {"uri": lake.uri(folder), "digest": artifact_digest(lake, folder)}
+    result: dict[str, Any] = {
+        "outcome": "Succeeded",
+        "reason": "GatesPassed" if passed else "GatesFailed",
+        "message": reason,
+        "mode": "backtest",
+        "kind": "ModelVersion",
+        "name": mv.metadata.name,
+        "namespace": namespace,
+        "runId": run_id,
+        "startTime": started,
+        "completionTime": now_rfc3339(),
+        "passed": passed,
+        "metrics": metrics,
+        "gates": [g.to_dict() for g in gates],
+        "dataset": dataset,
+        "artifact": artifact_ref,
+    }
+    compact = {
+        "outcome": "Succeeded",
+        "reason": result["reason"],
+        "message": reason,
+        "mode": "backtest",
+        "passed": passed,
+        "metrics": metrics,
+        "dataset": dataset,
+        "completionTime": result["completionTime"],
+    }
+    publish_result(lake, namespace, run_id, result, compact)
+    return result
