@@ -19,9 +19,10 @@ from neuraxis.crds.common import (
     ResourceRequirements,
     Rule,
     StatusBase,
+    cron_rules,
     exactly_one,
+    ordered_bounds_rule,
 )
-from neuraxis.crds.dataset import CRON_PATTERN
 
 
 class ModelSource(ApiModel):
@@ -86,6 +87,7 @@ class Gate(ApiModel):
             message="a gate needs min or max",
             check=lambda g: g.min is not None or g.max is not None,
         ),
+        ordered_bounds_rule(),
     )
 
 
@@ -103,11 +105,10 @@ class Evaluation(ApiModel):
         description="Evaluation data; defaults to the training job's validation split.",
     )
     gates: list[Gate] = Field(default_factory=list, max_length=32, description="Thresholds.")
-    # The same field as Dataset.spec.schedule (one pattern, one wording).
+    # The same field as Dataset.spec.schedule (the same rules, one wording).
     schedule: str | None = Field(
         default=None,
         max_length=128,
-        pattern=CRON_PATTERN,
         description=(
             "Cron schedule (5 fields or @daily etc.) of backtests: the Approved model is scored "
             "again on the latest Ready version of datasetRef and judged by the same gates; "
@@ -124,6 +125,7 @@ class Evaluation(ApiModel):
             ),
             field=".schedule",
         ),
+        *cron_rules("schedule", "schedule"),
     )
 
 
