@@ -36,7 +36,6 @@ from neuraxis.workloads.edge.cache import BundleCache
 from neuraxis.workloads.edge.log_buffer import LogBuffer
 from neuraxis.workloads.serve.metrics import ServeMetrics
 from neuraxis.workloads.serve.model_loader import (
-    SERVED_FILES,
     LoadedModel,
     ModelLoadError,
     model_from_files,
@@ -176,7 +175,7 @@ class EdgeAgent:
         if cached is None:
             raise AgentStartError(f"{reason}; and no cached bundle in {self.cache.root}")
         try:
-            files = self.cache.load(cached, SERVED_FILES)
+            files = self.cache.load(cached)  # every file, as fetch_bundle reads them
         except ArtifactIntegrityError as exc:
             raise AgentStartError(f"{reason}; and the cached bundle is corrupt ({exc})") from exc
         log.warning("%s: serving the cached bundle %s (%s)", reason, cached.digest, cached.uri)

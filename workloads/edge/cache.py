@@ -60,8 +60,9 @@ class BundleCache:
         except (OSError, ValueError, KeyError):
             return None
 
-    def load(self, bundle: CachedBundle, names: list[str]) -> dict[str, bytes]:
-        """The cached files, verified against the cached manifest (ArtifactIntegrityError)."""
+    def load(self, bundle: CachedBundle, names: list[str] | None = None) -> dict[str, bytes]:
+        """The cached files (`names`, or all of them), verified against the cached manifest
+        (ArtifactIntegrityError)."""
         return read_verified(Lake(str(self.root)), f"bundles/{bundle.folder}", names)
 
     def store(

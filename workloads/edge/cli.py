@@ -11,6 +11,7 @@ import typer
 
 from neuraxis.crds.edgedeployment import Sync
 from neuraxis.crds.modelversion import Serving
+from neuraxis.workloads.drift import DEFAULT_WINDOW
 
 _DEFAULT_SYNC_S = float(Sync.model_fields["interval_seconds"].default)
 
@@ -31,6 +32,9 @@ def edge_command(
         Serving.model_fields["max_batch_wait_ms"].default, min=0
     ),
     max_body_bytes: int = typer.Option(1 << 20, min=1, help="Larger request bodies get 413."),
+    drift_window: int = typer.Option(
+        DEFAULT_WINDOW, min=1, help="Served rows in the PSI window of neuraxis_feature_drift."
+    ),
 ) -> None:
     """Serve an edge bundle locally, offline-capable, with durable inference-log upload."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -66,8 +70,11 @@ def edge_command(
     except AgentStartError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
-    serve_config = ServeConfig(BatchingConfig(max_batch_size, max_batch_wait_ms), max_body_bytes)
-    agent.slot = ModelSlot(serve_config.batching, metrics, on_predictions=agent.record)
+    batching = BatchingConfig(max_batch_size, max_batch_wait_ms)
+    serve_config = ServeConfig(batching, max_body_bytes, drift_window)
+    agent.slot = ModelSlot(
+        batching, metrics, on_predictions=agent.record, drift_window=drift_window
+    )
     app = build_app(model, serve_config, metrics, agent.slot, hooks=[agent.lifespan])
     run_server(app, host, port)
 

@@ -157,6 +157,7 @@ def render_markdown(card: dict[str, Any]) -> str:
         ]
     else:
         out.append("_No gates._")
+    out += _attributions_section(evaluation.get("attributions"))
     out += ["", "## Lineage", ""]
     out += [
         f"- Dataset: {dataset['name']} version {dataset['version']} ({dataset['digest']})",
@@ -195,3 +196,28 @@ def _code(version: dict[str, Any] | None) -> str:
         return "unknown"
     commit = version.get("gitCommit")
     return f"neuraxis {version.get('neuraxis')}" + (f" @ {commit[:12]}" if commit else "")
+
+
+def _attributions_section(attributions: dict[str, Any] | None) -> list[str]:
+    """Global feature attributions (workloads/explain.py), most important feature first."""
+    if not attributions:
+        return []
+    delta = attributions["convergenceDelta"]
+    out = ["", "## Feature attributions", ""]
+    out += [
+        f"{attributions['method']}, {attributions['nSteps']} steps, on {attributions['rows']} "
+        f"rows (seed {attributions['seed']}) of the evaluation data ({attributions['sampledFrom']}"
+        f" rows); explained output: {attributions['explainedOutput']}.",
+        f"Baseline: {attributions['baseline']['description']}. Convergence delta (sum of "
+        f"attributions minus the output's change from the baseline): mean |delta| "
+        f"{_fmt(delta['meanAbs'])}, max |delta| {_fmt(delta['maxAbs'])}.",
+        "",
+    ]
+    out += _table(
+        ["feature", "mean |attribution|", "mean attribution", "baseline"],
+        [
+            [f["name"], f["meanAbs"], f["mean"], attributions["baseline"]["values"][f["name"]]]
+            for f in attributions["features"]
+        ],
+    )
+    return out

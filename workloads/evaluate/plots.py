@@ -86,3 +86,20 @@ def predicted_vs_actual(y: npt.NDArray[np.float32], pred: npt.NDArray[np.float32
     ax.set_ylabel("predicted")
     ax.set_title("Predicted vs actual")
     return _png(fig)
+
+
+def feature_attributions(attributions: dict[str, Any]) -> bytes:
+    """Horizontal bars of mean |attribution| per feature (most important on top), with the
+    signed mean as a marker."""
+    features = list(reversed(attributions["features"]))
+    fig = _figure()
+    ax = fig.add_subplot()
+    ys = np.arange(len(features))
+    ax.barh(ys, [f["meanAbs"] for f in features], color="tab:blue", label="mean |attribution|")
+    ax.scatter([f["mean"] for f in features], ys, color="tab:orange", zorder=3, label="mean")
+    ax.axvline(0, color="grey", linewidth=0.8)
+    ax.set_yticks(ys, [f["name"] for f in features])
+    ax.set_xlabel(f"attribution to the {attributions['explainedOutput']}")
+    ax.set_title(f"Integrated Gradients ({attributions['rows']} rows)")
+    ax.legend()
+    return _png(fig)

@@ -12,6 +12,7 @@ import torch
 from neuraxis.crds.modelversion import ModelVersion
 from neuraxis.lake import Lake
 from neuraxis.workloads.artifact import artifact_digest
+from neuraxis.workloads.drift import read_profile
 from neuraxis.workloads.evaluate import plots
 from neuraxis.workloads.evaluate.card import CARD_FOLDER, build_card, render_markdown
 from neuraxis.workloads.evaluate.gates import check_gates, gates_summary
@@ -27,6 +28,7 @@ from neuraxis.workloads.evaluate.metrics import (
     regression_metrics,
     single_row_latency,
 )
+from neuraxis.workloads.explain import baseline_for, global_attributions
 from neuraxis.workloads.result import now_rfc3339, publish_result
 from neuraxis.workloads.train.provenance import code_version
 
@@ -62,6 +64,17 @@ def score(
     if sig.task == "classification":
         return classification_metrics(heldout.y.numpy(), out, sig.classes), out
     return regression_metrics(heldout.y.numpy(), out), out
+
+
+def feature_attributions(
+    lake: Lake, folder: str, artifact: LoadedArtifact, heldout: HeldOut
+) -> dict[str, Any]:
+    """Global Integrated Gradients attributions on the held-out rows, against the training
+    profile's means (zeros for an artifact without profile.json)."""
+    sig = artifact.signature
+    baseline = baseline_for(read_profile(lake, folder), len(sig.features))
+    module = artifact.torchscript()
+    return global_attributions(module, heldout.x, baseline, sig.task, sig.feature_names)
 
 
 def run_evaluation(
@@ -108,6 +121,8 @@ def run_evaluation(
         plot_files["predicted_vs_actual.png"] = plots.predicted_vs_actual(
             heldout.y.numpy(), outputs
         )
+    attributions = feature_attributions(lake, folder, artifact, heldout)
+    plot_files["feature_attributions.png"] = plots.feature_attributions(attributions)
     for name, data in sorted(plot_files.items()):
         lake.write_bytes(f"{card_folder}/plots/{name}", data)
     evaluation = {
@@ -118,6 +133,7 @@ def run_evaluation(
         "passed": passed,
         "reason": reason,
         "data": {"description": heldout.description, "rows": len(heldout.x), **heldout.dataset},
+        "attributions": attributions,
     }
     digest = artifact_digest(lake, folder)
     card = build_card(

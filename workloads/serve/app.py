@@ -1,6 +1,7 @@
 """The ASGI application (Starlette): routes, validation, batching and metrics.
 
-Routes: `POST /v1/models/<name>:predict` (KServe v1), `POST /v2/models/<name>/infer` and
+Routes: `POST /v1/models/<name>:predict` (KServe v1), `POST /v1/models/<name>:explain` (same body,
+Integrated Gradients attributions per instance), `POST /v2/models/<name>/infer` and
 `GET /v2/models/<name>` (Open Inference Protocol v2), `GET /v2/health/live|ready`, `/healthz`,
 `/readyz`, `/metrics`. Requests must be `application/json`; bodies above `max_body_bytes` are
 refused with 413 while being read. Every 4xx answers `{"error": "<field>: <reason>", "field",
@@ -9,6 +10,7 @@ refused with 413 while being read. Every 4xx answers `{"error": "<field>: <reaso
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -23,10 +25,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from neuraxis.workloads.drift import DEFAULT_WINDOW
 from neuraxis.workloads.serve.metrics import ServeMetrics, route_label
 from neuraxis.workloads.serve.model_loader import LoadedModel
 from neuraxis.workloads.serve.responses import (
     check_finite_outputs,
+    explain_response,
     v1_response,
     v2_metadata,
     v2_response,
@@ -40,6 +44,8 @@ from neuraxis.workloads.serve.validation import (
 )
 
 DEFAULT_MAX_BODY_BYTES = 1 << 20
+# Integrated Gradients runs N_STEPS forwards per instance: one request explains at most this many.
+MAX_EXPLAIN_INSTANCES = 64
 
 # Extra work that lives as long as the server (the edge agent's sync loops).
 LifespanHook = Callable[[], AbstractAsyncContextManager[None]]
@@ -49,6 +55,7 @@ LifespanHook = Callable[[], AbstractAsyncContextManager[None]]
 class ServeConfig:
     batching: BatchingConfig = field(default_factory=BatchingConfig)
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    drift_window: int = DEFAULT_WINDOW  # rows in the PSI window of neuraxis_feature_drift
 
 
 def error_response(exc: InvalidInputError) -> JSONResponse:
@@ -117,6 +124,8 @@ class ServeHandlers:
         self.slot = slot
         self.config = config
         self.shutting_down = False
+        # One explanation at a time (each is N_STEPS forwards per row, off the event loop).
+        self.explaining = asyncio.Lock()
 
     def runtime_for(self, name: str) -> ModelRuntime:
         runtime = self.slot.current
@@ -148,6 +157,7 @@ class ServeHandlers:
             return error_response(exc)
         except ClientDisconnect:
             return Response(status_code=499)  # nobody is listening; recorded in metrics only
+        self.slot.observe_served(runtime, rows)
         model: LoadedModel = runtime.model
         if v2:
             request_id = body.get("id")  # echoed back, as v2 asks
@@ -159,6 +169,33 @@ class ServeHandlers:
 
     async def infer_v2(self, request: Request) -> Response:
         return await self._predict(request, v2=True)
+
+    async def explain_v1(self, request: Request) -> Response:
+        from neuraxis.workloads.explain import baseline_for, integrated_gradients
+
+        try:
+            runtime = self.runtime_for(request.path_params["name"])
+            model = runtime.model
+            if model.explain_error is not None:
+                raise InvalidInputError("model", f"cannot be explained: {model.explain_error}", 501)
+            _, rows = await self._rows(request, runtime, v2=False)
+            if len(rows) > MAX_EXPLAIN_INSTANCES:
+                limit = MAX_EXPLAIN_INSTANCES
+                raise InvalidInputError("instances", f"{len(rows)} given; at most {limit} here")
+            baseline = baseline_for(model.profile, len(model.signature.features))
+            import torch
+
+            x = torch.tensor(rows, dtype=torch.float32)
+            async with self.explaining:
+                explanation = await asyncio.to_thread(
+                    integrated_gradients, model.module, x, baseline, model.signature.task
+                )
+            body = explain_response(model.name, model.signature, baseline, explanation)
+        except InvalidInputError as exc:
+            return error_response(exc)
+        except ClientDisconnect:
+            return Response(status_code=499)
+        return JSONResponse(body)
 
     async def metadata_v2(self, request: Request) -> Response:
         try:
@@ -182,7 +219,10 @@ class ServeHandlers:
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 404:
-        reason = "no such route (see /v1/models/<name>:predict, /v2/models/<name>/infer)"
+        reason = (
+            "no such route (see /v1/models/<name>:predict, /v1/models/<name>:explain, "
+            "/v2/models/<name>/infer)"
+        )
     elif exc.status_code == 405:
         reason = (
             f"method {request.method} not allowed (allowed: {(exc.headers or {}).get('Allow')})"
@@ -202,7 +242,7 @@ def build_app(
 ) -> ASGIApp:
     """The server application serving `model` (installed at start-up, inside the event loop)."""
     metrics = metrics or ServeMetrics()
-    slot = slot or ModelSlot(config.batching, metrics)
+    slot = slot or ModelSlot(config.batching, metrics, drift_window=config.drift_window)
     handlers = ServeHandlers(slot, config)
 
     @contextlib.asynccontextmanager
@@ -222,6 +262,7 @@ def build_app(
 
     routes = [
         Route("/v1/models/{name}:predict", handlers.predict_v1, methods=["POST"]),
+        Route("/v1/models/{name}:explain", handlers.explain_v1, methods=["POST"]),
         Route("/v2/models/{name}/infer", handlers.infer_v2, methods=["POST"]),
         Route("/v2/models/{name}", handlers.metadata_v2, methods=["GET"]),
         Route("/v2/health/live", handlers.live, methods=["GET"]),

@@ -7,6 +7,7 @@ import logging
 import typer
 
 from neuraxis.crds.modelversion import Serving
+from neuraxis.workloads.drift import DEFAULT_WINDOW
 
 _DEFAULT_BATCH = Serving.model_fields["max_batch_size"].default
 _DEFAULT_WAIT_MS = Serving.model_fields["max_batch_wait_ms"].default
@@ -25,6 +26,9 @@ def serve_command(
     max_body_bytes: int = typer.Option(1 << 20, min=1, help="Larger request bodies get 413."),
     torch_threads: int = typer.Option(0, min=0, help="torch intra-op threads (0: torch default)."),
     graceful_timeout_s: int = typer.Option(30, min=1, help="SIGTERM: wait this long for requests."),
+    drift_window: int = typer.Option(
+        DEFAULT_WINDOW, min=1, help="Served rows in the PSI window of neuraxis_feature_drift."
+    ),
 ) -> None:
     """Serve a model artifact over HTTP (KServe v1 and Open Inference Protocol v2)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -42,7 +46,8 @@ def serve_command(
     except ModelLoadError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
-    config = ServeConfig(BatchingConfig(max_batch_size, max_batch_wait_ms), max_body_bytes)
+    batching = BatchingConfig(max_batch_size, max_batch_wait_ms)
+    config = ServeConfig(batching, max_body_bytes, drift_window)
     run_server(build_app(loaded, config), host, port, graceful_timeout_s)
 
 

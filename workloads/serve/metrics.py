@@ -16,6 +16,8 @@ def route_label(path: str) -> str:
     """The route template of a path (bounded label cardinality: never the raw path)."""
     if path.startswith("/v1/models/") and path.endswith(":predict"):
         return "/v1/models/{name}:predict"
+    if path.startswith("/v1/models/") and path.endswith(":explain"):
+        return "/v1/models/{name}:explain"
     if path.startswith("/v2/models/") and path.endswith("/infer"):
         return "/v2/models/{name}/infer"
     if path.startswith("/v2/models/"):
@@ -51,7 +53,14 @@ class ServeMetrics:
             "neuraxis_serve_model_info", "The model being served (value 1).",
             ["model", "version", "digest"], registry=r,
         )  # fmt: skip
+        self.feature_drift = Gauge(
+            "neuraxis_feature_drift",
+            "PSI of each feature over the last served rows against the training profile "
+            "(> 0.2: significant shift).",
+            ["model", "feature"], registry=r,
+        )  # fmt: skip
         self._model_labels: tuple[str, str, str] | None = None
+        self._drift_labels: list[tuple[str, str]] = []
 
     def set_model(self, model: str, version: str, digest: str) -> None:
         """Report the served model; a swapped-out model's series is removed."""
@@ -59,6 +68,18 @@ class ServeMetrics:
             self.model_info.remove(*self._model_labels)
         self._model_labels = (model, version, digest)
         self.model_info.labels(*self._model_labels).set(1)
+
+    def set_drift(self, model: str, values: dict[str, float]) -> None:
+        for feature, value in values.items():
+            self.feature_drift.labels(model, feature).set(value)
+            if (model, feature) not in self._drift_labels:
+                self._drift_labels.append((model, feature))
+
+    def clear_drift(self) -> None:
+        """Drop every drift series (a new model starts with an empty window)."""
+        for labels in self._drift_labels:
+            self.feature_drift.remove(*labels)
+        self._drift_labels = []
 
     def observe(self, route: str, code: int, seconds: float) -> None:
         self.requests.labels(route, str(code)).inc()

@@ -2,7 +2,8 @@
 
 An artifact is a lake folder (see `neuraxis.workloads.artifact`): `model.ts` takes float32
 [batch, n_features] raw feature values in signature order and returns class probabilities
-[batch, n_classes] (classification) or predictions [batch] (regression).
+[batch, n_classes] (classification) or predictions [batch] (regression). `profile.json` (the
+training profile, optional) is the drift reference and the explanation baseline.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import io
 import re
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
@@ -20,15 +21,24 @@ from neuraxis.workloads.artifact import (
     ArtifactIntegrityError,
     Signature,
     artifact_digest,
+    read_manifest,
     read_signature,
     read_verified,
 )
+from neuraxis.workloads.drift import PROFILE, TrainingProfile, parse_profile
 
 if TYPE_CHECKING:
     import torch
 
 MODEL_FILE = "model.ts"
 SERVED_FILES = [MODEL_FILE, SIGNATURE]
+OPTIONAL_FILES = [PROFILE]  # served when the manifest lists them
+
+
+def served_files(manifest: dict[str, str]) -> list[str]:
+    """The files to read and verify for serving, given the manifest's file list."""
+    return SERVED_FILES + [name for name in OPTIONAL_FILES if name in manifest]
+
 
 # models/<ns>/<model>/<version> or edge/<ns>/<model>/<version> at the end of a URI.
 _LAYOUT = re.compile(r"^(?P<root>.*?)/?(?P<kind>models|edge)/(?P<ns>[^/]+)/(?P<model>[^/]+)/[^/]+$")
@@ -83,6 +93,9 @@ class LoadedModel:
     signature: Signature
     digest: str
     module: Any  # torch.jit.ScriptModule (kept Any: torch is imported lazily)
+    profile: TrainingProfile | None = None
+    # Why `:explain` cannot run on this model (no input gradient: an int8 bundle), else None.
+    explain_error: str | None = None
 
     @property
     def version(self) -> str:
@@ -129,6 +142,14 @@ def model_from_files(name: str, digest: str, files: dict[str, bytes]) -> LoadedM
     except Exception as exc:
         raise ModelLoadError(f"{MODEL_FILE}: not a loadable TorchScript model ({exc})") from exc
     module.eval()
+    profile = None
+    if PROFILE in files:
+        try:
+            profile = parse_profile(files[PROFILE])
+        except Exception as exc:
+            raise ModelLoadError(f"{PROFILE}: invalid ({exc})") from exc
+        if [f.name for f in profile.features] != signature.feature_names:
+            raise ModelLoadError(f"{PROFILE}: features differ from {SIGNATURE}'s")
     model = LoadedModel(name=name, signature=signature, digest=digest, module=module)
     try:  # a warm-up forward also proves the model accepts the signature's input width
         out = model.forward([[0.0] * len(signature.features)] * 2)
@@ -137,7 +158,10 @@ def model_from_files(name: str, digest: str, files: dict[str, bytes]) -> LoadedM
             f"{MODEL_FILE}: forward on [2, {len(signature.features)}] failed ({exc})"
         ) from exc
     check_output_shape(signature, tuple(out.shape), 2)
-    return model
+    from neuraxis.workloads.explain import gradient_error
+
+    explain_error = gradient_error(module, len(signature.features))
+    return replace(model, profile=profile, explain_error=explain_error)
 
 
 def load_model(
@@ -153,7 +177,7 @@ def load_model(
             raise ModelLoadError(
                 f"{uri}: digest {digest} does not match expected {expected_digest}"
             )
-        files = read_verified(lake, folder, SERVED_FILES)
+        files = read_verified(lake, folder, served_files(read_manifest(lake, folder)))
     except ArtifactIntegrityError as exc:
         raise ModelLoadError(f"refusing to serve: {exc}") from exc
     except ModelLoadError:

@@ -4,6 +4,7 @@ v1 `:predict` answers `{"model_name", "model_version", "predictions": [...]}`. F
 `predictions` are class labels (the signature's `classes`, or the class index when it has none),
 with `probabilities` (one row per instance, in `classes` order) and `classes` alongside; for
 regression `predictions` are numbers.
+v1 `:explain` answers `explanations`, one per instance (see `explain_response`).
 v2 `infer` answers `outputs`: classification `probabilities` (FP32 [n, k]) and `label` (BYTES
 [n]); regression `prediction` (FP32 [n]).
 """
@@ -11,10 +12,13 @@ v2 `infer` answers `outputs`: classification `probabilities` (FP32 [n, k]) and `
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from neuraxis.workloads.artifact import Signature
 from neuraxis.workloads.serve.validation import InvalidInputError
+
+if TYPE_CHECKING:
+    from neuraxis.workloads.explain import Baseline, Explanation
 
 
 def check_finite_outputs(outputs: list[Any], row_field: str) -> None:
@@ -104,4 +108,49 @@ def v2_metadata(name: str, signature: Signature, digest: str) -> dict[str, Any]:
             "classes": signature.classes,
             "digest": digest,
         },
+    }
+
+
+def explain_response(
+    name: str, signature: Signature, baseline: Baseline, explanation: Explanation
+) -> dict[str, Any]:
+    """Per instance: `attributions` by feature name (they sum to `output - baseline_output` up
+    to `convergence_delta`), the `prediction`, the class explained (`target`, classification)
+    and the explained `output` (that class's probability, or the regression prediction)."""
+    from neuraxis.workloads.explain import METHOD, N_STEPS
+
+    names = signature.feature_names
+    explanations = []
+    for i, attributions in enumerate(explanation.attributions):
+        values = [float(v) for v in attributions]
+        if not all(math.isfinite(v) for v in values):
+            raise InvalidInputError(
+                f"instances[{i}]", "the attributions are not finite for this input", status=422
+            )
+        item: dict[str, Any] = {
+            "attributions": dict(zip(names, values, strict=True)),
+            "output": float(explanation.outputs[i]),
+            "baseline_output": float(explanation.baseline_outputs[i]),
+            "convergence_delta": float(explanation.deltas[i]),
+        }
+        if explanation.targets is not None:
+            target = explanation.targets[i]
+            label = signature.classes[target] if signature.classes else target
+            item.update(prediction=label, target=label)
+        else:
+            item["prediction"] = float(explanation.outputs[i])
+        explanations.append(item)
+    explained = "probability of target" if signature.task == "classification" else "prediction"
+    return {
+        "model_name": name,
+        "model_version": signature.model_version,
+        "method": "integrated_gradients",
+        "n_steps": N_STEPS,
+        "integration": METHOD,
+        "explained_output": explained,
+        "baseline": {
+            "kind": baseline.kind,
+            "values": dict(zip(names, baseline.values, strict=True)),
+        },
+        "explanations": explanations,
     }

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from neuraxis.workloads.drift import DEFAULT_WINDOW, DriftWindow
 from neuraxis.workloads.serve.batcher import Batcher
 from neuraxis.workloads.serve.metrics import ServeMetrics
 from neuraxis.workloads.serve.model_loader import LoadedModel
@@ -30,6 +31,7 @@ class BatchingConfig:
 class ModelRuntime:
     model: LoadedModel
     batcher: Batcher[Any]
+    drift: DriftWindow | None = None  # None when the artifact has no training profile
 
 
 def _batch_runner(
@@ -55,10 +57,12 @@ class ModelSlot:
         batching: BatchingConfig,
         metrics: ServeMetrics,
         on_predictions: PredictionHook | None = None,
+        drift_window: int = DEFAULT_WINDOW,
     ):
         self.batching = batching
         self.metrics = metrics
         self.on_predictions = on_predictions
+        self.drift_window = drift_window
         self.current: ModelRuntime | None = None
 
     async def install(self, model: LoadedModel) -> None:
@@ -70,11 +74,23 @@ class ModelSlot:
             on_batch=self.metrics.batch_size.observe,
         )
         batcher.start()
-        previous, self.current = self.current, ModelRuntime(model, batcher)
+        drift = DriftWindow(model.profile, self.drift_window) if model.profile else None
+        previous, self.current = self.current, ModelRuntime(model, batcher, drift)
         self.metrics.set_model(model.name, model.version, model.digest)
+        self.metrics.clear_drift()
         log.info("serving %s version %s (%s)", model.name, model.version, model.digest)
         if previous is not None:
             await previous.batcher.stop()
+
+    def observe_served(self, runtime: ModelRuntime, rows: list[list[float]]) -> None:
+        """Add predicted rows to the runtime's drift window; export PSI once it is full. Runs
+        on the event loop (the window is not shared with worker threads)."""
+        if runtime.drift is None:
+            return
+        runtime.drift.observe(rows)
+        values = runtime.drift.psi()
+        if values is not None and runtime is self.current:  # a swapped-out model stays silent
+            self.metrics.set_drift(runtime.model.name, values)
 
     async def close(self) -> None:
         if self.current is not None:

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from neuraxis.workloads.artifact import FeatureSpec, Signature
+from neuraxis.workloads.drift import PROFILE, TrainingProfile, profile_bytes
 from neuraxis.workloads.train.models import ModelConfig, TrainableModel, build_model, serving_module
 
 
@@ -55,9 +56,11 @@ def artifact_files(
     cfg: ModelConfig,
     signature: Signature,
     training: dict[str, Any],
+    profile: TrainingProfile | None = None,
 ) -> dict[str, bytes]:
     """The artifact's files. `training` (lineage, history, hyperparameters, trials) travels in
-    model.pt's config so evaluation and the model card need nothing but the artifact."""
+    model.pt's config so evaluation and the model card need nothing but the artifact; `profile`
+    (the training rows' feature distribution, see workloads/drift.py) becomes profile.json."""
     weights = io.BytesIO()
     cpu_state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     torch.save(
@@ -71,11 +74,14 @@ def artifact_files(
         },
         weights,
     )
-    return {
+    files = {
         "model.pt": weights.getvalue(),
         "model.ts": torchscript_bytes(serving_module(model, signature.task), cfg.n_features),
         "signature.json": (signature.model_dump_json(indent=2) + "\n").encode(),
     }
+    if profile is not None:
+        files[PROFILE] = profile_bytes(profile)
+    return files
 
 
 def load_weights(data: bytes) -> tuple[TrainableModel, dict[str, Any]]:

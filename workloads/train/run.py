@@ -192,6 +192,7 @@ def run_training(
             else None,
             "codeVersion": code_version(),
         }
+        from neuraxis.workloads.drift import build_profile
         from neuraxis.workloads.train.export import artifact_files, build_signature
 
         signature = build_signature(
@@ -205,7 +206,14 @@ def run_training(
         ref = write_artifact(
             lake,
             artifact_folder(job, namespace, run_id),
-            artifact_files(outcome.model, cfg, signature, training_meta),
+            artifact_files(
+                outcome.model,
+                cfg,
+                signature,
+                training_meta,
+                # The drift reference: the rows the model was fitted on (not validation or test).
+                profile=build_profile(data.features, data.train_x.numpy()),
+            ),
         )
         best = training_meta["bestTrial"]
         result: dict[str, Any] = {
