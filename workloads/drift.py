@@ -95,6 +95,12 @@ def read_profile_file(lake: Lake, folder: str) -> bytes | None:
     return read_verified(lake, folder, [PROFILE])[PROFILE]
 
 
+def profile_files(lake: Lake, folder: str) -> dict[str, bytes]:
+    """`{profile.json: bytes}` to copy into a bundle built from `folder`, or {} without one."""
+    data = read_profile_file(lake, folder)
+    return {} if data is None else {PROFILE: data}
+
+
 def read_profile(lake: Lake, folder: str) -> TrainingProfile | None:
     data = read_profile_file(lake, folder)
     return None if data is None else parse_profile(data)
