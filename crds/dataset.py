@@ -331,19 +331,61 @@ class DatasetSpec(ApiModel):
 class ColumnSchema(ApiModel):
     """One column of the written table."""
 
-    name: str = Field(max_length=256)
-    type: str = Field(max_length=256)
-    pii: list[str] = Field(default_factory=list, max_length=16, description="PII tags.")
+    name: str = Field(max_length=256, description="Column name.")
+    type: str = Field(max_length=256, description="Spark SQL type, e.g. double, string.")
+    pii: list[str] = Field(
+        default_factory=list,
+        max_length=16,
+        description="PII tags (spec.privacy tags of a masked column, kept in the Delta metadata).",
+    )
 
 
 class QualityResult(ApiModel):
     """Outcome of one expectation on the last run."""
 
-    rule: str = Field(max_length=64)
-    column: str | None = Field(default=None, max_length=1024)
-    passed: bool
-    failed_rows: int = Field(default=0, ge=0)
+    rule: str = Field(max_length=64, description="The expectation's rule, e.g. notNull.")
+    column: str | None = Field(
+        default=None, max_length=1024, description="Its column (columns joined by commas)."
+    )
+    passed: bool = Field(description="Whether the expectation held.")
+    failed_rows: int = Field(default=0, ge=0, description="Rows that broke it.")
     observed: str | None = Field(default=None, max_length=1024, description="Observed value.")
+
+
+class DatasetInput(ApiModel):
+    """One input the last run read: a raw source or an upstream Dataset's table version."""
+
+    uri: str = Field(max_length=2048, description="Where it was read (builtin:// for built-ins).")
+    dataset: str | None = Field(
+        default=None, max_length=253, description="The upstream Dataset (spec.source.from)."
+    )
+    version: int | None = Field(default=None, ge=0, description="The table version read.")
+    digest: str | None = Field(
+        default=None,
+        max_length=128,
+        description="Content digest recorded in that version's commit (upstream Datasets).",
+    )
+
+
+class DatasetLineage(Lineage):
+    """This Dataset's version and digest, the inputs it was built from, and the raw sources at
+    the root of the chain."""
+
+    inputs: list[DatasetInput] = Field(
+        default_factory=list, max_length=16, description="What the last run read."
+    )
+
+
+class StatusTruncation(ApiModel):
+    """The status lists were cut to fit the workload's 4 KiB termination message (each keeps its
+    first entries): the full counts, and the run's full result."""
+
+    columns: int = Field(ge=0, description="Columns in the table (status.schema lists a prefix).")
+    expectations: int = Field(ge=0, description="Expectations judged (status.quality: a prefix).")
+    inputs: int = Field(ge=0, description="Inputs read (status.lineage.inputs: a prefix).")
+    result_uri: str | None = Field(
+        default=None, max_length=2048, description="The run's result.json with every entry."
+    )
 
 
 class DatasetStatus(StatusBase):
@@ -356,12 +398,25 @@ class DatasetStatus(StatusBase):
     rows: int | None = Field(default=None, ge=0, description="Rows in that version.")
     quarantined_rows: int | None = Field(default=None, ge=0, description="Rows sent to quarantine.")
     quality_passed: bool | None = Field(default=None, description="Whether every expectation held.")
-    quality: list[QualityResult] = Field(default_factory=list, max_length=128)
-    table_schema: list[ColumnSchema] = Field(default_factory=list, max_length=1024, alias="schema")
-    table: Artifact | None = Field(
-        default=None, description="The table location and content digest."
+    quality: list[QualityResult] = Field(
+        default_factory=list, max_length=128, description="Each expectation's result, in order."
     )
-    lineage: Lineage | None = None
+    table_schema: list[ColumnSchema] = Field(
+        default_factory=list,
+        max_length=1024,
+        alias="schema",
+        description="The table's columns: name, type, PII tags.",
+    )
+    table: Artifact | None = Field(
+        default=None,
+        description="The table location and the content digest recorded in the version's commit.",
+    )
+    lineage: DatasetLineage | None = Field(
+        default=None, description="This version, its digest, its inputs and raw sources."
+    )
+    truncated: StatusTruncation | None = Field(
+        default=None, description="Set when schema, quality or inputs list only a prefix."
+    )
     last_run_time: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
 
 

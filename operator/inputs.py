@@ -83,7 +83,10 @@ def resolve_dataset_ref(ref: DatasetRef, namespace: str, store: Store) -> Resolv
             f"Dataset {ref.name} has no version {version} yet (latest {latest})",
         )
     table = status.get("table") or {}
-    return ResolvedDataset(ref.name, int(version), table.get("uri"), table.get("digest"))
+    # The status's digest is the latest version's; an older pinned version's digest is in its
+    # Delta commit, which the training run reads and reports.
+    digest = table.get("digest") if version == latest else None
+    return ResolvedDataset(ref.name, int(version), table.get("uri"), digest)
 
 
 def registered_name(tj: TrainingJob) -> str | None:

@@ -6,7 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import ValidationError
+
 from neuraxis.crds.common import RUNS_KEPT
+from neuraxis.crds.dataset import DatasetStatus
 from neuraxis.operator import conditions as cond
 from neuraxis.workloads.result import now_rfc3339
 
@@ -84,6 +87,7 @@ def dataset_outcome(result: Obj, table_uri: str) -> Draft:
         "qualityPassed": passed,
         # The table's place follows the lake layout; the workload reports its content digest.
         "table": {"uri": table_uri, "digest": result.get("digest")},
+        **_dataset_details(result),
     }
     quality_message = (
         "every expectation held" if passed else str(result.get("message") or "quality rules failed")
@@ -104,11 +108,28 @@ def dataset_outcome(result: Obj, table_uri: str) -> Draft:
     )
 
 
+def _dataset_details(result: Obj) -> Obj:
+    """The schema, expectation results, lineage and truncation hint of an ETL result, as the
+    status model accepts them (bounded by the workload to fit its termination message); none
+    of them if the result does not validate, rather than a status the API server refuses."""
+    details = {k: result[k] for k in ("schema", "quality", "lineage", "truncated") if k in result}
+    if "truncated" in details and result.get("resultUri"):
+        details["truncated"] = {**details["truncated"], "resultUri": result["resultUri"]}
+    try:
+        wire = DatasetStatus.model_validate(details).to_wire()
+    except ValidationError:
+        return {}
+    return {k: wire[k] for k in details if k in wire}
+
+
 def training_outcome(result: Obj, lineage: Obj, inputs: Condition) -> Draft:
     if result.get("outcome") != "Succeeded":
         draft = failed(result, "TrainingFailed", "training failed")
         draft.conditions.append(inputs)
         return draft
+    if result.get("datasetDigest"):
+        # What the run read, from the commit of the version it read (the Dataset's one digest).
+        lineage = {**lineage, "datasetDigest": result["datasetDigest"]}
     fields: Obj = {"lineage": lineage, "metrics": result.get("metrics") or {}}
     if (result.get("artifact") or {}).get("uri"):
         fields["artifact"] = result["artifact"]

@@ -83,6 +83,12 @@ def _node(store: Store, body: dict[str, Any], namespace: str) -> Node:
             f"version {status.get('version')}",
             f"digest {_short(table.get('digest'))}",
         ]
+        for read in lineage.get("inputs") or []:
+            if read.get("dataset"):
+                node.details.append(
+                    f"read Dataset {read['dataset']} version {read.get('version')}"
+                    f" ({_short(read.get('digest'))})"
+                )
         source = spec.get("source") or {}
         if source.get("from"):
             parent("Dataset", (source["from"].get("datasetRef") or {}).get("name"))

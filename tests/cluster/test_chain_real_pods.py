@@ -198,6 +198,7 @@ def test_smart_manufacturing_chain_runs_on_real_pods(
         _check_datasets(cluster, ns, node_lake, op)
         row = _check_training(cluster, ns, site_node, node_lake, op)
         _check_serving(cluster, ns, workload_image, row, op)
+        _check_card_lineage(cluster, ns, node_lake)
         _check_edge(cluster, ns, site_node, workload_image, row, node_lake, op)
 
 
@@ -221,6 +222,18 @@ def _check_datasets(cluster: Cluster, ns: str, node_lake: NodeLake, op: Operator
         table = DeltaTable(uri, storage_options=lake.storage_options())
         assert table.version() == ds["status"]["version"]
         assert table.to_pyarrow_table().num_rows == ds["status"]["rows"] > 0
+    # The status as promised: schema with PII tags, expectation results, lineage inputs.
+    readings = get(cluster, "datasets", "sensor-readings", ns)["status"]  # type: ignore[index]
+    features = get(cluster, "datasets", "sensor-features", ns)["status"]  # type: ignore[index]
+    pii = {c["name"]: c["pii"] for c in readings["schema"]}
+    assert "email" in pii["operator_email"], readings["schema"]
+    assert readings["quality"] and all("failedRows" in q for q in readings["quality"])
+    [upstream] = features["lineage"]["inputs"]
+    assert (upstream["dataset"], upstream["version"], upstream["digest"]) == (
+        "sensor-readings",
+        readings["version"],
+        readings["table"]["digest"],
+    )
 
 
 def _check_training(
@@ -275,6 +288,21 @@ def _check_serving(
     out = _run_client_pod(cluster, ns, image, "predict-client", _predict_script(url, [row, row]))
     body = json.loads(out.strip().splitlines()[-1])
     assert len(body["predictions"]) == 2
+
+
+def _check_card_lineage(cluster: Cluster, ns: str, node_lake: NodeLake) -> None:
+    """From the ModelVersion's card to the Dataset status: one version, one digest."""
+    mv = get(cluster, "modelversions", "anomaly-detector-v1", ns)
+    assert mv is not None
+    folder = mv["status"]["cardUri"].removeprefix(node_lake.server.lake_uri + "/")
+    card = json.loads(node_lake.client().read_bytes(folder.rsplit("/", 1)[0] + "/card.json"))
+    seen = card["lineage"]["dataset"]
+    ds = get(cluster, "datasets", seen["name"], ns)
+    assert ds is not None
+    assert (seen["version"], seen["digest"]) == (
+        ds["status"]["version"],
+        ds["status"]["table"]["digest"],
+    )
 
 
 def _check_edge(

@@ -97,6 +97,24 @@ def test_features_derive_from_the_readings_table(chain: Chain) -> None:
     assert f.lineage().dataset_digest == f.digest
 
 
+def test_training_reads_the_digest_the_etl_recorded(chain: Chain, spark: SparkSession) -> None:
+    from neuraxis.workloads.train.data import read_table
+
+    for result in (chain.readings, chain.features):
+        uri = chain.lake.spark_uri(f"tables/{NS}/{result.dataset}")
+        # Recorded once, before the commit, and it is the content of the version committed.
+        written = delta_io.read_version(spark, uri, result.version)
+        assert delta_io.content_digest(written) == (result.rows, result.digest)
+    data = read_table(
+        chain.lake, NS, "sensor-features", label="failure", task="classification", features=[]
+    )
+    assert data.lineage is not None
+    assert (data.lineage.version, data.lineage.digest) == (
+        chain.features.version,
+        chain.features.digest,
+    )
+
+
 def test_quarantine_table_holds_the_failed_rows_and_their_rules(
     chain: Chain, spark: SparkSession
 ) -> None:

@@ -15,6 +15,7 @@ import pytest
 from deltalake import DeltaTable, write_deltalake
 
 from neuraxis.lake import Lake
+from neuraxis.workloads.etl import delta_io
 from neuraxis.workloads.etl.privacy import REDACTED
 from neuraxis.workloads.etl.run import run_etl
 from tests.etl.conftest import dataset_from
@@ -110,6 +111,12 @@ def test_append_mode_adds_a_version(spark: SparkSession, lake: Lake, tmp_path: P
     second = _run(spark, lake, spec, "a2")
     assert (first.version, first.rows) == (0, 4)
     assert (second.version, second.rows) == (1, 8)
+    # The digest recorded before each commit is the content of the whole version it made.
+    uri = lake.spark_uri(f"tables/{NS}/ds")
+    for result in (first, second):
+        assert result.version is not None
+        written = delta_io.read_version(spark, uri, result.version)
+        assert delta_io.content_digest(written) == (result.rows, result.digest)
     emails = {r["email"] for r in DeltaTable(second.table_uri).to_pyarrow_table().to_pylist()}
     assert emails == {"ada", "ala", "gra"}
     assert Path(lake.local_path(f"tables/{NS}/ds/id=1")).is_dir()

@@ -13,6 +13,7 @@ from neuraxis.lake import Lake
 from neuraxis.local.lineage import build, chain, to_mermaid, to_png
 from neuraxis.local.runner import Outcome, Runner, load_entries
 from neuraxis.local.state import LocalStore
+from neuraxis.operator.inputs import CR_VERSION
 from tests.conftest import EXAMPLES
 
 pytestmark = pytest.mark.engine
@@ -52,6 +53,21 @@ def _phases(outcomes: dict[str, Outcome]) -> dict[str, str]:
     return {key: o.phase for key, o in outcomes.items()}
 
 
+def _follow_card_to_dataset(home: Path, model_version: dict[str, Any]) -> dict[str, Any]:
+    """From a ModelVersion's card to its Dataset's recorded status: the card names the dataset
+    version and digest, and they are the status's (one digest). The Dataset status."""
+    lake = Lake(str(home / "lake"))
+    card_json = lake.relative(model_version["cardUri"]).rsplit("/", 1)[0] + "/card.json"
+    seen = lake.read_json(card_json)["lineage"]["dataset"]
+    body = LocalStore(home / "state").get(CR_VERSION, "Dataset", "default", seen["name"])
+    assert body is not None, seen
+    status = body["status"]
+    assert seen["version"] == status["version"]
+    assert seen["digest"] == status["table"]["digest"] == status["lineage"]["datasetDigest"]
+    assert str(seen["digest"]).startswith("sha256:")
+    return dict(status)
+
+
 def test_healthcare_chain_lineage_and_rerun(home: Path, tmp_path: Path) -> None:
     folder = _copy_example("smart-healthcare", tmp_path, {"diagnosis-train": {"model.epochs": 8}})
     first = _run(folder, home)
@@ -78,6 +94,17 @@ def test_healthcare_chain_lineage_and_rerun(home: Path, tmp_path: Path) -> None:
     assert to_png(root, tmp_path / "lineage.png").stat().st_size > 1000
     card = Lake(str(home / "lake"))
     assert "Dataset" in card.read_bytes(card.relative(mv["cardUri"])).decode()
+    assert _follow_card_to_dataset(home, mv) == dataset
+    assert tj["lineage"]["datasetDigest"] == dataset["table"]["digest"]
+    # The status as promised: the schema, each expectation's result, the lineage inputs.
+    assert "mean_radius" in {c["name"] for c in dataset["schema"]}
+    assert [(q["rule"], q["passed"], q["failedRows"]) for q in dataset["quality"]] == [
+        ("notNull", True, 0),
+        ("allowedValues", True, 0),
+        ("range", True, 0),
+        ("rowCount", True, 0),
+    ]
+    assert dataset["lineage"]["inputs"] == [{"uri": "builtin://breast-cancer"}]
 
     second = _run(folder, home)
     assert all(o.skipped for o in second.values()), _phases(second)
@@ -106,10 +133,36 @@ def test_manufacturing_chain_with_tuning_and_masking(home: Path, tmp_path: Path)
         "dataset": "sensor-features",
         "datasetVersion": features["version"],
     }
+    readings = outcomes["Dataset/sensor-readings"].status
+    assert _follow_card_to_dataset(home, outcomes["ModelVersion/anomaly-detector-v1"].status) == (
+        features
+    )
+    # A Ready Dataset's status: the schema with PII tags, each expectation with its failed rows,
+    # and the lineage inputs with their versions and digests.
+    columns = {c["name"]: c for c in readings["schema"]}
+    assert columns["operator_email"]["pii"] == ["email", "person"]
+    assert columns["temperature"] == {"name": "temperature", "type": "double", "pii": []}
+    by_rule = {(q["rule"], q.get("column")): q for q in readings["quality"]}
+    assert set(by_rule) == {("notNull", "machine_id"), ("rowCount", None)}
+    assert by_rule[("notNull", "machine_id")]["failedRows"] > 0
+    assert (
+        not by_rule[("notNull", "machine_id")]["passed"] and by_rule[("rowCount", None)]["passed"]
+    )
+    assert readings["lineage"]["inputs"] == [{"uri": "builtin://sensors?rows=1500&seed=7"}]
+    assert features["lineage"]["inputs"] == [
+        {
+            "uri": readings["table"]["uri"],
+            "dataset": "sensor-readings",
+            "version": readings["version"],
+            "digest": readings["table"]["digest"],
+        }
+    ]
+    assert "truncated" not in readings and "truncated" not in features
     root = build(LocalStore(home / "state"), "EdgeDeployment", "anomaly-detector-plants", "default")
     assert [n.kind for n in chain(root)] == [
         "EdgeDeployment", "ModelVersion", "TrainingJob", "Dataset", "Dataset", "Source",
     ]  # fmt: skip
+    assert f"read Dataset sensor-readings version {readings['version']}" in to_mermaid(root)
 
 
 def test_broken_resource_stops_dependents_only(home: Path, tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import yaml
 
@@ -18,9 +19,6 @@ def write_table(
     lake: Lake, name: str, rows: int = 400, seed: int = 0, mode: str = "overwrite"
 ) -> None:
     """A separable classification table: failure = 1 when temperature + vibration > 0."""
-    import pyarrow as pa
-    from deltalake import write_deltalake
-
     rng = np.random.default_rng(seed)
     temperature = rng.normal(size=rows)
     vibration = rng.normal(size=rows)
@@ -34,7 +32,31 @@ def write_table(
             "failure": (temperature + vibration > 0).astype(np.int64),
         }
     )
-    write_deltalake(lake.uri(Lake.table_path(NAMESPACE, name)), table, mode="overwrite")
+    write_delta(lake, name, table, mode)
+
+
+def write_delta(
+    lake: Lake, name: str, table: pa.Table, mode: str = "overwrite", digest: bool = True
+) -> None:
+    """Commit `table` as a Dataset run does: the commit records the version's content digest
+    (training takes it from there). Here a stand-in: sha256 of the Arrow data of this commit."""
+    import hashlib
+    import json
+
+    from deltalake import CommitProperties, write_deltalake
+
+    meta = {"neuraxisRun": "test"}
+    if digest:
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table)
+        meta["digest"] = "sha256:" + hashlib.sha256(sink.getvalue().to_pybytes()).hexdigest()
+    write_deltalake(
+        lake.uri(Lake.table_path(NAMESPACE, name)),
+        table,
+        mode=mode,  # type: ignore[arg-type]
+        commit_properties=CommitProperties(custom_metadata={"userMetadata": json.dumps(meta)}),
+    )
 
 
 def training_job(name: str = "detector-train", **spec: Any) -> dict[str, Any]:

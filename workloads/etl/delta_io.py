@@ -4,7 +4,9 @@ digest that depends on the data only (not on file layout, partitioning or row or
 Atomicity is Delta's: data files are written first and are invisible until the commit file
 `_delta_log/<version>.json` is created (put-if-absent), so a writer killed mid-way leaves the
 previous version as the latest, intact. Every commit carries a JSON `userMetadata` naming the run
-that wrote it and the raw sources at the root of its lineage, which derived datasets propagate."""
+that wrote it and the raw sources at the root of its lineage, which derived datasets propagate. A
+Dataset table's commit also records the content digest and row count of the version it creates:
+the one dataset digest every reader (training, evaluation, cards, lineage) takes from there."""
 
 from __future__ import annotations
 
@@ -20,6 +22,8 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
 RUN_KEY = "neuraxisRun"
+DIGEST_KEY = "digest"  # read by workloads/train/data.py (delta-rs), keep the names in step
+ROWS_KEY = "rows"
 DIGEST_CHUNKS = 8  # a sha256 hex digest as 8 x 32-bit words
 _NOT_A_TABLE = ("DELTA_TABLE_ONLY_OPERATION", "DELTA_TABLE_NOT_FOUND", "DELTA_MISSING_DELTA_TABLE")
 
@@ -41,9 +45,26 @@ class Commit:
     def sources(self) -> list[str]:
         return [str(s) for s in self.metadata.get("sources", [])]
 
+    @property
+    def digest(self) -> str | None:
+        value = self.metadata.get(DIGEST_KEY)
+        return str(value) if value else None
 
-def commit_metadata(run_id: str, sources: Sequence[str]) -> str:
-    return json.dumps({RUN_KEY: run_id, "sources": list(sources)}, sort_keys=True)
+    @property
+    def rows(self) -> int | None:
+        value = self.metadata.get(ROWS_KEY)
+        return int(value) if isinstance(value, int) else None
+
+
+def commit_metadata(
+    run_id: str, sources: Sequence[str], *, digest: str | None = None, rows: int | None = None
+) -> str:
+    """The commit's userMetadata; `digest` and `rows` describe the whole table version it makes."""
+    doc: dict[str, Any] = {RUN_KEY: run_id, "sources": list(sources)}
+    if digest is not None:
+        doc[DIGEST_KEY] = digest
+        doc[ROWS_KEY] = rows
+    return json.dumps(doc, sort_keys=True)
 
 
 def parse_commit_metadata(text: str | None) -> dict[str, Any]:

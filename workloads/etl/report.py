@@ -4,13 +4,19 @@ termination message."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from neuraxis.crds.common import Artifact, Lineage
-from neuraxis.crds.dataset import ColumnSchema, QualityResult
+from neuraxis.crds.common import Artifact
+from neuraxis.crds.dataset import ColumnSchema, DatasetInput, DatasetLineage, QualityResult
+from neuraxis.workloads.result import TERMINATION_MESSAGE_LIMIT
 
 Outcome = Literal["Succeeded", "Failed"]
+# Bytes of the termination message left for `resultUri`, which publish_result adds.
+RESULT_URI_RESERVE = 640
+# ... and for the `truncated` counts (three integers of at most 7 digits, with their keys).
+TRUNCATION_HINT_RESERVE = 96
 
 
 @dataclass(frozen=True)
@@ -36,6 +42,8 @@ class EtlResult:
     quarantine_version: int | None = None
     input_uri: str | None = None
     input_version: int | None = None
+    input_dataset: str | None = None
+    input_digest: str | None = None
     sources: tuple[str, ...] = ()
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -43,12 +51,25 @@ class EtlResult:
     def succeeded(self) -> bool:
         return self.outcome == "Succeeded"
 
-    def lineage(self) -> Lineage:
-        return Lineage(
+    def inputs(self) -> list[DatasetInput]:
+        if self.input_uri is None:
+            return []
+        return [
+            DatasetInput(
+                uri=self.input_uri,
+                dataset=self.input_dataset,
+                version=self.input_version,
+                digest=self.input_digest,
+            )
+        ]
+
+    def lineage(self) -> DatasetLineage:
+        return DatasetLineage(
             dataset=self.dataset,
             dataset_version=self.version,
             dataset_digest=self.digest,
             sources=list(self.sources),
+            inputs=self.inputs(),
         )
 
     def to_result(self) -> dict[str, Any]:
@@ -80,8 +101,12 @@ class EtlResult:
         return out
 
     def to_compact(self) -> dict[str, Any]:
-        """The termination message (at most 4096 bytes once publish adds resultUri)."""
-        return {
+        """The termination message (at most 4096 bytes once publish adds resultUri).
+
+        A succeeded run also carries what the Dataset status shows: the lineage, then each
+        expectation's result, then the schema, each list cut to the first entries that fit (a
+        deterministic prefix) and `truncated` giving the full counts when any was cut."""
+        out: dict[str, Any] = {
             "outcome": self.outcome,
             "reason": self.reason,
             "message": self.message[:1024],
@@ -91,3 +116,40 @@ class EtlResult:
             "qualityPassed": self.quality_passed,
             "digest": self.digest,
         }
+        if not self.succeeded:
+            return out
+        lineage = self.lineage().to_wire()
+        inputs, sources = lineage.pop("inputs", []), lineage.pop("sources", [])
+        lineage.update(inputs=[], sources=[])
+        out.update(lineage=lineage, quality=[], schema=[])
+        budget = TERMINATION_MESSAGE_LIMIT - RESULT_URI_RESERVE - TRUNCATION_HINT_RESERVE
+        lists = (
+            (lineage["inputs"], inputs),
+            (out["quality"], [q.to_wire() for q in self.quality]),
+            (out["schema"], [c.to_wire() for c in self.schema]),
+            (lineage["sources"], sources),
+        )
+        complete = [_fill(out, target, items, budget) for target, items in lists]
+        if not all(complete):
+            out["truncated"] = {
+                "columns": len(self.schema),
+                "expectations": len(self.quality),
+                "inputs": len(inputs),
+            }
+        return out
+
+
+def _wire(doc: dict[str, Any]) -> bytes:
+    """As compact_json serialises the message."""
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _fill(doc: dict[str, Any], target: list[Any], items: list[Any], budget: int) -> bool:
+    """Append `items` to `target` (a list inside `doc`) while `doc` stays within `budget`
+    bytes; whether all of them fit. Stops at the first that does not: a prefix, never holes."""
+    for item in items:
+        target.append(item)
+        if len(_wire(doc)) > budget:
+            target.pop()
+            return False
+    return True

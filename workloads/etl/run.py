@@ -120,10 +120,12 @@ def _commit_once(
     *,
     mode: str,
     partition_by: list[str],
-    metadata: str,
+    metadata: Callable[[], str],
     overwrite_schema: bool,
-) -> int:
-    """Write `df` as one Delta commit unless this run already made one; the version."""
+) -> delta_io.Commit:
+    """Write `df` as one Delta commit unless this run already made one; that commit.
+
+    `metadata` is called only when this run writes (it may compute the content digest)."""
     done = delta_io.find_run_commit(spark, uri, run_id)
     if done is None:
         delta_io.write_table(
@@ -131,13 +133,46 @@ def _commit_once(
             uri,
             mode=mode,
             partition_by=partition_by,
-            metadata=metadata,
+            metadata=metadata(),
             overwrite_schema=overwrite_schema,
         )
         done = delta_io.find_run_commit(spark, uri, run_id)
     if done is None:
         raise EtlError("WriteFailed", f"{uri}: the commit of run {run_id} is not in the history")
-    return done.version
+    return done
+
+
+def _content_after_commit(
+    spark: SparkSession, df: DataFrame, uri: str, mode: str
+) -> tuple[DataFrame, int | None]:
+    """What the table version about to be committed holds, and the version it appends to.
+
+    Overwrite: `df` itself. Append: the latest version plus `df` (columns merged as Delta's
+    mergeSchema does: existing ones first, new ones after, absent values null)."""
+    if mode != "append":
+        return df, None
+    latest = delta_io.latest_version(spark, uri)
+    if latest is None:
+        return df, None
+    current = delta_io.read_version(spark, uri, latest)
+    return current.unionByName(df, allowMissingColumns=True), latest
+
+
+def _digest_metadata(
+    spark: SparkSession,
+    df: DataFrame,
+    uri: str,
+    mode: str,
+    run_id: str,
+    sources: tuple[str, ...],
+    appends_to: list[int | None],
+) -> str:
+    """The table commit's userMetadata: the run, the root sources, and the content digest and
+    row count of the version the commit creates (computed once, here, before the write)."""
+    content, latest = _content_after_commit(spark, df, uri, mode)
+    appends_to.append(latest)
+    rows, digest = delta_io.content_digest(content)
+    return delta_io.commit_metadata(run_id, sources, digest=digest, rows=rows)
 
 
 def run_etl(
@@ -277,14 +312,14 @@ def _process(
     quality.check_patterns(spark, plan)
     masks = privacy.plan_masks(spec.privacy, df.schema, salt)
     annotated = quality.annotate(df, plan)
-    cached = False
+    # The gate's pass, the digest and the writes read the same rows: compute them once (the
+    # digest in the commit must describe exactly the rows committed, even if a transform is not
+    # deterministic).
+    annotated = annotated.persist(StorageLevel.MEMORY_AND_DISK)
     try:
         if plan.empty:
             verdict = quality.no_quality_verdict()
         else:
-            # The gate's pass and the writes read the same rows: compute them once.
-            annotated = annotated.persist(StorageLevel.MEMORY_AND_DISK)
-            cached = True
             verdict = quality.judge(plan, quality.measure(annotated, plan), started)
         timings["quality"] = time.monotonic() - t
         if not verdict.write:
@@ -306,30 +341,43 @@ def _process(
                 run_id,
                 mode="append",
                 partition_by=[],
-                metadata=metadata,
+                metadata=lambda: metadata,
                 overwrite_schema=False,
-            )
+            ).version
         good = masked.filter(~failed_rows) if plan.on_failure == "Quarantine" else masked
+        good = good.drop(quality.FAILED_RULES)
         table_uri = lake.spark_uri(lake.table_path(namespace, dataset.metadata.name))
-        version = _commit_once(
+        mode = spec.output.mode
+        appends_to: list[int | None] = []
+        commit = _commit_once(
             spark,
-            good.drop(quality.FAILED_RULES),
+            good,
             table_uri,
             run_id,
-            mode=spec.output.mode,
+            mode=mode,
             partition_by=list(spec.output.partition_by),
-            metadata=metadata,
-            overwrite_schema=spec.output.mode == "overwrite",
+            metadata=lambda: _digest_metadata(
+                spark, good, table_uri, mode, run_id, src.root_sources, appends_to
+            ),
+            overwrite_schema=mode == "overwrite",
         )
         timings["write"] = time.monotonic() - t
     finally:
-        if cached:
-            annotated.unpersist()
+        annotated.unpersist()
 
-    t = time.monotonic()
+    version, rows, digest = commit.version, commit.rows, commit.digest
+    if digest is None or rows is None:
+        raise EtlError("WriteFailed", f"{table_uri}: commit {version} records no content digest")
+    if appends_to and appends_to[0] is not None and version != appends_to[0] + 1:
+        # Another writer committed between our digest and our commit: the recorded digest
+        # describes a version that does not exist.
+        raise EtlError(
+            "ConcurrentWrite",
+            f"{table_uri}: version {version} was appended to version {version - 1}, "
+            f"not to version {appends_to[0]} whose content the digest covers",
+        )
+    # Schema only (with the PII tags Delta keeps in column metadata): no data is read.
     written = delta_io.read_version(spark, table_uri, version)
-    rows, digest = delta_io.content_digest(written)
-    timings["digest"] = time.monotonic() - t
     schema = _schema(written)
     table_rel = lake.table_path(namespace, dataset.metadata.name)
     inputs = [replace(src.dataset, fields=tuple(_fields(src.df)))]
@@ -353,6 +401,8 @@ def _process(
         quarantine_version=quarantine_version,
         input_uri=src.uri,
         input_version=src.version,
+        input_dataset=src.dataset_name,
+        input_digest=src.digest,
         sources=src.root_sources,
     )
     return result, inputs, outputs

@@ -36,6 +36,9 @@ class SourceRead:
     version: int | None
     # Raw sources at the root of the chain (for a derived dataset: its upstream's).
     root_sources: tuple[str, ...]
+    # An upstream Dataset: its name and the content digest recorded in the version read.
+    dataset_name: str | None = None
+    digest: str | None = None
 
 
 def spark_path(uri: str) -> str:
@@ -133,4 +136,12 @@ def _read_upstream(
         )
     )
     roots = tuple(commit.sources) or (f"{uri}@v{version}",)
-    return SourceRead(df=df, dataset=dataset, uri=uri, version=version, root_sources=roots)
+    return SourceRead(
+        df=df,
+        dataset=dataset,
+        uri=uri,
+        version=version,
+        root_sources=roots,
+        dataset_name=ref.name,
+        digest=commit.digest,
+    )

@@ -4,7 +4,6 @@ train/validation/test split that training and evaluation share."""
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Literal
 
@@ -116,7 +115,8 @@ def label_strings(values: pa.Array) -> npt.NDArray[np.str_]:
 
 @dataclass
 class DatasetLineage:
-    """Which data a model saw: the table, its version and a digest of that version's files."""
+    """Which data a model saw: the table, its version and the content digest its Dataset run
+    recorded for that version (the digest in the Dataset status)."""
 
     name: str
     uri: str
@@ -175,10 +175,31 @@ class TabularData:
         return {name: int(self.rows_in(code).sum()) for code, name in SPLIT_NAMES.items()}
 
 
-def table_digest(file_uris: list[str], version: int) -> str:
-    """Identity of a Delta table version: its version and data files (immutable in Delta)."""
-    listing = f"version {version}\n" + "".join(f"{u}\n" for u in sorted(file_uris))
-    return "sha256:" + hashlib.sha256(listing.encode()).hexdigest()
+def recorded_digest(uri: str, version: int, storage_options: dict[str, str] | None) -> str:
+    """The content digest the Dataset run recorded in the commit of `version` (its userMetadata,
+    written by workloads/etl/delta_io.py): the one digest of a table version, never recomputed.
+
+    The history is read from the latest snapshot: delta-rs numbers the history of a table
+    opened at an older version wrongly."""
+    import json
+
+    from deltalake import DeltaTable
+
+    for entry in DeltaTable(uri, storage_options=storage_options).history():
+        if entry.get("version") != version:
+            continue
+        try:
+            meta = json.loads(entry.get("userMetadata") or "{}")
+        except ValueError:
+            meta = {}
+        digest = meta.get("digest") if isinstance(meta, dict) else None
+        if isinstance(digest, str) and digest.startswith("sha256:"):
+            return digest
+        break
+    raise DataError(
+        f"{uri}: version {version} records no content digest in its commit "
+        "(only a table written by a Dataset run can be trained on)"
+    )
 
 
 def read_table(
@@ -253,7 +274,7 @@ def read_table(
         name=dataset,
         uri=uri,
         version=int(table.version()),
-        digest=table_digest(table.file_uris(), int(table.version())),
+        digest=recorded_digest(uri, int(table.version()), lake.storage_options()),
     )
     return TabularData(
         features=names,

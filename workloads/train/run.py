@@ -252,6 +252,7 @@ def run_training(
             "reason": "Trained",
             "metrics": final,
             "artifact": {"uri": ref.uri, "digest": ref.digest},
+            "datasetDigest": data.lineage.digest if data.lineage else None,
             "bestTrial": {k: best[k] for k in ("id", "metric", "hyperparameters")}
             if best
             else None,
