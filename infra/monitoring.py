@@ -28,6 +28,7 @@ PART_OF = {"app.kubernetes.io/part-of": "neuraxis"}
 GRAFANA_PORT = 3000
 NON_ROOT = {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
 LOCKED_DOWN = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+PSI_THRESHOLD = 0.2  # neuraxis.workloads.drift.PSI_THRESHOLD (tests/infra pins the two)
 
 
 @dataclass(frozen=True)
@@ -161,7 +162,8 @@ def monitor_manifests(ns: str, operator_namespace: str) -> list[dict[str, Any]]:
 
 
 def alert_rules(ns: str) -> dict[str, Any]:
-    """Alerts on reconcile errors, failed runs, quality-gate failures and serving latency."""
+    """Alerts on reconcile errors, failed runs, quality-gate failures, serving latency and errors,
+    and feature drift."""
 
     def rule(alert: str, expr: str, duration: str, severity: str, summary: str) -> dict[str, Any]:
         return {
@@ -209,6 +211,16 @@ def alert_rules(ns: str) -> dict[str, Any]:
             "/ sum by (namespace, pod) (rate(neuraxis_serve_requests_total[5m])) > 0.05",
             "10m", "critical",
             "more than 5% of requests to {{ $labels.namespace }}/{{ $labels.pod }} fail",
+        ),
+        rule(
+            # PSI > 0.2 is the usual "significant shift" (workloads/drift.py PSI_THRESHOLD); the
+            # server exports it once its window of served rows is full. 15m: a sustained shift,
+            # not one odd batch.
+            "NeuraxisFeatureDrift",
+            f"max by (namespace, model, feature) (neuraxis_feature_drift) > {PSI_THRESHOLD}",
+            "15m", "warning",
+            "feature {{ $labels.feature }} of {{ $labels.namespace }}/{{ $labels.model }} "
+            "drifted from its training profile (PSI {{ $value | printf \"%.2f\" }} > 0.2)",
         ),
     ]  # fmt: skip
     return {
