@@ -142,7 +142,7 @@ def global_attributions(
     rows = sample_rows(x)
     explanation = integrated_gradients(module, rows, baseline, task)
     attributions = explanation.attributions
-    features = [
+    features: list[dict[str, Any]] = [
         {
             "name": name,
             "meanAbs": float(np.abs(attributions[:, j]).mean()),
