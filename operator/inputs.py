@@ -133,6 +133,35 @@ def ensure_registered(tj: TrainingJob, status: Obj, store: Store) -> str | None:
     return name
 
 
+def pinned_artifact(mv: ModelVersion, status: Obj) -> tuple[str, str] | None:
+    """The (uri, digest) this ModelVersion pinned when it was evaluated for its generation,
+    else None. Once pinned it is what serving and bundles use (and verify), not whatever the
+    TrainingJob produced since."""
+    artifact = status.get("artifact") or {}
+    evaluated = (status.get("evaluation") or {}).get("passed") is not None
+    if (
+        evaluated
+        and status.get("observedGeneration") == mv.metadata.generation
+        and artifact.get("uri")
+        and artifact.get("digest")
+    ):
+        return str(artifact["uri"]), str(artifact["digest"])
+    return None
+
+
+def artifact_to_evaluate(mv: ModelVersion, store: Store) -> tuple[str, str | None, Obj]:
+    """The artifact URI, the digest it must have (spec.source.digest, or the one its training
+    run reported) and the lineage of the model's source."""
+    source = mv.spec.source
+    if source.uri is not None:
+        return source.uri, source.digest, {"modelVersion": mv.metadata.name}
+    uri, lineage = resolve_artifact(mv, store)
+    assert source.training_job_ref is not None
+    body = store.get(CR_VERSION, "TrainingJob", ns_of(mv), source.training_job_ref.name) or {}
+    digest = (status_of(body).get("artifact") or {}).get("digest")
+    return uri, str(digest) if digest else None, lineage
+
+
 def resolve_artifact(mv: ModelVersion, store: Store) -> tuple[str, Obj]:
     """The artifact URI and the lineage of the model's source."""
     source = mv.spec.source
@@ -180,6 +209,13 @@ def find_stable(mv: ModelVersion, store: Store) -> ModelVersion | None:
             assert isinstance(stable, ModelVersion)
             return stable
     return None
+
+
+def approved_artifact_digest(ed: EdgeDeployment, store: Store) -> str | None:
+    """The artifact digest the ModelVersion rolled out pinned (the bundle verifies it)."""
+    body = store.get(CR_VERSION, "ModelVersion", ns_of(ed), ed.spec.model_version_ref.name) or {}
+    digest = (status_of(body).get("artifact") or {}).get("digest")
+    return str(digest) if digest else None
 
 
 def resolve_approved_model(ed: EdgeDeployment, store: Store) -> tuple[str, str, Obj]:

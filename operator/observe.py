@@ -9,6 +9,7 @@ from neuraxis.workloads.result import read_compact_result
 
 RunState = Literal["Missing", "Active", "Suspended", "Succeeded", "Failed"]
 INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
+JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
 
 
 @dataclass(frozen=True)

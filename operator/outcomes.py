@@ -11,6 +11,8 @@ from pydantic import ValidationError
 from neuraxis.crds.common import RUNS_KEPT
 from neuraxis.crds.dataset import DatasetStatus
 from neuraxis.operator import conditions as cond
+from neuraxis.operator.observe import run_result
+from neuraxis.workloads.artifact import ARTIFACT_CHANGED
 from neuraxis.workloads.result import now_rfc3339
 
 Obj = dict[str, Any]
@@ -147,15 +149,37 @@ def evaluation_outcome(result: Obj) -> tuple[Draft | None, Obj]:
         "gates": result.get("gates") or [],
         "passed": bool(result["passed"]),
     }
+    # The artifact the evaluation verified and scored: its digest is pinned from now on.
+    artifact = result.get("artifact") or {}
+    pinned = (
+        {"uri": artifact["uri"], "digest": artifact["digest"]}
+        if artifact.get("uri") and artifact.get("digest")
+        else None
+    )
     fields = {
         k: v
-        for k, v in {"evaluation": evaluation, "cardUri": result.get("cardUri")}.items()
+        for k, v in {
+            "evaluation": evaluation,
+            "cardUri": result.get("cardUri"),
+            "artifact": pinned,
+        }.items()
         if v is not None
     }
     if evaluation["passed"]:
         return None, fields
     message = str(result.get("message") or "gates failed")
     return Draft("Rejected", "GatesFailed", message, fields=fields), fields
+
+
+def serving_refusal(pods: list[Obj]) -> Draft | None:
+    """Failed/ArtifactChanged when a predictor pod refused the artifact (not the pinned one:
+    changed after evaluation): the version is never served. Other start failures stay the
+    Deployment's business (restarts, availability)."""
+    refusal = run_result(pods)
+    if refusal is None or refusal.get("reason") != ARTIFACT_CHANGED:
+        return None
+    message = str(refusal.get("message") or "the artifact changed after evaluation")
+    return Draft("Failed", ARTIFACT_CHANGED, f"never served: {message}")
 
 
 def bundle_outcome(result: Obj) -> Obj | Draft:

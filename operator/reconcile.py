@@ -47,18 +47,20 @@ from neuraxis.operator.children import owner_label, run_name
 from neuraxis.operator.cluster import Cluster, Obj
 from neuraxis.operator.errors import InputNotReadyError, InvalidSpecError
 from neuraxis.operator.inputs import (
+    approved_artifact_digest,
+    artifact_to_evaluate,
     ensure_registered,
     find_stable,
     ns_of,
     pin_upstream,
+    pinned_artifact,
     resolve_approved_model,
-    resolve_artifact,
     resolve_dataset,
     resolve_upstream,
     status_of,
 )
 from neuraxis.operator.kube import ApiError, ApiUnavailableError, RetryPolicy
-from neuraxis.operator.observe import RunObservation, observe_run
+from neuraxis.operator.observe import JOB_NAME_LABEL, RunObservation, observe_run
 from neuraxis.operator.outcomes import (
     Condition,
     Draft,
@@ -66,6 +68,7 @@ from neuraxis.operator.outcomes import (
     dataset_outcome,
     evaluation_outcome,
     failed,
+    serving_refusal,
     status_from_draft,
     training_outcome,
     update_runs,
@@ -372,7 +375,11 @@ def cluster_features(cluster: Cluster) -> ClusterFeatures:
 
 
 def _evaluate(
-    mv: ModelVersion, status: Obj, artifact_uri: str, cluster: Cluster, settings: OperatorSettings
+    mv: ModelVersion,
+    status: Obj,
+    artifact: tuple[str, str | None],
+    cluster: Cluster,
+    settings: OperatorSettings,
 ) -> Draft | None:
     """None when the evaluation for this generation approved the model; else the Draft."""
     evaluation = status.get("evaluation") or {}
@@ -389,7 +396,8 @@ def _evaluate(
             fields={"evaluation": evaluation},
         )
     name = run_name(mv, "eval")
-    waiting = _start_run(cluster, mv, build_evaluation_children(mv, artifact_uri, settings), name)
+    children = build_evaluation_children(mv, artifact[0], settings, artifact[1])
+    waiting = _start_run(cluster, mv, children, name)
     if waiting is not None:
         return waiting
     run = _observe_job(cluster, ns_of(mv), name)
@@ -408,16 +416,22 @@ def _evaluate(
 def reconcile_model_version(
     mv: ModelVersion, status: Obj, cluster: Cluster, settings: OperatorSettings
 ) -> Draft:
-    artifact_uri, lineage = resolve_artifact(mv, cluster)
-    base_fields: Obj = {"artifact": {"uri": artifact_uri}, "lineage": lineage}
+    uri, expected, lineage = artifact_to_evaluate(mv, cluster)
+    # Evaluated for this generation: the pinned artifact, whatever its TrainingJob made since.
+    pinned = pinned_artifact(mv, status)
+    if pinned is not None:
+        uri, expected = pinned
+    base_fields: Obj = {"artifact": {"uri": uri}, "lineage": lineage}
     if status.get("evaluationHistory"):
         base_fields["evaluationHistory"] = status["evaluationHistory"]
-    verdict = _evaluate(mv, status, artifact_uri, cluster, settings)
+    verdict = _evaluate(mv, status, (uri, expected), cluster, settings)
     if verdict is not None:
         verdict.fields = {**base_fields, **verdict.fields}
         return verdict
+    artifact_uri, digest = pinned_artifact(mv, status) or (uri, expected)
     fields = {
         **base_fields,
+        "artifact": {"uri": artifact_uri, "digest": digest},
         "evaluation": status.get("evaluation"),
         "cardUri": status.get("cardUri"),
     }
@@ -425,10 +439,16 @@ def reconcile_model_version(
     fields["evaluationHistory"] = history or None
     fields = {k: v for k, v in fields.items() if v is not None}
     degraded = degraded_condition(history)
-    draft = _approved_draft(mv, fields, cluster, settings, artifact_uri)
+    draft = _approved_draft(mv, fields, cluster, settings, (artifact_uri, digest))
     if degraded is not None:
         draft.conditions.append(degraded)
     return draft
+
+
+def predictor_pods(cluster: Cluster, mv: ModelVersion) -> list[Obj]:
+    """The version's serving pods (its pods that belong to no Job)."""
+    pods = cluster.list("v1", "Pod", ns_of(mv), {owner_label("ModelVersion"): mv.metadata.name})
+    return [p for p in pods if JOB_NAME_LABEL not in (p.get("metadata") or {}).get("labels", {})]
 
 
 def _backtests(
@@ -471,19 +491,35 @@ def _finish_time(job: Obj) -> str:
 
 
 def _approved_draft(
-    mv: ModelVersion, fields: Obj, cluster: Cluster, settings: OperatorSettings, artifact_uri: str
+    mv: ModelVersion,
+    fields: Obj,
+    cluster: Cluster,
+    settings: OperatorSettings,
+    artifact: tuple[str, str | None],
 ) -> Draft:
-    """Approved, or Serving once the predictor answers (when serving is asked for)."""
+    """Approved, or Serving once the predictor answers (when serving is asked for); Failed
+    (ArtifactChanged) when the predictor refuses the artifact: it is not the pinned one."""
     serving = mv.spec.serving
     if serving is None or not serving.enabled:
         return Draft("Approved", "GatesPassed", "every gate passed", ready=True, fields=fields)
     stable = find_stable(mv, cluster)
     children = build_serving_children(
-        mv, serving, artifact_uri, settings, cluster_features(cluster), stable=stable
+        mv,
+        serving,
+        artifact[0],
+        settings,
+        cluster_features(cluster),
+        stable=stable,
+        artifact_digest=artifact[1],
     )
     _apply_all(cluster, children)
     deployment = cluster.get("apps/v1", "Deployment", ns_of(mv), predictor_name(mv)) or {}
     available = int((deployment.get("status") or {}).get("availableReplicas") or 0)
+    if available == 0:
+        refusal = serving_refusal(predictor_pods(cluster, mv))
+        if refusal is not None:
+            refusal.fields = fields
+            return refusal
     fields["endpoint"] = (
         f"http://{predictor_name(mv)}.{ns_of(mv)}.svc/v1/models/{mv.spec.model}:predict"
     )
@@ -526,13 +562,15 @@ def reconcile_edge(
     ed: EdgeDeployment, status: Obj, cluster: Cluster, settings: OperatorSettings
 ) -> Draft:
     ns = ns_of(ed)
-    model, _artifact_uri, lineage = resolve_approved_model(ed, cluster)
+    model, artifact_uri, lineage = resolve_approved_model(ed, cluster)
     bundle = (
         status.get("bundle") if status.get("observedGeneration") == ed.metadata.generation else None
     )
     if not bundle:
         name = run_name(ed, "bundle")
-        waiting = _start_run(cluster, ed, build_bundle_children(ed, model, settings), name)
+        digest = approved_artifact_digest(ed, cluster)
+        children = build_bundle_children(ed, model, settings, artifact_uri, digest)
+        waiting = _start_run(cluster, ed, children, name)
         if waiting is not None:
             return waiting
         run = _observe_job(cluster, ns, name)
@@ -573,7 +611,12 @@ def reconcile_edge(
     canary = cluster.get("apps/v1", "DaemonSet", ns, canary_daemon_set_name(ed))
     canary_ready = _daemon_set_done(canary, len(canary_nodes(ed, targeted)))
     children = build_edge_agent_children(
-        ed, str(bundle["uri"]), targeted, settings, canary_ready=canary_ready
+        ed,
+        str(bundle["uri"]),
+        targeted,
+        settings,
+        canary_ready=canary_ready,
+        bundle_digest=bundle.get("digest"),
     )
     _apply_all(cluster, children)
     sets = [c for c in children if c["kind"] == "DaemonSet"]

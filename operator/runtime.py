@@ -53,6 +53,11 @@ MANAGED = f"{MANAGED_BY}=neuraxis"
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
 
 
+def _termination_messages(pod: Obj | None) -> list[Any]:
+    """The containers' kept termination messages (informer.keep_pod keeps only those)."""
+    return [cs for cs in _dig(pod, "status", "containerStatuses") or [] if cs]
+
+
 def _dig(obj: Any, *path: str) -> Any:
     for key in path:
         obj = obj.get(key) if isinstance(obj, dict) else None
@@ -224,7 +229,11 @@ class Runtime:
         obj = new or old
         labels = _dig(obj, "metadata", "labels") or {}
         if JOB_NAME_LABEL not in labels:
-            return  # a predictor or agent pod: their Deployment/DaemonSet status tells
+            # A predictor or agent pod: its Deployment/DaemonSet status tells, except why it
+            # refused to start (ArtifactChanged), which only its termination message says.
+            if _termination_messages(new) != _termination_messages(old):
+                self._enqueue_owner(obj or {})
+            return
         if new is None or (_terminal(new) and not _terminal(old)):
             self._enqueue_owner(obj or {})
 

@@ -76,6 +76,16 @@ def publish_result(
     return uri
 
 
+def report_refusal(reason: str, message: str) -> None:
+    """A server that refuses to start (serve, edge) has no run in the lake: it reports only in
+    its termination message, where the operator reads the reason (ArtifactChanged)."""
+    path = termination_log_path()
+    if path is not None:
+        compact = {"outcome": "Failed", "reason": reason, "message": message}
+        with contextlib.suppress(OSError):
+            path.write_text(compact_json(compact))
+
+
 def publish_failure(
     lake: Lake, namespace: str, run_id: str, reason: str, message: str, started: str
 ) -> str:

@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from neuraxis.crds import Dataset, EdgeDeployment, ModelVersion, Resource, TrainingJob
-from neuraxis.lake import Lake, neuraxis_home
+from neuraxis.lake import Lake, LakeError, neuraxis_home
 from neuraxis.local.runlock import RunClaim, claim_run
 from neuraxis.local.smoke import smoke_test
 from neuraxis.local.state import LocalStore, spec_digest
@@ -30,10 +30,11 @@ from neuraxis.operator.children import short_uid
 from neuraxis.operator.errors import InputNotReadyError, InvalidSpecError
 from neuraxis.operator.inputs import (
     CR_VERSION,
+    approved_artifact_digest,
+    artifact_to_evaluate,
     ensure_registered,
     pin_upstream,
     resolve_approved_model,
-    resolve_artifact,
     resolve_dataset,
     resolve_upstream,
 )
@@ -46,6 +47,12 @@ from neuraxis.operator.outcomes import (
     training_outcome,
 )
 from neuraxis.resources import ResourceError, iter_documents, parse_resource
+from neuraxis.workloads.artifact import (
+    ARTIFACT_CHANGED,
+    ArtifactChangedError,
+    ArtifactIntegrityError,
+    verify_artifact,
+)
 from neuraxis.workloads.result import TERMINATION_LOG_ENV, read_compact_result
 
 KIND_ORDER = ("Dataset", "TrainingJob", "ModelVersion", "EdgeDeployment")
@@ -268,18 +275,18 @@ class Runner:
 
     def run_model_version(self, mv: ModelVersion, run_id: str) -> Draft:
         ns = mv.metadata.namespace or "default"
-        artifact_uri, lineage = resolve_artifact(mv, self.store)
+        artifact_uri, expected, lineage = artifact_to_evaluate(mv, self.store)
         spec = self.spec_file(mv, run_id)
         args = [*self.args("evaluate", spec, ns, run_id), "--artifact-uri", artifact_uri]
+        if expected:
+            args += ["--artifact-digest", expected]
         result, log = self.workload(mv, args, run_id)
         if result is None:
             return self._no_result(log)
         verdict, fields = evaluation_outcome(result)
-        fields = {
-            "artifact": result.get("artifact") or {"uri": artifact_uri},
-            "lineage": lineage,
-            **fields,
-        }
+        # evaluation_outcome pins the artifact the evaluation verified (uri and digest).
+        fields = {"artifact": {"uri": artifact_uri}, "lineage": lineage, **fields}
+        pinned = fields["artifact"].get("digest")
         if verdict is not None:
             verdict.fields = {**fields, **verdict.fields}
             return verdict
@@ -287,7 +294,9 @@ class Runner:
         if serving is None or not serving.enabled:
             return Draft("Approved", "GatesPassed", "every gate passed", ready=True, fields=fields)
         self.on_step(f"ModelVersion/{mv.metadata.name}: serving smoke test")
-        smoke = smoke_test(artifact_uri, mv.spec.model, self.lake, self.work / ns / run_id)
+        smoke = smoke_test(
+            artifact_uri, mv.spec.model, self.lake, self.work / ns / run_id, digest=pinned
+        )
         cond = (
             "ServingSmokeTest",
             smoke.passed,
@@ -295,9 +304,7 @@ class Runner:
             smoke.message,
         )
         if not smoke.passed:
-            return Draft(
-                "Failed", "SmokeTestFailed", smoke.message, fields=fields, conditions=[cond]
-            )
+            return Draft("Failed", smoke.reason, smoke.message, fields=fields, conditions=[cond])
         return Draft(
             "Approved",
             "GatesPassed",
@@ -308,8 +315,10 @@ class Runner:
         )
 
     def run_edge(self, ed: EdgeDeployment, run_id: str) -> Draft:
-        model, _uri, lineage = resolve_approved_model(ed, self.store)
-        result, log = self.workload(ed, bundle_command(ed, model, run_id)[2:], run_id)
+        model, uri, lineage = resolve_approved_model(ed, self.store)
+        digest = approved_artifact_digest(ed, self.store)
+        command = bundle_command(ed, model, run_id, uri, digest)
+        result, log = self.workload(ed, command[2:], run_id)
         if result is None:
             return self._no_result(log)
         outcome = bundle_outcome(result)
@@ -324,6 +333,27 @@ class Runner:
         }
         message = "bundle built and verified; no edge nodes here (roll out with the operator)"
         return Draft("Available", "BundleBuilt", message, ready=True, fields=fields)
+
+    def artifact_changed(self, res: Resource, status: dict[str, Any]) -> Draft | None:
+        """Failed/ArtifactChanged when a ModelVersion's pinned artifact no longer verifies (a
+        file or the manifest changed after evaluation), as serving would find it; else None."""
+        pinned = status.get("artifact") or {}
+        if not isinstance(res, ModelVersion) or not pinned.get("digest"):
+            return None
+        try:
+            root = self.lake.root.rstrip("/") + "/"
+            folder = str(pinned["uri"]).removeprefix(root).strip("/")
+            verify_artifact(self.lake, folder, str(pinned["digest"]))
+        except ArtifactChangedError as exc:
+            return Draft(
+                "Failed",
+                ARTIFACT_CHANGED,
+                f"never served: {exc}",
+                fields={k: status[k] for k in ("artifact", "lineage", "evaluation") if k in status},
+            )
+        except (ArtifactIntegrityError, LakeError) as exc:
+            return Draft("Failed", ARTIFACT_CHANGED, f"never served: {exc}")
+        return None
 
     # ---- bookkeeping ----------------------------------------------------------------------
     def inputs_digest(self, res: Resource) -> str:
@@ -396,6 +426,10 @@ class Runner:
             and annotations.get(INPUTS_ANNOTATION) == inputs
         )
         if unchanged and not self.force and old_status.get("phase") in DONE_PHASES:
+            changed = self.artifact_changed(res, old_status)
+            if changed is not None:
+                # Not rerun (nothing asked for it), but never left Approved on other files.
+                return self._finish(entry, dict(previous), changed, old_status, started)
             return Outcome(
                 entry.kind,
                 entry.name,
@@ -487,6 +521,9 @@ class Runner:
     def _finish(
         self, entry: Entry, body: dict[str, Any], draft: Draft, old: dict[str, Any], started: float
     ) -> Outcome:
+        if old.get("evaluationHistory") and "evaluationHistory" not in draft.fields:
+            # Backtests (`neuraxis backtest`) are history: a new evaluation keeps them.
+            draft.fields["evaluationHistory"] = old["evaluationHistory"]
         status = status_from_draft(draft, old, body["metadata"].get("generation"))
         self.store.save({**body, "status": status})
         return Outcome(

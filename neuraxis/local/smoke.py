@@ -15,12 +15,14 @@ from pathlib import Path
 import httpx
 
 from neuraxis.lake import Lake
+from neuraxis.workloads.result import TERMINATION_LOG_ENV, read_compact_result
 
 
 @dataclass(frozen=True)
 class SmokeResult:
     passed: bool
     message: str
+    reason: str = "SmokeTestFailed"  # when not passed: ArtifactChanged if the server refused
 
 
 def _free_port() -> int:
@@ -30,21 +32,36 @@ def _free_port() -> int:
 
 
 def smoke_test(
-    artifact_uri: str, model: str, lake: Lake, work_dir: Path, timeout: float = 120.0
+    artifact_uri: str,
+    model: str,
+    lake: Lake,
+    work_dir: Path,
+    timeout: float = 120.0,
+    digest: str | None = None,
 ) -> SmokeResult:
+    """`digest`: the pinned artifact digest, passed to the server as the predictor gets it."""
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     work_dir.mkdir(parents=True, exist_ok=True)
     log = work_dir / "serve-smoke.log"
-    env = {**os.environ, "NEURAXIS_LAKE_URI": lake.root}
+    term = work_dir / "serve-termination-log"
+    term.unlink(missing_ok=True)
+    env = {**os.environ, "NEURAXIS_LAKE_URI": lake.root, TERMINATION_LOG_ENV: str(term)}
     command = [
         sys.executable, "-m", "neuraxis.cli", "workload", "serve", "--model", artifact_uri,
         "--name", model, "--host", "127.0.0.1", "--port", str(port),
+        *(["--digest", digest] if digest else []),
     ]  # fmt: skip
     with open(log, "wb") as out:
         proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
-        return _exercise(base, model, proc, timeout, log)
+        result = _exercise(base, model, proc, timeout, log)
+        refusal = read_compact_result(term.read_text()) if term.exists() else None
+        if not result.passed and refusal is not None:
+            # The server said why it would not start (ArtifactChanged), as to a kubelet.
+            reason = str(refusal.get("reason") or result.reason)
+            return SmokeResult(False, str(refusal.get("message") or result.message), reason)
+        return result
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)

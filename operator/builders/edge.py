@@ -73,21 +73,34 @@ def canary_nodes(ed: EdgeDeployment, targeted: list[str]) -> list[str]:
     return targeted[: ed.spec.rollout.canary_nodes]
 
 
-def bundle_command(ed: EdgeDeployment, model: str, run_id: str) -> list[str]:
-    """The bundle workload for the ModelVersion (registered as `model`) the rollout uses."""
+def bundle_command(
+    ed: EdgeDeployment,
+    model: str,
+    run_id: str,
+    artifact_uri: str | None = None,
+    artifact_digest: str | None = None,
+) -> list[str]:
+    """The bundle workload for the ModelVersion (registered as `model`) the rollout uses: its
+    pinned artifact (uri and digest, verified by the bundle)."""
     return [
         "neuraxis", "workload", "bundle", "--model", model,
         "--version", ed.spec.model_version_ref.name,
         "--namespace", ed.metadata.namespace or "default",
         "--run-id", run_id, "--quantize", ed.spec.optimize.quantize,
+        *(["--artifact-uri", artifact_uri] if artifact_uri else []),
+        *(["--artifact-digest", artifact_digest] if artifact_digest else []),
     ]  # fmt: skip
 
 
 def build_bundle_children(
-    ed: EdgeDeployment, model: str, settings: OperatorSettings
+    ed: EdgeDeployment,
+    model: str,
+    settings: OperatorSettings,
+    artifact_uri: str | None = None,
+    artifact_digest: str | None = None,
 ) -> list[dict[str, Any]]:
     name = run_name(ed, "bundle")
-    command = bundle_command(ed, model, "$(NEURAXIS_RUN_ID)")
+    command = bundle_command(ed, model, "$(NEURAXIS_RUN_ID)", artifact_uri, artifact_digest)
     container = workload_container(
         ed, settings, command, resources=resource_limits("1", "2Gi"), extra_env=[RUN_ID_ENV]
     )
@@ -139,6 +152,7 @@ def _daemon_set(
     nodes: list[str],
     operator: str,
     settings: OperatorSettings,
+    bundle_digest: str | None = None,
 ) -> dict[str, Any]:
     port = settings.edge_port
     # All interfaces: the kubelet's probes and clients come in on the pod IP.
@@ -147,6 +161,7 @@ def _daemon_set(
         "--cache-dir", CACHE_MOUNT, "--host", "0.0.0.0", "--port", str(port),
         "--deployment", ed.metadata.name,
         "--sync-interval-s", str(ed.spec.sync.interval_seconds),
+        *(["--digest", bundle_digest] if bundle_digest else []),
     ]  # fmt: skip
     node_name = {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}
     container = workload_container(
@@ -235,14 +250,18 @@ def build_edge_daemon_sets(
     settings: OperatorSettings,
     *,
     canary_ready: bool,
+    bundle_digest: str | None = None,
 ) -> list[dict[str, Any]]:
     """The canary DaemonSet always; the main one once the canary is ready (and not paused)."""
     canary = canary_nodes(ed, targeted)
     sets = []
     if canary:
-        sets.append(_daemon_set(ed, canary_daemon_set_name(ed), bundle_uri, canary, "In", settings))
+        name = canary_daemon_set_name(ed)
+        sets.append(_daemon_set(ed, name, bundle_uri, canary, "In", settings, bundle_digest))
     if (canary_ready or not canary) and not ed.spec.rollout.pause:
-        sets.append(_daemon_set(ed, ed.metadata.name, bundle_uri, canary, "NotIn", settings))
+        sets.append(
+            _daemon_set(ed, ed.metadata.name, bundle_uri, canary, "NotIn", settings, bundle_digest)
+        )
     return sets
 
 
@@ -253,9 +272,13 @@ def build_edge_agent_children(
     settings: OperatorSettings,
     *,
     canary_ready: bool,
+    bundle_digest: str | None = None,
 ) -> list[dict[str, Any]]:
-    """The agents' spec ConfigMap and the DaemonSets that mount it (none: no ConfigMap)."""
-    sets = build_edge_daemon_sets(ed, bundle_uri, targeted, settings, canary_ready=canary_ready)
+    """The agents' spec ConfigMap and the DaemonSets that mount it (none: no ConfigMap).
+    `bundle_digest`: the bundle the EdgeDeployment pinned; agents refuse any other."""
+    sets = build_edge_daemon_sets(
+        ed, bundle_uri, targeted, settings, canary_ready=canary_ready, bundle_digest=bundle_digest
+    )
     if not sets:
         return []
     return [spec_config_map(ed, agent_config_map_name(ed), "edge-agent"), *sets]

@@ -37,14 +37,23 @@ class ClusterFeatures:
     prometheus_operator: bool = False
 
 
+def digest_flag(flag: str, digest: str | None) -> list[str]:
+    """`[flag, digest]` when the digest is known: the workload refuses any other artifact."""
+    return [flag, digest] if digest else []
+
+
 def build_evaluation_children(
-    mv: ModelVersion, artifact_uri: str, settings: OperatorSettings
+    mv: ModelVersion,
+    artifact_uri: str,
+    settings: OperatorSettings,
+    artifact_digest: str | None = None,
 ) -> list[dict[str, Any]]:
     name = run_name(mv, "eval")
     command = [
         "neuraxis", "workload", "evaluate", "--spec", SPEC_FILE,
         "--namespace", mv.metadata.namespace or "default",
         "--run-id", "$(NEURAXIS_RUN_ID)", "--artifact-uri", artifact_uri,
+        *digest_flag("--artifact-digest", artifact_digest),
     ]  # fmt: skip
     container = workload_container(
         mv, settings, command, resources=resource_limits("1", "2Gi"), extra_env=[RUN_ID_ENV]
@@ -76,9 +85,11 @@ def build_serving_children(
     features: ClusterFeatures,
     *,
     stable: ModelVersion | None = None,
+    artifact_digest: str | None = None,
 ) -> list[dict[str, Any]]:
     """Children that serve an Approved version. `stable` is the version the canary splits
-    traffic with (None when there is no canary or no stable version)."""
+    traffic with (None when there is no canary or no stable version); `artifact_digest` the
+    digest the version pinned (the server refuses any other artifact)."""
     name = predictor_name(mv)
     model = mv.spec.model
     is_canary = serving.canary is not None
@@ -97,6 +108,7 @@ def build_serving_children(
         "--host", "0.0.0.0", "--port", str(port),
         "--max-batch-size", str(serving.max_batch_size),
         "--max-batch-wait-ms", str(serving.max_batch_wait_ms),
+        *digest_flag("--digest", artifact_digest),
     ]  # fmt: skip
     container = workload_container(
         mv,
@@ -220,7 +232,10 @@ def backtest_cron_job_name(mv: ModelVersion) -> str:
 
 
 def build_backtest_children(
-    mv: ModelVersion, artifact_uri: str, settings: OperatorSettings
+    mv: ModelVersion,
+    artifact_uri: str,
+    settings: OperatorSettings,
+    artifact_digest: str | None = None,
 ) -> list[dict[str, Any]]:
     """The spec ConfigMap and the CronJob of spec.evaluation.schedule. Its pods run the
     evaluation's own command line (derived from the evaluation Job, so both modes take the
@@ -230,7 +245,7 @@ def build_backtest_children(
     takes it away."""
     schedule = mv.spec.evaluation.schedule if mv.spec.evaluation else None
     name = backtest_cron_job_name(mv)
-    evaluation_job = build_evaluation_children(mv, artifact_uri, settings)[-1]
+    evaluation_job = build_evaluation_children(mv, artifact_uri, settings, artifact_digest)[-1]
     evaluation_container = evaluation_job["spec"]["template"]["spec"]["containers"][0]
     container = workload_container(
         mv,

@@ -162,7 +162,8 @@ def _all_children() -> Iterator[tuple[str, Resource, list[Manifest]]]:
     mv: ModelVersion = _example("ModelVersion")
     stable = mv.model_copy(deep=True)
     stable.metadata.name = "anomaly-detector-v0"
-    yield "ModelVersion/evaluation", mv, build_evaluation_children(mv, "s3://l/m", SETTINGS)
+    pin = "sha256:" + "a" * 64  # the pinned digests travel as flags the CLIs must accept
+    yield "ModelVersion/evaluation", mv, build_evaluation_children(mv, "s3://l/m", SETTINGS, pin)
     yield (
         "ModelVersion/backtest",
         mv,
@@ -171,13 +172,19 @@ def _all_children() -> Iterator[tuple[str, Resource, list[Manifest]]]:
     assert mv.spec.serving is not None
     everything = ClusterFeatures(gateway_api=True, prometheus_operator=True)
     serving = build_serving_children(
-        mv, mv.spec.serving, "s3://l/m", SETTINGS, everything, stable=stable
+        mv, mv.spec.serving, "s3://l/m", SETTINGS, everything, stable=stable, artifact_digest=pin
     )
     yield "ModelVersion/serving", mv, serving
     ed: EdgeDeployment = _example("EdgeDeployment")
-    yield "EdgeDeployment/bundle", ed, build_bundle_children(ed, "anomaly-detector", SETTINGS)
+    bundle = build_bundle_children(ed, "anomaly-detector", SETTINGS, "s3://l/m", pin)
+    yield "EdgeDeployment/bundle", ed, bundle
     agents = build_edge_agent_children(
-        ed, "s3://l/b", ["edge-0", "edge-1", "edge-2"], SETTINGS, canary_ready=True
+        ed,
+        "s3://l/b",
+        ["edge-0", "edge-1", "edge-2"],
+        SETTINGS,
+        canary_ready=True,
+        bundle_digest=pin,
     )
     yield "EdgeDeployment/agents", ed, agents
 

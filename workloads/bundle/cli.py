@@ -26,10 +26,18 @@ def bundle_command(
     run_id: str = typer.Option(..., help="Run id: result under runs/<ns>/<id>."),
     quantize: str = typer.Option("int8", help="int8 or none."),
     lake: str | None = typer.Option(None, help="Lake root URI (default $NEURAXIS_LAKE_URI)."),
+    artifact_uri: str | None = typer.Option(
+        None, help="The ModelVersion's artifact folder URI (its status.artifact.uri)."
+    ),
+    artifact_digest: str | None = typer.Option(
+        None, help="The digest the artifact must have (pinned); otherwise it is refused."
+    ),
 ) -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     from neuraxis.lake import Lake
+    from neuraxis.workloads.artifact import failure_reason
     from neuraxis.workloads.bundle.run import build_edge_bundle
+    from neuraxis.workloads.evaluate.heldout import folder_of
     from neuraxis.workloads.result import now_rfc3339, publish_failure
 
     the_lake = Lake(lake) if lake else Lake.from_env()
@@ -45,16 +53,20 @@ def bundle_command(
             version,
             run_id,
             quantize="int8" if quantize == "int8" else "none",
+            source_folder=folder_of(the_lake, artifact_uri) if artifact_uri else None,
+            expected_digest=artifact_digest,
         )
     except Exception as exc:
         log.exception("bundle failed")
         message = f"{type(exc).__name__}: {exc}"
-        publish_failure(the_lake, namespace, run_id, "BundleFailed", message, started)
+        reason = failure_reason(exc, "BundleFailed")
+        publish_failure(the_lake, namespace, run_id, reason, message, started)
         raise typer.Exit(1) from exc
     edge = result["edge"]
+    shipped = "int8" if edge["quantize"] == "int8" else "fp32"
     typer.echo(
-        f"bundle {result['bundle']['uri']} {result['bundle']['digest']}: {edge['metric']} "
-        f"fp32 {edge['fp32']:.4f} -> {edge['quantize']} {edge['quantized']:.4f}"
+        f"bundle {result['bundle']['uri']} {result['bundle']['digest']}: {shipped} "
+        f"({edge['reason']})"
     )
 
 

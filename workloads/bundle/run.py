@@ -1,20 +1,32 @@
 """The edge bundle: the registry artifact, int8-quantized and exported to TorchScript, written
-under `edge/<ns>/<model>/<version>/` (model.ts + signature.json + sha256 manifest). The accuracy
-change against fp32 on the held-out data goes into the result and the model card."""
+under `edge/<ns>/<model>/<version>/` (model.ts + signature.json + compression.json + sha256
+manifest). int8 ships only where it pays (compress.py): otherwise the fp32 TorchScript ships with
+the reason. Size, single-row latency and the held-out metric of both go into the result, the
+bundle's compression.json and the model card."""
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal
 
 from neuraxis.lake import Lake, LakeError
 from neuraxis.workloads.artifact import write_artifact
+from neuraxis.workloads.bundle.compress import choose, latency_record, single_row_latency_ms
 from neuraxis.workloads.bundle.quantize import quantize_int8
 from neuraxis.workloads.evaluate.card import CARD_FOLDER
-from neuraxis.workloads.evaluate.heldout import load_artifact, load_heldout, load_torchscript
+from neuraxis.workloads.evaluate.heldout import (
+    HeldOut,
+    LoadedArtifact,
+    load_artifact,
+    load_heldout,
+    load_torchscript,
+)
 from neuraxis.workloads.evaluate.run import score, write_card
 from neuraxis.workloads.result import now_rfc3339, publish_result
 from neuraxis.workloads.train.export import load_weights, torchscript_bytes
 from neuraxis.workloads.train.models import serving_module
+
+COMPRESSION = "compression.json"
 
 
 def headline_metric(task: str) -> str:
@@ -35,32 +47,18 @@ def build_edge_bundle(
     started = now_rfc3339()
     folder = source_folder or Lake.model_path(namespace, model, version)
     artifact = load_artifact(lake, folder)
-    trainable, _config = load_weights(artifact.files["model.pt"])
-    sig = artifact.signature
-    served = serving_module(trainable, sig.task)
-    edge_module = quantize_int8(served) if quantize == "int8" else served
-    edge_ts = torchscript_bytes(edge_module, len(sig.features))
     heldout = load_heldout(lake, namespace, artifact)
-    metric = headline_metric(sig.task)
-    fp32 = score(artifact, heldout)[0]["scalars"][metric]
-    edge_value = score(artifact, heldout, load_torchscript(edge_ts))[0]["scalars"][metric]
+    edge, edge_ts = compress(artifact, heldout, quantize)
     ref = write_artifact(
         lake,
         Lake.edge_path(namespace, model, version),
-        {"model.ts": edge_ts, "signature.json": artifact.files["signature.json"]},
+        {
+            "model.ts": edge_ts,
+            "signature.json": artifact.files["signature.json"],
+            COMPRESSION: (json.dumps(edge, indent=2, sort_keys=True) + "\n").encode(),
+        },
     )
-    edge = {
-        "quantize": quantize,
-        "uri": ref.uri,
-        "digest": ref.digest,
-        "metric": metric,
-        "fp32": fp32,
-        "quantized": edge_value,
-        "change": edge_value - fp32,
-        "fp32Bytes": len(artifact.files["model.ts"]),
-        "quantizedBytes": len(edge_ts),
-        "heldOut": heldout.description,
-    }
+    edge = {**edge, "uri": ref.uri, "digest": ref.digest}
     card_updated = _add_to_card(lake, f"{folder}/{CARD_FOLDER}", edge)
     result = {
         "outcome": "Succeeded",
@@ -75,14 +73,70 @@ def build_edge_bundle(
         "edge": edge,
         "cardUpdated": card_updated,
     }
+    metric = edge["metric"]
+    metrics = {f"{metric}_fp32": edge["fp32"], "edge_bytes": edge["shippedBytes"]}
+    if edge["int8"] is not None:
+        metrics[f"{metric}_int8"] = edge["int8"]
+        metrics["int8_size_ratio"] = edge["sizeRatio"]
+        metrics["int8_latency_ratio"] = edge["latency"]["ratio"]
     compact = {
         "outcome": "Succeeded",
         "reason": "Bundled",
         "bundle": {"uri": ref.uri, "digest": ref.digest},
-        "metrics": {f"{metric}_fp32": fp32, f"{metric}_{quantize}": edge_value},
+        "metrics": metrics,
     }
     publish_result(lake, namespace, run_id, result, compact)
     return result
+
+
+def compress(
+    artifact: LoadedArtifact, heldout: HeldOut, quantize: Literal["int8", "none"]
+) -> tuple[dict[str, Any], bytes]:
+    """The edge record and the TorchScript to ship: int8 where it pays, else fp32 (reason)."""
+    sig = artifact.signature
+    fp32_ts = artifact.files["model.ts"]
+    metric = headline_metric(sig.task)
+    fp32_value = score(artifact, heldout)[0]["scalars"][metric]
+    record: dict[str, Any] = {
+        "requested": quantize,
+        "metric": metric,
+        "fp32": fp32_value,
+        "fp32Bytes": len(fp32_ts),
+        "heldOut": heldout.description,
+        "int8": None,
+        "int8Bytes": None,
+        "sizeRatio": None,
+        "change": None,
+        "latency": None,
+        "int8Layers": [],
+        "fp32Layers": [],
+    }
+    if quantize == "none":
+        record.update(quantize="none", reason="int8 not requested (optimize.quantize: none)")
+        return {**record, "shippedBytes": len(fp32_ts)}, fp32_ts
+    trainable, _config = load_weights(artifact.files["model.pt"])
+    int8 = quantize_int8(serving_module(trainable, sig.task))
+    int8_ts = torchscript_bytes(int8.module, len(sig.features))
+    int8_module = load_torchscript(int8_ts)
+    int8_value = score(artifact, heldout, int8_module)[0]["scalars"][metric]
+    latency = single_row_latency_ms(
+        {"fp32": artifact.torchscript(), "int8": int8_module}, len(sig.features)
+    )
+    choice = choose(metric, fp32_value, int8_value, len(fp32_ts), len(int8_ts))
+    shipped = int8_ts if choice.ship == "int8" else fp32_ts
+    record.update(
+        quantize=choice.ship,
+        reason=choice.reason,
+        int8=int8_value,
+        int8Bytes=len(int8_ts),
+        sizeRatio=round(len(int8_ts) / len(fp32_ts), 4),
+        change=int8_value - fp32_value,
+        latency=latency_record(latency["fp32"], latency["int8"]),
+        int8Layers=int8.int8_layers,
+        fp32Layers=int8.fp32_layers,
+        shippedBytes=len(shipped),
+    )
+    return record, shipped
 
 
 def _add_to_card(lake: Lake, card_folder: str, edge: dict[str, Any]) -> bool:

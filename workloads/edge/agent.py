@@ -26,6 +26,7 @@ from prometheus_client import Counter, Gauge
 
 from neuraxis.lake import Lake
 from neuraxis.workloads.artifact import (
+    ARTIFACT_CHANGED,
     MANIFEST,
     ArtifactIntegrityError,
     artifact_digest,
@@ -58,6 +59,10 @@ class BundleRefusedError(RuntimeError):
 class AgentStartError(RuntimeError):
     """No verified bundle from the lake and none in the cache."""
 
+    def __init__(self, message: str, reason: str = "NoBundle"):
+        super().__init__(message)
+        self.reason = reason
+
 
 @dataclass(frozen=True)
 class FetchedBundle:
@@ -66,8 +71,11 @@ class FetchedBundle:
     manifest: bytes
 
 
-def fetch_bundle(uri: str, known_digest: str | None) -> FetchedBundle | None:
-    """Fetch and verify the bundle at `uri`; None when its digest is `known_digest`."""
+def fetch_bundle(
+    uri: str, known_digest: str | None, expected_digest: str | None = None
+) -> FetchedBundle | None:
+    """Fetch and verify the bundle at `uri`; None when its digest is `known_digest`. A bundle
+    whose digest is not `expected_digest` (the one the EdgeDeployment pinned) is refused."""
     root, folder = split_artifact_uri(uri)
     lake = Lake(root)
     try:
@@ -78,6 +86,10 @@ def fetch_bundle(uri: str, known_digest: str | None) -> FetchedBundle | None:
         raise BundleUnavailableError(f"{uri}: cannot read {MANIFEST} ({exc})") from exc
     if digest == known_digest:
         return None
+    if expected_digest is not None and digest != expected_digest:
+        raise BundleRefusedError(
+            f"{ARTIFACT_CHANGED}: {uri}: digest {digest} is not the pinned {expected_digest}"
+        )
     try:
         files = read_verified(lake, folder)
         # The manifest kept must be the one the files were checked against (no concurrent edit).
@@ -127,6 +139,7 @@ class AgentConfig:
     model_name: str
     check_interval_s: float = 60.0
     sync_interval_s: float = 300.0
+    expected_digest: str | None = None  # the pinned bundle digest: nothing else is served
 
 
 class EdgeMetrics:
@@ -170,10 +183,22 @@ class EdgeAgent:
         except ModelLoadError as exc:
             raise BundleRefusedError(f"{self.config.bundle_uri}: {exc}") from exc
 
+    @staticmethod
+    def _refusal(reason: str) -> str:
+        return ARTIFACT_CHANGED if ARTIFACT_CHANGED in reason else "NoBundle"
+
     def _from_cache(self, reason: str) -> LoadedModel:
         cached = self.cache.current()
         if cached is None:
-            raise AgentStartError(f"{reason}; and no cached bundle in {self.cache.root}")
+            raise AgentStartError(
+                f"{reason}; and no cached bundle in {self.cache.root}", self._refusal(reason)
+            )
+        expected = self.config.expected_digest
+        if expected is not None and cached.digest != expected:
+            raise AgentStartError(
+                f"{reason}; and the cached bundle {cached.digest} is not the pinned {expected}",
+                self._refusal(reason),
+            )
         try:
             files = self.cache.load(cached)  # every file, as fetch_bundle reads them
         except ArtifactIntegrityError as exc:
@@ -184,7 +209,11 @@ class EdgeAgent:
     def initial_model(self) -> LoadedModel:
         """The bundle from the lake when it is there and verifies, else the cached one."""
         try:
-            fetched = fetch_bundle(self.config.bundle_uri, known_digest=None)
+            fetched = fetch_bundle(
+                self.config.bundle_uri,
+                known_digest=None,
+                expected_digest=self.config.expected_digest,
+            )
             assert fetched is not None
             model = self._load(fetched.digest, fetched.files)
         except BundleUnavailableError as exc:
@@ -206,7 +235,9 @@ class EdgeAgent:
     async def check_once(self) -> None:
         """Install a newer verified bundle from the same URI, if there is one."""
         try:
-            fetched = await asyncio.to_thread(fetch_bundle, self.config.bundle_uri, self.digest)
+            fetched = await asyncio.to_thread(
+                fetch_bundle, self.config.bundle_uri, self.digest, self.config.expected_digest
+            )
             if fetched is None:
                 self.metrics.lake_reachable.set(1)
                 return

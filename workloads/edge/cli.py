@@ -32,6 +32,9 @@ def edge_command(
         Serving.model_fields["max_batch_wait_ms"].default, min=0
     ),
     max_body_bytes: int = typer.Option(1 << 20, min=1, help="Larger request bodies get 413."),
+    digest: str | None = typer.Option(
+        None, help="The pinned bundle digest (sha256:...): any other bundle is refused."
+    ),
     drift_window: int = typer.Option(
         DEFAULT_WINDOW, min=1, help="Served rows in the PSI window of neuraxis_feature_drift."
     ),
@@ -62,13 +65,17 @@ def edge_command(
         model_name=model_name,
         check_interval_s=check_interval_s,
         sync_interval_s=sync_interval_s,
+        expected_digest=digest,
     )
     metrics = ServeMetrics()
     agent = EdgeAgent(config, metrics)
     try:
         model = agent.initial_model()
     except AgentStartError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        from neuraxis.workloads.result import report_refusal
+
+        typer.echo(f"error: {exc.reason}: {exc}", err=True)
+        report_refusal(exc.reason, str(exc))
         raise typer.Exit(2) from exc
     batching = BatchingConfig(max_batch_size, max_batch_wait_ms)
     serve_config = ServeConfig(batching, max_body_bytes, drift_window)

@@ -179,16 +179,28 @@ def render_markdown(card: dict[str, Any]) -> str:
     if card.get("edge"):
         edge = card["edge"]
         out += ["", "## Edge bundle", ""]
-        out += [
-            f"- Quantization: {edge['quantize']}; bundle {edge['uri']} ({edge['digest']})",
-            f"- {edge['metric']}: fp32 {_fmt(edge['fp32'])}, int8 {_fmt(edge['quantized'])}, "
-            f"change {_fmt(edge['change'])}",
-            f"- Size: fp32 TorchScript {edge['fp32Bytes']} bytes, "
-            f"bundle model {edge['quantizedBytes']} bytes",
-        ]
+        out += _edge_lines(edge)
     if card["plots"]:
         out += ["", "## Plots", ""] + [f"![{p}](plots/{p})" for p in card["plots"]]
     return "\n".join(out) + "\n"
+
+
+def _edge_lines(edge: dict[str, Any]) -> list[str]:
+    """What the edge bundle ships and why, with int8 against fp32 when int8 was built."""
+    shipped = "int8" if edge["quantize"] == "int8" else "fp32"
+    out = [
+        f"- Ships: {shipped} ({edge['reason']}); bundle {edge['uri']} ({edge['digest']})",
+        f"- Bundle model: {edge['shippedBytes']} bytes (fp32 TorchScript {edge['fp32Bytes']})",
+    ]
+    if edge.get("int8") is None:
+        return [*out, f"- {edge['metric']} (fp32): {_fmt(edge['fp32'])} on {edge['heldOut']}"]
+    latency = edge["latency"]
+    rows = [
+        ["TorchScript bytes", edge["fp32Bytes"], edge["int8Bytes"], edge["sizeRatio"]],
+        ["single-row latency, ms", latency["fp32Ms"], latency["int8Ms"], latency["ratio"]],
+        [f"{edge['metric']} ({edge['heldOut']})", edge["fp32"], edge["int8"], edge["change"]],
+    ]
+    return [*out, "", *_table(["", "fp32", "int8", "int8 / fp32 or change"], rows)]
 
 
 def _code(version: dict[str, Any] | None) -> str:

@@ -27,6 +27,9 @@ def evaluate_command(
     run_id: str = typer.Option(..., help="Run id: result under runs/<ns>/<id>."),
     lake: str | None = typer.Option(None, help="Lake root URI (default $NEURAXIS_LAKE_URI)."),
     artifact_uri: str | None = typer.Option(None, help="Artifact folder URI (default: registry)."),
+    artifact_digest: str | None = typer.Option(
+        None, help="The digest the artifact must have (pinned); otherwise it is refused."
+    ),
     dataset: str | None = typer.Option(
         None, help="Evaluation Dataset (default: validation split)."
     ),
@@ -39,6 +42,7 @@ def evaluate_command(
     """Exit 0 when evaluation ran (gates passed or not: see the result), 1 when it could not."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     from neuraxis.lake import Lake
+    from neuraxis.workloads.artifact import failure_reason
     from neuraxis.workloads.evaluate.run import load_model_version, run_evaluation
     from neuraxis.workloads.result import now_rfc3339, publish_failure
 
@@ -50,12 +54,19 @@ def evaluate_command(
     try:
         mv = load_model_version(spec)
         result = run_evaluation(
-            mv, the_lake, namespace, run_id, artifact_uri=artifact_uri, dataset=dataset
+            mv,
+            the_lake,
+            namespace,
+            run_id,
+            artifact_uri=artifact_uri,
+            dataset=dataset,
+            expected_digest=artifact_digest,
         )
     except Exception as exc:
         log.exception("evaluation failed")
         message = f"{type(exc).__name__}: {exc}"
-        publish_failure(the_lake, namespace, run_id, "EvaluationFailed", message, started)
+        reason = failure_reason(exc, "EvaluationFailed")
+        publish_failure(the_lake, namespace, run_id, reason, message, started)
         raise typer.Exit(1) from exc
     typer.echo(f"{result['reason']}: {result['message']} (card {result['cardUri']})")
 

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from neuraxis.lake import Lake, LakeError
-from neuraxis.workloads.artifact import Signature, read_signature, read_verified
+from neuraxis.workloads.artifact import Signature, read_signature, read_verified, verify_digest
 from neuraxis.workloads.train.data import TabularData, read_table
 
 ARTIFACT_FILES = ["model.pt", "model.ts", "signature.json"]
@@ -54,15 +54,10 @@ def folder_of(lake: Lake, uri: str) -> str:
 
 
 def load_artifact(lake: Lake, folder: str, expected_digest: str | None = None) -> LoadedArtifact:
-    """Read model.pt, model.ts and signature.json, each checked against the manifest."""
-    from neuraxis.workloads.artifact import ArtifactIntegrityError, artifact_digest
-
+    """Read model.pt, model.ts and signature.json, each checked against the manifest, and the
+    manifest against the pinned `expected_digest` (ArtifactChangedError when either differs)."""
+    verify_digest(lake, folder, expected_digest)
     files = read_verified(lake, folder, ARTIFACT_FILES)
-    if expected_digest is not None and artifact_digest(lake, folder) != expected_digest:
-        raise ArtifactIntegrityError(
-            f"{lake.uri(folder)}: digest {artifact_digest(lake, folder)} is not the "
-            f"expected {expected_digest}"
-        )
     payload = torch.load(io.BytesIO(files["model.pt"]), map_location="cpu", weights_only=True)
     return LoadedArtifact(
         folder=folder,

@@ -3,6 +3,7 @@ documented by a model card (card.md, card.json, plots) next to the artifact."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ import torch
 
 from neuraxis.crds.modelversion import ModelVersion
 from neuraxis.lake import Lake
-from neuraxis.workloads.artifact import artifact_digest
+from neuraxis.workloads.artifact import artifact_digest, write_card_files
 from neuraxis.workloads.drift import read_profile
 from neuraxis.workloads.evaluate import plots
 from neuraxis.workloads.evaluate.card import CARD_FOLDER, build_card, render_markdown
@@ -85,10 +86,13 @@ def run_evaluation(
     *,
     artifact_uri: str | None = None,
     dataset: str | None = None,
+    expected_digest: str | None = None,
 ) -> dict[str, Any]:
+    """`expected_digest`: the digest the artifact must have (the one the ModelVersion pinned, or
+    its training run reported); default spec.source.digest."""
     started = now_rfc3339()
     folder = artifact_folder_for(mv, lake, namespace, artifact_uri)
-    artifact = load_artifact(lake, folder, mv.spec.source.digest)
+    artifact = load_artifact(lake, folder, expected_digest or mv.spec.source.digest)
     ref = mv.spec.evaluation.dataset_ref if mv.spec.evaluation else None
     heldout = load_heldout(
         lake,
@@ -108,7 +112,6 @@ def run_evaluation(
     gates = check_gates(mv.spec.evaluation.gates if mv.spec.evaluation else [], metrics)
     passed, reason = gates_summary(gates)
     sig = artifact.signature
-    card_folder = f"{folder}/{CARD_FOLDER}"
     plot_files = {
         "training_curves.png": plots.training_curves(artifact.training.get("history", []))
     }
@@ -123,8 +126,6 @@ def run_evaluation(
         )
     attributions = feature_attributions(lake, folder, artifact, heldout)
     plot_files["feature_attributions.png"] = plots.feature_attributions(attributions)
-    for name, data in sorted(plot_files.items()):
-        lake.write_bytes(f"{card_folder}/plots/{name}", data)
     evaluation = {
         "metrics": metrics,
         "confusionMatrix": evaluated.get("confusionMatrix"),
@@ -146,7 +147,7 @@ def run_evaluation(
         plots=sorted(plot_files),
         code_version=code_version(),
     )
-    write_card(lake, card_folder, card)
+    write_card(lake, folder, card, plot_files)
     result: dict[str, Any] = {
         "outcome": "Succeeded",
         "reason": "GatesPassed" if passed else "GatesFailed",
@@ -162,7 +163,7 @@ def run_evaluation(
         "gates": evaluation["gates"],
         "evaluation": evaluation,
         "artifact": {"uri": lake.uri(folder), "digest": digest},
-        "cardUri": lake.uri(f"{card_folder}/card.md"),
+        "cardUri": lake.uri(f"{folder}/{CARD_FOLDER}/card.md"),
         "lineage": card["lineage"],
     }
     compact = {
@@ -181,7 +182,12 @@ def run_evaluation(
     return result
 
 
-def write_card(lake: Lake, card_folder: str, card: dict[str, Any]) -> None:
-    """card.json then card.md (each atomic): the Markdown is always a rendering of the JSON."""
-    lake.write_json(f"{card_folder}/card.json", card)
-    lake.write_bytes(f"{card_folder}/card.md", render_markdown(card).encode())
+def write_card(
+    lake: Lake, folder: str, card: dict[str, Any], plot_files: dict[str, bytes] | None = None
+) -> None:
+    """The card (card.json, its Markdown rendering card.md, plots) under the artifact's card/
+    folder, listed in its manifest's card section (the pinned model digest does not move)."""
+    files = {f"plots/{name}": data for name, data in (plot_files or {}).items()}
+    files["card.json"] = (json.dumps(card, indent=2, sort_keys=True) + "\n").encode()
+    files["card.md"] = render_markdown(card).encode()
+    write_card_files(lake, folder, files)

@@ -44,7 +44,10 @@ def serve_command(
     try:
         loaded = load_model(model, name=name, expected_digest=digest)
     except ModelLoadError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        from neuraxis.workloads.result import report_refusal
+
+        typer.echo(f"error: {exc.reason}: {exc}", err=True)
+        report_refusal(exc.reason, str(exc))
         raise typer.Exit(2) from exc
     batching = BatchingConfig(max_batch_size, max_batch_wait_ms)
     config = ServeConfig(batching, max_body_bytes, drift_window)

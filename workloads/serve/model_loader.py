@@ -20,10 +20,10 @@ from neuraxis.workloads.artifact import (
     SIGNATURE,
     ArtifactIntegrityError,
     Signature,
-    artifact_digest,
     read_manifest,
     read_signature,
     read_verified,
+    verify_digest,
 )
 from neuraxis.workloads.drift import PROFILE, TrainingProfile, parse_profile
 
@@ -40,12 +40,20 @@ def served_files(manifest: dict[str, str]) -> list[str]:
     return SERVED_FILES + [name for name in OPTIONAL_FILES if name in manifest]
 
 
-# models/<ns>/<model>/<version> or edge/<ns>/<model>/<version> at the end of a URI.
-_LAYOUT = re.compile(r"^(?P<root>.*?)/?(?P<kind>models|edge)/(?P<ns>[^/]+)/(?P<model>[^/]+)/[^/]+$")
+# models/<ns>/<model>/<version>[/<run-id>] or edge/... at the end of a URI (run-unique folders
+# since artifacts became immutable; the shorter form is what earlier runs wrote).
+_LAYOUT = re.compile(
+    r"^(?P<root>.*?)/?(?P<kind>models|edge)/(?P<ns>[^/]+)/(?P<model>[^/]+)/[^/]+(/[^/]+)?$"
+)
 
 
 class ModelLoadError(RuntimeError):
-    """The artifact cannot be served; the message says which file and why."""
+    """The artifact cannot be served; the message says which file and why, `reason` the kind
+    (ArtifactChanged: not the pinned artifact, never served)."""
+
+    def __init__(self, message: str, reason: str = "ModelLoadFailed"):
+        super().__init__(message)
+        self.reason = reason
 
 
 def split_artifact_uri(uri: str) -> tuple[str, str]:
@@ -172,16 +180,10 @@ def load_model(
     root, folder = split_artifact_uri(uri)
     lake = Lake(root)
     try:
-        digest = artifact_digest(lake, folder)
-        if expected_digest is not None and digest != expected_digest:
-            raise ModelLoadError(
-                f"{uri}: digest {digest} does not match expected {expected_digest}"
-            )
+        digest = verify_digest(lake, folder, expected_digest)
         files = read_verified(lake, folder, served_files(read_manifest(lake, folder)))
     except ArtifactIntegrityError as exc:
-        raise ModelLoadError(f"refusing to serve: {exc}") from exc
-    except ModelLoadError:
-        raise
+        raise ModelLoadError(f"refusing to serve: {exc}", exc.reason) from exc
     except Exception as exc:  # the lake itself failed (unreachable, permissions)
         raise ModelLoadError(f"{uri}: cannot read the artifact ({exc})") from exc
     return model_from_files(name or model_name_of(uri), digest, files)

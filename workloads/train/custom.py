@@ -5,8 +5,9 @@ processes:
 
     NEURAXIS_DATASET_URI       the Dataset's Delta table (file:// or s3:// URI)
     NEURAXIS_DATASET_VERSION   the table version to read (empty: latest)
-    NEURAXIS_OUTPUT_URI        where to write the model artifact (the registered version's folder,
-                               or runs/<ns>/<run-id>/model)
+    NEURAXIS_OUTPUT_URI        where to write the model artifact: models/<ns>/<model>/<version>/
+                               <run-id> for a registered version, else runs/<ns>/<run-id>/model
+                               (run-unique either way: a rerun never rewrites earlier files)
     NEURAXIS_RUN_URI           runs/<ns>/<run-id>/ (checkpoints, result.json)
     RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT   torch.distributed rendezvous
 plus the lake's S3 settings (AWS_*) when the lake is s3:// and `spec.custom.env`.
@@ -21,12 +22,14 @@ DEFAULT_MASTER_PORT = 29500
 
 
 def artifact_folder(job: TrainingJob, namespace: str, run_id: str) -> str:
-    """Where the job's artifact goes: the registered version's folder, or the run's."""
+    """Where the job's artifact goes: a folder of this run under the registered version's, or
+    the run's own. The run id makes it unique, so retraining after a spec edit writes a new
+    folder and never touches the files an earlier (maybe Approved) version was pinned to."""
     register = job.spec.register_
     if register is None:
         return f"{Lake.run_path(namespace, run_id)}/model"
     version = register.version_name or f"{register.model}-{job.metadata.name}"
-    return Lake.model_path(namespace, register.model, version)
+    return f"{Lake.model_path(namespace, register.model, version)}/{run_id}"
 
 
 def custom_trainer_env(
