@@ -10,7 +10,7 @@ import pytest
 from neuraxis.crds.modelversion import Gate, ModelVersion
 from neuraxis.lake import Lake
 from neuraxis.resources import parse_resource
-from neuraxis.workloads.artifact import ArtifactIntegrityError, read_verified
+from neuraxis.workloads.artifact import ArtifactChangedError, ArtifactIntegrityError, read_verified
 from neuraxis.workloads.bundle.compress import MAX_SIZE_RATIO
 from neuraxis.workloads.bundle.run import build_edge_bundle
 from neuraxis.workloads.evaluate.gates import check_gate, gates_summary
@@ -25,10 +25,16 @@ GATES = [
 ]
 
 
-def train(kit: Any, lake: Lake, version: str, **model: Any) -> None:
+def train(kit: Any, lake: Lake, version: str, **model: Any) -> str:
+    """Train and register `version`; its artifact folder (run-unique, so a retrain never
+    rewrites it): models/ml/detector/<version>/<run id>."""
     settings = {"architecture": "mlp", "epochs": 6, "learningRate": 0.02, **model}
     spec = kit.job(model=settings, register={"model": "detector", "versionName": version})
-    run_training(spec, lake, kit.namespace, f"train-{version}")
+    result = run_training(spec, lake, kit.namespace, f"train-{version}")
+    assert result is not None
+    folder = folder_of(lake, result["artifact"]["uri"])
+    assert folder == f"models/ml/detector/{version}/train-{version}"
+    return folder
 
 
 def version(kit: Any, name: str, gates: list[dict[str, Any]]) -> ModelVersion:
@@ -52,8 +58,9 @@ def test_gate_reasons_carry_metric_value_and_threshold() -> None:
 
 def test_gates_reject_a_deliberately_bad_model(lake: Lake, kit: Any) -> None:
     # A learning rate of 1e-6 for one epoch leaves the random initial weights in place.
-    train(kit, lake, "bad", epochs=1, learningRate=0.000001)
-    result = run_evaluation(version(kit, "bad", GATES), lake, kit.namespace, "eval-bad")
+    folder = train(kit, lake, "bad", epochs=1, learningRate=0.000001)
+    mv = version(kit, "bad", GATES)
+    result = run_evaluation(mv, lake, kit.namespace, "eval-bad", artifact_uri=lake.uri(folder))
     assert result["outcome"] == "Succeeded" and result["reason"] == "GatesFailed"
     assert result["passed"] is False
     accuracy = result["metrics"]["accuracy"]
@@ -66,8 +73,9 @@ def test_gates_reject_a_deliberately_bad_model(lake: Lake, kit: Any) -> None:
 
 def test_good_model_passes_and_card_names_the_dataset_version(lake: Lake, kit: Any) -> None:
     kit.write_table(lake, "features", rows=400, seed=5)  # table version 1
-    train(kit, lake, "good")
-    result = run_evaluation(version(kit, "good", GATES), lake, kit.namespace, "eval-good")
+    folder = train(kit, lake, "good")
+    mv = version(kit, "good", GATES)
+    result = run_evaluation(mv, lake, kit.namespace, "eval-good", artifact_uri=lake.uri(folder))
     assert result["passed"] is True, result["message"]
     metrics = result["metrics"]
     for name in (
@@ -82,7 +90,7 @@ def test_good_model_passes_and_card_names_the_dataset_version(lake: Lake, kit: A
         assert metrics[name] >= 0, name
     assert len(result["evaluation"]["confusionMatrix"]) == 2
     assert len(result["evaluation"]["calibration"]["bins"]) == 10
-    card_folder = "models/ml/detector/good/card"
+    card_folder = f"{folder}/card"
     card = lake.read_json(f"{card_folder}/card.json")
     assert card["lineage"]["dataset"]["name"] == "features"
     assert card["lineage"]["dataset"]["version"] == 1
@@ -97,19 +105,28 @@ def test_good_model_passes_and_card_names_the_dataset_version(lake: Lake, kit: A
 
 
 def test_tampered_artifact_is_not_evaluated(lake: Lake, kit: Any) -> None:
-    train(kit, lake, "tampered", epochs=1)
-    path = lake.local_path("models/ml/detector/tampered/model.ts")
+    folder = train(kit, lake, "tampered", epochs=1)
+    path = lake.local_path(f"{folder}/model.ts")
     path.write_bytes(path.read_bytes() + b"\0")
-    with pytest.raises(ArtifactIntegrityError, match=r"model\.ts: sha256 mismatch"):
-        run_evaluation(version(kit, "tampered", GATES), lake, kit.namespace, "eval-t")
+    with pytest.raises(ArtifactChangedError, match=r"model\.ts: sha256 mismatch"):
+        run_evaluation(
+            version(kit, "tampered", GATES),
+            lake,
+            kit.namespace,
+            "eval-t",
+            artifact_uri=lake.uri(folder),
+        )
 
 
 def test_tiny_model_bundle_ships_fp32_with_the_reason_and_refuses_tampering(
     lake: Lake, kit: Any
 ) -> None:
-    train(kit, lake, "edge")  # the demo's size: 3 features, 16 hidden units, one layer
-    run_evaluation(version(kit, "edge", GATES), lake, kit.namespace, "eval-edge")
-    result = build_edge_bundle(lake, kit.namespace, "detector", "edge", "bundle-edge")
+    source = train(kit, lake, "edge")  # the demo's size: 3 features, 16 hidden units, one layer
+    mv = version(kit, "edge", GATES)
+    run_evaluation(mv, lake, kit.namespace, "eval-edge", artifact_uri=lake.uri(source))
+    result = build_edge_bundle(
+        lake, kit.namespace, "detector", "edge", "bundle-edge", source_folder=source
+    )
     edge = result["edge"]
     # int8 was built and measured, but its packed weights and per-channel scales outweigh the
     # bytes a 3-16-2 MLP saves: fp32 ships and the result says why.
@@ -122,7 +139,7 @@ def test_tiny_model_bundle_ships_fp32_with_the_reason_and_refuses_tampering(
     folder = folder_of(lake, result["bundle"]["uri"])
     files = read_verified(lake, folder)
     assert {"model.ts", "signature.json", "compression.json"} <= set(files)
-    source = folder_of(lake, result["source"]["uri"])
+    assert folder_of(lake, result["source"]["uri"]) == source
     artifact_files = read_verified(lake, source, ["model.ts"])
     assert files["model.ts"] == artifact_files["model.ts"]  # the fp32 TorchScript itself
     assert json.loads(files["compression.json"])["reason"] == edge["reason"]

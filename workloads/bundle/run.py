@@ -42,16 +42,18 @@ def build_edge_bundle(
     *,
     quantize: Literal["int8", "none"] = "int8",
     source_folder: str | None = None,
+    expected_digest: str | None = None,
 ) -> dict[str, Any]:
     """Quantize and export the registered version; publish the result; returns it."""
     started = now_rfc3339()
     folder = source_folder or Lake.model_path(namespace, model, version)
-    artifact = load_artifact(lake, folder)
+    artifact = load_artifact(lake, folder, expected_digest)
     heldout = load_heldout(lake, namespace, artifact)
     edge, edge_ts = compress(artifact, heldout, quantize)
     ref = write_artifact(
         lake,
-        Lake.edge_path(namespace, model, version),
+        # Run-unique: a later bundle never rewrites the one agents already run.
+        f"{Lake.edge_path(namespace, model, version)}/{run_id}",
         {
             "model.ts": edge_ts,
             "signature.json": artifact.files["signature.json"],
@@ -59,7 +61,7 @@ def build_edge_bundle(
         },
     )
     edge = {**edge, "uri": ref.uri, "digest": ref.digest}
-    card_updated = _add_to_card(lake, f"{folder}/{CARD_FOLDER}", edge)
+    card_updated = _add_to_card(lake, folder, edge)
     result = {
         "outcome": "Succeeded",
         "reason": "Bundled",
@@ -139,12 +141,12 @@ def compress(
     return record, shipped
 
 
-def _add_to_card(lake: Lake, card_folder: str, edge: dict[str, Any]) -> bool:
+def _add_to_card(lake: Lake, folder: str, edge: dict[str, Any]) -> bool:
     """Record the bundle in the model card when evaluation has written one."""
     try:
-        card = lake.read_json(f"{card_folder}/card.json")
+        card = lake.read_json(f"{folder}/{CARD_FOLDER}/card.json")
     except LakeError:
         return False
     card["edge"] = edge
-    write_card(lake, card_folder, card)
+    write_card(lake, folder, card)
     return True
