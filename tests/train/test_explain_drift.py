@@ -86,8 +86,9 @@ def test_attributions_sum_to_prediction_minus_baseline(lake: Lake, kit: Any) -> 
 
 
 def test_card_has_the_attribution_table_plot_baseline_and_delta(lake: Lake, kit: Any) -> None:
-    trained(kit, lake, "carded")
-    result = run_evaluation(model_version(kit, "carded"), lake, kit.namespace, "eval-carded")
+    folder = trained(kit, lake, "carded")
+    mv = model_version(kit, "carded")
+    result = run_evaluation(mv, lake, kit.namespace, "eval-carded", artifact_uri=lake.uri(folder))
     attributions = result["evaluation"]["attributions"]
     assert attributions["baseline"]["kind"] == "training-mean"
     assert {f["name"] for f in attributions["features"]} == {"temperature", "vibration", "pressure"}
@@ -129,3 +130,17 @@ def test_psi_separates_a_shifted_sample_from_the_training_distribution() -> None
     assert values is not None and values["a"] > PSI_THRESHOLD > values["b"]
     # An empty bin costs a large but finite term (epsilon).
     assert np.isfinite(psi(np.array([10.0, 10.0]), np.array([20.0, 0.0])))
+
+
+def test_edge_bundle_carries_the_artifacts_profile(lake: Lake, kit: Any) -> None:
+    from neuraxis.workloads.artifact import read_verified
+    from neuraxis.workloads.bundle.run import build_edge_bundle
+
+    folder = trained(kit, lake, "bundled")
+    result = build_edge_bundle(
+        lake, kit.namespace, "detector", "bundled", "bundle-1", source_folder=folder
+    )
+    root = lake.root.rstrip("/") + "/"
+    bundle = str(result["bundle"]["uri"])[len(root) :]
+    shipped = read_verified(lake, bundle, ["profile.json"])["profile.json"]
+    assert shipped == read_verified(lake, folder, ["profile.json"])["profile.json"]

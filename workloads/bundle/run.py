@@ -13,6 +13,7 @@ from neuraxis.lake import Lake, LakeError
 from neuraxis.workloads.artifact import write_artifact
 from neuraxis.workloads.bundle.compress import choose, latency_record, single_row_latency_ms
 from neuraxis.workloads.bundle.quantize import quantize_int8
+from neuraxis.workloads.drift import profile_files
 from neuraxis.workloads.evaluate.card import CARD_FOLDER
 from neuraxis.workloads.evaluate.heldout import (
     HeldOut,
@@ -58,6 +59,7 @@ def build_edge_bundle(
             "model.ts": edge_ts,
             "signature.json": artifact.files["signature.json"],
             COMPRESSION: (json.dumps(edge, indent=2, sort_keys=True) + "\n").encode(),
+            **profile_files(lake, folder),  # the agent's drift reference and IG baseline
         },
     )
     edge = {**edge, "uri": ref.uri, "digest": ref.digest}
