@@ -245,6 +245,89 @@ def card(
         raise typer.Exit(1) from exc
 
 
+def _kind_and_name(target: str, kind: str) -> str:
+    """`name` from `<kind>/<name>` (the kind in any case), or a usage error naming both."""
+    kind_text, _, name = target.partition("/")
+    if kind_text.lower() != kind.lower() or not name:
+        raise typer.BadParameter(f"{target!r}: expected {kind.lower()}/<name>")
+    return name
+
+
+@app.command("backtest")
+def backtest(
+    target: str = typer.Argument(..., help="modelversion/<name>"),
+    namespace: str = typer.Option("default", "--namespace", "-n"),
+) -> None:
+    """Backtest an Approved ModelVersion now: score it on the newest version of its evaluation
+    Dataset with the same gates; the result goes to status.evaluationHistory and a failing gate
+    sets Degraded (in a cluster, spec.evaluation.schedule does this on a schedule). Exits 1 when
+    the backtest failed."""
+    from neuraxis.lake import Lake
+    from neuraxis.local.backtest import BacktestError
+    from neuraxis.local.backtest import backtest as run_backtest
+    from neuraxis.local.report import console, history_table
+    from neuraxis.local.runner import Runner
+    from neuraxis.local.state import LocalStore
+
+    name = _kind_and_name(target, "ModelVersion")
+    runner = Runner(Lake.from_env(), LocalStore())
+    try:
+        outcome = run_backtest(runner, namespace, name)
+    except BacktestError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from exc
+    console.print(history_table(outcome.status.get("evaluationHistory") or []))
+    degraded = next(
+        (c for c in outcome.status.get("conditions") or [] if c["type"] == "Degraded"), None
+    )
+    if degraded is not None:
+        console.print(
+            f"Degraded={degraded['status']} ({degraded['reason']}): {degraded['message']}"
+        )
+    if not outcome.entry["passed"]:
+        raise typer.Exit(1)
+
+
+@app.command("reproduce")
+def reproduce(
+    target: str = typer.Argument(..., help="trainingjob/<name>"),
+    namespace: str = typer.Option("default", "--namespace", "-n"),
+    tolerance: float = typer.Option(
+        1e-4, min=0.0, help="Largest absolute difference per metric that still reproduces."
+    ),
+) -> None:
+    """Train a finished TrainingJob again from the dataset version, seed and hyperparameters its
+    artifact pins, into a scratch run folder (the registered version is not touched), and print
+    each metric then and now. Exits 1 when a metric differs by more than --tolerance, when the
+    code version or the dataset digest differs, or when the run fails."""
+    from neuraxis.lake import Lake
+    from neuraxis.local.report import console, reproduction_table
+    from neuraxis.local.reproduce import ReproduceError
+    from neuraxis.local.reproduce import reproduce as run_reproduce
+    from neuraxis.local.runner import Runner
+    from neuraxis.local.state import LocalStore
+
+    name = _kind_and_name(target, "TrainingJob")
+    runner = Runner(Lake.from_env(), LocalStore())
+    try:
+        outcome = run_reproduce(runner, namespace, name, tolerance)
+    except ReproduceError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from exc
+    pinned = outcome.pinned
+    data = pinned.get("dataset") or {}
+    console.print(
+        f"pinned: {data.get('name')} v{data.get('version')} ({data.get('digest')}), "
+        f"seed {pinned.get('seed')}, code {pinned.get('codeVersion')}"
+    )
+    console.print(reproduction_table(outcome.metrics))
+    console.print(f"reproduced artifact {outcome.artifact_uri} (run {outcome.run_id})")
+    for warning in outcome.warnings:
+        console.print(f"[bold red]WARNING[/] {warning}")
+    if not outcome.reproduced:
+        raise typer.Exit(1)
+
+
 workload_app = typer.Typer(help="What runs in pods (and locally): etl, train, serve, edge, ...")
 app.add_typer(workload_app, name="workload")
 

@@ -435,7 +435,7 @@ def reconcile_model_version(
         "evaluation": status.get("evaluation"),
         "cardUri": status.get("cardUri"),
     }
-    history = _backtests(mv, status, artifact_uri, cluster, settings)
+    history = _backtests(mv, status, (artifact_uri, digest), cluster, settings)
     fields["evaluationHistory"] = history or None
     fields = {k: v for k, v in fields.items() if v is not None}
     degraded = degraded_condition(history)
@@ -452,16 +452,21 @@ def predictor_pods(cluster: Cluster, mv: ModelVersion) -> list[Obj]:
 
 
 def _backtests(
-    mv: ModelVersion, status: Obj, artifact_uri: str, cluster: Cluster, settings: OperatorSettings
+    mv: ModelVersion,
+    status: Obj,
+    artifact: tuple[str, str | None],
+    cluster: Cluster,
+    settings: OperatorSettings,
 ) -> list[Obj]:
-    """Keep the backtest CronJob as the spec asks (made, updated or suspended) and add each
+    """Keep the backtest CronJob (scoring the pinned artifact, `artifact` = uri and digest) as
+    the spec asks (made, updated or suspended) and add each
     finished backtest Job not yet recorded to the history. Jobs and pods come from the watch
     caches; a recorded Job is skipped by name, so steady state sends no request."""
     ns = ns_of(mv)
     schedule = mv.spec.evaluation.schedule if mv.spec.evaluation else None
     cron_name = backtest_cron_job_name(mv)
     if schedule is not None or cluster.get("batch/v1", "CronJob", ns, cron_name) is not None:
-        _apply_all(cluster, build_backtest_children(mv, artifact_uri, settings))
+        _apply_all(cluster, build_backtest_children(mv, artifact[0], settings, artifact[1]))
     history: list[Obj] = list(status.get("evaluationHistory") or [])
     recorded = {e.get("runId") for e in history}
     jobs = cluster.list("batch/v1", "Job", ns, {owner_label("ModelVersion"): mv.metadata.name})

@@ -54,6 +54,40 @@ def status_table(bodies: list[dict[str, Any]]) -> Table:
     return table
 
 
+def history_table(history: list[dict[str, Any]], shown: int = 5) -> Table:
+    """The newest backtests of a ModelVersion (status.evaluationHistory)."""
+    table = Table(title="backtests (newest first)")
+    for column in ("Time", "Run", "Dataset", "Digest", "Metrics", "Passed", "Why"):
+        table.add_column(column, overflow="fold")
+    for e in history[:shown]:
+        metrics = ", ".join(f"{k} {v:.4g}" for k, v in sorted((e.get("metrics") or {}).items()))
+        table.add_row(
+            str(e.get("time")), str(e.get("runId")),
+            f"{e.get('dataset')} v{e.get('datasetVersion')}",
+            str(e.get("datasetDigest") or "")[:19], metrics,
+            "[green]yes[/]" if e.get("passed") else "[red]no[/]",
+            str(e.get("message") or ""),
+        )  # fmt: skip
+    return table
+
+
+def reproduction_table(metrics: list[Any]) -> Table:
+    """neuraxis reproduce: each metric then and now (MetricDiff rows)."""
+    table = Table(title="reproduction")
+    for column in ("Metric", "Original", "Reproduced", "Abs diff", "Within tolerance"):
+        table.add_column(column, overflow="fold")
+
+    def fmt(value: float | None) -> str:
+        return "-" if value is None else f"{value:.6g}"
+
+    for m in metrics:
+        ok = "[green]yes[/]" if m.within else "[red]no[/]"
+        table.add_row(
+            m.metric, fmt(m.original), fmt(m.reproduced), fmt(m.diff), f"{ok} (<= {m.tolerance:g})"
+        )
+    return table
+
+
 def lineage_tree(root: Node) -> Tree:
     def add(tree: Tree, node: Node) -> None:
         branch = tree.add(f"[bold]{node.label}[/] " + " · ".join(node.details))

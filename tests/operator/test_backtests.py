@@ -94,6 +94,13 @@ def test_the_spec_in_the_config_map_reads_the_latest_dataset_version() -> None:
     assert body["spec"]["evaluation"]["datasetRef"] == {"name": "sensor-features"}
 
 
+def test_the_backtest_scores_only_the_pinned_artifact() -> None:
+    _config, cron = build_backtest_children(_scheduled(), "s3://l/m", SETTINGS, DIGEST)
+    pod = cron["spec"]["jobTemplate"]["spec"]["template"]
+    command = pod["spec"]["containers"][0]["command"]
+    assert command[command.index("--artifact-digest") + 1] == DIGEST
+
+
 def test_a_removed_schedule_suspends_the_cron_job() -> None:
     _config, cron = build_backtest_children(_scheduled(None), "s3://l/m", SETTINGS)
     assert cron["spec"]["suspend"] is True

@@ -27,14 +27,16 @@ def run_backtest(
     run_id: str,
     *,
     artifact_uri: str | None = None,
+    expected_digest: str | None = None,
 ) -> dict[str, Any]:
-    """Score the artifact on every row of the newest version of spec.evaluation.datasetRef."""
+    """Score the artifact (refused unless its digest is `expected_digest`, the one the version
+    pinned, when given) on every row of the newest version of spec.evaluation.datasetRef."""
     started = now_rfc3339()
     ref = mv.spec.evaluation.dataset_ref if mv.spec.evaluation else None
     if ref is None:
         raise ValueError("spec.evaluation.datasetRef: required for a backtest")
     folder = artifact_folder_for(mv, lake, namespace, artifact_uri)
-    artifact = load_artifact(lake, folder, mv.spec.source.digest)
+    artifact = load_artifact(lake, folder, expected_digest or mv.spec.source.digest)
     # version=None: the newest version of the table (the ETL commits only finished runs).
     heldout = load_heldout(lake, namespace, artifact, dataset=ref.name, version=None)
     if len(heldout.x) == 0:

@@ -49,7 +49,7 @@ def evaluate_command(
     the_lake = Lake(lake) if lake else Lake.from_env()
     started = now_rfc3339()
     if backtest:
-        _backtest(spec, the_lake, namespace, run_id, artifact_uri, started)
+        _backtest(spec, the_lake, namespace, run_id, (artifact_uri, artifact_digest), started)
         return
     try:
         mv = load_model_version(spec)
@@ -72,15 +72,26 @@ def evaluate_command(
 
 
 def _backtest(
-    spec: str, lake: Lake, namespace: str, run_id: str, artifact_uri: str | None, started: str
+    spec: str,
+    lake: Lake,
+    namespace: str,
+    run_id: str,
+    artifact: tuple[str | None, str | None],
+    started: str,
 ) -> None:
+    """The backtest mode: `artifact` is (--artifact-uri, --artifact-digest)."""
     from neuraxis.workloads.evaluate.backtest import run_backtest
     from neuraxis.workloads.evaluate.run import load_model_version
     from neuraxis.workloads.result import publish_failure
 
     try:
         result = run_backtest(
-            load_model_version(spec), lake, namespace, run_id, artifact_uri=artifact_uri
+            load_model_version(spec),
+            lake,
+            namespace,
+            run_id,
+            artifact_uri=artifact[0],
+            expected_digest=artifact[1],
         )
     except Exception as exc:
         log.exception("backtest failed")

@@ -110,6 +110,10 @@ def run_training(
     placement = placement or placement_from_env()
     ctx = DistContext(rank=placement.rank, world_size=placement.world_size) if placement else None
     dev = device_for(placement, device)
+    if not dev.startswith("cuda"):
+        # Same data, seed and code give the same model on CPU (`neuraxis reproduce` checks it):
+        # an op without a deterministic CPU kernel fails instead of drifting silently.
+        torch.use_deterministic_algorithms(True)
     model_spec = job.spec.model
     if model_spec is None:
         raise ValueError("spec.model: required for the built-in trainer (spec.custom runs apart)")
