@@ -32,14 +32,13 @@ def write_table(
             "failure": (temperature + vibration > 0).astype(np.int64),
         }
     )
-    write_delta(lake, name, table, mode)
+    write_delta(lake, name, table)
 
 
-def write_delta(
-    lake: Lake, name: str, table: pa.Table, mode: str = "overwrite", digest: bool = True
-) -> None:
-    """Commit `table` as a Dataset run does: the commit records the version's content digest
-    (training takes it from there). Here a stand-in: sha256 of the Arrow data of this commit."""
+def write_delta(lake: Lake, name: str, table: pa.Table, digest: bool = True) -> None:
+    """Commit `table` as a new version (replacing the data) the way a Dataset run does: the
+    commit records the version's content digest, which training takes from there. Here a
+    stand-in digest: sha256 of the Arrow data of this commit."""
     import hashlib
     import json
 
@@ -54,7 +53,7 @@ def write_delta(
     write_deltalake(
         lake.uri(Lake.table_path(NAMESPACE, name)),
         table,
-        mode=mode,  # type: ignore[arg-type]
+        mode="overwrite",
         commit_properties=CommitProperties(custom_metadata={"userMetadata": json.dumps(meta)}),
     )
 
