@@ -80,6 +80,9 @@ def pinned_job(body: dict[str, Any], training: dict[str, Any]) -> TrainingJob:
     spec.pop("register", None)
     if training.get("validationSplit") is not None:
         spec["validationSplit"] = float(training["validationSplit"])
+    # The held-out test rows too: the same rows stay out of training (artifacts from before
+    # test splits held none out).
+    spec["testSplit"] = float(training.get("testSplit") or 0.0)
     if training.get("workers"):
         spec["resources"] = {**(spec.get("resources") or {}), "workers": int(training["workers"])}
     model = dict(spec.get("model") or {})
