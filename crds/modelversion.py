@@ -238,7 +238,11 @@ class ModelVersionStatus(StatusBase):
         default="Pending",
         description="Pending, Registered, Evaluating, Approved, Rejected, Serving or Failed.",
     )
-    artifact: Artifact | None = None
+    artifact: Artifact | None = Field(
+        default=None,
+        description="The artifact evaluated; its digest is pinned from then on: serving, bundles "
+        "and edge agents load only an artifact with that digest (else Failed, ArtifactChanged).",
+    )
     evaluation: EvaluationStatus | None = None
     card_uri: str | None = Field(default=None, max_length=2048)
     endpoint: str | None = Field(default=None, max_length=2048, description="In-cluster URL.")
