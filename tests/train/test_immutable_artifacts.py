@@ -32,6 +32,8 @@ from neuraxis.workloads.result import TERMINATION_LOG_ENV, read_compact_result
 from neuraxis.workloads.serve.model_loader import ModelLoadError, load_model
 from neuraxis.workloads.train.run import run_training
 
+pytestmark = pytest.mark.engine
+
 GATES = [{"metric": "accuracy", "min": 0.5}]
 
 
