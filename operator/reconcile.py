@@ -428,7 +428,11 @@ def reconcile_model_version(
     if verdict is not None:
         verdict.fields = {**base_fields, **verdict.fields}
         return verdict
-    artifact_uri, digest = pinned_artifact(mv, status) or (uri, expected)
+    # Approved: the artifact this generation's evaluation verified (status.artifact, pinned by
+    # evaluation_outcome, also on the pass that sees the evaluation finish).
+    evaluated = status.get("artifact") or {}
+    artifact_uri = str(evaluated.get("uri") or uri)
+    digest = str(evaluated["digest"]) if evaluated.get("digest") else expected
     fields = {
         **base_fields,
         "artifact": {"uri": artifact_uri, "digest": digest},

@@ -126,3 +126,86 @@ def test_other_predictor_failures_are_left_to_the_deployment() -> None:
     assert serving_refusal([_predictor_pod("Traceback (most recent call last): ...")]) is None
     assert serving_refusal([_predictor_pod(None)]) is None
     assert serving_refusal([]) is None
+
+
+class ApiServerDouble:
+    """The few Cluster calls reconcile_model_version makes, over an in-memory object store
+    (the reconciler itself runs unchanged)."""
+
+    def __init__(self, objects: list[dict[str, Any]]):
+        self.objects = {self._key(o): o for o in objects}
+
+    @staticmethod
+    def _key(obj: dict[str, Any]) -> tuple[str, str, str]:
+        meta = obj["metadata"]
+        return obj["kind"], meta.get("namespace") or "", meta["name"]
+
+    def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> Any:
+        return self.objects.get((kind, namespace or "", name))
+
+    def list(
+        self,
+        api_version: str,
+        kind: str,
+        namespace: str | None,
+        labels: dict[str, str] | None = None,
+    ) -> list[dict[str, Any]]:
+        return [
+            o
+            for (k, ns, _), o in sorted(self.objects.items())
+            if k == kind
+            and (namespace is None or ns == namespace)
+            and all(o["metadata"].get("labels", {}).get(a) == b for a, b in (labels or {}).items())
+        ]
+
+    def ensure(self, manifest: dict[str, Any]) -> None:
+        self.objects.setdefault(self._key(manifest), manifest)
+
+    def has_kind(self, api_version: str, kind: str) -> bool:
+        return False
+
+
+def _served_after_retraining(pod_message: str | None) -> tuple[Any, ApiServerDouble]:
+    """An Approved, serving version pinned to run 1 whose TrainingJob has since retrained."""
+    from neuraxis.operator.reconcile import reconcile_model_version
+
+    mv: ModelVersion = _example("ModelVersion")
+    assert mv.spec.source.training_job_ref is not None
+    training_job = {
+        "kind": "TrainingJob",
+        "metadata": {"name": mv.spec.source.training_job_ref.name, "namespace": "ml"},
+        "status": {
+            "phase": "Succeeded",
+            "artifact": {"uri": URI.replace("run-1", "run-2"), "digest": "sha256:" + "d" * 64},
+        },
+    }
+    pod = {
+        **_predictor_pod(pod_message),
+        "kind": "Pod",
+        "metadata": {**_predictor_pod(pod_message)["metadata"], "name": "p0", "namespace": "ml"},
+    }
+    pod["metadata"]["labels"] = {"neuraxis.dev/modelversion": mv.metadata.name}
+    cluster = ApiServerDouble([training_job, pod])
+    status = {
+        "observedGeneration": mv.metadata.generation,
+        "evaluation": {"passed": True, "metrics": {"accuracy": 0.9}, "gates": []},
+        "artifact": {"uri": URI, "digest": PIN},
+    }
+    return reconcile_model_version(mv, status, cluster, SETTINGS), cluster  # type: ignore[arg-type]
+
+
+def test_serving_uses_the_pinned_artifact_not_the_retrained_one() -> None:
+    draft, cluster = _served_after_retraining(None)
+    assert draft.phase == "Approved" and draft.fields["artifact"] == {"uri": URI, "digest": PIN}
+    [deployment] = cluster.list("apps/v1", "Deployment", "ml")
+    command = deployment["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert (_flag(command, "--model"), _flag(command, "--digest")) == (URI, PIN)
+
+
+def test_a_refusing_predictor_makes_the_approved_version_failed() -> None:
+    refused = compact_json(
+        {"outcome": "Failed", "reason": "ArtifactChanged", "message": f"{URI}: not {PIN}"}
+    )
+    draft, _cluster = _served_after_retraining(refused)
+    assert (draft.phase, draft.reason, draft.ready) == ("Failed", "ArtifactChanged", False)
+    assert draft.fields["artifact"] == {"uri": URI, "digest": PIN}
