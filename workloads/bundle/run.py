@@ -47,7 +47,12 @@ def build_edge_bundle(
 ) -> dict[str, Any]:
     """Quantize and export the registered version; publish the result; returns it."""
     started = now_rfc3339()
-    folder = source_folder or Lake.model_path(namespace, model, version)
+    if source_folder is None:
+        raise ValueError(
+            f"ModelVersion {version}: no artifact folder: pass --artifact-uri (the version's "
+            "status.artifact.uri; artifacts live in run folders)"
+        )
+    folder = source_folder
     artifact = load_artifact(lake, folder, expected_digest)
     heldout = load_heldout(lake, namespace, artifact)
     edge, edge_ts = compress(artifact, heldout, quantize)

@@ -46,12 +46,17 @@ def load_model_version(path: str | Path) -> ModelVersion:
 
 
 def artifact_folder_for(mv: ModelVersion, lake: Lake, namespace: str, uri: str | None) -> str:
-    """--artifact-uri, else spec.source.uri, else the registry folder of this version."""
+    """--artifact-uri, else spec.source.uri."""
     if uri:
         return folder_of(lake, uri)
     if mv.spec.source.uri:
         return folder_of(lake, mv.spec.source.uri)
-    return Lake.model_path(namespace, mv.spec.model, mv.metadata.name)
+    # A version's artifacts live in run folders (models/<ns>/<model>/<version>/<run-id>): which
+    # run is the caller's to say (the TrainingJob's status.artifact.uri).
+    raise ValueError(
+        f"ModelVersion {mv.metadata.name}: no artifact URI: pass --artifact-uri (the "
+        "TrainingJob's status.artifact.uri) or set spec.source.uri"
+    )
 
 
 def score(
