@@ -176,3 +176,43 @@ def test_history_and_degraded_fit_the_status_schema_and_leave_the_phase_alone() 
     assert parsed.evaluation_history[0].passed is False
     conditions = {c.type: c for c in parsed.conditions}
     assert conditions["Degraded"].status == "True" and conditions["Ready"].status == "True"
+
+
+def test_a_finished_backtest_job_as_the_watch_caches_keep_it_gives_its_entry() -> None:
+    """The path a result takes in a cluster: the Job from the CronJob's template and its pod's
+    termination message, trimmed as the operator's informers trim them, read by observe_run."""
+    from neuraxis.operator.informer import keep_job, keep_pod
+    from neuraxis.operator.observe import observe_run
+    from neuraxis.workloads.result import compact_json
+
+    _config, cron = build_backtest_children(_scheduled(), "s3://l/m", SETTINGS)
+    name = "anomaly-detector-v1-backtest-3f2a9c1b-29410920"  # what the CronJob controller names
+    labels = cron["spec"]["jobTemplate"]["metadata"]["labels"]
+    job = keep_job(
+        {
+            "metadata": {"name": name, "namespace": "ml", "labels": labels},
+            "spec": {"backoffLimit": 0},
+            "status": {
+                "conditions": [{"type": "Complete", "status": "True"}],
+                "completionTime": "2026-01-02T06:01:00Z",
+            },
+        }
+    )
+    assert job["metadata"]["labels"][BACKTEST_LABEL] == "true"  # survives the trim
+    assert job["metadata"]["labels"][owner_label("ModelVersion")] == "anomaly-detector-v1"
+    message = compact_json(_result(False, 4, 0.61, "2026-01-02T06:00:58Z"))
+    pod = keep_pod(
+        {
+            "metadata": {"name": f"{name}-x7k2p", "labels": {"batch.kubernetes.io/job-name": name}},
+            "status": {
+                "phase": "Succeeded",
+                "containerStatuses": [{"state": {"terminated": {"message": message}}}],
+            },
+        }
+    )
+    run = observe_run(job, [pod])
+    assert run.state == "Succeeded"
+    entry = backtest_entry(name, run.result, "2026-01-02T06:01:00Z", run.message)
+    assert entry["passed"] is False and entry["metrics"]["accuracy"] == 0.61
+    assert (entry["datasetVersion"], entry["datasetDigest"]) == (4, DIGEST)
+    assert _degraded([entry])[1] is True
