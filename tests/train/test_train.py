@@ -174,7 +174,7 @@ def test_artifact_takes_raw_features_and_returns_probabilities(
     assert result is not None and result["outcome"] == "Succeeded"
     folder = Lake.model_path(NAMESPACE, "detector", "v1")
     files = read_verified(lake, folder)
-    assert set(files) == {"model.pt", "model.ts", "signature.json"}
+    assert set(files) == {"model.pt", "model.ts", "signature.json", "profile.json"}
     signature = read_signature(files["signature.json"])
     assert signature.feature_names == ["temperature", "vibration", "pressure"]
     assert (signature.classes, signature.model_version) == (["0", "1"], "v1")
