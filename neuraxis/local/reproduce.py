@@ -142,10 +142,14 @@ def reproduce(
 
     body = runner.store.get(CR_VERSION, "TrainingJob", namespace, name)
     status = (body or {}).get("status") or {}
-    if body is None or status.get("phase") != "Succeeded":
+    if body is None:
         raise ReproduceError(
-            f"TrainingJob {namespace}/{name}: no succeeded run recorded on this machine "
-            f"(phase {status.get('phase')}); neuraxis run it first"
+            f"TrainingJob {namespace}/{name}: not run on this machine (neuraxis run it first)"
+        )
+    if status.get("phase") != "Succeeded":
+        raise ReproduceError(
+            f"TrainingJob {name}: phase is {status.get('phase')}; only a Succeeded run is "
+            "reproduced"
         )
     original_uri = str((status.get("artifact") or {}).get("uri") or "")
     if not original_uri:
