@@ -172,7 +172,8 @@ def test_artifact_takes_raw_features_and_returns_probabilities(
     spec = job(model=model, register={"model": "detector", "versionName": "v1"})
     result = run_training(spec, lake, NAMESPACE, f"run-{architecture}")
     assert result is not None and result["outcome"] == "Succeeded"
-    folder = Lake.model_path(NAMESPACE, "detector", "v1")
+    # Run-unique: the run id is in the path, so a retrain never rewrites these files.
+    folder = f"{Lake.model_path(NAMESPACE, 'detector', 'v1')}/run-{architecture}"
     files = read_verified(lake, folder)
     assert set(files) == {"model.pt", "model.ts", "signature.json", "profile.json"}
     signature = read_signature(files["signature.json"])
