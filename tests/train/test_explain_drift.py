@@ -144,3 +144,22 @@ def test_edge_bundle_carries_the_artifacts_profile(lake: Lake, kit: Any) -> None
     bundle = str(result["bundle"]["uri"])[len(root) :]
     shipped = read_verified(lake, bundle, ["profile.json"])["profile.json"]
     assert shipped == read_verified(lake, folder, ["profile.json"])["profile.json"]
+
+
+def test_regression_attributions_of_a_linear_model_are_exact() -> None:
+    """For y = w.x + c, IG gives w_j * (x_j - b_j) exactly (the gradient is constant)."""
+    from neuraxis.workloads.explain import Baseline
+
+    linear = torch.nn.Linear(3, 1)
+    with torch.no_grad():
+        linear.weight.copy_(torch.tensor([[2.0, -1.0, 0.5]]))
+        linear.bias.fill_(3.0)
+    module = torch.jit.trace(linear.eval(), torch.zeros(2, 3))  # type: ignore[no-untyped-call]
+    baseline = Baseline("training-mean", [1.0, 0.0, -2.0])
+    x = torch.tensor([[2.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
+    explanation = integrated_gradients(module, x, baseline, "regression")
+    expected = np.array([[2.0, -1.0, 1.0], [-2.0, 0.0, 1.0]])
+    np.testing.assert_allclose(explanation.attributions, expected, atol=1e-5)
+    assert explanation.targets is None
+    np.testing.assert_allclose(explanation.outputs - explanation.baseline_outputs, [2.0, -1.0])
+    assert np.abs(explanation.deltas).max() < 1e-5
