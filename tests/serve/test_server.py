@@ -293,7 +293,7 @@ def test_refuses_to_start_on_a_tampered_or_unexpected_artifact(
     lake = Lake(str(tmp_path / "lake"))
     ref = write_model(lake, FOLDER, TinyClassifier(seed=2), version="v9")
     good_digest = ref.digest
-    cases = {"digest": (["--digest", "sha256:" + "0" * 64], "does not match expected")}
+    cases = {"digest": (["--digest", "sha256:" + "0" * 64], "ArtifactChanged: refusing to serve")}
     served = lake.local_path(FOLDER) / "model.ts"
     for label, (extra, message) in cases.items():
         result = run_serve(lake.uri(FOLDER), extra)
@@ -301,6 +301,7 @@ def test_refuses_to_start_on_a_tampered_or_unexpected_artifact(
     served.write_bytes(served.read_bytes() + b"\0")
     tampered = run_serve(lake.uri(FOLDER), ["--digest", good_digest])
     assert tampered.returncode == 2 and "sha256 mismatch" in tampered.stderr, tampered.stderr
+    assert "ArtifactChanged" in tampered.stderr  # a changed file under a pinned digest
     (lake.local_path(FOLDER) / "manifest.json").unlink()
     incomplete = run_serve(lake.uri(FOLDER), [])
     assert incomplete.returncode == 2 and "incomplete" in incomplete.stderr, incomplete.stderr
