@@ -143,9 +143,8 @@ def test_printer_columns_and_status_subresource(cluster: Cluster, namespace: str
     after = cluster.kubectl_json("get", "dataset", "sensor-readings", "--namespace", namespace)
     assert after["status"]["version"] == 3
     assert after["metadata"]["generation"] == before["metadata"]["generation"]
-    # `ds` alone resolves to DaemonSets (built-in groups win); the group suffix or the
-    # `neuraxis` category picks ours.
-    table = cluster.kubectl("get", "ds.neuraxis.dev,tj,mv,ed", "--namespace", namespace)
+    # The short names and the `neuraxis` category list the same resources.
+    table = cluster.kubectl("get", "nxds,nxtj,nxmv,nxed", "--namespace", namespace)
     by_category = cluster.kubectl("get", "neuraxis", "--namespace", namespace)
 
     def without_age(text: str) -> list[str]:
@@ -189,4 +188,20 @@ def test_kubectl_explain_prints_the_model_documentation(cluster: Cluster) -> Non
     assert "Quarantine: move failing rows" in cluster.kubectl(
         "explain", "dataset.spec.quality.onFailure"
     )
-    assert "ds" in cluster.kubectl("api-resources", "--api-group=neuraxis.dev")
+
+
+def test_short_names_are_unique_in_discovery(cluster: Cluster) -> None:
+    """Every short name resolves to our kind alone: no built-in resource (ds = DaemonSets) or
+    other CRD served by this API server uses it."""
+    owners: dict[str, list[str]] = {}
+    for line in cluster.kubectl("api-resources", "--no-headers", "-o", "wide").splitlines():
+        fields = line.split()
+        # NAME SHORTNAMES APIVERSION NAMESPACED KIND VERBS CATEGORIES: short names are the
+        # comma-separated field before the group/version (absent for most resources).
+        if len(fields) > 2 and "/" not in fields[1] and fields[1] not in ("v1",):
+            for short in fields[1].split(","):
+                owners.setdefault(short, []).append(fields[0])
+    for info in KINDS.values():
+        assert owners.get(info.short_name) == [info.plural], (info.short_name, owners)
+    listed = cluster.kubectl("get", KINDS["Dataset"].short_name, "--all-namespaces", "-o", "name")
+    assert all(line.startswith("dataset.neuraxis.dev/") for line in listed.splitlines())
