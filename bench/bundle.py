@@ -6,7 +6,7 @@ the single-row latency ratio (1 thread, median, as the bundle measures it) and t
 change on held-out rows; also the size ratio of the previous quantization (torch.ao's default
 dynamic quantization of the Linears outside the transformer encoder) for comparison.
 
-    .venv/bin/python bench/bundle.py [--quick]
+    .venv/bin/python bench/bundle.py [--quick] [--arch mlp|cnn1d|transformer ...]
 """
 
 from __future__ import annotations
@@ -71,6 +71,7 @@ def accuracy(module: torch.jit.ScriptModule, data: TabularData) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer rows and epochs")
+    parser.add_argument("--arch", choices=list(ARCHITECTURES), action="append", help="only these")
     args = parser.parse_args()
     warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning, UserWarning))
     rows, epochs = (3_000, 3) if args.quick else (10_000, 4)
@@ -82,6 +83,8 @@ def main() -> None:
     )
     settings = TrainSettings(epochs=epochs, batch_size=32, learning_rate=1e-3, seed=0)
     for arch, hyperparameters in ARCHITECTURES.items():
+        if args.arch and arch not in args.arch:
+            continue
         cfg = model_config(arch, hyperparameters, FEATURES, 2)
         start = time.perf_counter()
         trained = train_model(data.without_test(), cfg, settings).model.eval()
