@@ -226,6 +226,9 @@ class BacktestRecord(ApiModel):
     rows: int | None = Field(default=None, ge=0, description="Rows scored.")
     metrics: dict[str, float] = Field(default_factory=dict, max_length=64)
     passed: bool = Field(description="Every gate held (false too when the backtest failed).")
+    error: bool | None = Field(
+        default=None, description="True when the backtest could not score (see message)."
+    )
     message: str = Field(default="", max_length=4096, description="The gates' verdict or error.")
 
 
