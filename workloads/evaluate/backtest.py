@@ -16,7 +16,12 @@ from neuraxis.workloads.artifact import artifact_digest
 from neuraxis.workloads.evaluate.gates import check_gates, gates_summary
 from neuraxis.workloads.evaluate.heldout import load_artifact, load_heldout
 from neuraxis.workloads.evaluate.metrics import single_row_latency
-from neuraxis.workloads.evaluate.run import LATENCY_ROWS, artifact_folder_for, score
+from neuraxis.workloads.evaluate.run import (
+    LATENCY_ROWS,
+    artifact_folder_for,
+    score,
+    verdict_result,
+)
 from neuraxis.workloads.result import now_rfc3339, publish_result
 
 
@@ -53,18 +58,8 @@ def run_backtest(
     dataset = {"name": ref.name, "rows": len(heldout.x), **heldout.dataset}
     artifact_ref = {"uri": lake.uri(folder), "digest": artifact_digest(lake, folder)}
     result: dict[str, Any] = {
-        "outcome": "Succeeded",
-        "reason": "GatesPassed" if passed else "GatesFailed",
-        "message": reason,
+        **verdict_result(mv, namespace, run_id, started, passed, reason, metrics),
         "mode": "backtest",
-        "kind": "ModelVersion",
-        "name": mv.metadata.name,
-        "namespace": namespace,
-        "runId": run_id,
-        "startTime": started,
-        "completionTime": now_rfc3339(),
-        "passed": passed,
-        "metrics": metrics,
         "gates": [g.to_dict() for g in gates],
         "dataset": dataset,
         "artifact": artifact_ref,

@@ -154,17 +154,7 @@ def run_evaluation(
     )
     write_card(lake, folder, card, plot_files)
     result: dict[str, Any] = {
-        "outcome": "Succeeded",
-        "reason": "GatesPassed" if passed else "GatesFailed",
-        "message": reason,
-        "kind": "ModelVersion",
-        "name": mv.metadata.name,
-        "namespace": namespace,
-        "runId": run_id,
-        "startTime": started,
-        "completionTime": now_rfc3339(),
-        "passed": passed,
-        "metrics": metrics,
+        **verdict_result(mv, namespace, run_id, started, passed, reason, metrics),
         "gates": evaluation["gates"],
         "evaluation": evaluation,
         "artifact": {"uri": lake.uri(folder), "digest": digest},
@@ -185,6 +175,31 @@ def run_evaluation(
     }
     publish_result(lake, namespace, run_id, result, compact)
     return result
+
+
+def verdict_result(
+    mv: ModelVersion,
+    namespace: str,
+    run_id: str,
+    started: str,
+    passed: bool,
+    message: str,
+    metrics: dict[str, float],
+) -> dict[str, Any]:
+    """The fields every scoring run's result starts with (an evaluation and a backtest)."""
+    return {
+        "outcome": "Succeeded",
+        "reason": "GatesPassed" if passed else "GatesFailed",
+        "message": message,
+        "kind": "ModelVersion",
+        "name": mv.metadata.name,
+        "namespace": namespace,
+        "runId": run_id,
+        "startTime": started,
+        "completionTime": now_rfc3339(),
+        "passed": passed,
+        "metrics": metrics,
+    }
 
 
 def write_card(
