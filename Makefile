@@ -46,12 +46,12 @@ crds: venv
 	$(VENV)/bin/neuraxis crds generate
 
 # What the tests run: the control plane, the real node (kubelet and kube-proxy are in the
-# kubernetes set; containerd, CoreDNS) and MinIO. The Pulumi engine and Prometheus are pinned in
-# the same file and built by `make tools-all`: the engine test also needs the Python language
-# host, which the module proxy does not serve, so building them here would only cost time.
+# kubernetes set; containerd, CoreDNS), MinIO, and the real Pulumi engine (the CLI, the
+# Kubernetes provider and the Python language host of sdk v3.68.0, with its exec script).
+# Prometheus is pinned in the same file and built by `make tools-all`.
 # `dev node deps` apt-installs the node's Debian packages (runc, CNI plugins, iptables,
 # conntrack, busybox-static) only when one of their binaries is missing.
-TEST_TOOLS := kubernetes etcd kwok containerd coredns minio
+TEST_TOOLS := kubernetes etcd kwok containerd coredns minio pulumi pulumi-resource-kubernetes pulumi-language-python
 
 tools: venv
 	$(VENV)/bin/neuraxis dev tools build $(addprefix --only ,$(TEST_TOOLS))

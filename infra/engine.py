@@ -22,6 +22,8 @@ REQUIRED_BINARIES = (
 )
 PROJECT_DIR = Path(__file__).resolve().parents[1] / "stacks"
 POLICY_PACK_DIR = Path(__file__).resolve().parent / "policy"
+# What `--policy-pack` names: the pack's launcher, run as a binary analyzer plugin (see the file).
+POLICY_PACK_LAUNCHER = POLICY_PACK_DIR / "launch"
 # The local stack's secrets passphrase: a development stack on a loopback-only control plane,
 # so the passphrase is public (README). Other stacks must set PULUMI_CONFIG_PASSPHRASE.
 LOCAL_PASSPHRASE = "neuraxis-local-dev"
@@ -92,7 +94,11 @@ class Engine:
         env.update(
             {
                 # Plugins come from PATH: the language host and the provider next to the CLI.
-                "PATH": f"{bins}{os.pathsep}{env.get('PATH', '')}",
+                # The program venv's python comes next: the language host of sdk v3.68 does not
+                # receive this CLI's runtime options (`virtualenv`), and runs `python3` from PATH.
+                "PATH": os.pathsep.join(
+                    [str(bins), str(PROGRAM_VENV / "bin"), env.get("PATH", "")]
+                ),
                 "PULUMI_HOME": str(self.state_dir / "home"),
                 "PULUMI_BACKEND_URL": f"file://{self.state_dir / 'backend'}",
                 "PULUMI_CONFIG_PASSPHRASE": self.passphrase,

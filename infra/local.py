@@ -20,6 +20,7 @@ import yaml
 from neuraxis.infra.engine import (
     LOCAL_PASSPHRASE,
     POLICY_PACK_DIR,
+    POLICY_PACK_LAUNCHER,
     PROJECT_DIR,
     Engine,
     EngineError,
@@ -82,7 +83,9 @@ class LocalStack:
         self.select()
         args = ["preview", "--json", *self._config_file()]
         if policy_pack is not None:
-            args += ["--policy-pack", str(policy_pack)]
+            # A pack folder runs through its launcher (neuraxis.infra.engine.POLICY_PACK_LAUNCHER).
+            launcher = policy_pack / POLICY_PACK_LAUNCHER.name
+            args += ["--policy-pack", str(launcher if launcher.is_file() else policy_pack)]
         if expect_no_changes:
             args.append("--expect-no-changes")
         return self._timed(args)
