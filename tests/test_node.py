@@ -168,3 +168,15 @@ def test_kubelets_sockets_fit_the_unix_limit_however_deep_the_home() -> None:
     longest = deep.kubelet_root / "pod-resources" / "kubelet.sock"
     assert len(str(longest).encode()) < node.UNIX_PATH_MAX
     assert not deep.kubelet_root.is_relative_to(deep.home)
+
+
+def test_an_image_counts_only_when_complete_and_unpacked() -> None:
+    ref = "neuraxis.local/busybox:1.35"
+    row = f"{ref} application/vnd.docker.distribution.manifest.v2+json sha256:38df complete (2/2)"
+    assert node.image_usable(f"{row} 2.0 MiB/2.0 MiB true", ref)
+    # An import cut short: the record is there, its snapshot is not (kubelet: ErrImageNeverPull).
+    assert not node.image_usable(f"{row} 2.0 MiB/2.0 MiB false", ref)
+    incomplete = row.replace("complete (2/2)", "incomplete (1/2)")
+    assert not node.image_usable(f"{incomplete} 1.0 MiB/2.0 MiB true", ref)
+    assert not node.image_usable(f"{row} 2.0 MiB/2.0 MiB true", "neuraxis.local/other:1")
+    assert not node.image_usable("", ref)

@@ -361,10 +361,19 @@ def _require_containerd() -> None:
 
 
 def has_image(ref: str) -> bool:
-    """Whether the node's containerd holds the image `ref` (e.g. neuraxis.local/busybox:1.35)."""
+    """Whether the node's containerd holds the image `ref` (e.g. neuraxis.local/busybox:1.35)
+    whole and unpacked. An import cut short (a killed run) can leave the record without its
+    snapshot: `ctr` lists it, kubelet answers ErrImageNeverPull; such an image is imported again."""
     _require_containerd()
-    out = _run(_ctr("images", "ls", "--quiet", f"name=={ref}"), what="ctr images ls")
-    return ref in out.split()
+    out = _run(_ctr("images", "check", f"name=={ref}"), what="ctr images check")
+    return any(image_usable(line, ref) for line in out.splitlines()[1:])
+
+
+def image_usable(check_line: str, ref: str) -> bool:
+    """One row of `ctr images check` (REF TYPE DIGEST STATUS SIZE UNPACKED): `ref`, complete,
+    unpacked."""
+    fields = check_line.split()
+    return bool(fields) and fields[0] == ref and "complete" in fields and fields[-1] == "true"
 
 
 def import_archive(path: Path, *, progress: Progress = _stderr_progress) -> None:
