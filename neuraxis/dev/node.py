@@ -816,7 +816,11 @@ def kubelet_config(
         "serializeImagePulls": False,
         "nodeStatusUpdateFrequency": "4s",
         "syncFrequency": "10s",
-        "imageGCHighThresholdPercent": 95,
+        # 100 turns kubelet's image garbage collection off: on a developer's disk, which caches
+        # and builds fill, it removed the (unused at that moment) test images once a 9 GB image
+        # import crossed the threshold, and pods with pullPolicy Never then failed with
+        # ErrImageNeverPull. `neuraxis dev image` prunes its own old tags instead.
+        "imageGCHighThresholdPercent": 100,
         "imageGCLowThresholdPercent": 90,
         "evictionHard": {
             "memory.available": "100Mi",
