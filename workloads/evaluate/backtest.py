@@ -8,20 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 from neuraxis.crds.modelversion import ModelVersion
 from neuraxis.lake import Lake
 from neuraxis.workloads.artifact import artifact_digest
-from neuraxis.workloads.evaluate.gates import check_gates, gates_summary
+from neuraxis.workloads.evaluate.gates import gates_summary
 from neuraxis.workloads.evaluate.heldout import load_artifact, load_heldout
-from neuraxis.workloads.evaluate.metrics import single_row_latency
-from neuraxis.workloads.evaluate.run import (
-    LATENCY_ROWS,
-    artifact_folder_for,
-    score,
-    verdict_result,
-)
+from neuraxis.workloads.evaluate.run import artifact_folder_for, judge, verdict_result
 from neuraxis.workloads.result import now_rfc3339, publish_result
 
 
@@ -46,14 +38,7 @@ def run_backtest(
     heldout = load_heldout(lake, namespace, artifact, dataset=ref.name, version=None)
     if len(heldout.x) == 0:
         raise ValueError(f"{heldout.description}: no rows to backtest on")
-    evaluated, _outputs = score(artifact, heldout)
-    module = artifact.torchscript()
-    rows = [heldout.x[i : i + 1] for i in range(min(LATENCY_ROWS, len(heldout.x)))]
-    with torch.no_grad():
-        latency = single_row_latency(module, rows)
-    # The evaluation's metric set (latency included), so every gate finds its metric.
-    metrics: dict[str, float] = {**evaluated["scalars"], **latency}
-    gates = check_gates(mv.spec.evaluation.gates if mv.spec.evaluation else [], metrics)
+    _evaluated, _outputs, metrics, gates = judge(mv, artifact, heldout)
     passed, reason = gates_summary(gates)
     dataset = {"name": ref.name, "rows": len(heldout.x), **heldout.dataset}
     artifact_ref = {"uri": lake.uri(folder), "digest": artifact_digest(lake, folder)}

@@ -16,7 +16,7 @@ from neuraxis.workloads.artifact import artifact_digest, write_card_files
 from neuraxis.workloads.drift import read_profile
 from neuraxis.workloads.evaluate import plots
 from neuraxis.workloads.evaluate.card import CARD_FOLDER, build_card, render_markdown
-from neuraxis.workloads.evaluate.gates import check_gates, gates_summary
+from neuraxis.workloads.evaluate.gates import GateOutcome, check_gates, gates_summary
 from neuraxis.workloads.evaluate.heldout import (
     HeldOut,
     LoadedArtifact,
@@ -108,13 +108,7 @@ def run_evaluation(
     )
     if len(heldout.x) == 0:
         raise ValueError(f"{heldout.description}: no held-out rows to evaluate on")
-    evaluated, outputs = score(artifact, heldout)
-    module = artifact.torchscript()
-    rows = [heldout.x[i : i + 1] for i in range(min(LATENCY_ROWS, len(heldout.x)))]
-    with torch.no_grad():
-        latency = single_row_latency(module, rows)
-    metrics = {**evaluated["scalars"], **latency}
-    gates = check_gates(mv.spec.evaluation.gates if mv.spec.evaluation else [], metrics)
+    evaluated, outputs, metrics, gates = judge(mv, artifact, heldout)
     passed, reason = gates_summary(gates)
     sig = artifact.signature
     plot_files = {
@@ -175,6 +169,21 @@ def run_evaluation(
     }
     publish_result(lake, namespace, run_id, result, compact)
     return result
+
+
+def judge(
+    mv: ModelVersion, artifact: LoadedArtifact, heldout: HeldOut
+) -> tuple[dict[str, Any], Any, dict[str, float], list[GateOutcome]]:
+    """Score `heldout`, add single-row latency (so every gate finds its metric) and check the
+    gates: (scores, model outputs, metrics, gate results), for an evaluation and a backtest."""
+    evaluated, outputs = score(artifact, heldout)
+    module = artifact.torchscript()
+    rows = [heldout.x[i : i + 1] for i in range(min(LATENCY_ROWS, len(heldout.x)))]
+    with torch.no_grad():
+        latency = single_row_latency(module, rows)
+    metrics: dict[str, float] = {**evaluated["scalars"], **latency}
+    gates = check_gates(mv.spec.evaluation.gates if mv.spec.evaluation else [], metrics)
+    return evaluated, outputs, metrics, gates
 
 
 def verdict_result(
