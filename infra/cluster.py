@@ -13,6 +13,7 @@ import ipaddress
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -102,6 +103,35 @@ class LocalCluster(pulumi.ComponentResource):
         self.register_outputs({"systemNodes": [m["metadata"]["name"] for m in manifests]})
 
 
+def eks_public_access(cidrs: tuple[str, ...]) -> dict[str, Any]:
+    """EKS opens its public endpoint to 0.0.0.0/0 unless told otherwise: keep it off, or open
+    it only to the configured networks."""
+    if not cidrs:
+        return {"endpoint_public_access": False}
+    return {"endpoint_public_access": True, "public_access_cidrs": list(cidrs)}
+
+
+# The control plane's peering range of a private GKE cluster (an RFC 1918 /28 outside the
+# node, pod and service ranges).
+GKE_MASTER_CIDR = "172.16.0.16/28"
+
+
+def gke_endpoint_access(cidrs: tuple[str, ...]) -> dict[str, Any]:
+    """Private nodes always; the endpoint private too unless networks are configured, and then
+    reachable only from those (master authorized networks)."""
+    return {
+        "private_cluster_config": {
+            "enable_private_nodes": True,
+            "enable_private_endpoint": not cidrs,
+            "master_ipv4_cidr_block": GKE_MASTER_CIDR,
+        },
+        "master_authorized_networks_config": {
+            "cidr_blocks": [{"cidr_block": c, "display_name": f"allowed-{i}"}
+                            for i, c in enumerate(cidrs)],
+        },
+    }  # fmt: skip
+
+
 @dataclass(frozen=True)
 class EksClusterArgs:
     region: str
@@ -109,6 +139,8 @@ class EksClusterArgs:
     network_cidr: str
     system_nodes: int
     lake_access_policy_arn: pulumi.Input[str]
+    # Networks allowed to reach the public API endpoint; empty = private endpoint only.
+    api_access_cidrs: tuple[str, ...] = ()
 
 
 class EksCluster(pulumi.ComponentResource):
@@ -200,7 +232,7 @@ class EksCluster(pulumi.ComponentResource):
             vpc_config={
                 "subnet_ids": subnet_ids + [s.id for s in public],
                 "endpoint_private_access": True,
-                "endpoint_public_access": True,
+                **eks_public_access(args.api_access_cidrs),
             },
             access_config={
                 "authentication_mode": "API",
@@ -251,6 +283,7 @@ class GkeClusterArgs:
     region: str
     network_cidr: str
     system_nodes: int
+    api_access_cidrs: tuple[str, ...] = ()
 
 
 class GkeCluster(pulumi.ComponentResource):
@@ -288,10 +321,7 @@ class GkeCluster(pulumi.ComponentResource):
             release_channel={"channel": "REGULAR"},
             ip_allocation_policy={},
             workload_identity_config={"workload_pool": f"{args.project}.svc.id.goog"},
-            private_cluster_config={
-                "enable_private_nodes": True,
-                "enable_private_endpoint": False,
-            },
+            **gke_endpoint_access(args.api_access_cidrs),
             opts=child,
         )
         self.placement = GkePlacement(

@@ -64,6 +64,10 @@ class StackConfig:
     gcp_kms_key: str = ""
     # VPC CIDR (aws) / subnet CIDR (gcp).
     network_cidr: str = "10.40.0.0/16"
+    # aws/gcp: CIDRs allowed to reach the Kubernetes API endpoint from outside the network.
+    # Empty (the default) = private endpoint only: `pulumi up` and kubectl run from inside the
+    # VPC (a runner or bastion there). 0.0.0.0/0 and ::/0 are refused.
+    api_access_cidrs: tuple[str, ...] = ()
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -93,6 +97,9 @@ KEYS: dict[str, str] = {
     "kubeconfig": "local: kubeconfig of the control plane. Default .neuraxis/kubeconfig.",
     "gcpKmsKey": "gcp: Cloud KMS key id for CMEK on the lake bucket. Default: Google-managed.",
     "networkCidr": "VPC (aws) or subnet (gcp) CIDR. Default 10.40.0.0/16.",
+    "apiAccessCidrs": (
+        "JSON list of CIDRs that may reach the EKS/GKE API endpoint. Default []: private only."
+    ),
     "lakeSecretKey": "local: MinIO secret key (a Pulumi secret, required for local).",
 }
 
@@ -128,6 +135,7 @@ def parse_stack_config(raw: Mapping[str, str]) -> StackConfig:
         kubeconfig=raw.get("kubeconfig", d.kubeconfig),
         gcp_kms_key=raw.get("gcpKmsKey", d.gcp_kms_key),
         network_cidr=raw.get("networkCidr", d.network_cidr),
+        api_access_cidrs=_cidrs(raw, "apiAccessCidrs"),
     )
     if cfg.cloud in ("aws", "gcp") and not cfg.region:
         raise ConfigError(f"neuraxis:region: required for the {cfg.cloud} stack")
@@ -172,6 +180,34 @@ def _names(raw: Mapping[str, str], key: str, default: tuple[str, ...]) -> tuple[
     if len(set(value)) != len(value):
         raise ConfigError(f"neuraxis:{key}: names must be unique, got {value}")
     return tuple(_name(v, key) for v in value)
+
+
+def _cidrs(raw: Mapping[str, str], key: str) -> tuple[str, ...]:
+    text = raw.get(key)
+    if text is None:
+        return ()
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"neuraxis:{key}: must be a JSON list of CIDRs: {exc}") from None
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"neuraxis:{key}: must be a JSON list of strings, got {text!r}")
+    return tuple(_cidr(v, key) for v in value)
+
+
+def _cidr(value: str, key: str) -> str:
+    import ipaddress
+
+    try:
+        network = ipaddress.ip_network(value, strict=True)
+    except ValueError as exc:
+        raise ConfigError(f"neuraxis:{key}: {value!r} is not a CIDR: {exc}") from None
+    if network.prefixlen == 0:
+        raise ConfigError(
+            f"neuraxis:{key}: {value!r} opens the API endpoint to the whole internet; "
+            "list the networks that need it"
+        )
+    return str(network)
 
 
 def _name(value: str, key: str) -> str:

@@ -1,7 +1,11 @@
 """Platform: the Neuraxis API and operator on a cluster — the CRDs generated from the models
 (`neuraxis.crds.generate.render_crds`), the operator's generated namespace, RBAC and Deployment
-(`neuraxis.operator.manifests.build_manifests`), and the lake credentials Secret the workloads
-read (`envFrom` of the Secret named in the operator settings).
+(`neuraxis.operator.manifests.build_manifests`), the lake credentials Secret the workloads
+read (`envFrom` of the Secret named in the operator settings), and in every workload namespace
+the `neuraxis-spark` ServiceAccount with its RoleBinding to the shipped `neuraxis-spark-driver`
+ClusterRole (what a Spark driver needs to start its executors). The operator also ensures these
+before a Spark Dataset runs (create-if-missing), so a namespace added later still works; here
+they are declared, so a platform team sees them in previews and policies.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import pulumi_kubernetes as k8s
 import yaml
 
 from neuraxis.infra.kube import kube_objects
+from neuraxis.operator.builders.accounts import spark_accounts
 from neuraxis.operator.manifests import NAMESPACE, OPERATOR
 from neuraxis.operator.settings import DEFAULT_IMAGE, OperatorSettings
 
@@ -74,7 +79,8 @@ class Platform(pulumi.ComponentResource):
         created = kube_objects(
             operator_manifests(args.image, args.namespace, args.lake_uri), after_crds
         )
-        secret_name = OperatorSettings().lake_secret
+        settings = OperatorSettings()
+        secret_name = settings.lake_secret
         namespaces = [args.namespace, *args.workload_namespaces]
         for ns in dict.fromkeys(namespaces):
             depends: list[pulumi.Resource] = list(created)
@@ -85,6 +91,11 @@ class Platform(pulumi.ComponentResource):
                         metadata={"name": ns, "labels": {"app.kubernetes.io/part-of": "neuraxis"}},
                         opts=child,
                     )
+                )
+            if ns != args.namespace:
+                kube_objects(
+                    spark_accounts(ns, settings),
+                    pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=depends)),
                 )
             k8s.core.v1.Secret(
                 f"{name}-lake-{ns}",

@@ -146,6 +146,7 @@ def _eks_cluster(cfg: StackConfig, lake: Lake) -> EksCluster:
             network_cidr=cfg.network_cidr,
             system_nodes=cfg.system_nodes,
             lake_access_policy_arn=lake.access_policy_arn,
+            api_access_cidrs=cfg.api_access_cidrs,
         ),
     )
 
@@ -158,6 +159,7 @@ def _gke_cluster(cfg: StackConfig) -> GkeCluster:
             region=cfg.region,
             network_cidr=cfg.network_cidr,
             system_nodes=cfg.system_nodes,
+            api_access_cidrs=cfg.api_access_cidrs,
         ),
     )
 

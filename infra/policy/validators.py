@@ -1,8 +1,9 @@
 """Policy validators: plain functions from resources (type, properties as the engine sees them,
 camelCase) to violation messages. The CrossGuard pack and the mock tests call the same functions.
 
-Policies: the lake is encrypted, versioned and not public; GPU pools are tainted; pods run as
-non-root with CPU and memory limits; no image is `:latest` (or untagged).
+Policies: the lake is encrypted, versioned and not public; the Kubernetes API endpoint is
+private or limited to listed networks; GPU pools are tainted; pods run as non-root with CPU and
+memory limits; no image is `:latest` (or untagged).
 
 A workload may opt out of one pod policy with the annotations `policy.neuraxis.dev/exempt:
 <policy>` and `policy.neuraxis.dev/reason: <why>` (the reason is required).
@@ -30,6 +31,8 @@ GCS_IAM = (
     "gcp:storage/bucketIAMMember:BucketIAMMember",
     "gcp:storage/bucketIAMBinding:BucketIAMBinding",
 )
+EKS_CLUSTER = "aws:eks/cluster:Cluster"
+GKE_CLUSTER = "gcp:container/cluster:Cluster"
 EKS_NODE_GROUP = "aws:eks/nodeGroup:NodeGroup"
 GKE_NODE_POOL = "gcp:container/nodePool:NodePool"
 KUBE_NODE = "kubernetes:core/v1:Node"
@@ -176,6 +179,43 @@ def gcs_not_public(resource: Resource) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------
+# cluster API endpoint
+
+
+def _open_to_all(cidrs: Iterable[Any]) -> bool:
+    return any(str(c).strip().endswith("/0") for c in cidrs)
+
+
+def cluster_api_private(resource: Resource) -> list[str]:
+    """The API endpoint is private, or public only to listed networks (never 0.0.0.0/0)."""
+    props = resource.props
+    if resource.type == EKS_CLUSTER:
+        vpc = props.get("vpcConfig") or {}
+        # EKS's own defaults: public access on, open to 0.0.0.0/0.
+        if vpc.get("endpointPublicAccess", True) is False:
+            return []
+        cidrs = vpc.get("publicAccessCidrs") or ["0.0.0.0/0"]
+        if _open_to_all(cidrs):
+            return [
+                f"EKS cluster {resource.name}: public API endpoint open to {cidrs} (set "
+                "endpointPublicAccess false, or publicAccessCidrs to the networks that need it)"
+            ]
+    elif resource.type == GKE_CLUSTER:
+        private = props.get("privateClusterConfig") or {}
+        if private.get("enablePrivateEndpoint") is True:
+            return []
+        blocks = (props.get("masterAuthorizedNetworksConfig") or {}).get("cidrBlocks") or []
+        cidrs = [b.get("cidrBlock") for b in blocks]
+        if not cidrs or _open_to_all(cidrs):
+            return [
+                f"GKE cluster {resource.name}: public API endpoint reachable from "
+                f"{cidrs or 'anywhere'} (enable the private endpoint, or list master authorized "
+                "networks)"
+            ]
+    return []
+
+
+# ---------------------------------------------------------------------------------------------
 # GPU pools
 
 
@@ -304,6 +344,7 @@ def no_latest_images(resource: Resource) -> list[str]:
 RESOURCE_POLICIES = {
     "lake-gcs-private-versioned": gcs_lake,
     "lake-gcs-not-public": gcs_not_public,
+    "cluster-api-private": cluster_api_private,
     "gpu-pools-tainted": gpu_pool_tainted,
     "pods-non-root": pods_non_root,
     "pods-have-limits": pods_have_limits,
@@ -317,6 +358,7 @@ STACK_POLICIES = {
 DESCRIPTIONS = {
     "lake-gcs-private-versioned": "GCS lake buckets are versioned, uniform access, never public.",
     "lake-gcs-not-public": "No IAM grant of a bucket to allUsers or allAuthenticatedUsers.",
+    "cluster-api-private": "The EKS/GKE API endpoint is private or limited to listed networks.",
     "gpu-pools-tainted": "GPU node groups, node pools and nodes carry the operator's GPU taint.",
     "pods-non-root": "Pods run as non-root and unprivileged.",
     "pods-have-limits": "Every container has CPU and memory limits.",

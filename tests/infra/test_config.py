@@ -33,6 +33,10 @@ def test_defaults_and_overrides() -> None:
         ({"cloud": "local", "lakeBucket": "Bad_Bucket"}, "neuraxis:lakeBucket"),
         ({"cloud": "local", "image": "neuraxis:latest"}, "neuraxis:image: image 'neuraxis:latest'"),
         ({"cloud": "local", "gpuNode": "1"}, "neuraxis:gpuNode: unknown key"),
+        ({"cloud": "local", "apiAccessCidrs": "10.0.0.0/8"}, "neuraxis:apiAccessCidrs: must be"),
+        ({"cloud": "local", "apiAccessCidrs": '["10.0.0.1/8"]'}, "is not a CIDR"),
+        ({"cloud": "local", "apiAccessCidrs": '["0.0.0.0/0"]'}, "the whole internet"),
+        ({"cloud": "local", "apiAccessCidrs": '["::/0"]'}, "the whole internet"),
     ],
 )
 def test_bad_config_names_the_key(raw: dict[str, str], needle: str) -> None:

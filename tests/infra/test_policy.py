@@ -88,6 +88,28 @@ def test_gcs_lake() -> None:
     assert v.gcs_not_public(R(v.GCS_IAM[0], "grant", {"member": "serviceAccount:x"})) == []
 
 
+def test_cluster_api_endpoint_is_private_or_limited() -> None:
+    # EKS: public access is on and open to 0.0.0.0/0 unless set otherwise.
+    assert v.cluster_api_private(R(v.EKS_CLUSTER, "eks", {"vpcConfig": {}}))
+    private = {"vpcConfig": {"endpointPublicAccess": False, "endpointPrivateAccess": True}}
+    assert v.cluster_api_private(R(v.EKS_CLUSTER, "eks", private)) == []
+    limited = {"vpcConfig": {"endpointPublicAccess": True, "publicAccessCidrs": ["203.0.113.0/24"]}}
+    assert v.cluster_api_private(R(v.EKS_CLUSTER, "eks", limited)) == []
+    opened = {"vpcConfig": {"endpointPublicAccess": True, "publicAccessCidrs": ["0.0.0.0/0"]}}
+    assert "0.0.0.0/0" in v.cluster_api_private(R(v.EKS_CLUSTER, "eks", opened))[0]
+    # GKE: a private endpoint, or master authorized networks without /0.
+    gke_private = {"privateClusterConfig": {"enablePrivateEndpoint": True}}
+    assert v.cluster_api_private(R(v.GKE_CLUSTER, "gke", gke_private)) == []
+    gke_public = {"privateClusterConfig": {"enablePrivateEndpoint": False}}
+    assert "anywhere" in v.cluster_api_private(R(v.GKE_CLUSTER, "gke", gke_public))[0]
+    networks = {"cidrBlocks": [{"cidrBlock": "203.0.113.0/24"}]}
+    gke_limited = {**gke_public, "masterAuthorizedNetworksConfig": networks}
+    assert v.cluster_api_private(R(v.GKE_CLUSTER, "gke", gke_limited)) == []
+    everyone = {"cidrBlocks": [{"cidrBlock": "0.0.0.0/0"}]}
+    gke_open = {**gke_public, "masterAuthorizedNetworksConfig": everyone}
+    assert v.cluster_api_private(R(v.GKE_CLUSTER, "gke", gke_open))
+
+
 def test_gpu_pools_must_be_tainted() -> None:
     taint = [{"key": "nvidia.com/gpu", "value": "present", "effect": "NO_SCHEDULE"}]
     eks = {"amiType": "AL2023_x86_64_NVIDIA", "instanceTypes": ["g5.xlarge"], "taints": taint}

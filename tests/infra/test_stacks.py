@@ -106,6 +106,9 @@ def test_aws_stack(fake_kubeconfig: str) -> None:
 
     cluster = mocks.one("aws:eks/cluster:Cluster")
     assert cluster.inputs["encryptionConfig"]["resources"] == ["secrets"]
+    # The API endpoint is private unless networks are listed (apiAccessCidrs).
+    assert cluster.inputs["vpcConfig"]["endpointPublicAccess"] is False
+    assert cluster.inputs["vpcConfig"]["endpointPrivateAccess"] is True
     attachments = [
         a.inputs["policyArn"]
         for a in mocks.of_type("aws:iam/rolePolicyAttachment:RolePolicyAttachment")
@@ -135,6 +138,9 @@ def test_gcp_stack() -> None:
     assert gpu["taints"] == [{"key": "nvidia.com/gpu", "value": "present", "effect": "NO_SCHEDULE"}]
     assert gpu["labels"] == {"neuraxis.dev/pool": "gpu"}
     assert not mocks.of_type("kubernetes:apps/v1:DaemonSet")  # GKE installs the device plugin
+    cluster = mocks.one("gcp:container/cluster:Cluster").inputs
+    assert cluster["privateClusterConfig"]["enablePrivateEndpoint"] is True
+    assert cluster["privateClusterConfig"]["enablePrivateNodes"] is True
     assert outputs["lakeUri"] == "s3://neuraxis-lake-prod-ew4/lake"
     assert outputs["grafanaUrl"].startswith("http://grafana.")
     assert json.loads(outputs["kubeconfig"])["users"][0]["user"]["exec"]["command"] == (
@@ -156,6 +162,21 @@ def test_gcp_stack_with_cmek() -> None:
     assert bucket["encryption"] == {
         "defaultKmsKeyName": "projects/p/locations/l/keyRings/r/cryptoKeys/k"
     }
+
+
+@pytest.mark.parametrize("cloud", ["aws", "gcp"])
+def test_api_endpoint_open_only_to_the_listed_networks(cloud: str) -> None:
+    mocks, _ = run_stack(cloud, {"neuraxis:apiAccessCidrs": '["203.0.113.0/24"]'})
+    if cloud == "aws":
+        vpc = mocks.one("aws:eks/cluster:Cluster").inputs["vpcConfig"]
+        assert vpc["endpointPublicAccess"] is True
+        assert vpc["publicAccessCidrs"] == ["203.0.113.0/24"]
+    else:
+        cluster = mocks.one("gcp:container/cluster:Cluster").inputs
+        assert cluster["privateClusterConfig"]["enablePrivateEndpoint"] is False
+        blocks = cluster["masterAuthorizedNetworksConfig"]["cidrBlocks"]
+        assert [b["cidrBlock"] for b in blocks] == ["203.0.113.0/24"]
+    _no_violations(check_all(mocks.policy_view()))
 
 
 def test_local_stack(fake_kubeconfig: str) -> None:
@@ -196,6 +217,18 @@ def test_local_stack(fake_kubeconfig: str) -> None:
 
     minio = mocks.one("kubernetes:apps/v1:Deployment", "deployment-neuraxis-lake-minio")
     assert minio.inputs["spec"]["template"]["spec"]["securityContext"]["runAsUser"] == 1000
+    # Spark drivers' account and binding in each workload namespace, not the operator's.
+    spark = SETTINGS.spark_service_account
+    account = mocks.one("kubernetes:core/v1:ServiceAccount", f"serviceaccount-default-{spark}")
+    assert account.inputs["automountServiceAccountToken"] is False
+    binding = mocks.one("kubernetes:rbac.authorization.k8s.io/v1:RoleBinding",
+                        f"rolebinding-default-{spark}").inputs  # fmt: skip
+    assert binding["roleRef"]["name"] == "neuraxis-spark-driver"
+    subject = {"kind": "ServiceAccount", "name": spark, "namespace": "default"}
+    assert binding["subjects"] == [subject]
+    spark_accounts = [a for a in mocks.of_type("kubernetes:core/v1:ServiceAccount")
+                      if a.inputs["metadata"]["name"] == spark]  # fmt: skip
+    assert [a.inputs["metadata"]["namespace"] for a in spark_accounts] == ["default"]
     lake_secret = mocks.one("kubernetes:core/v1:Secret", "platform-lake-default")
     assert lake_secret.inputs["stringData"]["AWS_SECRET_ACCESS_KEY"] == "test-secret-value"
     assert (
