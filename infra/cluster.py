@@ -225,15 +225,16 @@ class EksCluster(pulumi.ComponentResource):
             opts=child,
         )  # fmt: skip
         subnet_ids = [s.id for s in private]
+        vpc_config = aws.eks.ClusterVpcConfigArgs(
+            subnet_ids=subnet_ids + [s.id for s in public],
+            endpoint_private_access=True,
+            **eks_public_access(args.api_access_cidrs),
+        )
         cluster = aws.eks.Cluster(
             name,
             role_arn=cluster_role.arn,
             version=args.kubernetes_version,
-            vpc_config={
-                "subnet_ids": subnet_ids + [s.id for s in public],
-                "endpoint_private_access": True,
-                **eks_public_access(args.api_access_cidrs),
-            },
+            vpc_config=vpc_config,
             access_config={
                 "authentication_mode": "API",
                 "bootstrap_cluster_creator_admin_permissions": True,
@@ -309,6 +310,7 @@ class GkeCluster(pulumi.ComponentResource):
         nodes_sa = gcp.serviceaccount.Account(
             f"{name}-nodes", account_id=f"{name}-nodes"[:30], project=args.project, opts=child
         )
+        endpoint = gke_endpoint_access(args.api_access_cidrs)
         cluster = gcp.container.Cluster(
             name,
             project=args.project,
@@ -321,7 +323,8 @@ class GkeCluster(pulumi.ComponentResource):
             release_channel={"channel": "REGULAR"},
             ip_allocation_policy={},
             workload_identity_config={"workload_pool": f"{args.project}.svc.id.goog"},
-            **gke_endpoint_access(args.api_access_cidrs),
+            private_cluster_config=endpoint["private_cluster_config"],
+            master_authorized_networks_config=endpoint["master_authorized_networks_config"],
             opts=child,
         )
         self.placement = GkePlacement(
