@@ -9,6 +9,27 @@ from neuraxis.workloads.result import now_rfc3339
 
 Conditions = list[dict[str, Any]]
 
+# kstatus, the status convention Flux, kpt and cli-utils read: `Reconciling` is True while the
+# operator works toward the spec, `Stalled` is True when it cannot get there without a change
+# to the spec (or its inputs); with `Ready` and `observedGeneration` a client can tell done
+# from in progress from stuck without knowing the kinds' phases.
+RECONCILING_PHASES = frozenset({"Pending", "Running", "Registered", "Evaluating", "RollingOut"})
+STALLED_PHASES = frozenset({"Failed", "Rejected"})
+
+
+def kstatus_conditions(phase: str, reason: str, message: str) -> list[tuple[str, bool, str, str]]:
+    """(type, status, reason, message) of `Reconciling` and `Stalled` for a phase."""
+    reconciling, stalled = phase in RECONCILING_PHASES, phase in STALLED_PHASES
+    return [
+        (
+            "Reconciling",
+            reconciling,
+            reason if reconciling else phase,
+            message if reconciling else "",
+        ),
+        ("Stalled", stalled, reason if stalled else phase, message if stalled else ""),
+    ]
+
 
 def set_condition(
     conditions: Conditions,

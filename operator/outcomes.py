@@ -198,6 +198,10 @@ def status_from_draft(
     for type_, value, reason, message in draft.conditions:
         conditions = cond.set_condition(conditions, type_, value, reason, message, generation, now)
     ready_message = draft.message or draft.phase
+    for type_, value, reason, message in cond.kstatus_conditions(
+        draft.phase, draft.reason, ready_message
+    ):
+        conditions = cond.set_condition(conditions, type_, value, reason, message, generation, now)
     conditions = cond.set_condition(
         conditions, "Ready", draft.ready, draft.reason, ready_message, generation, now
     )
