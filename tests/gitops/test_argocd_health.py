@@ -22,8 +22,9 @@ from neuraxis.dev.toolchain import tool_path
 
 REPO = Path(__file__).resolve().parents[2]
 CHECKS = REPO / "gitops" / "argocd" / "neuraxis.dev"
-KINDS: dict[str, type[BaseModel]] = {"Dataset": Dataset, "TrainingJob": TrainingJob, "ModelVersion": ModelVersion,
-         "EdgeDeployment": EdgeDeployment}  # fmt: skip
+KINDS: dict[str, type[BaseModel]] = {
+    kind.__name__: kind for kind in (Dataset, TrainingJob, ModelVersion, EdgeDeployment)
+}
 
 
 def lua_literal(value: Any) -> str:
