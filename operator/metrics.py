@@ -19,6 +19,12 @@ RECONCILE_SECONDS = Histogram(
 RESOURCES_BY_PHASE = Gauge(
     "neuraxis_resources", "Resources by kind and phase (as last reconciled).", ["kind", "phase"]
 )
+TRAINING_METRICS = Gauge(
+    "neuraxis_training_metric",
+    "Final metrics of TrainingJobs as their status reports them (status.metrics), exported by "
+    "the operator so training results reach Prometheus without scraping short-lived pods.",
+    ["namespace", "trainingjob", "metric"],
+)
 API_REQUESTS = Counter(
     "neuraxis_api_requests_total",
     "API server requests by verb, resource, HTTP status (0: no answer) and the kind being "

@@ -38,6 +38,7 @@ from neuraxis.operator.metrics import (
     RECONCILE_SECONDS,
     RECONCILES,
     RESOURCES_BY_PHASE,
+    TRAINING_METRICS,
 )
 from neuraxis.operator.reconcile import reconcile
 from neuraxis.operator.settings import OperatorSettings
@@ -347,6 +348,7 @@ class Runtime:
         RESOURCES_BY_PHASE.clear()
         for (kind, phase), n in counts.items():
             RESOURCES_BY_PHASE.labels(kind=kind, phase=phase).set(n)
+        export_training_metrics(self.informer("TrainingJob").list())
 
     def _resync(self) -> None:
         while not self.stop.wait(self.settings.resync_seconds):
@@ -395,3 +397,13 @@ class Runtime:
         self.stop.set()
         self.queue.close()
         self.events.drain()
+
+
+def export_training_metrics(jobs: list[dict[str, Any]]) -> None:
+    """`neuraxis_training_metric` from the status of every TrainingJob (deleted jobs vanish)."""
+    TRAINING_METRICS.clear()
+    for body in jobs:
+        meta = body["metadata"]
+        for metric, value in (_dig(body, "status", "metrics") or {}).items():
+            if isinstance(value, int | float):
+                TRAINING_METRICS.labels(meta["namespace"], meta["name"], metric).set(value)

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from deltalake import DeltaTable
+from prometheus_client.parser import text_string_to_metric_families
 
 from neuraxis.lake import Lake
 from neuraxis.workloads.artifact import MANIFEST, SIGNATURE
@@ -259,6 +261,20 @@ def _check_training(
     for pod in workers:
         log = cluster.kubectl("logs", pod["metadata"]["name"], "--namespace", ns)
         assert "world_size=2" in log, log[-2000:]
+
+    # The run's metrics reach Prometheus through the operator's /metrics (scraped by the
+    # Monitoring component's PodMonitor): the values of the TrainingJob's status.
+    def exported() -> dict[str, float]:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{op.metrics_port}/metrics").read()
+        return {
+            sample.labels["metric"]: sample.value
+            for family in text_string_to_metric_families(text.decode())
+            for sample in family.samples
+            if sample.name == "neuraxis_training_metric"
+            and sample.labels["trainingjob"] == "anomaly-detector-train"
+        }
+
+    wait_for(lambda: exported() == tj["status"]["metrics"], "training metrics exported", op=op)
     artifact = tj["status"]["artifact"]
     lake = node_lake.client()
     folder = artifact["uri"].removeprefix(node_lake.server.lake_uri + "/")

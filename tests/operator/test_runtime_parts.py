@@ -202,3 +202,22 @@ def test_a_large_spec_keeps_its_config_map() -> None:
     assert [c["kind"] for c in kept] == ["ConfigMap", "Job"]
     assert kept == children
     assert INLINE_SPEC_MAX >= 64 * 1024
+
+
+def test_training_metrics_are_exported_from_status_and_vanish_with_the_job() -> None:
+    from prometheus_client import REGISTRY
+
+    from neuraxis.operator.runtime import export_training_metrics
+
+    def value(job: str, metric: str) -> float | None:
+        labels = {"namespace": "ml", "trainingjob": job, "metric": metric}
+        return REGISTRY.get_sample_value("neuraxis_training_metric", labels)
+
+    done = {"metadata": {"namespace": "ml", "name": "a"},
+            "status": {"metrics": {"accuracy": 0.93, "val_loss": 0.2}}}  # fmt: skip
+    running = {"metadata": {"namespace": "ml", "name": "b"}, "status": {"phase": "Running"}}
+    export_training_metrics([done, running])
+    assert (value("a", "accuracy"), value("a", "val_loss")) == (0.93, 0.2)
+    assert value("b", "accuracy") is None
+    export_training_metrics([running])
+    assert value("a", "accuracy") is None
