@@ -1,6 +1,6 @@
 """Monitoring: prometheus-operator (CRDs and operator from its Go module), a Prometheus that
 scrapes the Neuraxis operator and the model servers, alert rules on their metrics, and Grafana
-with the Neuraxis dashboards (infra/dashboards/*.json) provisioned from ConfigMaps.
+with the Neuraxis dashboards (built in code: infra/grafana.py) provisioned from ConfigMaps.
 
 Metric names are the ones `neuraxis.operator.metrics` and `neuraxis.workloads.serve.metrics`
 export; a unit test checks every expression here against them.
@@ -10,18 +10,17 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pulumi
 
 from neuraxis.infra import images
+from neuraxis.infra.grafana import dashboards
 from neuraxis.infra.kube import kube_objects
 from neuraxis.infra.prometheus_operator import PrometheusOperatorBundle, in_namespace
 from neuraxis.operator.manifests import LABELS as OPERATOR_LABELS
 
 TOKEN = "neuraxis:infra:Monitoring"
-DASHBOARDS_DIR = Path(__file__).with_name("dashboards")
 # Prometheus picks up exactly the monitors and rules carrying this label.
 SELECT_LABEL = {"neuraxis.dev/monitoring": "true"}
 PART_OF = {"app.kubernetes.io/part-of": "neuraxis"}
@@ -229,16 +228,6 @@ def alert_rules(ns: str) -> dict[str, Any]:
         "metadata": {"name": "neuraxis", "namespace": ns, "labels": {**PART_OF, **SELECT_LABEL}},
         "spec": {"groups": [{"name": "neuraxis", "rules": rules}]},
     }
-
-
-def dashboards() -> dict[str, str]:
-    """File name -> dashboard JSON, from infra/dashboards (checked to parse)."""
-    out = {}
-    for path in sorted(DASHBOARDS_DIR.glob("*.json")):
-        text = path.read_text()
-        json.loads(text)
-        out[path.name] = text
-    return out
 
 
 def grafana_manifests(ns: str) -> list[dict[str, Any]]:
