@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.tree import Tree
@@ -25,14 +26,18 @@ def styled(phase: str) -> str:
 
 
 def summary_table(outcomes: list[Outcome]) -> Table:
-    table = Table(title="neuraxis run", show_lines=False)
-    for column in ("Kind", "Name", "Phase", "Time", "Result", "Why"):
-        table.add_column(column, overflow="fold")
+    """Kind, name, phase and time never wrap (a name split over two lines cannot be copied into
+    kubectl); the last column (the key figure, or why it did not succeed) wraps into what is
+    left of an 80-column terminal or a CI log (rich's width when output is not a terminal)."""
+    table = Table(title="neuraxis run", box=box.SIMPLE_HEAD, pad_edge=False)
+    for column in ("Kind", "Name", "Phase", "Time"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("Result", overflow="fold", ratio=1)
     for o in outcomes:
         style = PHASE_STYLE.get(o.phase, "")
         took = "skipped" if o.skipped else f"{o.seconds:.1f}s"
-        why = o.message if o.phase not in PHASE_STYLE or style != "green" else o.reason
-        table.add_row(o.kind, o.name, styled(o.phase), took, key_figure(o), why)
+        result = key_figure(o) if style == "green" else (o.message or o.reason)
+        table.add_row(o.kind, o.name, styled(o.phase), took, result)
     return table
 
 
