@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -43,6 +44,7 @@ from neuraxis.workloads.serve.validation import (
     parse_v2,
 )
 
+LOG = logging.getLogger(__name__)
 DEFAULT_MAX_BODY_BYTES = 1 << 20
 # Integrated Gradients runs N_STEPS forwards per instance: one request explains at most this many.
 MAX_EXPLAIN_INSTANCES = 64
@@ -157,6 +159,13 @@ class ServeHandlers:
             return error_response(exc)
         except ClientDisconnect:
             return Response(status_code=499)  # nobody is listening; recorded in metrics only
+        except Exception:
+            # The model itself failed (not the input): a 500 with a body, counted in the
+            # metrics (NeuraxisServingErrors), the traceback in the log only.
+            LOG.exception("inference failed")
+            reason = "inference failed on the server; see the server log"
+            return JSONResponse({"error": f"model: {reason}", "field": "model", "reason": reason},
+                                status_code=500)  # fmt: skip
         self.slot.observe_served(runtime, rows)
         model: LoadedModel = runtime.model
         if v2:
