@@ -48,11 +48,10 @@ crds: venv
 # What the tests run: the control plane, the real node (kubelet and kube-proxy are in the
 # kubernetes set; containerd, CoreDNS), MinIO, and the real Pulumi engine (the CLI, the
 # Kubernetes provider and the Python language host of sdk v3.68.0, with its exec script), and
-# glua (the Lua 5.1 of Argo CD) for the health checks in gitops/argocd.
-# Prometheus is pinned in the same file and built by `make tools-all`.
+# glua (the Lua 5.1 of Argo CD) for the health checks in gitops/argocd, and Prometheus with promtool.
 # `dev node deps` apt-installs the node's Debian packages (runc, CNI plugins, iptables,
 # conntrack, busybox-static) only when one of their binaries is missing.
-TEST_TOOLS := kubernetes etcd kwok containerd coredns minio pulumi pulumi-resource-kubernetes pulumi-language-python glua
+TEST_TOOLS := kubernetes etcd kwok containerd coredns minio pulumi pulumi-resource-kubernetes pulumi-language-python glua prometheus
 
 tools: venv
 	$(VENV)/bin/neuraxis dev tools build $(addprefix --only ,$(TEST_TOOLS))
