@@ -220,3 +220,14 @@ def test_gate_setup_errors_are_clear(tmp_path: Path) -> None:
         build_gate(AuthConfig("apiKeys", tmp_path / "absent"))
     assert build_gate(AuthConfig()).mode == "none"
     assert isinstance(build_gate(AuthConfig()), Gate)
+
+
+def test_an_empty_keys_folder_is_api_keys_missing(tmp_path: Path) -> None:
+    folder = tmp_path / "keys"
+    folder.mkdir()  # what an optional Secret volume shows when the Secret does not exist
+    with pytest.raises(AuthSetupError, match="no API keys") as info:
+        build_gate(AuthConfig("apiKeys", folder))
+    assert info.value.reason == "ApiKeysMissing"
+    with pytest.raises(AuthSetupError) as absent:
+        build_gate(AuthConfig("apiKeys", tmp_path / "absent"))
+    assert absent.value.reason == "ApiKeysMissing"

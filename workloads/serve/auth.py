@@ -363,15 +363,25 @@ class AuthConfig:
     rate_limit_burst: int | None = None
 
 
+# The refusal reasons a server reports in its termination message (read by the operator).
+API_KEYS_MISSING = "ApiKeysMissing"
+AUTH_SETUP_FAILED = "AuthSetupFailed"
+
+
 class AuthSetupError(ValueError):
-    """The command line asks for auth the server cannot set up (no keys folder, not in a pod)."""
+    """The command line asks for auth the server cannot set up (no keys, not in a pod)."""
+
+    def __init__(self, message: str, reason: str = AUTH_SETUP_FAILED):
+        super().__init__(message)
+        self.reason = reason
 
 
 def build_gate(config: AuthConfig, reviewer: TokenReviewer | None = None) -> Gate:
     try:
         return _build_gate(config, reviewer)
     except (OSError, RuntimeError) as exc:
-        raise AuthSetupError(f"auth mode {config.mode}: {exc}") from exc
+        reason = API_KEYS_MISSING if config.mode == "apiKeys" else AUTH_SETUP_FAILED
+        raise AuthSetupError(f"auth mode {config.mode}: {exc}", reason) from exc
 
 
 def _build_gate(config: AuthConfig, reviewer: TokenReviewer | None) -> Gate:
@@ -382,7 +392,14 @@ def _build_gate(config: AuthConfig, reviewer: TokenReviewer | None) -> Gate:
     if config.mode == "apiKeys":
         if config.api_keys_dir is None:
             raise AuthSetupError("auth mode apiKeys needs --api-keys-dir")
-        return Gate("apiKeys", keys=ApiKeys(config.api_keys_dir), limiter=limiter)
+        keys = ApiKeys(config.api_keys_dir)
+        if not len(keys):  # a missing Secret mounts as an empty folder (optional volume)
+            raise AuthSetupError(
+                f"auth mode apiKeys: no API keys in {config.api_keys_dir} (the Secret is missing "
+                "or empty); refusing to start a server every request would get 401 from",
+                API_KEYS_MISSING,
+            )
+        return Gate("apiKeys", keys=keys, limiter=limiter)
     if config.mode == "serviceAccountToken":
         tokens = TokenReviewAuth(
             reviewer or KubeTokenReviewer.in_cluster(),

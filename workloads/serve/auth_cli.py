@@ -50,5 +50,8 @@ def gate_from_options(
     try:
         return build_gate(config)
     except AuthSetupError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        from neuraxis.workloads.result import report_refusal
+
+        typer.echo(f"error: {exc.reason}: {exc}", err=True)
+        report_refusal(exc.reason, str(exc))
         raise typer.Exit(2) from exc
