@@ -237,6 +237,12 @@ class DatasetRef(ObjectRef):
     )
 
 
+def secret_env_prefix(secret: str) -> str:
+    """NEURAXIS_SECRET_<NAME>_: where `neuraxis run` finds a Secret's keys (one variable per
+    key, NEURAXIS_SECRET_<NAME>_<KEY>), upper case, `-` and `.` as `_`."""
+    return re.sub(r"[-.]", "_", f"NEURAXIS_SECRET_{secret}_".upper())
+
+
 class SecretKeyRef(ApiModel):
     """A key of a Secret in the same namespace. Run locally (`neuraxis run`), the value comes from
     the environment variable NEURAXIS_SECRET_<NAME>_<KEY> (upper case, `-` and `.` as `_`)."""
@@ -327,8 +333,9 @@ class ServingAuth(ApiModel):
             cel="self.mode == 'serviceAccountToken' || (!has(self.audiences) && "
             "!has(self.allowedUsers))",
             message="audiences and allowedUsers are only for mode serviceAccountToken",
-            check=lambda a: a.mode == "serviceAccountToken"
-            or (a.audiences is None and a.allowed_users is None),
+            check=lambda a: (
+                a.mode == "serviceAccountToken" or (a.audiences is None and a.allowed_users is None)
+            ),
             field=".mode",
         ),
         Rule(
