@@ -653,6 +653,19 @@ def reconcile_edge(
             ready=True,
             fields=fields,
         )
+    agents = cluster.list("v1", "Pod", ns, {owner_label("EdgeDeployment"): ed.metadata.name})
+    agents = [
+        p for p in agents if JOB_NAME_LABEL not in (p.get("metadata") or {}).get("labels", {})
+    ]
+    blocked = auth_refusal(agents)
+    if blocked is not None:
+        # Agents that will not start for their auth settings: say why, not only "rolling out".
+        message = (
+            missing_keys_message(ed.spec.auth, ns)
+            if blocked == API_KEYS_MISSING
+            else "the edge agents refused their spec.auth settings (see their pods' logs)"
+        )
+        return Draft("RollingOut", blocked, message, fields=fields)
     if ed.spec.rollout.pause and canary_ready:
         return Draft(
             "Paused",
