@@ -107,11 +107,6 @@ def credential(headers: Mapping[str, str]) -> str | None:
     return None
 
 
-def key_fingerprint(secret: str) -> str:
-    """The first 8 hex digits of sha256: an id that names a key without revealing it."""
-    return hashlib.sha256(secret.encode()).hexdigest()[:8]
-
-
 # ---- API keys ---------------------------------------------------------------------------------
 class ApiKeys:
     """The API keys of a mounted Secret: one file per key, the file name is the key's id. The
