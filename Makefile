@@ -89,12 +89,15 @@ unit: venv
 test: lint typecheck tools jars image
 	$(VENV)/bin/pytest
 
-# The example's hash salt comes from a Secret in a cluster; locally from this variable.
+# The example's hash salt and serving API key come from Secrets in a cluster; locally from
+# these variables (NEURAXIS_SECRET_<SECRET>_<KEY>).
 DEMO_SALT ?= neuraxis-demo-salt-change-me
+DEMO_API_KEY ?= neuraxis-demo-api-key-change-me
 
 demo: venv
 	$(PY) -m neuraxis.dev.jars delta
 	NEURAXIS_SECRET_LAKE_SALT_SALT=$${NEURAXIS_SECRET_LAKE_SALT_SALT:-$(DEMO_SALT)} \
+	NEURAXIS_SECRET_ANOMALY_DETECTOR_API_KEYS_DEMO=$${NEURAXIS_SECRET_ANOMALY_DETECTOR_API_KEYS_DEMO:-$(DEMO_API_KEY)} \
 		$(VENV)/bin/neuraxis run examples/smart-manufacturing
 
 clean:

@@ -5,12 +5,16 @@ In one run, all against real server processes on 127.0.0.1:
 - a minimal hand-written baseline server: one bare Starlette route on the same uvicorn that
   parses JSON and calls the model (no validation, batching or metrics);
 - the Neuraxis server, p50/p99 latency and requests/s at 1, 8 and 64 concurrent clients;
-- dynamic batching on vs off at 64 clients, on a wide model where a forward costs real work.
+- dynamic batching on vs off at 64 clients, on a wide model where a forward costs real work;
+- auth overhead: the auth middleware (API keys + a per-key rate limit) per request, in-process
+  (the ASGI call with and without it, p50 of the difference) and end to end (the same server
+  with `--auth-mode none` and `apiKeys`, p50 at one client).
 
-Targets: added p50 over the raw forward <= 1 ms at one client; batching >= 3x requests/s at 64.
+Targets: added p50 over the raw forward <= 1 ms at one client; batching >= 3x requests/s at 64;
+auth middleware <= 0.1 ms p50 per request.
 Load comes from a lean keep-alive HTTP/1.1 client (asyncio streams), bounded in requests and time.
 
-    .venv/bin/python bench/serve.py [--quick]
+    .venv/bin/python bench/serve.py [--quick] [--auth-only]
 """
 
 from __future__ import annotations
@@ -209,10 +213,13 @@ async def _client(port: int, request: bytes, count: int, deadline: float, out: l
         writer.close()
 
 
-def run_load(port: int, concurrency: int, requests: int, max_seconds: float) -> LoadResult:
+def run_load(
+    port: int, concurrency: int, requests: int, max_seconds: float, headers: str = ""
+) -> LoadResult:
+    """`headers`: extra header lines, each ending in CRLF (credentials)."""
     body = json.dumps({"instances": [[0.5] * N_FEATURES]}).encode()
     request = (
-        f"POST /v1/models/m:predict HTTP/1.1\r\nhost: 127.0.0.1\r\n"
+        f"POST /v1/models/m:predict HTTP/1.1\r\nhost: 127.0.0.1\r\n{headers}"
         f"content-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n"
     ).encode() + body
 
@@ -230,10 +237,99 @@ def run_load(port: int, concurrency: int, requests: int, max_seconds: float) -> 
     return asyncio.run(main())
 
 
+# ---- auth overhead ----------------------------------------------------------------------------
+AUTH_GOAL_MS = 0.1
+ROUNDS = 5
+BENCH_KEY = "bench-key-0123456789abcdef"
+
+
+def middleware_p50_ms(keys_dir: Path, calls: int) -> tuple[float, float]:
+    """p50 of one ASGI call through AuthMiddleware (API keys, 16 keys, a rate limit no request
+    reaches) and of the same call without it, around an app that answers at once."""
+    from neuraxis.workloads.serve.auth import AuthConfig, AuthMiddleware, build_gate
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def send(message: Any) -> None:
+        return None
+
+    async def receive() -> Any:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    gate = build_gate(AuthConfig("apiKeys", keys_dir, rate_limit_rps=1e9, rate_limit_burst=10**9))
+    guarded = AuthMiddleware(app, gate)
+    headers = [(b"host", b"127.0.0.1"), (b"content-type", b"application/json"),
+               (b"authorization", f"Bearer {BENCH_KEY}".encode())]  # fmt: skip
+
+    async def timed(target: Any) -> list[float]:
+        out = []
+        for _ in range(calls):
+            scope = {"type": "http", "path": "/v1/models/m:predict", "headers": headers}
+            start = time.perf_counter()
+            await target(scope, receive, send)
+            out.append(time.perf_counter() - start)
+        return out
+
+    async def both() -> tuple[list[float], list[float]]:
+        await timed(guarded)  # warm-up
+        return await timed(guarded), await timed(app)
+
+    with_auth, without = asyncio.run(both())
+    return statistics.median(with_auth) * 1000, statistics.median(without) * 1000
+
+
+def write_keys(root: Path) -> Path:
+    folder = root / "api-keys"
+    folder.mkdir()
+    for i in range(15):
+        (folder / f"other-{i}").write_text(f"other-key-{i:04d}-{'x' * 16}")
+    (folder / "bench").write_text(BENCH_KEY)
+    return folder
+
+
+def auth_overhead(model_dir: Path, tmp: Path, requests: int, max_s: float) -> None:
+    keys_dir = write_keys(tmp)
+    calls = 20000 if requests >= 2000 else 5000
+    with_ms, without_ms = middleware_p50_ms(keys_dir, calls)
+    added = with_ms - without_ms
+    print("\nauth overhead (API keys: 16 keys, sha256 + compare_digest each, per-key rate limit)")
+    print(f"  middleware in-process, {calls} calls: p50 {with_ms * 1000:.1f} us with auth, "
+          f"{without_ms * 1000:.1f} us without: {added:.4f} ms per request; "
+          f"goal <= {AUTH_GOAL_MS} ms: {added / AUTH_GOAL_MS:.2f}x the goal")  # fmt: skip
+    credential = f"authorization: Bearer {BENCH_KEY}\r\n"
+    modes = (
+        ("none", ["--auth-mode", "none"], ""),
+        ("apiKeys", ["--auth-mode", "apiKeys", "--api-keys-dir", str(keys_dir),
+                     "--rate-limit-rps", "1000000", "--rate-limit-burst", "1000000"], credential),
+    )  # fmt: skip
+    ports = {mode: free_port() for mode, _, _ in modes}
+    procs = [
+        start([*serve_cmd(model_dir, ports[m], 32, 2), *extra], ports[m]) for m, extra, _ in modes
+    ]
+    latencies: dict[str, list[float]] = {mode: [] for mode, _, _ in modes}
+    try:
+        # Both servers up, rounds interleaved: drift of a shared machine hits both alike.
+        for _ in range(ROUNDS):
+            for mode, _, headers in modes:
+                r = run_load(ports[mode], 1, requests // ROUNDS, max_s / ROUNDS, headers)
+                latencies[mode] += r.latencies
+    finally:
+        for proc in procs:
+            stop(proc)
+    e2e = {mode: LoadResult(values, 1.0) for mode, values in latencies.items()}
+    diff = e2e["apiKeys"].p50_ms - e2e["none"].p50_ms
+    print(f"  end to end, 1 client: p50 {e2e['none'].p50_ms:.3f} ms auth none, "
+          f"{e2e['apiKeys'].p50_ms:.3f} ms apiKeys: {diff:+.3f} ms "
+          f"({diff / AUTH_GOAL_MS:+.2f}x the goal; HTTP noise included)")  # fmt: skip
+
+
 # ---- the run ----------------------------------------------------------------------------------
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer requests per level")
+    parser.add_argument("--auth-only", action="store_true", help="only the auth overhead")
     parser.add_argument("--baseline-server", metavar="MODEL_DIR", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -251,6 +347,9 @@ def main() -> None:
         small = build_model(hidden=64, layers=2)
         wide = build_model(hidden=2048, layers=3)
         small_dir = write_bench_artifact(Path(tmp), "m", small)
+        if args.auth_only:
+            auth_overhead(small_dir, Path(tmp), requests, max_s)
+            return
         wide_dir = write_bench_artifact(Path(tmp), "m-wide", wide)
         # Served under the name "m" in URLs: the wide artifact is renamed via --name.
 
@@ -315,6 +414,7 @@ def main() -> None:
         gain = wide_results[64].rps / wide_results[1].rps
         print(f"  dynamic batching gain at 64 clients: {gain:.2f}x (target >= 3x); "
               f"on / raw batch-64 limit: {wide_results[64].rps / (64 / raw64):.2f}")  # fmt: skip
+        auth_overhead(small_dir, Path(tmp), requests, max_s)
 
 
 if __name__ == "__main__":

@@ -237,6 +237,12 @@ class DatasetRef(ObjectRef):
     )
 
 
+def secret_env_prefix(secret: str) -> str:
+    """NEURAXIS_SECRET_<NAME>_: where `neuraxis run` finds a Secret's keys (one variable per
+    key, NEURAXIS_SECRET_<NAME>_<KEY>), upper case, `-` and `.` as `_`."""
+    return re.sub(r"[-.]", "_", f"NEURAXIS_SECRET_{secret}_".upper())
+
+
 class SecretKeyRef(ApiModel):
     """A key of a Secret in the same namespace. Run locally (`neuraxis run`), the value comes from
     the environment variable NEURAXIS_SECRET_<NAME>_<KEY> (upper case, `-` and `.` as `_`)."""
@@ -254,6 +260,89 @@ class SecretKeyRef(ApiModel):
             message="key must not be . or .. (not a valid Secret key)",
             check=lambda r: r.key not in (".", ".."),
             field=".key",
+        ),
+    )
+
+
+class SecretRef(ApiModel):
+    """A whole Secret in the same namespace (every key of it is used)."""
+
+    name: str = Field(description="Secret name.", max_length=253, pattern=NAME_PATTERN)
+
+
+class RateLimit(ApiModel):
+    """A token bucket per caller (per API key or per ServiceAccount identity): a request past
+    the bucket is answered 429 with Retry-After."""
+
+    requests_per_second: int = Field(ge=1, le=100000, description="Sustained rate per caller.")
+    burst: int | None = Field(
+        default=None, ge=1, le=100000, description="Bucket size; default requestsPerSecond."
+    )
+
+
+AUTH_REQUIRED = (
+    "auth is required: set auth.mode to apiKeys, serviceAccountToken or none "
+    "(serving without authentication must be explicit)"
+)
+
+
+class ServingAuth(ApiModel):
+    """Who may call the inference endpoint. Health routes and /metrics stay open (probes and
+    Prometheus); every other route needs credentials unless mode is none."""
+
+    mode: Literal["none", "apiKeys", "serviceAccountToken"] = Field(
+        description="none (explicitly open), apiKeys (keys from secretRef, sent as "
+        "`Authorization: Bearer <key>` or `X-API-Key: <key>`) or serviceAccountToken "
+        "(Kubernetes tokens checked by the TokenReview API)."
+    )
+    secret_ref: SecretRef | None = Field(
+        default=None,
+        description="mode apiKeys: every key of this Secret is one API key; the key's name is "
+        "its id in metrics. Locally (`neuraxis run`) the keys are the environment variables "
+        "NEURAXIS_SECRET_<NAME>_<ID> (upper case, `-` and `.` as `_`).",
+    )
+    audiences: list[Annotated[str, Field(max_length=253)]] | None = Field(
+        default=None,
+        max_length=16,
+        description="mode serviceAccountToken: audiences a token must be issued for; default "
+        "the API server's.",
+    )
+    allowed_users: list[Annotated[str, Field(max_length=253)]] | None = Field(
+        default=None,
+        max_length=64,
+        description="mode serviceAccountToken: usernames allowed to call (e.g. "
+        "system:serviceaccount:<namespace>:<name>); another valid identity gets 403. Default: "
+        "every identity the API server authenticates.",
+    )
+    rate_limit: RateLimit | None = Field(default=None, description="Per-caller rate limit.")
+
+    rules = (
+        Rule(
+            cel="self.mode != 'apiKeys' || has(self.secretRef)",
+            message="mode apiKeys needs secretRef (the Secret whose keys are the API keys)",
+            check=lambda a: a.mode != "apiKeys" or a.secret_ref is not None,
+            field=".secretRef",
+        ),
+        Rule(
+            cel="self.mode == 'apiKeys' || !has(self.secretRef)",
+            message="secretRef is only for mode apiKeys",
+            check=lambda a: a.mode == "apiKeys" or a.secret_ref is None,
+            field=".secretRef",
+        ),
+        Rule(
+            cel="self.mode == 'serviceAccountToken' || (!has(self.audiences) && "
+            "!has(self.allowedUsers))",
+            message="audiences and allowedUsers are only for mode serviceAccountToken",
+            check=lambda a: (
+                a.mode == "serviceAccountToken" or (a.audiences is None and a.allowed_users is None)
+            ),
+            field=".mode",
+        ),
+        Rule(
+            cel="self.mode != 'none' || !has(self.rateLimit)",
+            message="rateLimit is per caller: it needs mode apiKeys or serviceAccountToken",
+            check=lambda a: a.mode != "none" or a.rate_limit is None,
+            field=".rateLimit",
         ),
     )
 

@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from neuraxis.crds.common import (
+    AUTH_REQUIRED,
     LABEL_KEY_PATTERN,
     LABEL_VALUE_PATTERN,
     NAME_PATTERN,
@@ -16,6 +17,7 @@ from neuraxis.crds.common import (
     ObjectMeta,
     ObjectRef,
     Rule,
+    ServingAuth,
     StatusBase,
 )
 
@@ -123,6 +125,27 @@ class EdgeDeploymentSpec(ApiModel):
     rollout: Rollout = Field(default_factory=Rollout)
     sync: Sync = Field(default_factory=Sync)
     offline: Offline = Field(default_factory=Offline)
+    auth: ServingAuth | None = Field(
+        default=None,
+        description="Authentication and rate limits of the agents' endpoint (required; apiKeys "
+        "or none: agents serve offline, without the API server).",
+    )
+
+    rules = (
+        Rule(
+            cel="has(self.auth)",
+            message=AUTH_REQUIRED,
+            check=lambda s: s.auth is not None,
+            field=".auth",
+        ),
+        Rule(
+            cel="!has(self.auth) || self.auth.mode != 'serviceAccountToken'",
+            message="edge agents serve offline, without the API server: auth.mode must be "
+            "apiKeys or none",
+            check=lambda s: s.auth is None or s.auth.mode != "serviceAccountToken",
+            field=".auth.mode",
+        ),
+    )
 
 
 class EdgeDeploymentStatus(StatusBase):

@@ -7,6 +7,7 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from neuraxis.crds.common import (
+    AUTH_REQUIRED,
     NAME_MAX_LENGTH,
     NAME_PATTERN,
     SHA256_PATTERN,
@@ -18,6 +19,7 @@ from neuraxis.crds.common import (
     ObjectRef,
     ResourceRequirements,
     Rule,
+    ServingAuth,
     StatusBase,
     cron_rules,
     exactly_one,
@@ -166,8 +168,17 @@ class Serving(ApiModel):
     max_batch_wait_ms: int = Field(default=2, ge=0, le=1000, description="Dynamic batching wait.")
     canary: Canary | None = Field(default=None, description="Canary traffic split.")
     autoscaling: Autoscaling | None = Field(default=None, description="HPA settings.")
+    auth: ServingAuth | None = Field(
+        default=None, description="Authentication and rate limits (required; mode none is open)."
+    )
 
     rules = (
+        Rule(
+            cel="has(self.auth)",
+            message=AUTH_REQUIRED,
+            check=lambda s: s.auth is not None,
+            field=".auth",
+        ),
         Rule(
             cel="!has(self.canary) || self.enabled",
             message="canary needs serving enabled",

@@ -13,7 +13,11 @@ import yaml
 
 from neuraxis import API_GROUP, __version__
 from neuraxis.crds.kinds import KINDS
-from neuraxis.operator.builders.accounts import SPARK_DRIVER_ROLE, spark_driver_cluster_role
+from neuraxis.operator.builders.accounts import (
+    AUTH_DELEGATOR_ROLE,
+    SPARK_DRIVER_ROLE,
+    spark_driver_cluster_role,
+)
 from neuraxis.operator.pods import security_context
 from neuraxis.operator.settings import DEFAULT_IMAGE
 
@@ -53,7 +57,10 @@ def cluster_role_rules() -> list[dict[str, Any]]:
         # The Spark driver's RoleBinding: `bind` on that one ClusterRole only, so the operator
         # can grant executor-pod rights without holding them (RBAC checks escalation).
         _rule(RBAC, ["rolebindings"], ["get", "list", "watch", "create"]),
-        _rule(RBAC, ["clusterroles"], ["get", "bind"], [SPARK_DRIVER_ROLE]),
+        _rule(RBAC, ["clusterroles"], ["get", "bind"], [SPARK_DRIVER_ROLE, AUTH_DELEGATOR_ROLE]),
+        # Predictors checking ServiceAccount tokens: their account's binding to
+        # system:auth-delegator (TokenReview is cluster-scoped).
+        _rule(RBAC, ["clusterrolebindings"], ["get", "list", "watch", "create"]),
         _rule("", ["nodes", "namespaces"], READ),
         _rule("apps", ["deployments", "daemonsets"], WRITE),
         _rule("autoscaling", ["horizontalpodautoscalers"], WRITE),

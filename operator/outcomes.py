@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from neuraxis.crds.common import RUNS_KEPT
 from neuraxis.crds.dataset import DatasetStatus
 from neuraxis.operator import conditions as cond
+from neuraxis.operator.builders.auth import AUTH_REFUSALS
 from neuraxis.operator.observe import run_result
 from neuraxis.workloads.artifact import ARTIFACT_CHANGED
 from neuraxis.workloads.result import now_rfc3339
@@ -180,6 +181,15 @@ def serving_refusal(pods: list[Obj]) -> Draft | None:
         return None
     message = str(refusal.get("message") or "the artifact changed after evaluation")
     return Draft("Failed", ARTIFACT_CHANGED, f"never served: {message}")
+
+
+def auth_refusal(pods: list[Obj]) -> str | None:
+    """The reason a predictor or edge agent would not start for its auth settings (the API-key
+    Secret missing or empty: ApiKeysMissing), else None. Not a failure of the version: the
+    pods start serving once the Secret exists."""
+    refusal = run_result(pods)
+    reason = str((refusal or {}).get("reason") or "")
+    return reason if reason in AUTH_REFUSALS else None
 
 
 def bundle_outcome(result: Obj) -> Obj | Draft:

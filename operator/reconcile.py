@@ -21,6 +21,7 @@ from neuraxis.operator.builders.accounts import (
     accounts_for,
     spark_driver_cluster_role,
 )
+from neuraxis.operator.builders.auth import API_KEYS_MISSING, missing_keys_message
 from neuraxis.operator.builders.common import inline_specs
 from neuraxis.operator.builders.dataset import build_dataset_children, etl_children_name
 from neuraxis.operator.builders.edge import (
@@ -64,6 +65,7 @@ from neuraxis.operator.observe import JOB_NAME_LABEL, RunObservation, observe_ru
 from neuraxis.operator.outcomes import (
     Condition,
     Draft,
+    auth_refusal,
     bundle_outcome,
     dataset_outcome,
     evaluation_outcome,
@@ -101,12 +103,12 @@ def ensure_accounts(cluster: Cluster, res: Resource, settings: OperatorSettings)
     """The accounts the resource's pods run as (shared by the namespace: no owner)."""
     for manifest in accounts_for(res, settings):
         meta = manifest["metadata"]
-        key = (manifest["kind"], meta["namespace"], meta["name"])
+        key = (manifest["kind"], meta.get("namespace", ""), meta["name"])
         if _accounts_made.get(key):
             continue
         version, kind = manifest["apiVersion"], manifest["kind"]
         watched = cluster.cache(version, kind) is not None
-        if watched and cluster.get(version, kind, meta["namespace"], meta["name"]):
+        if watched and cluster.get(version, kind, meta.get("namespace"), meta["name"]):
             continue  # present now (a deletion shows up in the cache at once)
         if manifest["kind"] == "RoleBinding":
             ensure_spark_driver_role(cluster)
@@ -538,11 +540,21 @@ def _approved_draft(
         "PredictorAvailable" if available else "PredictorNotAvailable",
         f"{available} replica(s) available",
     )
+    waiting = "waiting for the predictor to become available"
+    blocked = auth_refusal(predictor_pods(cluster, mv)) if available == 0 else None
+    if blocked is not None:
+        # The predictor would not start for its auth settings: say why, not just "waiting".
+        waiting = (
+            missing_keys_message(serving.auth, ns_of(mv))
+            if blocked == API_KEYS_MISSING
+            else "the predictor refused its spec.serving.auth settings (see its pods' logs)"
+        )
+        serving_cond = ("Serving", False, blocked, waiting)
     if available == 0:
         return Draft(
             "Approved",
             "GatesPassed",
-            "waiting for the predictor to become available",
+            waiting,
             ready=True,
             fields=fields,
             conditions=[serving_cond],
@@ -641,6 +653,19 @@ def reconcile_edge(
             ready=True,
             fields=fields,
         )
+    agents = cluster.list("v1", "Pod", ns, {owner_label("EdgeDeployment"): ed.metadata.name})
+    agents = [
+        p for p in agents if JOB_NAME_LABEL not in (p.get("metadata") or {}).get("labels", {})
+    ]
+    blocked = auth_refusal(agents)
+    if blocked is not None:
+        # Agents that will not start for their auth settings: say why, not only "rolling out".
+        message = (
+            missing_keys_message(ed.spec.auth, ns)
+            if blocked == API_KEYS_MISSING
+            else "the edge agents refused their spec.auth settings (see their pods' logs)"
+        )
+        return Draft("RollingOut", blocked, message, fields=fields)
     if ed.spec.rollout.pause and canary_ready:
         return Draft(
             "Paused",

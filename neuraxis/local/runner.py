@@ -295,7 +295,12 @@ class Runner:
             return Draft("Approved", "GatesPassed", "every gate passed", ready=True, fields=fields)
         self.on_step(f"ModelVersion/{mv.metadata.name}: serving smoke test")
         smoke = smoke_test(
-            artifact_uri, mv.spec.model, self.lake, self.work / ns / run_id, digest=pinned
+            artifact_uri,
+            mv.spec.model,
+            self.lake,
+            self.work / ns / run_id,
+            digest=pinned,
+            auth=serving.auth,
         )
         cond = (
             "ServingSmokeTest",

@@ -4,16 +4,19 @@ runs, ask its metadata, send one prediction, and stop it gracefully."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
+from neuraxis.crds.common import ServingAuth, secret_env_prefix
 from neuraxis.lake import Lake
 from neuraxis.workloads.result import TERMINATION_LOG_ENV, read_compact_result
 
@@ -31,6 +34,49 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@dataclass(frozen=True)
+class SmokeAuth:
+    """The server flags for spec.serving.auth here, and the headers the smoke client sends."""
+
+    args: list[str]
+    headers: dict[str, str]
+    note: str = ""
+
+
+def api_keys_from_env(secret: str, env: Mapping[str, str]) -> dict[str, str]:
+    """The Secret's keys as `neuraxis run` finds them: NEURAXIS_SECRET_<NAME>_<ID>=<key>, the
+    id in lower case (as the key's name in the Secret would be)."""
+    prefix = secret_env_prefix(secret)
+    return {
+        name.removeprefix(prefix).lower(): value
+        for name, value in sorted(env.items())
+        if name.startswith(prefix) and len(name) > len(prefix) and value
+    }
+
+
+def smoke_auth(auth: ServingAuth | None, keys_dir: Path, env: Mapping[str, str]) -> SmokeAuth:
+    """API keys come from the environment, written for the server as a Secret volume would
+    show them; ServiceAccount tokens need an API server, so that server runs open here."""
+    if auth is None or auth.mode == "none":
+        return SmokeAuth(["--auth-mode", "none"], {})
+    if auth.mode == "serviceAccountToken":
+        note = "; serviceAccountToken is checked in a cluster only (served open here)"
+        return SmokeAuth(["--auth-mode", "none"], {}, note)
+    assert auth.secret_ref is not None
+    keys = api_keys_from_env(auth.secret_ref.name, env)
+    if keys_dir.exists():
+        shutil.rmtree(keys_dir)
+    keys_dir.mkdir(parents=True, mode=0o700)
+    for key_id, secret in keys.items():
+        path = keys_dir / key_id
+        path.touch(mode=0o600)
+        path.write_text(secret)
+    args = ["--auth-mode", "apiKeys", "--api-keys-dir", str(keys_dir)]
+    headers = {"Authorization": f"Bearer {next(iter(keys.values()))}"} if keys else {}
+    note = f"; API key {next(iter(keys))} accepted, none refused 401" if keys else ""
+    return SmokeAuth(args, headers, note)
+
+
 def smoke_test(
     artifact_uri: str,
     model: str,
@@ -38,8 +84,20 @@ def smoke_test(
     work_dir: Path,
     timeout: float = 120.0,
     digest: str | None = None,
+    auth: ServingAuth | None = None,
 ) -> SmokeResult:
-    """`digest`: the pinned artifact digest, passed to the server as the predictor gets it."""
+    """`digest`: the pinned artifact digest, passed to the server as the predictor gets it;
+    `auth`: spec.serving.auth (API keys from NEURAXIS_SECRET_<NAME>_<ID>)."""
+    access = smoke_auth(auth, work_dir / "api-keys", os.environ)
+    if auth is not None and auth.mode == "apiKeys" and not access.headers:
+        assert auth.secret_ref is not None
+        prefix = secret_env_prefix(auth.secret_ref.name)
+        return SmokeResult(
+            False,
+            f"spec.serving.auth.secretRef: no API keys for Secret {auth.secret_ref.name!r} "
+            f"(set {prefix}<ID>=<key>, one variable per key)",
+            "ApiKeysMissing",
+        )
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -51,11 +109,12 @@ def smoke_test(
         sys.executable, "-m", "neuraxis.cli", "workload", "serve", "--model", artifact_uri,
         "--name", model, "--host", "127.0.0.1", "--port", str(port),
         *(["--digest", digest] if digest else []),
+        *access.args,
     ]  # fmt: skip
     with open(log, "wb") as out:
         proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
-        result = _exercise(base, model, proc, timeout, log)
+        result = _exercise(base, model, proc, timeout, log, access)
         refusal = read_compact_result(term.read_text()) if term.exists() else None
         if not result.passed and refusal is not None:
             # The server said why it would not start (ArtifactChanged), as to a kubelet.
@@ -72,7 +131,12 @@ def smoke_test(
 
 
 def _exercise(
-    base: str, model: str, proc: subprocess.Popen[bytes], timeout: float, log: Path
+    base: str,
+    model: str,
+    proc: subprocess.Popen[bytes],
+    timeout: float,
+    log: Path,
+    access: SmokeAuth,
 ) -> SmokeResult:
     deadline = time.monotonic() + timeout
     with httpx.Client(base_url=base, timeout=10) as client:
@@ -88,13 +152,17 @@ def _exercise(
             if time.monotonic() > deadline:
                 return SmokeResult(False, f"the server was not ready within {timeout:.0f}s")
             time.sleep(0.3)
-        meta = client.get(f"/v2/models/{model}").json()
+        meta = client.get(f"/v2/models/{model}", headers=access.headers).json()
         n_features = int(meta["inputs"][0]["shape"][1])
+        body = {"instances": [[0.0] * n_features]}
+        predict = f"/v1/models/{model}:predict"
+        if access.headers:  # the keys are in force: a request without one is refused
+            refused = client.post(predict, json=body)
+            if refused.status_code != 401:
+                return SmokeResult(False, f"predict without a key answered {refused.status_code}")
         started = time.perf_counter()
-        response = client.post(
-            f"/v1/models/{model}:predict", json={"instances": [[0.0] * n_features]}
-        )
+        response = client.post(predict, json=body, headers=access.headers)
         elapsed_ms = (time.perf_counter() - started) * 1000
     if response.status_code != 200:
         return SmokeResult(False, f"predict answered {response.status_code}: {response.text[:200]}")
-    return SmokeResult(True, f"smoke test: predict 200 in {elapsed_ms:.1f} ms")
+    return SmokeResult(True, f"smoke test: predict 200 in {elapsed_ms:.1f} ms{access.note}")

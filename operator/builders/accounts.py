@@ -12,12 +12,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from neuraxis.crds import Dataset, Resource
+from neuraxis.crds import Dataset, ModelVersion, Resource
 from neuraxis.operator.children import MANAGED_BY
 from neuraxis.operator.settings import OperatorSettings
 
 RBAC_VERSION = "rbac.authorization.k8s.io/v1"
 SPARK_DRIVER_ROLE = "neuraxis-spark-driver"
+# Predictors checking ServiceAccount tokens run as this account (one per namespace).
+PREDICTOR_ACCOUNT = "neuraxis-predictor"
+# Kubernetes' built-in role for delegated authentication (TokenReview, SubjectAccessReview).
+AUTH_DELEGATOR_ROLE = "system:auth-delegator"
 _MANAGE = ["get", "list", "watch", "create", "patch", "delete", "deletecollection"]
 
 
@@ -71,10 +75,43 @@ def spark_accounts(namespace: str, settings: OperatorSettings) -> list[dict[str,
     return [_account(name, namespace), binding]
 
 
+def predictor_accounts(namespace: str) -> list[dict[str, Any]]:
+    """The account of predictors that check ServiceAccount tokens, and its ClusterRoleBinding
+    to `system:auth-delegator` (create tokenreviews and subjectaccessreviews: TokenReview is
+    cluster-scoped, so a RoleBinding cannot grant it). The account mounts no token; the
+    predictor pod asks for one."""
+    binding = {
+        "apiVersion": RBAC_VERSION,
+        "kind": "ClusterRoleBinding",
+        "metadata": {
+            "name": f"{PREDICTOR_ACCOUNT}-{namespace}",
+            "labels": {MANAGED_BY: "neuraxis"},
+        },
+        "roleRef": {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "ClusterRole",
+            "name": AUTH_DELEGATOR_ROLE,
+        },
+        "subjects": [{"kind": "ServiceAccount", "name": PREDICTOR_ACCOUNT, "namespace": namespace}],
+    }
+    return [_account(PREDICTOR_ACCOUNT, namespace), binding]
+
+
+def reviews_tokens(res: Resource) -> bool:
+    serving = res.spec.serving if isinstance(res, ModelVersion) else None
+    return (
+        serving is not None
+        and serving.auth is not None
+        and (serving.auth.mode == "serviceAccountToken")
+    )
+
+
 def accounts_for(res: Resource, settings: OperatorSettings) -> list[dict[str, Any]]:
     """The namespace's accounts (and bindings) the resource's pods run as."""
     namespace = res.metadata.namespace or "default"
     accounts = [workload_account(namespace, settings)]
     if isinstance(res, Dataset) and res.spec.engine.executors > 0:
         accounts += spark_accounts(namespace, settings)
+    if reviews_tokens(res):
+        accounts += predictor_accounts(namespace)
     return accounts

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from neuraxis.crds import EdgeDeployment
+from neuraxis.operator.builders.auth import auth_args, mount_api_keys
 from neuraxis.operator.builders.common import RUN_ID_ENV, job, spec_config_map
 from neuraxis.operator.children import child_metadata, run_name
 from neuraxis.operator.pods import (
@@ -162,6 +163,7 @@ def _daemon_set(
         "--deployment", ed.metadata.name,
         "--sync-interval-s", str(ed.spec.sync.interval_seconds),
         *(["--digest", bundle_digest] if bundle_digest else []),
+        *auth_args(ed.spec.auth),
     ]  # fmt: skip
     node_name = {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}
     container = workload_container(
@@ -222,6 +224,7 @@ def _daemon_set(
         }
     )
     template["spec"]["initContainers"] = [cache_owner_init_container(settings)]
+    mount_api_keys(template, ed.spec.auth)
     selector = {"neuraxis.dev/edgedeployment": ed.metadata.name, "neuraxis.dev/edge-group": name}
     template["metadata"]["labels"]["neuraxis.dev/edge-group"] = name
     return {

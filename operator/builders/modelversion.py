@@ -10,6 +10,8 @@ from typing import Any
 
 from neuraxis.crds import ModelVersion
 from neuraxis.crds.modelversion import Serving
+from neuraxis.operator.builders.accounts import PREDICTOR_ACCOUNT
+from neuraxis.operator.builders.auth import auth_args, mount_api_keys
 from neuraxis.operator.builders.common import RUN_ID_ENV, job, spec_config_map
 from neuraxis.operator.children import (
     SPEC_FILE,
@@ -109,6 +111,7 @@ def build_serving_children(
         "--max-batch-size", str(serving.max_batch_size),
         "--max-batch-wait-ms", str(serving.max_batch_wait_ms),
         *digest_flag("--digest", artifact_digest),
+        *auth_args(serving.auth),
     ]  # fmt: skip
     container = workload_container(
         mv,
@@ -120,9 +123,20 @@ def build_serving_children(
     probe = {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 5}
     container["readinessProbe"] = probe
     container["livenessProbe"] = {**probe, "httpGet": {"path": "/healthz", "port": "http"}}
+    # ServiceAccount tokens: the predictor reviews them as its own account (TokenReview).
+    reviews_tokens = serving.auth is not None and serving.auth.mode == "serviceAccountToken"
     template = pod_template(
-        mv, settings, "predictor", container, name, labels=pod_labels, restart_policy="Always"
+        mv,
+        settings,
+        "predictor",
+        container,
+        name,
+        labels=pod_labels,
+        restart_policy="Always",
+        service_account=PREDICTOR_ACCOUNT if reviews_tokens else None,
+        api_token=reviews_tokens,
     )
+    mount_api_keys(template, serving.auth)
     selector = {
         "neuraxis.dev/modelversion": mv.metadata.name,
         "app.kubernetes.io/component": "predictor",

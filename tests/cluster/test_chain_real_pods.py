@@ -68,9 +68,11 @@ def _chain_resources() -> list[dict[str, Any]]:
     version["spec"]["serving"] = {
         "replicas": 1,
         "resources": {"cpu": "250m", "memory": "1Gi"},
+        "auth": {"mode": "none"},  # the chain is about the data; auth has its own tests
     }
     edge = example("05-anomaly-detector-edge.yaml")
     edge["spec"]["sync"]["intervalSeconds"] = 10  # the minimum
+    edge["spec"]["auth"] = {"mode": "none"}
     return [readings, features, train, version, edge]
 
 

@@ -406,7 +406,7 @@ def test_spark_driver_runs_as_an_account_that_may_start_executors(
 
 
 def test_operator_rbac_is_least_privilege(cluster: Cluster) -> None:
-    from neuraxis.operator.builders.accounts import SPARK_DRIVER_ROLE
+    from neuraxis.operator.builders.accounts import AUTH_DELEGATOR_ROLE, SPARK_DRIVER_ROLE
     from neuraxis.operator.manifests import OPERATOR, build_manifests
 
     for manifest in build_manifests():
@@ -439,6 +439,10 @@ def test_operator_rbac_is_least_privilege(cluster: Cluster) -> None:
     # Spark drivers: the operator binds their ClusterRole (and only that one) per namespace.
     assert can("create", "rolebindings.rbac.authorization.k8s.io", "--all-namespaces")
     assert can("bind", f"clusterroles.rbac.authorization.k8s.io/{SPARK_DRIVER_ROLE}")
+    # Predictors checking ServiceAccount tokens: a ClusterRoleBinding to system:auth-delegator.
+    assert can("create", "clusterrolebindings.rbac.authorization.k8s.io")
+    assert can("bind", f"clusterroles.rbac.authorization.k8s.io/{AUTH_DELEGATOR_ROLE}")
+    assert not can("bind", "clusterroles.rbac.authorization.k8s.io/system:node")
 
 
 def test_restarts_converge_without_duplicates(
@@ -482,3 +486,39 @@ def test_restarts_converge_without_duplicates(
     assert configmaps == []  # each run's spec travels in its Job (a pod annotation)
     items = cluster.kubectl_json("get", "datasets", "--namespace", ns)["items"]
     assert sorted(i["status"]["version"] for i in items) == list(range(50))
+
+
+def test_service_account_token_serving_gets_a_reviewer_account_and_binding(
+    cluster: Cluster, namespace: str, operator: OperatorProcess
+) -> None:
+    from neuraxis.operator.builders.accounts import AUTH_DELEGATOR_ROLE, PREDICTOR_ACCOUNT
+
+    ns = namespace
+    mv = with_result(example("04-anomaly-detector-v1.yaml"), EVAL_OK)
+    mv["spec"]["source"] = {"uri": "s3://lake/models/ml/anomaly-detector/v0", "digest": DIGEST}
+    mv["spec"]["serving"] = {"replicas": 1, "auth": {"mode": "serviceAccountToken"}}
+    _apply(cluster, ns, mv)
+    wait_for(
+        lambda: phase(cluster, "modelversions", "anomaly-detector-v1", ns) == "Serving",
+        "Serving",
+        timeout=120,
+        op=operator,
+    )
+    binding = cluster.kubectl_json("get", "clusterrolebinding", f"{PREDICTOR_ACCOUNT}-{ns}")
+    try:
+        assert binding["roleRef"]["name"] == AUTH_DELEGATOR_ROLE
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": PREDICTOR_ACCOUNT, "namespace": ns}
+        ]
+        cluster.kubectl("get", "serviceaccount", PREDICTOR_ACCOUNT, "--namespace", ns)
+        deployment = cluster.kubectl_json(
+            "get", "deployment", "anomaly-detector-v1-predictor", "--namespace", ns
+        )
+        pod = deployment["spec"]["template"]["spec"]
+        assert pod["serviceAccountName"] == PREDICTOR_ACCOUNT
+        assert pod["automountServiceAccountToken"] is True
+        command = pod["containers"][0]["command"]
+        assert command[command.index("--auth-mode") + 1] == "serviceAccountToken"
+    finally:
+        # Cluster-scoped: the namespace's deletion does not take it away.
+        cluster.kubectl("delete", "clusterrolebinding", f"{PREDICTOR_ACCOUNT}-{ns}")

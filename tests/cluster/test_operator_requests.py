@@ -102,7 +102,7 @@ def model_version(name: str, **serving: object) -> dict[str, Any]:
         "uri": f"s3://lake/models/ml/anomaly-detector/{name}",
         "digest": "sha256:" + "ab" * 32,
     }
-    doc["spec"]["serving"] = {"replicas": 2, **serving}
+    doc["spec"]["serving"] = {"replicas": 2, "auth": {"mode": "none"}, **serving}
     return doc
 
 

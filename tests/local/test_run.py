@@ -39,6 +39,8 @@ def _copy_example(name: str, dest: Path, shrink: dict[str, Any]) -> Path:
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("NEURAXIS_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("NEURAXIS_SECRET_LAKE_SALT_SALT", "test-salt")
+    # The manufacturing example's spec.serving.auth: one API key, as `make demo` sets it.
+    monkeypatch.setenv("NEURAXIS_SECRET_ANOMALY_DETECTOR_API_KEYS_CI", "test-api-key")
     monkeypatch.delenv("NEURAXIS_LAKE_URI", raising=False)
     return tmp_path / "home"
 
@@ -125,6 +127,9 @@ def test_manufacturing_chain_with_tuning_and_masking(home: Path, tmp_path: Path)
         "ModelVersion/anomaly-detector-v1": "Approved",
         "EdgeDeployment/anomaly-detector-plants": "Available",
     }, {k: (o.reason, o.message) for k, o in outcomes.items()}
+    mv = outcomes["ModelVersion/anomaly-detector-v1"].status
+    smoke = next(c for c in mv["conditions"] if c["type"] == "ServingSmokeTest")
+    assert "API key ci accepted, none refused 401" in smoke["message"], smoke
     tj = outcomes["TrainingJob/anomaly-detector-train"].status
     assert tj["bestTrial"]["id"] and tj["modelVersion"] == "anomaly-detector-v1"
     features = outcomes["Dataset/sensor-features"].status

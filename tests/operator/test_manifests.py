@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from neuraxis.operator.builders.accounts import SPARK_DRIVER_ROLE, spark_driver_rules
+from neuraxis.operator.builders.accounts import (
+    AUTH_DELEGATOR_ROLE,
+    SPARK_DRIVER_ROLE,
+    spark_driver_rules,
+)
 from neuraxis.operator.manifests import build_manifests, cluster_role_rules, render_deploy_dir
 from tests.conftest import REPO
 
@@ -42,16 +46,18 @@ def test_committed_deploy_dir_matches_the_generator() -> None:
         )
 
 
-def test_operator_may_bind_only_the_spark_driver_role() -> None:
+def test_operator_may_bind_only_the_spark_driver_and_auth_delegator_roles() -> None:
     rbac = [r for r in cluster_role_rules() if r["apiGroups"] == ["rbac.authorization.k8s.io"]]
     assert {tuple(r["resources"]): r.get("resourceNames") for r in rbac} == {
         ("rolebindings",): None,
-        ("clusterroles",): [SPARK_DRIVER_ROLE],
+        ("clusterrolebindings",): None,
+        ("clusterroles",): [SPARK_DRIVER_ROLE, AUTH_DELEGATOR_ROLE],
     }
     verbs = {r["resources"][0]: r["verbs"] for r in rbac}
-    # Role bindings are watched (a deleted one is made again), never updated or deleted.
+    # Bindings are watched (a deleted one is made again), never updated or deleted.
     assert verbs == {
         "rolebindings": ["get", "list", "watch", "create"],
+        "clusterrolebindings": ["get", "list", "watch", "create"],
         "clusterroles": ["get", "bind"],
     }
     [spark_role] = [

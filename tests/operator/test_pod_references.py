@@ -40,10 +40,15 @@ def provided_elsewhere(res: Resource, settings: OperatorSettings) -> dict[tuple[
     }
     if isinstance(res, Dataset) and res.spec.privacy and res.spec.privacy.salt_secret_ref:
         out[("Secret", res.spec.privacy.salt_secret_ref.name)] = "named by the user in the spec"
+    serving = res.spec.serving if isinstance(res, ModelVersion) else None
+    auth = serving.auth if serving else res.spec.auth if isinstance(res, EdgeDeployment) else None
+    if auth is not None and auth.secret_ref is not None:
+        out[("Secret", auth.secret_ref.name)] = API_KEYS
     return out
 
 
-MUST_BE_OPTIONAL = {"lake credentials, from the platform (optional ref)"}
+API_KEYS = "API keys named by the user in the spec (optional: the server reports ApiKeysMissing)"
+MUST_BE_OPTIONAL = {"lake credentials, from the platform (optional ref)", API_KEYS}
 
 
 def pod_templates(manifest: Manifest) -> list[Manifest]:

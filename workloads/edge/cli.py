@@ -12,6 +12,15 @@ import typer
 from neuraxis.crds.edgedeployment import Sync
 from neuraxis.crds.modelversion import Serving
 from neuraxis.workloads.drift import DEFAULT_WINDOW
+from neuraxis.workloads.serve.auth_cli import (
+    ALLOWED_USER,
+    API_KEYS_DIR,
+    AUTH_MODE,
+    RATE_LIMIT_BURST,
+    RATE_LIMIT_RPS,
+    TOKEN_AUDIENCE,
+    gate_from_options,
+)
 
 _DEFAULT_SYNC_S = float(Sync.model_fields["interval_seconds"].default)
 
@@ -38,6 +47,12 @@ def edge_command(
     drift_window: int = typer.Option(
         DEFAULT_WINDOW, min=1, help="Served rows in the PSI window of neuraxis_feature_drift."
     ),
+    auth_mode: str = AUTH_MODE,
+    api_keys_dir: Path | None = API_KEYS_DIR,
+    token_audience: list[str] | None = TOKEN_AUDIENCE,
+    allowed_user: list[str] | None = ALLOWED_USER,
+    rate_limit_rps: float | None = RATE_LIMIT_RPS,
+    rate_limit_burst: int | None = RATE_LIMIT_BURST,
 ) -> None:
     """Serve an edge bundle locally, offline-capable, with durable inference-log upload."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -78,7 +93,10 @@ def edge_command(
         report_refusal(exc.reason, str(exc))
         raise typer.Exit(2) from exc
     batching = BatchingConfig(max_batch_size, max_batch_wait_ms)
-    serve_config = ServeConfig(batching, max_body_bytes, drift_window)
+    gate = gate_from_options(
+        auth_mode, api_keys_dir, token_audience, allowed_user, rate_limit_rps, rate_limit_burst
+    )
+    serve_config = ServeConfig(batching, max_body_bytes, drift_window, gate)
     agent.slot = ModelSlot(
         batching, metrics, on_predictions=agent.record, drift_window=drift_window
     )

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from neuraxis.crds.common import SecretKeyRef
+from neuraxis.crds.common import SecretKeyRef, secret_env_prefix
 from neuraxis.crds.dataset import MaskedColumn, Privacy
 from neuraxis.workloads.etl.errors import MISSING_SALT, SCHEMA_MISMATCH, EtlError, missing_column
 
@@ -29,8 +29,7 @@ _TEMPORAL = ("timestamp", "timestamp_ntz", "date")
 
 def salt_env_name(ref: SecretKeyRef) -> str:
     """NEURAXIS_SECRET_<NAME>_<KEY>, upper case, `-` and `.` replaced by `_`."""
-    raw = f"NEURAXIS_SECRET_{ref.name}_{ref.key}".upper()
-    return re.sub(r"[-.]", "_", raw)
+    return secret_env_prefix(ref.name) + re.sub(r"[-.]", "_", ref.key.upper())
 
 
 def resolve_salt(privacy: Privacy | None, env: Mapping[str, str]) -> str | None:

@@ -3,9 +3,10 @@
 Routes: `POST /v1/models/<name>:predict` (KServe v1), `POST /v1/models/<name>:explain` (same body,
 Integrated Gradients attributions per instance), `POST /v2/models/<name>/infer` and
 `GET /v2/models/<name>` (Open Inference Protocol v2), `GET /v2/health/live|ready`, `/healthz`,
-`/readyz`, `/metrics`. Requests must be `application/json`; bodies above `max_body_bytes` are
-refused with 413 while being read. Every 4xx answers `{"error": "<field>: <reason>", "field",
-"reason"}`; bad input never yields a 5xx.
+`/readyz`, `/metrics`. Unless `ServeConfig.gate` is mode none, every route but the health
+routes and `/metrics` needs credentials (see `auth`). Requests must be `application/json`;
+bodies above `max_body_bytes` are refused with 413 while being read. Every 4xx answers
+`{"error": "<field>: <reason>", "field", "reason"}`; bad input never yields a 5xx.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from neuraxis.workloads.drift import DEFAULT_WINDOW
+from neuraxis.workloads.serve.auth import NO_KEY, SCOPE_KEY, AuthMiddleware, Gate
 from neuraxis.workloads.serve.metrics import ServeMetrics, route_label
 from neuraxis.workloads.serve.model_loader import LoadedModel
 from neuraxis.workloads.serve.responses import (
@@ -58,6 +60,7 @@ class ServeConfig:
     batching: BatchingConfig = field(default_factory=BatchingConfig)
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     drift_window: int = DEFAULT_WINDOW  # rows in the PSI window of neuraxis_feature_drift
+    gate: Gate = field(default_factory=Gate)  # authentication and rate limits (default: none)
 
 
 def error_response(exc: InvalidInputError) -> JSONResponse:
@@ -118,7 +121,8 @@ class MetricsMiddleware:
         finally:
             if counted:
                 self.metrics.in_flight.dec()
-            self.metrics.observe(route, status, time.perf_counter() - start)
+            key_id = scope.get(SCOPE_KEY, NO_KEY)
+            self.metrics.observe(route, status, time.perf_counter() - start, key_id)
 
 
 class ServeHandlers:
@@ -283,4 +287,6 @@ def build_app(
     app = Starlette(
         routes=routes, lifespan=lifespan, exception_handlers={HTTPException: _http_error}
     )
-    return MetricsMiddleware(app, metrics)
+    # Metrics outside auth: refused requests (401/403/429) are counted too.
+    guarded = AuthMiddleware(app, config.gate, on_limited=metrics.observe_limited)
+    return MetricsMiddleware(guarded, metrics)

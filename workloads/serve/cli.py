@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import typer
 
 from neuraxis.crds.modelversion import Serving
 from neuraxis.workloads.drift import DEFAULT_WINDOW
+from neuraxis.workloads.serve.auth_cli import (
+    ALLOWED_USER,
+    API_KEYS_DIR,
+    AUTH_MODE,
+    RATE_LIMIT_BURST,
+    RATE_LIMIT_RPS,
+    TOKEN_AUDIENCE,
+    gate_from_options,
+)
 
 _DEFAULT_BATCH = Serving.model_fields["max_batch_size"].default
 _DEFAULT_WAIT_MS = Serving.model_fields["max_batch_wait_ms"].default
@@ -29,6 +39,12 @@ def serve_command(
     drift_window: int = typer.Option(
         DEFAULT_WINDOW, min=1, help="Served rows in the PSI window of neuraxis_feature_drift."
     ),
+    auth_mode: str = AUTH_MODE,
+    api_keys_dir: Path | None = API_KEYS_DIR,
+    token_audience: list[str] | None = TOKEN_AUDIENCE,
+    allowed_user: list[str] | None = ALLOWED_USER,
+    rate_limit_rps: float | None = RATE_LIMIT_RPS,
+    rate_limit_burst: int | None = RATE_LIMIT_BURST,
 ) -> None:
     """Serve a model artifact over HTTP (KServe v1 and Open Inference Protocol v2)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -50,7 +66,10 @@ def serve_command(
         report_refusal(exc.reason, str(exc))
         raise typer.Exit(2) from exc
     batching = BatchingConfig(max_batch_size, max_batch_wait_ms)
-    config = ServeConfig(batching, max_body_bytes, drift_window)
+    gate = gate_from_options(
+        auth_mode, api_keys_dir, token_audience, allowed_user, rate_limit_rps, rate_limit_burst
+    )
+    config = ServeConfig(batching, max_body_bytes, drift_window, gate)
     run_server(build_app(loaded, config), host, port, graceful_timeout_s)
 
 

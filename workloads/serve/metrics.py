@@ -9,6 +9,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 LATENCY_BUCKETS = (
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0
 )  # fmt: skip
+# Distinct caller key ids labelled on request metrics (bounded cardinality).
+MAX_KEY_LABELS = 64
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 
 
@@ -34,8 +36,13 @@ class ServeMetrics:
     def __post_init__(self) -> None:
         r = self.registry
         self.requests = Counter(
-            "neuraxis_serve_requests", "HTTP requests by route and status code.",
-            ["route", "code"], registry=r,
+            "neuraxis_serve_requests",
+            "HTTP requests by route, status code and caller key id (empty: not authenticated).",
+            ["route", "code", "key"], registry=r,
+        )  # fmt: skip
+        self.rate_limited = Counter(
+            "neuraxis_serve_rate_limited", "Requests answered 429 by the per-key rate limit.",
+            ["key"], registry=r,
         )  # fmt: skip
         self.latency = Histogram(
             "neuraxis_serve_request_duration_seconds", "Request latency by route.",
@@ -60,6 +67,7 @@ class ServeMetrics:
             ["model", "feature"], registry=r,
         )  # fmt: skip
         self._model_labels: tuple[str, str, str] | None = None
+        self._key_labels: set[str] = set()
         self._drift_labels: list[tuple[str, str]] = []
 
     def set_model(self, model: str, version: str, digest: str) -> None:
@@ -81,8 +89,21 @@ class ServeMetrics:
             self.feature_drift.remove(*labels)
         self._drift_labels = []
 
-    def observe(self, route: str, code: int, seconds: float) -> None:
-        self.requests.labels(route, str(code)).inc()
+    def key_label(self, key_id: str) -> str:
+        """The key id as a label value; past MAX_KEY_LABELS distinct ids (ServiceAccount
+        usernames are not a fixed set) the rest count as `other`."""
+        if key_id in self._key_labels or not key_id:
+            return key_id
+        if len(self._key_labels) >= MAX_KEY_LABELS:
+            return "other"
+        self._key_labels.add(key_id)
+        return key_id
+
+    def observe_limited(self, key_id: str) -> None:
+        self.rate_limited.labels(self.key_label(key_id)).inc()
+
+    def observe(self, route: str, code: int, seconds: float, key_id: str = "") -> None:
+        self.requests.labels(route, str(code), self.key_label(key_id)).inc()
         self.latency.labels(route).observe(seconds)
 
     def exposition(self) -> bytes:
