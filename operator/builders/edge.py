@@ -145,6 +145,21 @@ def cache_owner_init_container(settings: OperatorSettings) -> dict[str, Any]:
     }
 
 
+def load_flags(ed: EdgeDeployment) -> list[str]:
+    """spec.load and the health snapshots of spec.sync as agent flags."""
+    load, sync = ed.spec.load, ed.spec.sync
+    target = load.latency_target_ms
+    return [
+        "--max-in-flight", str(load.max_in_flight),
+        "--retry-after-s", str(load.retry_after_seconds),
+        "--max-batch-size", str(load.max_batch_size),
+        "--min-batch-size", str(load.min_batch_size),
+        *(["--latency-target-ms", str(target)] if target is not None else []),
+        "--health-interval-s", str(sync.health_interval_seconds),
+        "--max-buffered-snapshots", str(sync.max_buffered_snapshots),
+    ]  # fmt: skip
+
+
 def _daemon_set(
     ed: EdgeDeployment,
     name: str,
@@ -162,6 +177,7 @@ def _daemon_set(
         "--deployment", ed.metadata.name,
         "--sync-interval-s", str(ed.spec.sync.interval_seconds),
         *(["--digest", bundle_digest] if bundle_digest else []),
+        *load_flags(ed),
     ]  # fmt: skip
     node_name = {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}
     container = workload_container(

@@ -26,6 +26,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from neuraxis.workloads.drift import DEFAULT_WINDOW
+from neuraxis.workloads.serve.limits import ConcurrencyLimit
 from neuraxis.workloads.serve.metrics import ServeMetrics, route_label
 from neuraxis.workloads.serve.model_loader import LoadedModel
 from neuraxis.workloads.serve.responses import (
@@ -56,6 +57,9 @@ class ServeConfig:
     batching: BatchingConfig = field(default_factory=BatchingConfig)
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     drift_window: int = DEFAULT_WINDOW  # rows in the PSI window of neuraxis_feature_drift
+    # Prediction requests handled at once; more get 429 with Retry-After. None: no limit.
+    max_in_flight: int | None = None
+    retry_after_s: int = 1
 
 
 def error_response(exc: InvalidInputError) -> JSONResponse:
@@ -271,7 +275,9 @@ def build_app(
         Route("/readyz", handlers.ready, methods=["GET"]),
         Route("/metrics", metrics_route, methods=["GET"]),
     ]
-    app = Starlette(
+    app: ASGIApp = Starlette(
         routes=routes, lifespan=lifespan, exception_handlers={HTTPException: _http_error}
     )
+    if config.max_in_flight is not None:  # inside the metrics: a 429 is counted like any answer
+        app = ConcurrencyLimit(app, config.max_in_flight, config.retry_after_s)
     return MetricsMiddleware(app, metrics)
