@@ -284,7 +284,8 @@ class EdgeAgent:
             log.warning("inference logs kept locally (lake unreachable: %s)", exc)
             uploaded = 0
         else:
-            self.metrics.lake_reachable.set(1)
+            if uploaded:  # nothing to upload touched no lake: it says nothing of it
+                self.metrics.lake_reachable.set(1)
         self.metrics.logs_uploaded.inc(uploaded)
         self.metrics.logs_pending.set(self.buffer.pending_records())
         return uploaded

@@ -102,20 +102,18 @@ class LakeContact:
     def __init__(self, gauge: Gauge, clock: Callable[[], float] = time.monotonic):
         self.gauge = gauge
         self._clock = clock
-        self._since = clock()  # never reached yet: offline since start
+        self._last_ok = clock()  # never reached yet: offline since start
         self._reachable = False
 
     def set(self, value: float) -> None:
         self.gauge.set(value)
-        now = self._clock()
+        self._reachable = bool(value)
         if value:
-            self._reachable, self._since = True, now
-        elif self._reachable:
-            self._reachable, self._since = False, now
+            self._last_ok = self._clock()
 
     def seconds_offline(self) -> float:
-        """0 while the last contact worked; else the time since the last one that did."""
-        return 0.0 if self._reachable else max(0.0, self._clock() - self._since)
+        """0 while the last access worked; else the time since the last one that did."""
+        return 0.0 if self._reachable else max(0.0, self._clock() - self._last_ok)
 
 
 # ---- what is measured -------------------------------------------------------------------------
@@ -325,7 +323,8 @@ class HealthReporter:
             self.agent.metrics.lake_reachable.set(0)
             log.warning("health snapshots kept locally (lake unreachable: %s)", exc)
             return 0
-        self.agent.metrics.lake_reachable.set(1)
+        if uploaded:  # nothing to upload touched no lake: it says nothing of it
+            self.agent.metrics.lake_reachable.set(1)
         self.health.snapshots_uploaded.inc(uploaded)
         return uploaded
 
