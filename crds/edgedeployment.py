@@ -143,7 +143,11 @@ class Load(ApiModel):
 
     rules = (
         Rule(
-            cel="self.minBatchSize <= self.maxBatchSize",
+            # The `{}` default of spec.load is checked without its fields' defaults: has().
+            cel=(
+                "!has(self.minBatchSize) || !has(self.maxBatchSize)"
+                " || self.minBatchSize <= self.maxBatchSize"
+            ),
             message="minBatchSize must not be greater than maxBatchSize",
             check=lambda load: load.min_batch_size <= load.max_batch_size,
             field=".minBatchSize",

@@ -20,6 +20,11 @@ NodeInfo = dict[str, Any]  # {"name": str, "labels": {...}, "taints": [...]}
 CACHE_MOUNT = "/var/cache/neuraxis"
 # Taint effects that keep a pod (a DaemonSet's too) off a node unless tolerated.
 BLOCKING_EFFECTS = ("NoSchedule", "NoExecute")
+# Taints Kubernetes puts on a node for its state (not-ready, unreachable, pressure, cordoned):
+# the DaemonSet controller tolerates them for its pods (an agent keeps running on a node that
+# lost its kubelet for a while), so such a node stays targeted and counts as offline instead of
+# leaving the fleet (and shifting the canary choice).
+NODE_STATE_TAINT_PREFIX = "node.kubernetes.io/"
 
 
 def agent_tolerations(ed: EdgeDeployment, settings: OperatorSettings) -> list[dict[str, Any]]:
@@ -62,7 +67,12 @@ def matching_nodes(
         wanted = {**settings.workload_node_selector, **target.node_selector}
         if any(labels.get(k) != v for k, v in wanted.items()):
             continue
-        blocking = [t for t in node.get("taints") or [] if t.get("effect") in BLOCKING_EFFECTS]
+        blocking = [
+            t
+            for t in node.get("taints") or []
+            if t.get("effect") in BLOCKING_EFFECTS
+            and not str(t.get("key") or "").startswith(NODE_STATE_TAINT_PREFIX)
+        ]
         if not all(tolerates(tolerations, t) for t in blocking):
             continue
         out.append(node["name"])

@@ -8,7 +8,7 @@ from typing import Any
 import typer
 
 from neuraxis.crds import EdgeDeployment
-from neuraxis.operator.builders.edge import build_edge_daemon_sets, load_flags
+from neuraxis.operator.builders.edge import build_edge_daemon_sets, load_flags, matching_nodes
 from neuraxis.operator.edge_sites import NO_SITE, site_counts
 from neuraxis.operator.informer import keep_node, keep_pod
 from neuraxis.operator.settings import OperatorSettings
@@ -162,3 +162,19 @@ def test_without_a_latency_target_the_batch_size_stays_fixed() -> None:
     )
     assert params["latency_target_ms"] is None
     assert (params["max_in_flight"], params["max_batch_size"]) == (64, 32)  # the spec defaults
+
+
+def test_a_node_tainted_for_its_state_stays_targeted() -> None:
+    """not-ready/unreachable taints come and go with the node's health: the DaemonSet keeps its
+    pod there, so the node stays in the fleet (counted offline) and the canary stays put."""
+    ed = _edge({})
+    edge_taint = {"key": "neuraxis.dev/edge", "value": "true", "effect": "NoSchedule"}
+    states = (("not-ready", "NoExecute"), ("not-ready", "NoSchedule"),
+              ("unreachable", "NoExecute"), ("unschedulable", "NoSchedule"))  # fmt: skip
+    dark = [{"key": f"node.kubernetes.io/{k}", "effect": e} for k, e in states]
+    nodes = [
+        {"name": "e0", "labels": {SITE: "plant-a"}, "taints": [edge_taint, *dark]},
+        {"name": "e1", "labels": {SITE: "plant-a"}, "taints": [edge_taint,
+            {"key": "example.com/dedicated", "value": "x", "effect": "NoSchedule"}]},
+    ]  # fmt: skip
+    assert matching_nodes(ed, nodes, OperatorSettings()) == ["e0"]
