@@ -250,6 +250,16 @@ def run_load(port: int, concurrency: int, requests: int, max_seconds: float) -> 
 
 
 # ---- the run ----------------------------------------------------------------------------------
+def edge_batch_limit(port: int) -> float:
+    """neuraxis_edge_batch_size_limit from the agent's /metrics (where AIMD settled)."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    line = next(x for x in text.splitlines() if x.startswith("neuraxis_edge_batch_size_limit "))
+    return float(line.split()[1])
+
+
 def edge_section(tmp: Path, wide: Any, requests: int, max_s: float) -> None:
     """Edge agent throughput: adaptive batch size (AIMD toward a forward-latency target) vs
     fixed sizes, 64 clients on the wide model."""
@@ -270,9 +280,11 @@ def edge_section(tmp: Path, wide: Any, requests: int, max_s: float) -> None:
         proc = start(edge_cmd(bundle, tmp / f"edge-cache-{i}", port, extra), port)
         try:
             out[label] = r = run_load(port, 64, requests, max_s)
+            limit = edge_batch_limit(port)
         finally:
             stop(proc)
-        print(f"  {label:<28} p50 {r.p50_ms:8.2f} ms  p99 {r.p99_ms:8.2f} ms  {r.rps:7.0f} req/s")
+        print(f"  {label:<28} p50 {r.p50_ms:8.2f} ms  p99 {r.p99_ms:8.2f} ms  {r.rps:7.0f} req/s"
+              f"  batch limit at the end {limit:.0f}")  # fmt: skip
     adaptive = out[cases[2][0]]
     for label, _ in cases[:2]:
         fixed = out[label]

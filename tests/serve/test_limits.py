@@ -38,7 +38,10 @@ def tiny_model(tmp_path: Path) -> LoadedModel:
 # ---- AIMD -------------------------------------------------------------------------------------
 def test_aimd_halves_on_a_slow_forward_and_grows_by_one_on_a_full_fast_batch() -> None:
     config = AdaptiveConfig(latency_target_s=0.010, min_batch_size=2, max_batch_size=64)
-    assert next_batch_size(32, 32, 0.020, config) == 16  # too slow: halve
+    assert next_batch_size(32, 32, 0.020, config) == 16  # twice too slow: half
+    assert next_batch_size(32, 32, 0.011, config) == 29  # 10% too slow: 10% smaller
+    assert next_batch_size(32, 32, 0.0101, config) == 31  # barely: still one row less
+    assert next_batch_size(32, 32, 1.0, config) == 16  # a spike: never more than half
     assert next_batch_size(3, 3, 0.020, config) == 2  # never below the floor
     assert next_batch_size(32, 32, 0.005, config) == 33  # full and fast: one more
     assert next_batch_size(32, 5, 0.005, config) == 32  # not full: no evidence for more
@@ -63,7 +66,7 @@ def test_a_slot_with_a_latency_target_shrinks_batches_a_forward_cannot_meet(
     tiny_model: LoadedModel,
 ) -> None:
     forwards: list[tuple[int, float]] = []
-    # 1 us: no forward through a worker thread is that fast, so every one halves the size.
+    # 1 us: no forward through a worker thread is that fast: every one halves the size.
     batching = BatchingConfig(max_batch_size=64, latency_target_ms=0.001, min_batch_size=2)
 
     async def scenario() -> int:

@@ -6,8 +6,8 @@ measured forward latency.
   of waiting in a queue that only grows (an edge node has a fixed CPU: queueing past its
   throughput only adds latency). Health, readiness and /metrics are never limited.
 - `AdaptiveBatchSize` is AIMD on the batcher's maximum batch size: a forward slower than the
-  latency target halves it (multiplicative decrease), a full batch that met the target raises it
-  by one (additive increase). Under light load batches are small anyway; under heavy load the
+  latency target shrinks it in proportion to the overshoot, at most by half (multiplicative
+  decrease), a full batch that met the target raises it by one (additive increase). Under light load batches are small anyway; under heavy load the
   size settles where one forward takes about the target, the largest batch (best throughput)
   that keeps the latency bound.
 """
@@ -82,7 +82,10 @@ def next_batch_size(size: int, rows: int, seconds: float, config: AdaptiveConfig
     """One AIMD step: the new maximum batch size after a forward of `rows` rows that took
     `seconds` while the maximum was `size`."""
     if seconds > config.latency_target_s:
-        return max(config.min_batch_size, size // 2)
+        # Shrink in proportion to the overshoot (10% over: 10% smaller), at least by one row and
+        # at most by half: one slow forward (a noisy neighbour on the CPU) cannot collapse it.
+        scaled = int(size * config.latency_target_s / seconds)
+        return max(config.min_batch_size, min(size - 1, max(size // 2, scaled)))
     if rows >= size:  # only a full batch says a larger one was wanted
         return min(config.max_batch_size, size + 1)
     return size
