@@ -7,9 +7,9 @@ measured forward latency.
   throughput only adds latency). Health, readiness and /metrics are never limited.
 - `AdaptiveBatchSize` is AIMD on the batcher's maximum batch size: a forward slower than the
   latency target shrinks it in proportion to the overshoot, at most by half (multiplicative
-  decrease), a full batch that met the target raises it by one (additive increase). Under light load batches are small anyway; under heavy load the
-  size settles where one forward takes about the target, the largest batch (best throughput)
-  that keeps the latency bound.
+  decrease), a full batch that met the target raises it by one (additive increase). Under light
+  load batches are small anyway; under heavy load the size settles where one forward takes about
+  the target, the largest batch (best throughput) that keeps the latency bound.
 """
 
 from __future__ import annotations
