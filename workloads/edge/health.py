@@ -238,8 +238,10 @@ class HealthBuffer:
         self.node = node
         self.max_snapshots = max_snapshots
         self._lock = threading.Lock()
+        lines = self._lines()
         if self.path.exists():  # a crash can tear the last line
-            self._rewrite(self._lines())
+            self._rewrite(lines)
+        self._count = len(lines)  # kept in memory: a scrape does not read the file
 
     def _lines(self) -> list[bytes]:
         try:
@@ -256,22 +258,23 @@ class HealthBuffer:
         os.replace(tmp, self.path)
 
     def pending(self) -> int:
-        with self._lock:
-            return len(self._lines())
+        return self._count
 
     def append(self, snapshot: dict[str, object]) -> int:
         """Add one snapshot durably; returns how many old ones were dropped to stay bounded."""
         line = json.dumps(snapshot, sort_keys=True).encode() + b"\n"
         with self._lock:
-            lines = self._lines()
-            if len(lines) < self.max_snapshots:
+            if self._count < self.max_snapshots:
                 with open(self.path, "ab") as fh:
                     fh.write(line)
                     fh.flush()
                     os.fsync(fh.fileno())
+                self._count += 1
                 return 0
+            lines = self._lines()
             dropped = len(lines) + 1 - self.max_snapshots
             self._rewrite([*lines[dropped:], line])
+            self._count = self.max_snapshots
             return dropped
 
     def upload(self, lake: Lake, prefix: str) -> int:
@@ -283,8 +286,9 @@ class HealthBuffer:
                 return 0
             first = json.loads(lines[0])["ts"].replace(":", "").replace("-", "")
             lake.write_bytes(f"{prefix}/{self.node}-{first}.jsonl", b"".join(lines))
-            # Snapshots appended meanwhile are kept: they wait for the next upload.
-            self._rewrite(self._lines()[len(lines) :])
+            # The lock keeps appends out meanwhile: everything read was uploaded.
+            self._rewrite([])
+            self._count = 0
             return len(lines)
 
 
