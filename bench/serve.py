@@ -9,12 +9,14 @@ In one run, all against real server processes on 127.0.0.1:
 - auth overhead: the auth middleware (API keys + a per-key rate limit) per request, in-process
   (the ASGI call with and without it, p50 of the difference) and end to end (the same server
   with `--auth-mode none` and `apiKeys`, p50 at one client).
+- the edge agent (`neuraxis workload edge`) on the same wide model at 64 clients: a batch size
+  that adapts to a forward-latency target (AIMD) against fixed batch sizes (req/s and p99).
 
 Targets: added p50 over the raw forward <= 1 ms at one client; batching >= 3x requests/s at 64;
 auth middleware <= 0.1 ms p50 per request.
 Load comes from a lean keep-alive HTTP/1.1 client (asyncio streams), bounded in requests and time.
 
-    .venv/bin/python bench/serve.py [--quick] [--auth-only]
+    .venv/bin/python bench/serve.py [--quick] [--auth-only] [--edge-only]
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 N_FEATURES = 7
 SERVE = [sys.executable, "-m", "neuraxis.workloads.serve"]
+EDGE = [sys.executable, "-m", "neuraxis.workloads.edge"]
 
 
 # ---- models and artifacts -------------------------------------------------------------------
@@ -79,6 +82,15 @@ def write_bench_artifact(root: Path, name: str, module: Any) -> Path:
         lake, folder, {"model.ts": buf.getvalue(), "signature.json": sig.model_dump_json().encode()}
     )
     return root / folder
+
+
+def write_edge_bundle(root: Path, module: Any) -> str:
+    """The wide model as an edge bundle the agent fetches (same files: a verified artifact)."""
+    folder = write_bench_artifact(root, "edge-src", module)
+    target = root / "edge" / "bench" / "m" / "v1"
+    target.parent.mkdir(parents=True)
+    folder.rename(target)
+    return f"file://{target}"
 
 
 def raw_forward(module: Any, batch: int, seconds: float) -> list[float]:
@@ -167,6 +179,13 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait(30)
     except subprocess.TimeoutExpired:
         proc.kill()
+
+
+def edge_cmd(bundle: str, cache: Path, port: int, extra: list[str]) -> list[str]:
+    return [*EDGE, "--bundle", bundle, "--cache-dir", str(cache), "--port", str(port),
+            "--name", "m", "--node", "bench", "--sync-interval-s", "3600",
+            "--check-interval-s", "3600", "--max-in-flight", "1024", "--max-batch-wait-ms", "2",
+            *extra]  # fmt: skip
 
 
 def serve_cmd(model_dir: Path, port: int, max_batch: int, wait_ms: float) -> list[str]:
@@ -326,10 +345,53 @@ def auth_overhead(model_dir: Path, tmp: Path, requests: int, max_s: float) -> No
 
 
 # ---- the run ----------------------------------------------------------------------------------
+def edge_batch_limit(port: int) -> float:
+    """neuraxis_edge_batch_size_limit from the agent's /metrics (where AIMD settled)."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    line = next(x for x in text.splitlines() if x.startswith("neuraxis_edge_batch_size_limit "))
+    return float(line.split()[1])
+
+
+def edge_section(tmp: Path, wide: Any, requests: int, max_s: float) -> None:
+    """Edge agent throughput: adaptive batch size (AIMD toward a forward-latency target) vs
+    fixed sizes, 64 clients on the wide model."""
+    bundle = write_edge_bundle(tmp, wide)
+    raw64 = statistics.median(raw_forward(wide, 64, 2.0))
+    target_ms = max(1, round(raw64 * 1000 / 2))  # half a batch-64 forward: a real trade-off
+    print(f"\nedge agent: wide model, 64 clients; batch-64 forward {raw64 * 1000:.1f} ms, "
+          f"adaptive latency target {target_ms} ms")  # fmt: skip
+    cases = (
+        ("fixed batch 64", ["--max-batch-size", "64"]),
+        ("fixed batch 8", ["--max-batch-size", "8"]),
+        (f"adaptive 1..64, {target_ms} ms", ["--max-batch-size", "64", "--min-batch-size", "1",
+                                            "--latency-target-ms", str(target_ms)]),
+    )  # fmt: skip
+    out: dict[str, LoadResult] = {}
+    for i, (label, extra) in enumerate(cases):
+        port = free_port()
+        proc = start(edge_cmd(bundle, tmp / f"edge-cache-{i}", port, extra), port)
+        try:
+            out[label] = r = run_load(port, 64, requests, max_s)
+            limit = edge_batch_limit(port)
+        finally:
+            stop(proc)
+        print(f"  {label:<28} p50 {r.p50_ms:8.2f} ms  p99 {r.p99_ms:8.2f} ms  {r.rps:7.0f} req/s"
+              f"  batch limit at the end {limit:.0f}")  # fmt: skip
+    adaptive = out[cases[2][0]]
+    for label, _ in cases[:2]:
+        fixed = out[label]
+        print(f"  adaptive / {label}: {adaptive.rps / fixed.rps:.2f}x req/s, "
+              f"p99 {adaptive.p99_ms / fixed.p99_ms:.2f}x")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer requests per level")
     parser.add_argument("--auth-only", action="store_true", help="only the auth overhead")
+    parser.add_argument("--edge-only", action="store_true", help="only the edge agent section")
     parser.add_argument("--baseline-server", metavar="MODEL_DIR", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -346,6 +408,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="neuraxis-bench-") as tmp:
         small = build_model(hidden=64, layers=2)
         wide = build_model(hidden=2048, layers=3)
+        if args.edge_only:
+            edge_section(Path(tmp), wide, requests, max_s)
+            return
         small_dir = write_bench_artifact(Path(tmp), "m", small)
         if args.auth_only:
             auth_overhead(small_dir, Path(tmp), requests, max_s)
@@ -415,6 +480,7 @@ def main() -> None:
         print(f"  dynamic batching gain at 64 clients: {gain:.2f}x (target >= 3x); "
               f"on / raw batch-64 limit: {wide_results[64].rps / (64 / raw64):.2f}")  # fmt: skip
         auth_overhead(small_dir, Path(tmp), requests, max_s)
+        edge_section(Path(tmp), wide, requests, max_s)
 
 
 if __name__ == "__main__":

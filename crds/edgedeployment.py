@@ -106,6 +106,55 @@ class Sync(ApiModel):
 
     upload_logs: bool = Field(default=True, description="Buffer inference logs and upload them.")
     interval_seconds: int = Field(default=300, ge=10, le=86400, description="Upload interval.")
+    health_interval_seconds: int = Field(
+        default=60, ge=1, le=3600, description="A health snapshot (device and service) this often."
+    )
+    max_buffered_snapshots: int = Field(
+        default=10080,
+        ge=1,
+        le=1000000,
+        description="Health snapshots kept on the node while offline; the oldest go first.",
+    )
+
+
+class Load(ApiModel):
+    """Load limits of each agent: back-pressure and an adaptive batch size."""
+
+    max_in_flight: int = Field(
+        default=64,
+        ge=1,
+        le=10000,
+        description="Prediction requests an agent handles at once; more get 429 with Retry-After.",
+    )
+    retry_after_seconds: int = Field(
+        default=1, ge=1, le=3600, description="Retry-After of a 429 answer."
+    )
+    max_batch_size: int = Field(default=32, ge=1, le=4096, description="Rows per forward at most.")
+    min_batch_size: int = Field(
+        default=1, ge=1, le=4096, description="The adaptive batch size never goes below this."
+    )
+    latency_target_ms: int | None = Field(
+        default=None,
+        ge=1,
+        le=60000,
+        description=(
+            "Set: the batch size adapts (AIMD) so one forward takes about this long. "
+            "Unset: batches always grow up to maxBatchSize."
+        ),
+    )
+
+    rules = (
+        Rule(
+            # The `{}` default of spec.load is checked without its fields' defaults: has().
+            cel=(
+                "!has(self.minBatchSize) || !has(self.maxBatchSize)"
+                " || self.minBatchSize <= self.maxBatchSize"
+            ),
+            message="minBatchSize must not be greater than maxBatchSize",
+            check=lambda load: load.min_batch_size <= load.max_batch_size,
+            field=".minBatchSize",
+        ),
+    )
 
 
 class Offline(ApiModel):
@@ -130,6 +179,7 @@ class EdgeDeploymentSpec(ApiModel):
         description="Authentication and rate limits of the agents' endpoint (required; apiKeys "
         "or none: agents serve offline, without the API server).",
     )
+    load: Load = Field(default_factory=Load)
 
     rules = (
         Rule(
@@ -148,6 +198,18 @@ class EdgeDeploymentSpec(ApiModel):
     )
 
 
+class SiteStatus(ApiModel):
+    """The agents of one site (nodes without a site label count under the name `-`)."""
+
+    name: str = Field(max_length=63)
+    desired: int = Field(default=0, ge=0, description="Targeted nodes.")
+    ready: int = Field(default=0, ge=0, description="Nodes whose agent pod is Ready.")
+    updated: int = Field(
+        default=0, ge=0, description="Nodes whose agent pod runs the current template."
+    )
+    offline: int = Field(default=0, ge=0, description="Targeted nodes that are not Ready.")
+
+
 class EdgeDeploymentStatus(StatusBase):
     """Observed state of an EdgeDeployment."""
 
@@ -157,6 +219,8 @@ class EdgeDeploymentStatus(StatusBase):
     targeted_nodes: int = Field(default=0, ge=0)
     updated_nodes: int = Field(default=0, ge=0)
     ready_nodes: int = Field(default=0, ge=0)
+    offline_nodes: int = Field(default=0, ge=0, description="Targeted nodes that are not Ready.")
+    sites: list[SiteStatus] = Field(default_factory=list, max_length=256)
     bundle: Artifact | None = None
     lineage: Lineage | None = None
 

@@ -89,6 +89,9 @@ JOB_STATUS = ("conditions", "active", "terminating", "completionTime", "startTim
 POD_METADATA = (
     "name", "namespace", "labels", "resourceVersion", "creationTimestamp", "deletionTimestamp",
 )  # fmt: skip
+EDGE_GROUP_LABEL = "neuraxis.dev/edge-group"
+# Set by the DaemonSet controller on its pods: the template generation they were made from.
+TEMPLATE_GENERATION_LABEL = "pod-template-generation"
 RUN_LABELS = (
     "app.kubernetes.io/managed-by",
     "batch.kubernetes.io/job-name",
@@ -131,20 +134,38 @@ def keep_pod(obj: Obj) -> Obj:
         containers.append(kept)
     kept_meta = {k: meta[k] for k in POD_METADATA if k in meta}
     kept_meta["labels"] = _run_labels(meta.get("labels"))
-    return compact(
-        {
-            "metadata": kept_meta,
-            "status": {"phase": status.get("phase"), "containerStatuses": containers},
-        }
-    )
+    out: Obj = {
+        "metadata": kept_meta,
+        "status": {"phase": status.get("phase"), "containerStatuses": containers},
+    }
+    if EDGE_GROUP_LABEL in (meta.get("labels") or {}):
+        # An edge agent: its node, readiness and template generation (per-site counts).
+        kept_meta["labels"][TEMPLATE_GENERATION_LABEL] = meta["labels"].get(
+            TEMPLATE_GENERATION_LABEL, ""
+        )
+        out["spec"] = {"nodeName": (obj.get("spec") or {}).get("nodeName")}
+        out["status"]["conditions"] = [
+            {"type": "Ready", "status": c.get("status")}
+            for c in status.get("conditions") or []
+            if c.get("type") == "Ready"
+        ]
+    return compact(out)
 
 
 def keep_node(obj: Obj) -> Obj:
+    """Labels and taints (edge targeting) and the Ready condition's status alone (offline
+    counts): its heartbeat times change every few seconds and are not kept."""
     meta = obj.get("metadata") or {}
+    ready = [
+        {"type": "Ready", "status": c.get("status")}
+        for c in (obj.get("status") or {}).get("conditions") or []
+        if c.get("type") == "Ready"
+    ]
     return compact(
         {
             "metadata": {k: meta[k] for k in ("name", "labels", "resourceVersion") if k in meta},
             "spec": {"taints": (obj.get("spec") or {}).get("taints") or []},
+            "status": {"conditions": ready},
         }
     )
 

@@ -46,6 +46,7 @@ from neuraxis.operator.builders.training import build_training_children
 from neuraxis.operator.caches import TTLCache
 from neuraxis.operator.children import owner_label, run_name
 from neuraxis.operator.cluster import Cluster, Obj
+from neuraxis.operator.edge_sites import site_counts
 from neuraxis.operator.errors import InputNotReadyError, InvalidSpecError
 from neuraxis.operator.inputs import (
     approved_artifact_digest,
@@ -612,13 +613,14 @@ def reconcile_edge(
         status["runs"] = update_runs(
             status.get("runs") or [], ed.metadata.generation, phase, [], now_rfc3339()
         )
+    node_objs = cluster.list("v1", "Node", None)
     nodes = [
         {
             "name": n["metadata"]["name"],
             "labels": n["metadata"].get("labels") or {},
             "taints": (n.get("spec") or {}).get("taints") or [],
         }
-        for n in cluster.list("v1", "Node", None)
+        for n in node_objs
     ]
     targeted = matching_nodes(ed, nodes, settings)
     fields: dict[str, Any] = {"bundle": bundle, "lineage": lineage, "targetedNodes": len(targeted)}
@@ -627,7 +629,7 @@ def reconcile_edge(
             "Pending",
             "NoMatchingNodes",
             "no node matches spec.target",
-            fields={**fields, "updatedNodes": 0, "readyNodes": 0},
+            fields={**fields, "updatedNodes": 0, "readyNodes": 0, "offlineNodes": 0, "sites": []},
         )
     canary = cluster.get("apps/v1", "DaemonSet", ns, canary_daemon_set_name(ed))
     canary_ready = _daemon_set_done(canary, len(canary_nodes(ed, targeted)))
@@ -645,6 +647,9 @@ def reconcile_edge(
     updated = sum(int((d.get("status") or {}).get("updatedNumberScheduled") or 0) for d in observed)
     ready = sum(int((d.get("status") or {}).get("numberReady") or 0) for d in observed)
     fields.update(updatedNodes=updated, readyNodes=ready)
+    agents = cluster.list("v1", "Pod", ns, {owner_label("EdgeDeployment"): ed.metadata.name})
+    sites = site_counts(targeted, node_objs, agents, observed, settings.edge_site_label)
+    fields.update(sites=sites, offlineNodes=sum(s["offline"] for s in sites))
     if ready >= len(targeted):
         return Draft(
             "Available",

@@ -20,8 +20,11 @@ from typing import Any
 from neuraxis.crds.kinds import KINDS
 from neuraxis.operator.children import MANAGED_BY, owner_label
 from neuraxis.operator.cluster import CR_VERSION, Cluster, EventSink, Obj
+from neuraxis.operator.edge_sites import node_ready, pod_ready
 from neuraxis.operator.errors import InvalidSpecError
 from neuraxis.operator.informer import (
+    EDGE_GROUP_LABEL,
+    TEMPLATE_GENERATION_LABEL,
     Informer,
     Watched,
     keep_job,
@@ -140,6 +143,12 @@ def _status_only(old: Obj | None, new: Obj | None) -> bool:
     )
 
 
+def _agent_state(pod: Obj) -> tuple[bool, str, str]:
+    labels = _dig(pod, "metadata", "labels") or {}
+    node = _dig(pod, "spec", "nodeName") or ""
+    return pod_ready(pod), node, labels.get(TEMPLATE_GENERATION_LABEL, "")
+
+
 def _terminal(pod: Obj | None) -> bool:
     return (_dig(pod, "status", "phase") or "") in ("Succeeded", "Failed")
 
@@ -234,17 +243,23 @@ class Runtime:
             # refused to start (ArtifactChanged), which only its termination message says.
             if _termination_messages(new) != _termination_messages(old):
                 self._enqueue_owner(obj or {})
+            elif EDGE_GROUP_LABEL in labels and (
+                old is None or new is None or _agent_state(old) != _agent_state(new)
+            ):
+                self._enqueue_owner(obj or {})  # the per-site counts read each agent pod
             return
         if new is None or (_terminal(new) and not _terminal(old)):
             self._enqueue_owner(obj or {})
 
     def _on_node(self, type_: str, old: Obj | None, new: Obj | None) -> None:
-        """Edge targeting reads node labels and taints (not status: it changes every few s)."""
+        """Edge targeting reads node labels and taints, the site counts its Ready condition (not
+        the rest of its status: heartbeats change it every few seconds)."""
         if (
             old is not None
             and new is not None
             and _dig(old, "metadata", "labels") == _dig(new, "metadata", "labels")
             and _dig(old, "spec", "taints") == _dig(new, "spec", "taints")
+            and node_ready(old) == node_ready(new)  # offline counts per site
         ):
             return
         for ed in self.informer("EdgeDeployment").list():

@@ -21,6 +21,11 @@ NodeInfo = dict[str, Any]  # {"name": str, "labels": {...}, "taints": [...]}
 CACHE_MOUNT = "/var/cache/neuraxis"
 # Taint effects that keep a pod (a DaemonSet's too) off a node unless tolerated.
 BLOCKING_EFFECTS = ("NoSchedule", "NoExecute")
+# Taints Kubernetes puts on a node for its state (not-ready, unreachable, pressure, cordoned):
+# the DaemonSet controller tolerates them for its pods (an agent keeps running on a node that
+# lost its kubelet for a while), so such a node stays targeted and counts as offline instead of
+# leaving the fleet (and shifting the canary choice).
+NODE_STATE_TAINT_PREFIX = "node.kubernetes.io/"
 
 
 def agent_tolerations(ed: EdgeDeployment, settings: OperatorSettings) -> list[dict[str, Any]]:
@@ -63,7 +68,12 @@ def matching_nodes(
         wanted = {**settings.workload_node_selector, **target.node_selector}
         if any(labels.get(k) != v for k, v in wanted.items()):
             continue
-        blocking = [t for t in node.get("taints") or [] if t.get("effect") in BLOCKING_EFFECTS]
+        blocking = [
+            t
+            for t in node.get("taints") or []
+            if t.get("effect") in BLOCKING_EFFECTS
+            and not str(t.get("key") or "").startswith(NODE_STATE_TAINT_PREFIX)
+        ]
         if not all(tolerates(tolerations, t) for t in blocking):
             continue
         out.append(node["name"])
@@ -146,6 +156,21 @@ def cache_owner_init_container(settings: OperatorSettings) -> dict[str, Any]:
     }
 
 
+def load_flags(ed: EdgeDeployment) -> list[str]:
+    """spec.load and the health snapshots of spec.sync as agent flags."""
+    load, sync = ed.spec.load, ed.spec.sync
+    target = load.latency_target_ms
+    return [
+        "--max-in-flight", str(load.max_in_flight),
+        "--retry-after-s", str(load.retry_after_seconds),
+        "--max-batch-size", str(load.max_batch_size),
+        "--min-batch-size", str(load.min_batch_size),
+        *(["--latency-target-ms", str(target)] if target is not None else []),
+        "--health-interval-s", str(sync.health_interval_seconds),
+        "--max-buffered-snapshots", str(sync.max_buffered_snapshots),
+    ]  # fmt: skip
+
+
 def _daemon_set(
     ed: EdgeDeployment,
     name: str,
@@ -164,6 +189,7 @@ def _daemon_set(
         "--sync-interval-s", str(ed.spec.sync.interval_seconds),
         *(["--digest", bundle_digest] if bundle_digest else []),
         *auth_args(ed.spec.auth),
+        *load_flags(ed),
     ]  # fmt: skip
     node_name = {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}
     container = workload_container(

@@ -34,6 +34,7 @@ from neuraxis.workloads.artifact import (
     sha256_digest,
 )
 from neuraxis.workloads.edge.cache import BundleCache
+from neuraxis.workloads.edge.health import LakeContact
 from neuraxis.workloads.edge.log_buffer import LogBuffer
 from neuraxis.workloads.serve.metrics import ServeMetrics
 from neuraxis.workloads.serve.model_loader import (
@@ -145,8 +146,9 @@ class AgentConfig:
 class EdgeMetrics:
     def __init__(self, metrics: ServeMetrics):
         r = metrics.registry
-        self.lake_reachable = Gauge(
-            "neuraxis_edge_lake_reachable", "1 when the last lake access worked.", registry=r
+        # Also remembers the last contact that worked: neuraxis_edge_seconds_offline.
+        self.lake_reachable = LakeContact(
+            Gauge("neuraxis_edge_lake_reachable", "1 when the last lake access worked.", registry=r)
         )
         self.refusals = Counter(
             "neuraxis_edge_bundle_refusals", "Bundles refused (verification or load).", registry=r
@@ -282,7 +284,8 @@ class EdgeAgent:
             log.warning("inference logs kept locally (lake unreachable: %s)", exc)
             uploaded = 0
         else:
-            self.metrics.lake_reachable.set(1)
+            if uploaded:  # nothing to upload touched no lake: it says nothing of it
+                self.metrics.lake_reachable.set(1)
         self.metrics.logs_uploaded.inc(uploaded)
         self.metrics.logs_pending.set(self.buffer.pending_records())
         return uploaded

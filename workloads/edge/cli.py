@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from neuraxis.crds.edgedeployment import Sync
+from neuraxis.crds.edgedeployment import Load, Sync
 from neuraxis.crds.modelversion import Serving
 from neuraxis.workloads.drift import DEFAULT_WINDOW
 from neuraxis.workloads.serve.auth_cli import (
@@ -23,6 +23,8 @@ from neuraxis.workloads.serve.auth_cli import (
 )
 
 _DEFAULT_SYNC_S = float(Sync.model_fields["interval_seconds"].default)
+_SYNC = {name: f.default for name, f in Sync.model_fields.items()}
+_LOAD = {name: f.default for name, f in Load.model_fields.items()}
 
 
 def edge_command(
@@ -53,10 +55,25 @@ def edge_command(
     allowed_user: list[str] | None = ALLOWED_USER,
     rate_limit_rps: float | None = RATE_LIMIT_RPS,
     rate_limit_burst: int | None = RATE_LIMIT_BURST,
+    max_in_flight: int = typer.Option(
+        _LOAD["max_in_flight"], min=1, help="Predictions at once; more get 429 (Retry-After)."
+    ),
+    retry_after_s: int = typer.Option(_LOAD["retry_after_seconds"], min=1, help="429 Retry-After."),
+    min_batch_size: int = typer.Option(_LOAD["min_batch_size"], min=1, help="Adaptive floor."),
+    latency_target_ms: float | None = typer.Option(
+        None, min=0.001, help="Adapt the batch size (AIMD) to this forward latency."
+    ),
+    health_interval_s: float = typer.Option(
+        float(_SYNC["health_interval_seconds"]), min=0.05, help="Take a health snapshot."
+    ),
+    max_buffered_snapshots: int = typer.Option(
+        _SYNC["max_buffered_snapshots"], min=1, help="Health snapshots kept while offline."
+    ),
 ) -> None:
     """Serve an edge bundle locally, offline-capable, with durable inference-log upload."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     from neuraxis.workloads.edge.agent import AgentConfig, AgentStartError, EdgeAgent
+    from neuraxis.workloads.edge.health import HealthConfig, HealthReporter, health_prefix
     from neuraxis.workloads.serve.app import ServeConfig, build_app
     from neuraxis.workloads.serve.metrics import ServeMetrics
     from neuraxis.workloads.serve.model_loader import lake_root_of, model_name_of, namespace_of
@@ -66,6 +83,9 @@ def edge_command(
     lake_root = lake or lake_root_of(bundle)
     if lake_root is None:
         typer.echo(f"error: cannot tell the lake root from {bundle}; pass --lake", err=True)
+        raise typer.Exit(2)
+    if min_batch_size > max_batch_size:
+        typer.echo("error: --min-batch-size must not be greater than --max-batch-size", err=True)
         raise typer.Exit(2)
     model_name = name or model_name_of(bundle)
     node_name = node or os.environ.get("NODE_NAME") or socket.gethostname()
@@ -92,15 +112,34 @@ def edge_command(
         typer.echo(f"error: {exc.reason}: {exc}", err=True)
         report_refusal(exc.reason, str(exc))
         raise typer.Exit(2) from exc
-    batching = BatchingConfig(max_batch_size, max_batch_wait_ms)
+    batching = BatchingConfig(max_batch_size, max_batch_wait_ms, latency_target_ms, min_batch_size)
     gate = gate_from_options(
         auth_mode, api_keys_dir, token_audience, allowed_user, rate_limit_rps, rate_limit_burst
     )
-    serve_config = ServeConfig(batching, max_body_bytes, drift_window, gate)
-    agent.slot = ModelSlot(
-        batching, metrics, on_predictions=agent.record, drift_window=drift_window
+    serve_config = ServeConfig(
+        batching, max_body_bytes, drift_window, gate, max_in_flight=max_in_flight,
+        retry_after_s=retry_after_s,
+    )  # fmt: skip
+    health = HealthReporter(
+        agent,
+        metrics,
+        HealthConfig(
+            cache_dir / "health",
+            health_prefix(prefix),
+            health_interval_s,
+            sync_interval_s,
+            max_buffered_snapshots,
+        ),
     )
-    app = build_app(model, serve_config, metrics, agent.slot, hooks=[agent.lifespan])
+    agent.slot = ModelSlot(
+        batching,
+        metrics,
+        on_predictions=agent.record,
+        drift_window=drift_window,
+        on_forward=health.health.observe_forward,
+    )
+    hooks = [agent.lifespan, health.lifespan]
+    app = build_app(model, serve_config, metrics, agent.slot, hooks=hooks)
     run_server(app, host, port)
 
 

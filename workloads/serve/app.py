@@ -29,6 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from neuraxis.workloads.drift import DEFAULT_WINDOW
 from neuraxis.workloads.serve.auth import NO_KEY, SCOPE_KEY, AuthMiddleware, Gate
+from neuraxis.workloads.serve.limits import ConcurrencyLimit
 from neuraxis.workloads.serve.metrics import ServeMetrics, route_label
 from neuraxis.workloads.serve.model_loader import LoadedModel
 from neuraxis.workloads.serve.responses import (
@@ -61,6 +62,9 @@ class ServeConfig:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     drift_window: int = DEFAULT_WINDOW  # rows in the PSI window of neuraxis_feature_drift
     gate: Gate = field(default_factory=Gate)  # authentication and rate limits (default: none)
+    # Prediction requests handled at once; more get 429 with Retry-After. None: no limit.
+    max_in_flight: int | None = None
+    retry_after_s: int = 1
 
 
 def error_response(exc: InvalidInputError) -> JSONResponse:
@@ -284,9 +288,12 @@ def build_app(
         Route("/readyz", handlers.ready, methods=["GET"]),
         Route("/metrics", metrics_route, methods=["GET"]),
     ]
-    app = Starlette(
+    app: ASGIApp = Starlette(
         routes=routes, lifespan=lifespan, exception_handlers={HTTPException: _http_error}
     )
-    # Metrics outside auth: refused requests (401/403/429) are counted too.
+    if config.max_in_flight is not None:  # inside the metrics: a 429 is counted like any answer
+        app = ConcurrencyLimit(app, config.max_in_flight, config.retry_after_s)
+    # Auth outside the in-flight limit (a refused key takes no slot), metrics outside auth:
+    # refused requests (401/403/429) are counted too.
     guarded = AuthMiddleware(app, config.gate, on_limited=metrics.observe_limited)
     return MetricsMiddleware(guarded, metrics)

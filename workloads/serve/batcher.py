@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -41,7 +42,8 @@ class Batcher(Generic[Out]):
     """Collects rows from concurrent `submit` calls and runs `run_batch` on them together.
 
     `run_batch(rows) -> outputs` (one output per row) runs in a dedicated worker thread;
-    `on_batch(n_rows)` is called after each batch (metrics)."""
+    `on_batch(n_rows)` is called after each batch (metrics), `on_forward(n_rows, seconds)` with
+    the forward's duration (an adaptive batch size sets `max_batch_size` from it)."""
 
     def __init__(
         self,
@@ -49,6 +51,7 @@ class Batcher(Generic[Out]):
         max_batch_size: int,
         max_wait_s: float,
         on_batch: Callable[[int], None] = lambda n: None,
+        on_forward: Callable[[int, float], None] = lambda n, s: None,
     ):
         if max_batch_size < 1 or max_wait_s < 0:
             raise ValueError("max_batch_size must be >= 1 and max_wait_s >= 0")
@@ -56,6 +59,7 @@ class Batcher(Generic[Out]):
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
         self._on_batch = on_batch
+        self._on_forward = on_forward
         self._queue: list[_Pending[Out]] = []
         self._wakeup = asyncio.Event()
         self._arriving = 0
@@ -102,6 +106,10 @@ class Batcher(Generic[Out]):
     def _queued_rows(self) -> int:
         return sum(len(p.rows) for p in self._queue)
 
+    def depth(self) -> int:
+        """Rows waiting for a forward plus requests whose bodies are still being read."""
+        return self._queued_rows() + self._arriving
+
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
@@ -120,6 +128,7 @@ class Batcher(Generic[Out]):
             taken = plan_batch([len(p.rows) for p in self._queue], self.max_batch_size)
             batch, self._queue = self._queue[:taken], self._queue[taken:]
             rows = [row for pending in batch for row in pending.rows]
+            started = time.perf_counter()
             try:
                 outputs = await loop.run_in_executor(self._executor, self._run_batch, rows)
                 if len(outputs) != len(rows):
@@ -130,6 +139,7 @@ class Batcher(Generic[Out]):
                         pending.future.set_exception(exc)
                 continue
             self._on_batch(len(rows))
+            self._on_forward(len(rows), time.perf_counter() - started)
             start = 0
             for pending in batch:
                 end = start + len(pending.rows)

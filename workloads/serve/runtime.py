@@ -10,6 +10,7 @@ from typing import Any
 
 from neuraxis.workloads.drift import DEFAULT_WINDOW, DriftWindow
 from neuraxis.workloads.serve.batcher import Batcher
+from neuraxis.workloads.serve.limits import AdaptiveBatchSize, AdaptiveConfig
 from neuraxis.workloads.serve.metrics import ServeMetrics
 from neuraxis.workloads.serve.model_loader import LoadedModel
 
@@ -19,12 +20,25 @@ log = logging.getLogger(__name__)
 # inference log. It runs before the results are returned, so a logged prediction is durable
 # before its client sees it.
 PredictionHook = Callable[[LoadedModel, list[list[float]], list[Any]], None]
+# Called on the event loop after each forward with (rows, seconds): the edge latency histogram.
+ForwardHook = Callable[[int, float], None]
 
 
 @dataclass(frozen=True)
 class BatchingConfig:
     max_batch_size: int = 32
     max_batch_wait_ms: float = 2.0
+    # Set: the batch size adapts (AIMD) between min_batch_size and max_batch_size so that one
+    # forward takes about this long. None: always up to max_batch_size.
+    latency_target_ms: float | None = None
+    min_batch_size: int = 1
+
+    def adaptive(self) -> AdaptiveConfig | None:
+        if self.latency_target_ms is None:
+            return None
+        return AdaptiveConfig(
+            self.latency_target_ms / 1000.0, self.min_batch_size, self.max_batch_size
+        )
 
 
 @dataclass(frozen=True)
@@ -58,20 +72,34 @@ class ModelSlot:
         metrics: ServeMetrics,
         on_predictions: PredictionHook | None = None,
         drift_window: int = DEFAULT_WINDOW,
+        on_forward: ForwardHook | None = None,
     ):
         self.batching = batching
         self.metrics = metrics
         self.on_predictions = on_predictions
+        self.on_forward = on_forward
+        adaptive = batching.adaptive()
+        # One controller for the slot: a swapped-in model starts from the size learnt so far.
+        self.adaptive = AdaptiveBatchSize(adaptive) if adaptive else None
         self.drift_window = drift_window
         self.current: ModelRuntime | None = None
 
     async def install(self, model: LoadedModel) -> None:
         """Start serving `model`; the previous one drains its queue, then stops."""
+        adaptive, hook = self.adaptive, self.on_forward
+
+        def forwarded(rows: int, seconds: float) -> None:
+            if adaptive is not None:
+                batcher.max_batch_size = adaptive.observe(rows, seconds)
+            if hook is not None:
+                hook(rows, seconds)
+
         batcher: Batcher[Any] = Batcher(
             _batch_runner(model, self.on_predictions),
-            max_batch_size=self.batching.max_batch_size,
+            max_batch_size=adaptive.size if adaptive else self.batching.max_batch_size,
             max_wait_s=self.batching.max_batch_wait_ms / 1000.0,
             on_batch=self.metrics.batch_size.observe,
+            on_forward=forwarded,
         )
         batcher.start()
         drift = DriftWindow(model.profile, self.drift_window) if model.profile else None
