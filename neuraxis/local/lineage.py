@@ -3,6 +3,7 @@ version -> (derived datasets ->) raw source, as a terminal tree, Mermaid, Graphv
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -140,32 +141,71 @@ def to_dot(root: Node) -> str:
     return "\n".join(lines) + "\n"
 
 
-def to_png(root: Node, path: Path) -> Path:
-    """A left-to-right picture of the chain (raw source on the left), drawn with matplotlib."""
+GAP = 0.6  # inches between boxes: room for an arrow
+HEIGHT = 1.0  # inches: room for a box of four lines
+
+
+@dataclass
+class Drawing:
+    """A drawn lineage picture: the figure, each box's (left, right) and each arrow's
+    (start, end) x, in inches from the left edge (1 data unit = 1 inch)."""
+
+    figure: Any
+    boxes: list[tuple[float, float]]
+    arrows: list[tuple[float, float]]
+
+
+def draw(root: Node) -> Drawing:
+    """The chain left to right (raw source on the left), drawn with matplotlib.
+
+    Each box is placed after measuring the one before it (its drawn extent, padding included),
+    so labels stay inside their boxes whatever their length, and each arrow runs from the right
+    edge of one box to the left edge of the next. The axes fill the figure and one data unit is
+    one inch, so resizing the figure to the measured width moves nothing."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     nodes = list(reversed(chain(root)))
-    width = 3.6
-    fig, ax = plt.subplots(figsize=(max(6.0, width * len(nodes)), 3.0))
+    measuring_width = 12.0 * len(nodes)
+    fig = plt.figure(figsize=(measuring_width, HEIGHT))
+    ax = fig.add_axes((0.0, 0.0, 1.0, 1.0))
     ax.set_axis_off()
-    ax.set_xlim(0, width * len(nodes))
-    ax.set_ylim(0, 3)
-    for i, node in enumerate(nodes):
-        x = i * width + 0.2
+    ax.set_xlim(0, measuring_width)
+    ax.set_ylim(0, HEIGHT)
+    renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]
+    boxes: list[tuple[float, float]] = []
+    x = 0.2
+    for node in nodes:
         text = "\n".join([node.label, *[d[:40] for d in node.details]])
-        ax.text(
-            x, 1.5, text, va="center", ha="left", fontsize=7, family="monospace",
-            bbox={"boxstyle": "round", "facecolor": "#eef3fb", "edgecolor": "#335"},
+        label = ax.text(
+            x, HEIGHT / 2, text, va="center", ha="left", fontsize=7, family="monospace",
+            bbox={"boxstyle": "round,pad=0.4", "facecolor": "#eef3fb", "edgecolor": "#335"},
         )  # fmt: skip
-        if i:
-            ax.annotate(
-                "", xy=(x - 0.05, 1.5), xytext=(x - 0.55, 1.5),
-                arrowprops={"arrowstyle": "->", "color": "#335"},
-            )  # fmt: skip
+        label.update_bbox_position_size(renderer)  # the box is sized when drawn: size it now
+        patch = label.get_bbox_patch()
+        assert patch is not None
+        extent = patch.get_window_extent(renderer).transformed(ax.transData.inverted())
+        boxes.append((float(extent.x0), float(extent.x1)))
+        x = extent.x1 + GAP + (x - extent.x0)  # the next box's left edge lands GAP further
+    arrows = [(right, left) for (_, right), (left, _) in itertools.pairwise(boxes)]
+    for start, end in arrows:
+        ax.annotate(
+            "", xy=(end, HEIGHT / 2), xytext=(start, HEIGHT / 2),
+            arrowprops={"arrowstyle": "->", "color": "#335", "shrinkA": 0, "shrinkB": 0},
+        )  # fmt: skip
+    width = boxes[-1][1] + 0.2
+    fig.set_size_inches(width, HEIGHT)
+    ax.set_xlim(0, width)
+    return Drawing(fig, boxes, arrows)
+
+
+def to_png(root: Node, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    drawing = draw(root)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    drawing.figure.savefig(path, dpi=120)
+    plt.close(drawing.figure)
     return path
