@@ -20,6 +20,9 @@ def edge_command(
     bundle: str = typer.Option(..., help="Edge bundle URI: file:// or s3://.../edge/ns/m/v."),
     cache_dir: Path = typer.Option(..., help="Local folder for the bundle cache and log buffer."),
     port: int = typer.Option(8080, help="Port to listen on."),
+    grpc_port: int = typer.Option(
+        0, min=0, help="Open Inference Protocol gRPC port (0: off; the DaemonSet uses 8091)."
+    ),
     host: str = typer.Option("127.0.0.1", help="Address to bind."),
     lake: str | None = typer.Option(None, help="Lake root for logs; default from --bundle."),
     deployment: str | None = typer.Option(None, help="EdgeDeployment name (log path)."),
@@ -43,6 +46,7 @@ def edge_command(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     from neuraxis.workloads.edge.agent import AgentConfig, AgentStartError, EdgeAgent
     from neuraxis.workloads.serve.app import ServeConfig, build_app
+    from neuraxis.workloads.serve.grpc_server import GrpcConfig
     from neuraxis.workloads.serve.metrics import ServeMetrics
     from neuraxis.workloads.serve.model_loader import lake_root_of, model_name_of, namespace_of
     from neuraxis.workloads.serve.runtime import BatchingConfig, ModelSlot
@@ -82,7 +86,8 @@ def edge_command(
     agent.slot = ModelSlot(
         batching, metrics, on_predictions=agent.record, drift_window=drift_window
     )
-    app = build_app(model, serve_config, metrics, agent.slot, hooks=[agent.lifespan])
+    grpc = GrpcConfig(grpc_port, host, max_body_bytes) if grpc_port else None
+    app = build_app(model, serve_config, metrics, agent.slot, hooks=[agent.lifespan], grpc=grpc)
     run_server(app, host, port)
 
 
