@@ -171,3 +171,13 @@ def test_grpc_calls_are_counted_with_the_rest(served: Served) -> None:
         text, "neuraxis_serve_requests_total", route="grpc:ModelInfer", code="400"
     )
     assert ok is not None and ok >= 2 and refused is not None and refused >= 1
+
+
+def test_neuraxis_run_smoke_test_answers_over_both_protocols(tmp_path: Path) -> None:
+    from neuraxis.local.smoke import smoke_test
+
+    lake = Lake(str(tmp_path / "lake"))
+    write_model(lake, SERVE_FOLDER, TinyClassifier(seed=3), version="v1")
+    result = smoke_test(f"file://{tmp_path}/lake/{SERVE_FOLDER}", "tiny", lake, tmp_path / "work")
+    assert result.passed, result.message
+    assert "gRPC ModelInfer OK" in result.message
