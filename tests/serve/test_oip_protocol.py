@@ -4,19 +4,30 @@ binary tensor extension, and answers that stay writable with lone surrogates."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import struct
 from pathlib import Path
+from typing import Any
 
+import grpc
 import numpy as np
 import pytest
 
 from neuraxis.workloads.artifact import FeatureSpec, Signature
-from neuraxis.workloads.serve.app import JSONAnswer
-from neuraxis.workloads.serve.grpc_server import body_of, raw_tensor, response_of
+from neuraxis.workloads.serve.app import JSONAnswer, ServeConfig, ServeHandlers
+from neuraxis.workloads.serve.grpc_server import (
+    GrpcConfig,
+    body_of,
+    raw_tensor,
+    response_of,
+    serving_grpc,
+)
+from neuraxis.workloads.serve.metrics import ServeMetrics
 from neuraxis.workloads.serve.oip import generate
 from neuraxis.workloads.serve.oip import inference_pb2 as pb
 from neuraxis.workloads.serve.responses import v2_response
+from neuraxis.workloads.serve.runtime import BatchingConfig, ModelSlot
 from neuraxis.workloads.serve.validation import (
     InvalidInputError,
     attach_binary_inputs,
@@ -24,6 +35,8 @@ from neuraxis.workloads.serve.validation import (
     refuse_binary_inputs,
     split_binary_body,
 )
+
+from .conftest import free_port
 
 SIG = Signature(
     features=[FeatureSpec(name=n) for n in ("a", "b", "c")],
@@ -153,3 +166,45 @@ def test_answers_with_lone_surrogates_are_ascii_json() -> None:
     answer = JSONAnswer({"error": "instances[0].\ud800: unknown feature", "n": -0.0})
     assert answer.body == b'{"error":"instances[0].\\ud800: unknown feature","n":-0.0}'
     assert json.loads(bytes(answer.body))["error"].startswith("instances[0].\ud800")
+
+
+class RequireKey(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """What an authentication interceptor does: let a call through or refuse it before any
+    handler runs."""
+
+    async def intercept_service(self, continuation: Any, details: Any) -> Any:
+        if ("x-api-key", "k1") in tuple(details.invocation_metadata or ()):
+            return await continuation(details)
+
+        async def deny(request: bytes, context: grpc.aio.ServicerContext) -> None:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "x-api-key: missing or unknown")
+
+        return grpc.unary_unary_rpc_method_handler(deny)
+
+
+def test_interceptors_in_the_grpc_config_guard_every_method() -> None:
+    metrics = ServeMetrics()
+    handlers = ServeHandlers(ModelSlot(BatchingConfig(), metrics), ServeConfig())
+    config = GrpcConfig(port=free_port(), interceptors=[RequireKey()])
+
+    async def calls() -> tuple[bool, grpc.StatusCode, str]:
+        address = f"127.0.0.1:{config.port}"
+        async with (
+            serving_grpc(handlers, metrics, config),
+            grpc.aio.insecure_channel(address) as channel,
+        ):
+            live = channel.unary_unary(
+                "/inference.GRPCInferenceService/ServerLive",
+                request_serializer=pb.ServerLiveRequest.SerializeToString,
+                response_deserializer=pb.ServerLiveResponse.FromString,
+            )
+            answer = await live(pb.ServerLiveRequest(), metadata=(("x-api-key", "k1"),))
+            try:
+                await live(pb.ServerLiveRequest())
+            except grpc.aio.AioRpcError as exc:
+                return answer.live, exc.code(), exc.details()
+        raise AssertionError("the call without a key went through")
+
+    live, code, details = asyncio.run(calls())
+    assert live is True
+    assert code == grpc.StatusCode.UNAUTHENTICATED and details == "x-api-key: missing or unknown"
