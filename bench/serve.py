@@ -11,12 +11,14 @@ In one run, all against real server processes on 127.0.0.1:
   with `--auth-mode none` and `apiKeys`, p50 at one client).
 - the edge agent (`neuraxis workload edge`) on the same wide model at 64 clients: a batch size
   that adapts to a forward-latency target (AIMD) against fixed batch sizes (req/s and p99).
+- Open Inference Protocol v2 over REST (JSON) vs gRPC (raw FP32 tensors, as tritonclient and
+  kserve send them) on the same server, same model and same batch, at 1 and 8 clients.
 
 Targets: added p50 over the raw forward <= 1 ms at one client; batching >= 3x requests/s at 64;
 auth middleware <= 0.1 ms p50 per request.
 Load comes from a lean keep-alive HTTP/1.1 client (asyncio streams), bounded in requests and time.
 
-    .venv/bin/python bench/serve.py [--quick] [--auth-only] [--edge-only]
+    .venv/bin/python bench/serve.py [--quick] [--auth-only] [--edge-only] [--only-protocols]
 """
 
 from __future__ import annotations
@@ -344,6 +346,92 @@ def auth_overhead(model_dir: Path, tmp: Path, requests: int, max_s: float) -> No
           f"({diff / AUTH_GOAL_MS:+.2f}x the goal; HTTP noise included)")  # fmt: skip
 
 
+# ---- REST vs gRPC ------------------------------------------------------------------------------
+def v2_rest_request(rows: int) -> bytes:
+    data = [[0.5] * N_FEATURES] * rows
+    body = json.dumps(
+        {
+            "inputs": [
+                {"name": "input", "shape": [rows, N_FEATURES], "datatype": "FP32", "data": data}
+            ]
+        }
+    ).encode()
+    return (
+        f"POST /v2/models/m/infer HTTP/1.1\r\nhost: 127.0.0.1\r\n"
+        f"content-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
+def run_rest_v2(port: int, rows: int, concurrency: int, requests: int, max_s: float) -> LoadResult:
+    request = v2_rest_request(rows)
+
+    async def main() -> LoadResult:
+        await _client(port, request, 20, time.perf_counter() + 10, [])  # warm-up
+        out: list[float] = []
+        start = time.perf_counter()
+        per_client, deadline = max(1, requests // concurrency), start + max_s
+        await asyncio.gather(
+            *(_client(port, request, per_client, deadline, out) for _ in range(concurrency))
+        )
+        return LoadResult(out, time.perf_counter() - start)
+
+    return asyncio.run(main())
+
+
+def run_grpc(port: int, rows: int, concurrency: int, requests: int, max_s: float) -> LoadResult:
+    """ModelInfer over one HTTP/2 channel, FP32 data as raw little-endian bytes."""
+    import grpc
+    import numpy as np
+
+    from neuraxis.workloads.serve.oip import inference_pb2 as pb
+
+    message = pb.ModelInferRequest(model_name="m")
+    message.inputs.add(name="input", datatype="FP32", shape=[rows, N_FEATURES])
+    message.raw_input_contents.append(np.full((rows, N_FEATURES), 0.5, dtype="<f4").tobytes())
+    payload = message.SerializeToString()
+
+    async def main() -> LoadResult:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+
+            async def client(count: int, deadline: float, out: list[float]) -> None:
+                for _ in range(count):
+                    if time.perf_counter() > deadline:
+                        break
+                    begin = time.perf_counter()
+                    await call(payload)
+                    out.append(time.perf_counter() - begin)
+
+            await client(20, time.perf_counter() + 10, [])  # warm-up
+            out: list[float] = []
+            start = time.perf_counter()
+            per_client, deadline = max(1, requests // concurrency), start + max_s
+            await asyncio.gather(*(client(per_client, deadline, out) for _ in range(concurrency)))
+            return LoadResult(out, time.perf_counter() - start)
+
+    return asyncio.run(main())
+
+
+def protocols_section(small_dir: Path, requests: int, max_s: float) -> None:
+    print("\nOpen Inference Protocol v2: REST (JSON) vs gRPC (raw FP32), same server and batch")
+    port, grpc_port = free_port(), free_port()
+    proc = start([*serve_cmd(small_dir, port, 32, 2), "--grpc-port", str(grpc_port)], port)
+    print(f"  {'rows/request':>12} {'clients':>7} {'protocol':>8} {'p50 ms':>8} {'p99 ms':>8} "
+          f"{'req/s':>8}")  # fmt: skip
+    try:
+        for rows in (1, 32):
+            for clients in (1, 8):
+                rest = run_rest_v2(port, rows, clients, requests, max_s)
+                over_grpc = run_grpc(grpc_port, rows, clients, requests, max_s)
+                for name, r in (("REST", rest), ("gRPC", over_grpc)):
+                    print(f"  {rows:>12} {clients:>7} {name:>8} {r.p50_ms:>8.3f} {r.p99_ms:>8.3f} "
+                          f"{r.rps:>8.0f}")  # fmt: skip
+                print(f"  {'':>12} {'':>7} gRPC/REST: p50 {over_grpc.p50_ms / rest.p50_ms:.2f}x, "
+                      f"throughput {over_grpc.rps / rest.rps:.2f}x")  # fmt: skip
+    finally:
+        stop(proc)
+
+
 # ---- the run ----------------------------------------------------------------------------------
 def edge_batch_limit(port: int) -> float:
     """neuraxis_edge_batch_size_limit from the agent's /metrics (where AIMD settled)."""
@@ -392,6 +480,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer requests per level")
     parser.add_argument("--auth-only", action="store_true", help="only the auth overhead")
     parser.add_argument("--edge-only", action="store_true", help="only the edge agent section")
+    parser.add_argument(
+        "--only-protocols", action="store_true", help="only the REST vs gRPC section"
+    )
     parser.add_argument("--baseline-server", metavar="MODEL_DIR", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -416,6 +507,9 @@ def main() -> None:
             auth_overhead(small_dir, Path(tmp), requests, max_s)
             return
         wide_dir = write_bench_artifact(Path(tmp), "m-wide", wide)
+        if args.only_protocols:
+            protocols_section(small_dir, requests, max_s)
+            return
         # Served under the name "m" in URLs: the wide artifact is renamed via --name.
 
         raw = raw_forward(small, 1, 2.0 if args.quick else 5.0)
@@ -481,6 +575,7 @@ def main() -> None:
               f"on / raw batch-64 limit: {wide_results[64].rps / (64 / raw64):.2f}")  # fmt: skip
         auth_overhead(small_dir, Path(tmp), requests, max_s)
         edge_section(Path(tmp), wide, requests, max_s)
+        protocols_section(small_dir, requests, max_s)
 
 
 if __name__ == "__main__":

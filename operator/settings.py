@@ -73,6 +73,9 @@ class OperatorSettings:
     resync_seconds: float = 30.0
     serving_port: int = 8080
     edge_port: int = 8090
+    # Open Inference Protocol over gRPC (`--grpc-port`), next to each HTTP port.
+    serving_grpc_port: int = 8081
+    edge_grpc_port: int = 8091
     # Platform-wide scheduling for every workload pod, merged with each kind's own (GPU pool,
     # edge nodes): e.g. a dedicated pool's taint and label.
     workload_tolerations: tuple[Toleration, ...] = ()

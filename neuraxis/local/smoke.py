@@ -1,5 +1,6 @@
 """The serving smoke test of `neuraxis run`: start the same server the predictor Deployment
-runs, ask its metadata, send one prediction, and stop it gracefully."""
+runs (HTTP and gRPC), ask its metadata, send one prediction over each protocol, and stop it
+gracefully."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -98,7 +100,7 @@ def smoke_test(
             f"(set {prefix}<ID>=<key>, one variable per key)",
             "ApiKeysMissing",
         )
-    port = _free_port()
+    port, grpc_port = _free_port(), _free_port()
     base = f"http://127.0.0.1:{port}"
     work_dir.mkdir(parents=True, exist_ok=True)
     log = work_dir / "serve-smoke.log"
@@ -108,13 +110,13 @@ def smoke_test(
     command = [
         sys.executable, "-m", "neuraxis.cli", "workload", "serve", "--model", artifact_uri,
         "--name", model, "--host", "127.0.0.1", "--port", str(port),
-        *(["--digest", digest] if digest else []),
+        "--grpc-port", str(grpc_port), *(["--digest", digest] if digest else []),
         *access.args,
     ]  # fmt: skip
     with open(log, "wb") as out:
         proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
-        result = _exercise(base, model, proc, timeout, log, access)
+        result = _exercise(base, grpc_port, model, proc, timeout, log, access)
         refusal = read_compact_result(term.read_text()) if term.exists() else None
         if not result.passed and refusal is not None:
             # The server said why it would not start (ArtifactChanged), as to a kubelet.
@@ -130,8 +132,33 @@ def smoke_test(
                 proc.kill()
 
 
+def _grpc_probabilities(
+    port: int, model: str, row: list[float], headers: dict[str, str]
+) -> list[float]:
+    """ModelInfer over gRPC (Open Inference Protocol), the first output's values; `headers`
+    (the API key, if any) travel as call metadata."""
+    import grpc
+
+    from neuraxis.workloads.serve.oip import inference_pb2 as pb
+
+    request = pb.ModelInferRequest(model_name=model)
+    request.inputs.add(name="input", datatype="FP32", shape=[1, len(row)])
+    request.inputs[0].contents.fp32_contents.extend(row)
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        infer = channel.unary_unary(
+            "/inference.GRPCInferenceService/ModelInfer",
+            request_serializer=pb.ModelInferRequest.SerializeToString,
+            response_deserializer=pb.ModelInferResponse.FromString,
+        )
+        metadata = [(k.lower(), v) for k, v in headers.items()]
+        response = infer(request, timeout=30, metadata=metadata)
+    count = len(response.raw_output_contents[0]) // 4
+    return list(struct.unpack(f"<{count}f", response.raw_output_contents[0]))
+
+
 def _exercise(
     base: str,
+    grpc_port: int,
     model: str,
     proc: subprocess.Popen[bytes],
     timeout: float,
@@ -154,7 +181,8 @@ def _exercise(
             time.sleep(0.3)
         meta = client.get(f"/v2/models/{model}", headers=access.headers).json()
         n_features = int(meta["inputs"][0]["shape"][1])
-        body = {"instances": [[0.0] * n_features]}
+        row = [0.0] * n_features
+        body = {"instances": [row]}
         predict = f"/v1/models/{model}:predict"
         if access.headers:  # the keys are in force: a request without one is refused
             refused = client.post(predict, json=body)
@@ -163,6 +191,24 @@ def _exercise(
         started = time.perf_counter()
         response = client.post(predict, json=body, headers=access.headers)
         elapsed_ms = (time.perf_counter() - started) * 1000
-    if response.status_code != 200:
-        return SmokeResult(False, f"predict answered {response.status_code}: {response.text[:200]}")
-    return SmokeResult(True, f"smoke test: predict 200 in {elapsed_ms:.1f} ms{access.note}")
+        if response.status_code != 200:
+            text = response.text[:200]
+            return SmokeResult(False, f"predict answered {response.status_code}: {text}")
+        over_rest = client.post(
+            f"/v2/models/{model}/infer",
+            json={"inputs": [{"name": "input", "shape": [1, n_features], "datatype": "FP32",
+                              "data": row}]},
+            headers=access.headers,
+        ).json()["outputs"][0]["data"]  # fmt: skip
+    import grpc
+
+    try:
+        over_grpc = _grpc_probabilities(grpc_port, model, row, access.headers)
+    except grpc.RpcError as exc:
+        return SmokeResult(False, f"gRPC ModelInfer answered {exc.code()}: {exc.details()}")
+    if len(over_grpc) != len(over_rest) or any(
+        abs(a - b) > 1e-6 for a, b in zip(over_grpc, over_rest, strict=True)
+    ):
+        return SmokeResult(False, f"gRPC answered {over_grpc}, REST {over_rest}")
+    note = f"smoke test: predict 200 in {elapsed_ms:.1f} ms; gRPC ModelInfer OK{access.note}"
+    return SmokeResult(True, note)

@@ -180,11 +180,12 @@ def _daemon_set(
     settings: OperatorSettings,
     bundle_digest: str | None = None,
 ) -> dict[str, Any]:
-    port = settings.edge_port
+    port, grpc_port = settings.edge_port, settings.edge_grpc_port
     # All interfaces: the kubelet's probes and clients come in on the pod IP.
     command = [
         "neuraxis", "workload", "edge", "--bundle", bundle_uri,
         "--cache-dir", CACHE_MOUNT, "--host", "0.0.0.0", "--port", str(port),
+        "--grpc-port", str(grpc_port),
         "--deployment", ed.metadata.name,
         "--sync-interval-s", str(ed.spec.sync.interval_seconds),
         *(["--digest", bundle_digest] if bundle_digest else []),
@@ -198,7 +199,10 @@ def _daemon_set(
         command,
         resources=resource_limits("500m", "512Mi"),
         extra_env=[node_name],  # the log path names the node, not the pod
-        ports=[{"name": "http", "containerPort": port}],
+        ports=[
+            {"name": "http", "containerPort": port},
+            {"name": "grpc", "containerPort": grpc_port},
+        ],
     )
     container["volumeMounts"].append({"name": "cache", "mountPath": CACHE_MOUNT})
     container["readinessProbe"] = {"httpGet": {"path": "/readyz", "port": "http"}}

@@ -104,10 +104,10 @@ def build_serving_children(
         ROUTED_LABEL: str(routed).lower(),
         TRACK_LABEL: "canary" if is_canary else "stable",
     }
-    port = settings.serving_port
+    port, grpc_port = settings.serving_port, settings.serving_grpc_port
     command = [
         "neuraxis", "workload", "serve", "--model", artifact_uri, "--name", model,
-        "--host", "0.0.0.0", "--port", str(port),
+        "--host", "0.0.0.0", "--port", str(port), "--grpc-port", str(grpc_port),
         "--max-batch-size", str(serving.max_batch_size),
         "--max-batch-wait-ms", str(serving.max_batch_wait_ms),
         *digest_flag("--digest", artifact_digest),
@@ -118,7 +118,10 @@ def build_serving_children(
         settings,
         command,
         resources=resource_limits(serving.resources.cpu, serving.resources.memory),
-        ports=[{"name": "http", "containerPort": port}],
+        ports=[
+            {"name": "http", "containerPort": port},
+            {"name": "grpc", "containerPort": grpc_port},
+        ],
     )
     probe = {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 5}
     container["readinessProbe"] = probe
@@ -153,10 +156,11 @@ def build_serving_children(
                 "template": template,
             },
         },
-        _service(mv, name, selector, port),
+        _service(mv, name, selector, port, grpc_port),
     ]
     if routed:
-        children.append(_service(mv, model, {MODEL_LABEL: model, ROUTED_LABEL: "true"}, port))
+        routed_pods = {MODEL_LABEL: model, ROUTED_LABEL: "true"}
+        children.append(_service(mv, model, routed_pods, port, grpc_port))
     if serving.autoscaling is not None and not is_canary:
         children.append(_hpa(mv, name, serving))
     if features.gateway_api and is_canary and serving.canary and stable is not None:
@@ -166,14 +170,23 @@ def build_serving_children(
     return children
 
 
-def _service(mv: ModelVersion, name: str, selector: dict[str, str], port: int) -> dict[str, Any]:
+def _service(
+    mv: ModelVersion, name: str, selector: dict[str, str], port: int, grpc_port: int
+) -> dict[str, Any]:
+    # h2c: plaintext HTTP/2, so a Gateway or mesh routes the gRPC port as gRPC.
+    grpc = {
+        "name": "grpc",
+        "port": grpc_port,
+        "targetPort": grpc_port,
+        "appProtocol": "kubernetes.io/h2c",
+    }
     return {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": child_metadata(mv, name, "predictor"),
         "spec": {
             "selector": selector,
-            "ports": [{"name": "http", "port": 80, "targetPort": port}],
+            "ports": [{"name": "http", "port": 80, "targetPort": port}, grpc],
         },
     }
 

@@ -480,3 +480,31 @@ def test_edge_agent_listens_on_the_pod_ip_and_logs_under_its_node() -> None:
     assert flag("--sync-interval-s") == str(ed.spec.sync.interval_seconds)
     env = {e["name"]: e for e in agent["env"]}
     assert env["NODE_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
+
+
+def test_predictor_and_edge_agent_expose_the_grpc_port() -> None:
+    """The Open Inference Protocol's gRPC port: a `grpc` container port the workload listens on
+    (--grpc-port) and, for the predictor, a `grpc` port on both Services."""
+    mv: ModelVersion = _example("ModelVersion")
+    assert mv.spec.serving is not None
+    mv.spec.serving.canary = None
+    mv.spec.stage = "production"  # routed: the model-level Service too
+    children = build_serving_children(mv, mv.spec.serving, "s3://l/m", SETTINGS, ClusterFeatures())
+    [deployment] = [c for c in children if c["kind"] == "Deployment"]
+    [server] = deployment["spec"]["template"]["spec"]["containers"]
+    grpc_port = SETTINGS.serving_grpc_port
+    assert {"name": "grpc", "containerPort": grpc_port} in server["ports"]
+    command = server["command"]
+    assert command[command.index("--grpc-port") + 1] == str(grpc_port)
+    services = [c for c in children if c["kind"] == "Service"]
+    assert len(services) == 2
+    for service in services:
+        [grpc] = [p for p in service["spec"]["ports"] if p["name"] == "grpc"]
+        assert grpc["targetPort"] == grpc_port and grpc["appProtocol"] == "kubernetes.io/h2c"
+
+    ed: EdgeDeployment = _example("EdgeDeployment")
+    [daemon_set] = build_edge_daemon_sets(ed, "s3://b", ["edge-0"], SETTINGS, canary_ready=False)
+    [agent] = _pod_spec(daemon_set)["containers"]
+    edge_port = SETTINGS.edge_grpc_port
+    assert {"name": "grpc", "containerPort": edge_port} in agent["ports"]
+    assert agent["command"][agent["command"].index("--grpc-port") + 1] == str(edge_port)

@@ -114,3 +114,59 @@ def test_apikeys_without_a_keys_folder_refuses_to_start(
     )  # fmt: skip
     assert server.proc.wait(120) == 2
     assert "auth mode apiKeys" in server.output()
+
+
+def test_grpc_calls_go_through_the_same_gate(start_server: StartServer, tmp_path: Path) -> None:
+    import grpc
+
+    from neuraxis.workloads.serve.oip import inference_pb2 as pb
+
+    from .conftest import free_port
+
+    lake = Lake(str(tmp_path / "lake"))
+    write_model(lake, "models/default/tiny/v1", TinyClassifier(seed=1), version="v1")
+    keys_dir = tmp_path / "keys"
+    mount_secret(keys_dir, KEYS, "1")
+    grpc_port = free_port()
+    server = start_server(
+        "neuraxis.workloads.serve",
+        "--model", f"file://{tmp_path}/lake/models/default/tiny/v1",
+        "--grpc-port", str(grpc_port), *auth_args(keys_dir),
+    )  # fmt: skip
+    request = pb.ModelInferRequest(model_name="tiny")
+    request.inputs.add(name="input", datatype="FP32", shape=[1, 3])
+    request.inputs[0].contents.fp32_contents.extend([70.0, 0.5, 1.0])
+    service = "/inference.GRPCInferenceService"
+    with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+        infer = channel.unary_unary(
+            f"{service}/ModelInfer",
+            request_serializer=pb.ModelInferRequest.SerializeToString,
+            response_deserializer=pb.ModelInferResponse.FromString,
+        )
+        ready = channel.unary_unary(
+            f"{service}/ServerReady",
+            request_serializer=pb.ServerReadyRequest.SerializeToString,
+            response_deserializer=pb.ServerReadyResponse.FromString,
+        )
+        assert ready(pb.ServerReadyRequest(), timeout=30).ready  # probes stay open
+        with pytest.raises(grpc.RpcError) as missing:
+            infer(request, timeout=30)
+        assert missing.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert "authorization: credentials required" in (missing.value.details() or "")
+        with pytest.raises(grpc.RpcError) as wrong:
+            infer(request, timeout=30, metadata=[("x-api-key", "nx-wrong")])
+        assert wrong.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        bearer = [("authorization", f"Bearer {KEYS['ci']}")]
+        for _ in range(BURST):
+            assert infer(request, timeout=30, metadata=bearer).outputs
+        with pytest.raises(grpc.RpcError) as limited:
+            infer(request, timeout=30, metadata=bearer)
+        assert limited.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        trailers = dict(limited.value.trailing_metadata() or ())
+        assert int(trailers["retry-after"]) >= 1
+    text = server.metrics()
+    total = "neuraxis_serve_requests_total"
+    assert metric_value(text, total, route="grpc:ModelInfer", code="200", key="ci") == BURST
+    assert metric_value(text, total, route="grpc:ModelInfer", code="429", key="ci") == 1
+    assert metric_value(text, total, route="grpc:ModelInfer", code="401", key="") == 2
+    assert KEYS["ci"] not in text

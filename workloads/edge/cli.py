@@ -31,6 +31,9 @@ def edge_command(
     bundle: str = typer.Option(..., help="Edge bundle URI: file:// or s3://.../edge/ns/m/v."),
     cache_dir: Path = typer.Option(..., help="Local folder for the bundle cache and log buffer."),
     port: int = typer.Option(8080, help="Port to listen on."),
+    grpc_port: int = typer.Option(
+        0, min=0, help="Open Inference Protocol gRPC port (0: off; the DaemonSet uses 8091)."
+    ),
     host: str = typer.Option("127.0.0.1", help="Address to bind."),
     lake: str | None = typer.Option(None, help="Lake root for logs; default from --bundle."),
     deployment: str | None = typer.Option(None, help="EdgeDeployment name (log path)."),
@@ -75,6 +78,7 @@ def edge_command(
     from neuraxis.workloads.edge.agent import AgentConfig, AgentStartError, EdgeAgent
     from neuraxis.workloads.edge.health import HealthConfig, HealthReporter, health_prefix
     from neuraxis.workloads.serve.app import ServeConfig, build_app
+    from neuraxis.workloads.serve.grpc_server import GrpcConfig
     from neuraxis.workloads.serve.metrics import ServeMetrics
     from neuraxis.workloads.serve.model_loader import lake_root_of, model_name_of, namespace_of
     from neuraxis.workloads.serve.runtime import BatchingConfig, ModelSlot
@@ -139,7 +143,8 @@ def edge_command(
         on_forward=health.health.observe_forward,
     )
     hooks = [agent.lifespan, health.lifespan]
-    app = build_app(model, serve_config, metrics, agent.slot, hooks=hooks)
+    grpc = GrpcConfig(grpc_port, host, max_body_bytes) if grpc_port else None
+    app = build_app(model, serve_config, metrics, agent.slot, hooks=hooks, grpc=grpc)
     run_server(app, host, port)
 
 

@@ -1,24 +1,30 @@
 """The ASGI application (Starlette): routes, validation, batching and metrics.
 
 Routes: `POST /v1/models/<name>:predict` (KServe v1), `POST /v1/models/<name>:explain` (same body,
-Integrated Gradients attributions per instance), `POST /v2/models/<name>/infer` and
-`GET /v2/models/<name>` (Open Inference Protocol v2), `GET /v2/health/live|ready`, `/healthz`,
-`/readyz`, `/metrics`. Unless `ServeConfig.gate` is mode none, every route but the health
-routes and `/metrics` needs credentials (see `auth`). Requests must be `application/json`;
-bodies above `max_body_bytes` are refused with 413 while being read. Every 4xx answers
-`{"error": "<field>: <reason>", "field", "reason"}`; bad input never yields a 5xx.
+Integrated Gradients attributions per instance), the Open Inference Protocol v2 (`GET /v2`,
+`GET /v2/health/live|ready`, `GET /v2/models/<name>[/versions/<v>]` metadata,
+`GET /v2/models/<name>[/versions/<v>]/ready`, `POST /v2/models/<name>[/versions/<v>]/infer`),
+`/healthz`, `/readyz`, `/metrics`; the same v2 service over gRPC when `GrpcConfig` asks for it
+(grpc_server.py, same event loop, same handlers). Unless `ServeConfig.gate` is mode none, every
+route but the health routes and `/metrics` needs credentials (see `auth`). Request bodies are
+JSON: `application/json`, or no Content-Type at all (read as JSON, as KServe and Triton servers
+do); a v2 infer may use the binary tensor extension (`Inference-Header-Content-Length`). Bodies
+above `max_body_bytes` are refused with 413 while being read. Every 4xx answers
+`{"error": "<field>: <reason>", "field", "reason"}`, in ASCII-escaped JSON (a lone surrogate from
+the request stays writable); bad input never yields a 5xx.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -38,16 +44,24 @@ from neuraxis.workloads.serve.responses import (
     v1_response,
     v2_metadata,
     v2_response,
+    v2_server_metadata,
 )
 from neuraxis.workloads.serve.runtime import BatchingConfig, ModelRuntime, ModelSlot
 from neuraxis.workloads.serve.validation import (
     InvalidInputError,
+    V2Request,
+    attach_binary_inputs,
     parse_json_body,
     parse_v1,
-    parse_v2,
+    parse_v2_request,
+    refuse_binary_inputs,
+    split_binary_body,
 )
 
 LOG = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from neuraxis.workloads.serve.grpc_server import GrpcConfig
+
 DEFAULT_MAX_BODY_BYTES = 1 << 20
 # Integrated Gradients runs N_STEPS forwards per instance: one request explains at most this many.
 MAX_EXPLAIN_INSTANCES = 64
@@ -67,15 +81,30 @@ class ServeConfig:
     retry_after_s: int = 1
 
 
+class JSONAnswer(JSONResponse):
+    """JSON with every non-ASCII character escaped. A request may carry a lone surrogate (valid
+    in a JSON string, not encodable as UTF-8) that an error message or the echoed `id` repeats;
+    escaped, it is still the same JSON string and the answer can always be written."""
+
+    def render(self, content: Any) -> bytes:
+        text = json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":"))
+        return text.encode("ascii")
+
+
 def error_response(exc: InvalidInputError) -> JSONResponse:
     body = {"error": str(exc), "field": exc.field, "reason": exc.reason}
-    return JSONResponse(body, status_code=exc.status)
+    return JSONAnswer(body, status_code=exc.status)
+
+
+def media_type(header: str) -> str:
+    return header.split(";", 1)[0].strip().lower()
 
 
 def is_json_content_type(header: str | None) -> bool:
+    """JSON, or no Content-Type at all (tritonclient.http sends none)."""
     if header is None:
-        return False
-    media = header.split(";", 1)[0].strip().lower()
+        return True
+    media = media_type(header)
     return media == "application/json" or (
         media.startswith("application/") and media.endswith("+json")
     )
@@ -137,32 +166,75 @@ class ServeHandlers:
         # One explanation at a time (each is N_STEPS forwards per row, off the event loop).
         self.explaining = asyncio.Lock()
 
-    def runtime_for(self, name: str) -> ModelRuntime:
+    def runtime_for(self, name: str, version: str | None = None) -> ModelRuntime:
+        """The runtime serving model `name` (and `version`, when given), or the 503/404 error."""
         runtime = self.slot.current
         if runtime is None:
             raise InvalidInputError("model", "no model loaded yet", 503)
         if name != runtime.model.name:
             served = runtime.model.name
             raise InvalidInputError("model", f"{name!r} not found (this serves {served!r})", 404)
+        served_version = runtime.model.signature.model_version
+        if version is not None and version != served_version:
+            raise InvalidInputError(
+                "version",
+                f"{version!r} of {name!r} not found (this serves {served_version!r})",
+                404,
+            )
         return runtime
 
-    async def _rows(
-        self, request: Request, runtime: ModelRuntime, v2: bool
-    ) -> tuple[Any, list[list[float]]]:
-        if not is_json_content_type(request.headers.get("content-type")):
-            got = request.headers.get("content-type", "none")
-            raise InvalidInputError("content-type", f"expected application/json, got {got}", 415)
-        with runtime.batcher.arriving():
-            body = parse_json_body(await read_body(request, self.config.max_body_bytes))
-            parse = parse_v2 if v2 else parse_v1
-            return body, parse(body, runtime.model.signature)
+    def server_ready(self) -> bool:
+        return self.slot.current is not None and not self.shutting_down
 
-    async def _predict(self, request: Request, v2: bool) -> Response:
+    def model_ready(self, name: str, version: str | None = None) -> bool:
+        """Whether `name` (`version`) serves; an unknown model or version is a 404 error."""
+        if not self.server_ready():
+            return False
+        self.runtime_for(name, version)
+        return True
+
+    async def infer(self, runtime: ModelRuntime, request: V2Request) -> dict[str, Any]:
+        """One v2 inference on `runtime` (REST and gRPC): batched forward, finite check, drift."""
+        outputs = await runtime.batcher.submit(request.rows)
+        check_finite_outputs(outputs, "inputs (row {i})")
+        self.slot.observe_served(runtime, request.rows)
+        model: LoadedModel = runtime.model
+        return v2_response(
+            model.name, model.signature, outputs, request.request_id, request.outputs
+        )
+
+    async def _body(self, request: Request, v2: bool) -> Any:
+        """The decoded JSON request (with binary tensors attached, for a v2 binary request)."""
+        content_type = request.headers.get("content-type")
+        header_length = request.headers.get("inference-header-content-length") if v2 else None
+        binary_ok = header_length is not None and (
+            content_type is None or media_type(content_type) == "application/octet-stream"
+        )
+        if not (is_json_content_type(content_type) or binary_ok):
+            raise InvalidInputError(
+                "content-type", f"expected application/json (or none), got {content_type}", 415
+            )
+        raw = await read_body(request, self.config.max_body_bytes)
+        if header_length is None:
+            body = parse_json_body(raw)
+            if v2:
+                refuse_binary_inputs(body)
+            return body
+        head, tail = split_binary_body(raw, header_length)
+        body = parse_json_body(head)
+        attach_binary_inputs(body, tail)
+        return body
+
+    async def _rows(self, request: Request, runtime: ModelRuntime) -> list[list[float]]:
+        with runtime.batcher.arriving():
+            return parse_v1(await self._body(request, v2=False), runtime.model.signature)
+
+    async def predict_v1(self, request: Request) -> Response:
         try:
             runtime = self.runtime_for(request.path_params["name"])
-            body, rows = await self._rows(request, runtime, v2)
+            rows = await self._rows(request, runtime)
             outputs = await runtime.batcher.submit(rows)
-            check_finite_outputs(outputs, "inputs (row {i})" if v2 else "instances[{i}]")
+            check_finite_outputs(outputs, "instances[{i}]")
         except InvalidInputError as exc:
             return error_response(exc)
         except ClientDisconnect:
@@ -176,16 +248,20 @@ class ServeHandlers:
                                 status_code=500)  # fmt: skip
         self.slot.observe_served(runtime, rows)
         model: LoadedModel = runtime.model
-        if v2:
-            request_id = body.get("id")  # echoed back, as v2 asks
-            return JSONResponse(v2_response(model.name, model.signature, outputs, request_id))
-        return JSONResponse(v1_response(model.name, model.signature, outputs))
-
-    async def predict_v1(self, request: Request) -> Response:
-        return await self._predict(request, v2=False)
+        return JSONAnswer(v1_response(model.name, model.signature, outputs))
 
     async def infer_v2(self, request: Request) -> Response:
-        return await self._predict(request, v2=True)
+        params = request.path_params
+        try:
+            runtime = self.runtime_for(params["name"], params.get("version"))
+            with runtime.batcher.arriving():
+                body = await self._body(request, v2=True)
+                parsed = parse_v2_request(body, runtime.model.signature)
+            return JSONAnswer(await self.infer(runtime, parsed))
+        except InvalidInputError as exc:
+            return error_response(exc)
+        except ClientDisconnect:
+            return Response(status_code=499)
 
     async def explain_v1(self, request: Request) -> Response:
         from neuraxis.workloads.explain import baseline_for, integrated_gradients
@@ -195,7 +271,7 @@ class ServeHandlers:
             model = runtime.model
             if model.explain_error is not None:
                 raise InvalidInputError("model", f"cannot be explained: {model.explain_error}", 501)
-            _, rows = await self._rows(request, runtime, v2=False)
+            rows = await self._rows(request, runtime)
             if len(rows) > MAX_EXPLAIN_INSTANCES:
                 limit = MAX_EXPLAIN_INSTANCES
                 raise InvalidInputError("instances", f"{len(rows)} given; at most {limit} here")
@@ -212,33 +288,47 @@ class ServeHandlers:
             return error_response(exc)
         except ClientDisconnect:
             return Response(status_code=499)
-        return JSONResponse(body)
+        return JSONAnswer(body)
 
     async def metadata_v2(self, request: Request) -> Response:
+        params = request.path_params
         try:
-            runtime = self.runtime_for(request.path_params["name"])
+            runtime = self.runtime_for(params["name"], params.get("version"))
         except InvalidInputError as exc:
             return error_response(exc)
         model = runtime.model
-        return JSONResponse(v2_metadata(model.name, model.signature, model.digest))
+        return JSONAnswer(v2_metadata(model.name, model.signature, model.digest))
+
+    async def model_ready_v2(self, request: Request) -> Response:
+        params = request.path_params
+        try:
+            ready = self.model_ready(params["name"], params.get("version"))
+        except InvalidInputError as exc:
+            return error_response(exc)
+        return JSONAnswer(
+            {"name": params["name"], "ready": ready}, status_code=200 if ready else 503
+        )
+
+    async def server_metadata_v2(self, request: Request) -> Response:
+        return JSONAnswer(v2_server_metadata())
 
     async def live(self, request: Request) -> Response:
-        return JSONResponse({"live": True})
+        return JSONAnswer({"live": True})
 
     async def ready(self, request: Request) -> Response:
         runtime = self.slot.current
         if runtime is None or self.shutting_down:
-            return JSONResponse({"ready": False}, status_code=503)
+            return JSONAnswer({"ready": False}, status_code=503)
         model = runtime.model
-        return JSONResponse({"ready": True, "model": model.name, "version": model.version})
+        return JSONAnswer({"ready": True, "model": model.name, "version": model.version})
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 404:
         reason = (
-            "no such route (see /v1/models/<name>:predict, /v1/models/<name>:explain, "
-            "/v2/models/<name>/infer)"
+            "no such route (see /v1/models/<name>:predict, /v1/models/<name>:explain, /v2, "
+            "/v2/models/<name>[/versions/<version>][/infer|/ready])"
         )
     elif exc.status_code == 405:
         reason = (
@@ -247,7 +337,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     else:
         reason = exc.detail
     body = {"error": f"{request.url.path}: {reason}", "field": "path", "reason": reason}
-    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+    return JSONAnswer(body, status_code=exc.status_code, headers=exc.headers)
 
 
 def build_app(
@@ -256,8 +346,10 @@ def build_app(
     metrics: ServeMetrics | None = None,
     slot: ModelSlot | None = None,
     hooks: Sequence[LifespanHook] = (),
+    grpc: GrpcConfig | None = None,
 ) -> ASGIApp:
-    """The server application serving `model` (installed at start-up, inside the event loop)."""
+    """The server application serving `model` (installed at start-up, inside the event loop),
+    and the gRPC server of `grpc` started and stopped with it, on the same handlers."""
     metrics = metrics or ServeMetrics()
     slot = slot or ModelSlot(config.batching, metrics, drift_window=config.drift_window)
     handlers = ServeHandlers(slot, config)
@@ -268,6 +360,10 @@ def build_app(
         async with contextlib.AsyncExitStack() as stack:
             for hook in hooks:
                 await stack.enter_async_context(hook())
+            if grpc is not None:
+                from neuraxis.workloads.serve.grpc_server import serving_grpc
+
+                await stack.enter_async_context(serving_grpc(handlers, metrics, grpc))
             try:
                 yield
             finally:
@@ -280,8 +376,15 @@ def build_app(
     routes = [
         Route("/v1/models/{name}:predict", handlers.predict_v1, methods=["POST"]),
         Route("/v1/models/{name}:explain", handlers.explain_v1, methods=["POST"]),
+        Route("/v2", handlers.server_metadata_v2, methods=["GET"]),
         Route("/v2/models/{name}/infer", handlers.infer_v2, methods=["POST"]),
+        Route("/v2/models/{name}/ready", handlers.model_ready_v2, methods=["GET"]),
         Route("/v2/models/{name}", handlers.metadata_v2, methods=["GET"]),
+        Route("/v2/models/{name}/versions/{version}/infer", handlers.infer_v2, methods=["POST"]),
+        Route(
+            "/v2/models/{name}/versions/{version}/ready", handlers.model_ready_v2, methods=["GET"]
+        ),
+        Route("/v2/models/{name}/versions/{version}", handlers.metadata_v2, methods=["GET"]),
         Route("/v2/health/live", handlers.live, methods=["GET"]),
         Route("/v2/health/ready", handlers.ready, methods=["GET"]),
         Route("/healthz", handlers.live, methods=["GET"]),

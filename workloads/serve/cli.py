@@ -28,6 +28,9 @@ def serve_command(
         ..., help="Artifact folder: a path, file://... or s3://.../models/ns/m/v."
     ),
     port: int = typer.Option(8080, help="Port to listen on."),
+    grpc_port: int = typer.Option(
+        0, min=0, help="Open Inference Protocol gRPC port (0: off; pods use 8081)."
+    ),
     host: str = typer.Option("127.0.0.1", help="Address to bind (0.0.0.0 in a pod)."),
     max_batch_size: int = typer.Option(_DEFAULT_BATCH, min=1, help="Rows per forward at most."),
     max_batch_wait_ms: float = typer.Option(_DEFAULT_WAIT_MS, min=0, help="Batch gathering wait."),
@@ -46,9 +49,11 @@ def serve_command(
     rate_limit_rps: float | None = RATE_LIMIT_RPS,
     rate_limit_burst: int | None = RATE_LIMIT_BURST,
 ) -> None:
-    """Serve a model artifact over HTTP (KServe v1 and Open Inference Protocol v2)."""
+    """Serve a model artifact over HTTP (KServe v1 and Open Inference Protocol v2) and, with
+    --grpc-port, over gRPC (Open Inference Protocol v2)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     from neuraxis.workloads.serve.app import ServeConfig, build_app
+    from neuraxis.workloads.serve.grpc_server import GrpcConfig
     from neuraxis.workloads.serve.model_loader import ModelLoadError, load_model
     from neuraxis.workloads.serve.runtime import BatchingConfig
     from neuraxis.workloads.serve.server import run_server
@@ -70,7 +75,8 @@ def serve_command(
         auth_mode, api_keys_dir, token_audience, allowed_user, rate_limit_rps, rate_limit_burst
     )
     config = ServeConfig(batching, max_body_bytes, drift_window, gate)
-    run_server(build_app(loaded, config), host, port, graceful_timeout_s)
+    grpc = GrpcConfig(grpc_port, host, max_body_bytes, graceful_timeout_s) if grpc_port else None
+    run_server(build_app(loaded, config, grpc=grpc), host, port, graceful_timeout_s)
 
 
 def main() -> None:

@@ -14,17 +14,23 @@ MAX_KEY_LABELS = 64
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 
 
+GRPC_ROUTE_PREFIX = "grpc:"  # gRPC calls count under "grpc:<Method>", e.g. "grpc:ModelInfer"
+
+
 def route_label(path: str) -> str:
-    """The route template of a path (bounded label cardinality: never the raw path)."""
+    """The route template of a path (bounded label cardinality: never the raw path). A versioned
+    v2 path counts with its unversioned form."""
     if path.startswith("/v1/models/") and path.endswith(":predict"):
         return "/v1/models/{name}:predict"
     if path.startswith("/v1/models/") and path.endswith(":explain"):
         return "/v1/models/{name}:explain"
     if path.startswith("/v2/models/") and path.endswith("/infer"):
         return "/v2/models/{name}/infer"
+    if path.startswith("/v2/models/") and path.endswith("/ready"):
+        return "/v2/models/{name}/ready"
     if path.startswith("/v2/models/"):
         return "/v2/models/{name}"
-    if path in ("/healthz", "/readyz", "/metrics", "/v2/health/ready", "/v2/health/live"):
+    if path in ("/v2", "/healthz", "/readyz", "/metrics", "/v2/health/ready", "/v2/health/live"):
         return path
     return "other"
 
@@ -37,7 +43,8 @@ class ServeMetrics:
         r = self.registry
         self.requests = Counter(
             "neuraxis_serve_requests",
-            "HTTP requests by route, status code and caller key id (empty: not authenticated).",
+            "Requests by route, status code and caller key id (empty: not authenticated). gRPC: "
+            "route grpc:<Method>, the HTTP equivalent of its status code.",
             ["route", "code", "key"], registry=r,
         )  # fmt: skip
         self.rate_limited = Counter(

@@ -14,8 +14,14 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
+import neuraxis
 from neuraxis.workloads.artifact import Signature
 from neuraxis.workloads.serve.validation import InvalidInputError
+
+SERVER_NAME = "neuraxis"
+# Open Inference Protocol extensions served in full (binary tensor inputs are read, but the
+# answers are JSON, so `binary_tensor_data` is not claimed).
+EXTENSIONS: list[str] = []
 
 if TYPE_CHECKING:
     from neuraxis.workloads.explain import Baseline, Explanation
@@ -52,9 +58,18 @@ def v1_response(name: str, signature: Signature, outputs: list[Any]) -> dict[str
     return body
 
 
+def v2_server_metadata() -> dict[str, Any]:
+    return {"name": SERVER_NAME, "version": neuraxis.__version__, "extensions": EXTENSIONS}
+
+
 def v2_response(
-    name: str, signature: Signature, outputs: list[Any], request_id: Any = None
+    name: str,
+    signature: Signature,
+    outputs: list[Any],
+    request_id: str | None = None,
+    requested: tuple[str, ...] | None = None,
 ) -> dict[str, Any]:
+    """The infer answer; `requested` names the outputs to include, in that order (None: all)."""
     n = len(outputs)
     tensors: list[dict[str, Any]]
     if signature.task == "classification":
@@ -75,12 +90,15 @@ def v2_response(
         ]
     else:
         tensors = [{"name": "prediction", "datatype": "FP32", "shape": [n], "data": outputs}]
+    if requested is not None:
+        by_name = {t["name"]: t for t in tensors}
+        tensors = [by_name[n] for n in requested]
     body: dict[str, Any] = {
         "model_name": name,
         "model_version": signature.model_version,
         "outputs": tensors,
     }
-    if isinstance(request_id, str):
+    if request_id is not None:
         body["id"] = request_id
     return body
 

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from neuraxis.workloads.artifact import Signature
 
@@ -187,3 +190,112 @@ def parse_v2(body: Any, signature: Signature) -> Rows:
             raise InvalidInputError("inputs", f"feature {name!r} missing")
     assert n_rows is not None
     return [[columns[name][r] for name in names] for r in range(n_rows)]
+
+
+def v2_output_names(signature: Signature) -> list[str]:
+    """The output tensors an infer answers (see responses.v2_response), in answer order."""
+    if signature.task == "classification":
+        return ["probabilities", "label"]
+    return ["prediction"]
+
+
+@dataclass(frozen=True)
+class V2Request:
+    rows: Rows
+    request_id: str | None  # echoed back
+    outputs: tuple[str, ...] | None  # the requested outputs, in order; None: all of them
+
+
+def _requested_outputs(value: Any, signature: Signature) -> tuple[str, ...]:
+    known = v2_output_names(signature)
+    names: list[str] = []
+    for i, spec in enumerate(_nonempty_list(value, "outputs")):
+        name = _object(spec, f"outputs[{i}]").get("name")
+        if not isinstance(name, str):
+            raise InvalidInputError(
+                f"outputs[{i}].name", f"expected a string, got {json_type(name)}"
+            )
+        if name not in known:
+            raise InvalidInputError(
+                f"outputs[{i}].name", f"unknown output {name!r} (expected {known})"
+            )
+        if name in names:
+            raise InvalidInputError(f"outputs[{i}].name", f"output {name!r} asked twice")
+        names.append(name)
+    return tuple(names)
+
+
+def parse_v2_request(body: Any, signature: Signature) -> V2Request:
+    """A whole v2 infer request: the rows (parse_v2), the `id` to echo and the outputs asked
+    for by `outputs: [{"name": ...}]`. Request `parameters` must be an object; none changes the
+    answer (a JSON answer is always given, so `binary_data_output` is read as a preference)."""
+    rows = parse_v2(body, signature)
+    request_id = body.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise InvalidInputError("id", f"expected a string, got {json_type(request_id)}")
+    if "parameters" in body:
+        _object(body["parameters"], "parameters")
+    outputs = _requested_outputs(body["outputs"], signature) if "outputs" in body else None
+    return V2Request(rows, request_id, outputs)
+
+
+def fp32_values(raw: bytes, field: str) -> list[float]:
+    """Little-endian FP32 tensor bytes (the binary tensor extension, gRPC raw contents)."""
+    if len(raw) % 4:
+        raise InvalidInputError(field, f"{len(raw)} bytes is not a whole number of FP32 values")
+    values: list[float] = np.frombuffer(raw, dtype="<f4").astype(float).tolist()
+    return values
+
+
+def split_binary_body(body: bytes, header_length: str) -> tuple[bytes, bytes]:
+    """The binary tensor extension: the first `Inference-Header-Content-Length` bytes are the
+    JSON request, the rest the binary tensors."""
+    field = "Inference-Header-Content-Length"
+    if not header_length.isdigit():
+        raise InvalidInputError(field, f"expected a byte count, got {header_length!r}")
+    n = int(header_length)
+    if n > len(body):
+        raise InvalidInputError(field, f"{n} exceeds the body's {len(body)} bytes")
+    return body[:n], body[n:]
+
+
+def attach_binary_inputs(doc: Any, tail: bytes) -> None:
+    """Give each input with `parameters.binary_data_size` its slice of `tail` (in input order)
+    as `data`; the sizes must add up to the whole tail. Only FP32 inputs can be binary."""
+    if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), list):
+        return  # parse_v2 names what is wrong
+    offset = 0
+    for i, spec in enumerate(doc["inputs"]):
+        params = spec.get("parameters") if isinstance(spec, dict) else None
+        if not isinstance(params, dict) or "binary_data_size" not in params:
+            continue
+        field = f"inputs[{i}].parameters.binary_data_size"
+        size = params["binary_data_size"]
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise InvalidInputError(field, f"expected a byte count, got {size!r}")
+        if offset + size > len(tail):
+            raise InvalidInputError(field, f"{size} bytes past the end of the binary data")
+        if spec.get("datatype") != "FP32":
+            raise InvalidInputError(
+                f"inputs[{i}].datatype", f"expected FP32, got {spec.get('datatype')!r}"
+            )
+        spec["data"] = fp32_values(tail[offset : offset + size], field)
+        offset += size
+    if offset != len(tail):
+        raise InvalidInputError(
+            "body",
+            f"{len(tail) - offset} bytes of binary data that no input's binary_data_size claims",
+        )
+
+
+def refuse_binary_inputs(doc: Any) -> None:
+    """A JSON-only body whose inputs claim binary data (no Inference-Header-Content-Length)."""
+    if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), list):
+        return
+    for i, spec in enumerate(doc["inputs"]):
+        params = spec.get("parameters") if isinstance(spec, dict) else None
+        if isinstance(params, dict) and "binary_data_size" in params:
+            raise InvalidInputError(
+                f"inputs[{i}].parameters.binary_data_size",
+                "binary data needs the Inference-Header-Content-Length header",
+            )
