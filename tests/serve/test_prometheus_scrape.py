@@ -66,7 +66,11 @@ def test_prometheus_scrapes_the_server_and_fires_serving_errors(
         assert server.client.post("/v1/models/faulty:predict", json=bad).status_code == 500
         p.wait_for("the first 500", lambda: p.query('neuraxis_serve_requests_total{code="500"}'))
         for _ in range(10):
-            assert server.client.post("/v1/models/faulty:predict", json=bad).status_code == 500
+            failed = server.client.post("/v1/models/faulty:predict", json=bad)
+            assert failed.status_code == 500 and failed.json()["field"] == "model"
+        v2 = {"inputs": [{"name": "input", "shape": [1, 3], "datatype": "FP32",
+                          "data": [FAULT_MARKER, 0.5, 1.0]}]}  # fmt: skip
+        assert server.client.post("/v2/models/faulty/infer", json=v2).status_code == 500
         for _ in range(10):
             assert server.client.post("/v1/models/faulty:predict", json=good).status_code == 200
         firing = p.wait_for(

@@ -158,6 +158,20 @@ class MetricsMiddleware:
             self.metrics.observe(route, status, time.perf_counter() - start, key_id)
 
 
+async def forward(runtime: ModelRuntime, rows: list[list[float]]) -> list[Any]:
+    """The batched forward. A failure of the model itself (not of the input) is a 500 with a
+    body, on every protocol, counted in the metrics (NeuraxisServingErrors); the traceback goes
+    to the log only."""
+    try:
+        return await runtime.batcher.submit(rows)
+    except (InvalidInputError, ClientDisconnect):
+        raise
+    except Exception as exc:
+        LOG.exception("inference failed")
+        reason = "inference failed on the server; see the server log"
+        raise InvalidInputError("model", reason, status=500) from exc
+
+
 class ServeHandlers:
     def __init__(self, slot: ModelSlot, config: ServeConfig):
         self.slot = slot
@@ -195,7 +209,7 @@ class ServeHandlers:
 
     async def infer(self, runtime: ModelRuntime, request: V2Request) -> dict[str, Any]:
         """One v2 inference on `runtime` (REST and gRPC): batched forward, finite check, drift."""
-        outputs = await runtime.batcher.submit(request.rows)
+        outputs = await forward(runtime, request.rows)
         check_finite_outputs(outputs, "inputs (row {i})")
         self.slot.observe_served(runtime, request.rows)
         model: LoadedModel = runtime.model
@@ -233,19 +247,12 @@ class ServeHandlers:
         try:
             runtime = self.runtime_for(request.path_params["name"])
             rows = await self._rows(request, runtime)
-            outputs = await runtime.batcher.submit(rows)
+            outputs = await forward(runtime, rows)
             check_finite_outputs(outputs, "instances[{i}]")
         except InvalidInputError as exc:
             return error_response(exc)
         except ClientDisconnect:
             return Response(status_code=499)  # nobody is listening; recorded in metrics only
-        except Exception:
-            # The model itself failed (not the input): a 500 with a body, counted in the
-            # metrics (NeuraxisServingErrors), the traceback in the log only.
-            LOG.exception("inference failed")
-            reason = "inference failed on the server; see the server log"
-            return JSONResponse({"error": f"model: {reason}", "field": "model", "reason": reason},
-                                status_code=500)  # fmt: skip
         self.slot.observe_served(runtime, rows)
         model: LoadedModel = runtime.model
         return JSONAnswer(v1_response(model.name, model.signature, outputs))

@@ -21,7 +21,8 @@ Rows = list[list[float]]
 
 
 class InvalidInputError(Exception):
-    """A request the signature refuses; `status` is the HTTP status to answer with."""
+    """A request the server answers with an error: `status` is the HTTP status (4xx for input
+    the signature refuses; 500 when the model itself failed, see `app.forward`)."""
 
     def __init__(self, field: str, reason: str, status: int = 400):
         super().__init__(f"{field}: {reason}")
