@@ -26,12 +26,14 @@ from neuraxis.operator.builders.modelversion import (
     build_serving_children,
     canary_replicas,
     effective_percent,
+    plan_traffic,
 )
 from neuraxis.operator.builders.training import ResolvedDataset, build_training_children
 from neuraxis.operator.children import POD_ANNOTATIONS
 from neuraxis.operator.errors import InvalidSpecError
 from neuraxis.operator.observe import observe_run
 from neuraxis.operator.outcomes import Draft, status_from_draft
+from neuraxis.crds.modelversion import GatewayRef
 from neuraxis.operator.settings import OperatorSettings
 from neuraxis.resources import load_resources, parse_resource
 from tests.conftest import EXAMPLES
@@ -160,13 +162,23 @@ def test_canary_replicas_track_the_traffic_share() -> None:
     assert canary_replicas(0, 10) == 1
 
 
-def test_serving_children_with_canary_and_optional_apis() -> None:
+def _canary_and_stable() -> tuple[ModelVersion, ModelVersion]:
     mv: ModelVersion = _example("ModelVersion")
     stable = mv.model_copy(deep=True)
     stable.metadata.name = "anomaly-detector-v0"
-    assert stable.spec.serving is not None
+    assert stable.spec.serving is not None and mv.spec.serving is not None
+    assert mv.spec.serving.canary is not None and mv.spec.serving.canary.traffic_percent == 10
     stable.spec.serving.canary = None
     stable.spec.serving.replicas = 9
+    return mv, stable
+
+
+GATEWAY_API = ClusterFeatures(gateway_api=True, prometheus_operator=True)
+WITH_GATEWAY = OperatorSettings(gateway=("infra", "edge-gw", ""))
+
+
+def test_serving_children_with_canary_and_optional_apis() -> None:
+    mv, stable = _canary_and_stable()
     assert mv.spec.serving is not None
     plain = _by_kind(
         build_serving_children(
@@ -176,14 +188,96 @@ def test_serving_children_with_canary_and_optional_apis() -> None:
     assert plain["Deployment"]["spec"]["replicas"] == 1  # 10% next to 9 stable replicas
     assert "HTTPRoute" not in plain and "ServiceMonitor" not in plain
     everything = build_serving_children(
-        mv, mv.spec.serving, "s3://l/m", SETTINGS,
-        ClusterFeatures(gateway_api=True, prometheus_operator=True), stable=stable,
-    )  # fmt: skip
+        mv, mv.spec.serving, "s3://l/m", WITH_GATEWAY, GATEWAY_API, stable=stable
+    )
     kinds = [c["kind"] for c in everything]
-    assert kinds.count("Service") == 2  # the version's own and the model-level one
+    assert kinds.count("Service") == 1  # the version's own: the canary is reached by the route
+    assert "ServiceMonitor" in kinds
     route = _by_kind(everything)["HTTPRoute"]
-    weights = [b["weight"] for b in route["spec"]["rules"][0]["backendRefs"]]
-    assert weights == [90, 10]
+    backends = route["spec"]["rules"][0]["backendRefs"]
+    assert [(b["name"], b["weight"]) for b in backends] == [
+        ("anomaly-detector-v0-predictor", 90),
+        ("anomaly-detector-v1-predictor", 10),
+    ]
+
+
+def test_the_route_attaches_to_the_settings_gateway_or_the_specs() -> None:
+    mv, stable = _canary_and_stable()
+    assert mv.spec.serving is not None
+    children = build_serving_children(
+        mv, mv.spec.serving, "s3://l/m", WITH_GATEWAY, GATEWAY_API, stable=stable
+    )
+    route = _by_kind(children)["HTTPRoute"]
+    assert route["spec"]["parentRefs"] == [
+        {"group": "gateway.networking.k8s.io", "kind": "Gateway", "namespace": "infra",
+         "name": "edge-gw"}
+    ]  # fmt: skip
+    deployment = _by_kind(children)["Deployment"]
+    # Exact weights: the canary runs its own replica count and stays out of the model Service.
+    assert deployment["spec"]["replicas"] == mv.spec.serving.replicas
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert labels["neuraxis.dev/routed"] == "false" and labels["neuraxis.dev/track"] == "canary"
+
+    mv.spec.serving.gateway = GatewayRef(name="team-gw", section_name="https")
+    route = _by_kind(
+        build_serving_children(
+            mv, mv.spec.serving, "s3://l/m", WITH_GATEWAY, GATEWAY_API, stable=stable
+        )
+    )["HTTPRoute"]
+    (parent,) = route["spec"]["parentRefs"]
+    assert (parent["namespace"], parent["name"], parent["sectionName"]) == (
+        "ml",
+        "team-gw",
+        "https",
+    )
+    plan = plan_traffic(mv, mv.spec.serving, stable, WITH_GATEWAY, GATEWAY_API)
+    assert (plan.mode, plan.canary_percent, plan.gateway_text()) == (
+        "gateway",
+        10,
+        "ml/team-gw/https",
+    )
+
+
+@pytest.mark.parametrize(
+    ("features", "note"),
+    [
+        (GATEWAY_API, "no Gateway named"),
+        (ClusterFeatures(), "serves no Gateway API HTTPRoute"),
+    ],
+)
+def test_without_a_gateway_the_split_falls_back_to_replicas(
+    features: ClusterFeatures, note: str
+) -> None:
+    mv, stable = _canary_and_stable()
+    assert mv.spec.serving is not None
+    settings = SETTINGS if features.gateway_api else WITH_GATEWAY
+    children = _by_kind(
+        build_serving_children(mv, mv.spec.serving, "s3://l/m", settings, features, stable=stable)
+    )
+    assert "HTTPRoute" not in children  # a route attached to nothing would route nothing
+    plan = plan_traffic(mv, mv.spec.serving, stable, settings, features)
+    assert (plan.mode, plan.canary_percent, plan.canary_replicas) == ("replicas", 10, 1)
+    assert note in plan.note and plan.gateway_text() is None
+
+
+def test_a_rolled_back_canary_gets_no_traffic() -> None:
+    mv, stable = _canary_and_stable()
+    assert mv.spec.serving is not None
+    routed = _by_kind(
+        build_serving_children(
+            mv, mv.spec.serving, "s3://l/m", WITH_GATEWAY, GATEWAY_API, stable=stable,
+            rolled_back=True,
+        )
+    )  # fmt: skip
+    weights = [b["weight"] for b in routed["HTTPRoute"]["spec"]["rules"][0]["backendRefs"]]
+    assert weights == [100, 0]
+    replicas = _by_kind(
+        build_serving_children(
+            mv, mv.spec.serving, "s3://l/m", SETTINGS, ClusterFeatures(), stable=stable,
+            rolled_back=True,
+        )
+    )  # fmt: skip
+    assert replicas["Deployment"]["spec"]["replicas"] == 0
 
 
 def test_edge_canary_nodes_first_then_the_rest() -> None:
