@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from neuraxis.crds import Dataset, EdgeDeployment, ModelVersion, TrainingJob
+from neuraxis.crds.modelversion import GatewayRef
 from neuraxis.operator.builders.accounts import (
     SPARK_DRIVER_ROLE,
     accounts_for,
@@ -33,7 +34,6 @@ from neuraxis.operator.children import POD_ANNOTATIONS
 from neuraxis.operator.errors import InvalidSpecError
 from neuraxis.operator.observe import observe_run
 from neuraxis.operator.outcomes import Draft, status_from_draft
-from neuraxis.crds.modelversion import GatewayRef
 from neuraxis.operator.settings import OperatorSettings
 from neuraxis.resources import load_resources, parse_resource
 from tests.conftest import EXAMPLES
