@@ -6,6 +6,13 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from neuraxis.workloads.result import (
+    INFER_V2_ROUTE,
+    PREDICT_V1_ROUTE,
+    SERVE_LATENCY_METRIC,
+    SERVE_REQUESTS_METRIC,
+)
+
 LATENCY_BUCKETS = (
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0
 )  # fmt: skip
@@ -15,11 +22,11 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 def route_label(path: str) -> str:
     """The route template of a path (bounded label cardinality: never the raw path)."""
     if path.startswith("/v1/models/") and path.endswith(":predict"):
-        return "/v1/models/{name}:predict"
+        return PREDICT_V1_ROUTE
     if path.startswith("/v1/models/") and path.endswith(":explain"):
         return "/v1/models/{name}:explain"
     if path.startswith("/v2/models/") and path.endswith("/infer"):
-        return "/v2/models/{name}/infer"
+        return INFER_V2_ROUTE
     if path.startswith("/v2/models/"):
         return "/v2/models/{name}"
     if path in ("/healthz", "/readyz", "/metrics", "/v2/health/ready", "/v2/health/live"):
@@ -34,11 +41,11 @@ class ServeMetrics:
     def __post_init__(self) -> None:
         r = self.registry
         self.requests = Counter(
-            "neuraxis_serve_requests", "HTTP requests by route and status code.",
+            SERVE_REQUESTS_METRIC, "HTTP requests by route and status code.",
             ["route", "code"], registry=r,
         )  # fmt: skip
         self.latency = Histogram(
-            "neuraxis_serve_request_duration_seconds", "Request latency by route.",
+            SERVE_LATENCY_METRIC, "Request latency by route.",
             ["route"], buckets=LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
         self.in_flight = Gauge(
