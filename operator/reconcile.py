@@ -687,7 +687,7 @@ def reconcile_edge(
         targeted,
         settings,
         canary_ready=canary_ready,
-        bundle_digest=bundle.get("digest"),
+        bundle_digest=str(bundle["digest"]),
     )
     _apply_all(cluster, children)
     sets = [c for c in children if c["kind"] == "DaemonSet"]

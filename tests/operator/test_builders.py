@@ -39,6 +39,7 @@ from neuraxis.resources import load_resources, parse_resource
 from tests.conftest import EXAMPLES
 
 SETTINGS = OperatorSettings()
+PIN = "sha256:" + "ab" * 32  # the bundle digest every agent is pinned to
 UID = "3f2a9c1b-7d4e-4f60-9a1b-2c3d4e5f6a7b"  # short uid: 3f2a9c1b
 
 
@@ -290,16 +291,27 @@ def test_edge_canary_nodes_first_then_the_rest() -> None:
     ]
     targeted = matching_nodes(ed, nodes, SETTINGS)
     assert targeted == ["edge-0", "edge-1", "edge-2"]
-    first = build_edge_daemon_sets(ed, "s3://b", targeted, SETTINGS, canary_ready=False)
+    first = build_edge_daemon_sets(
+        ed, "s3://b", targeted, SETTINGS, canary_ready=False, bundle_digest=PIN
+    )
     assert [d["metadata"]["name"] for d in first] == ["anomaly-detector-plants-canary"]
     fields = first[0]["spec"]["template"]["spec"]["affinity"]["nodeAffinity"][
         "requiredDuringSchedulingIgnoredDuringExecution"
     ]["nodeSelectorTerms"][0]["matchFields"]
     assert fields == [{"key": "metadata.name", "operator": "In", "values": ["edge-0"]}]
-    both = build_edge_daemon_sets(ed, "s3://b", targeted, SETTINGS, canary_ready=True)
+    both = build_edge_daemon_sets(
+        ed, "s3://b", targeted, SETTINGS, canary_ready=True, bundle_digest=PIN
+    )
     assert len(both) == 2
     ed.spec.rollout.pause = True
-    assert len(build_edge_daemon_sets(ed, "s3://b", targeted, SETTINGS, canary_ready=True)) == 1
+    assert (
+        len(
+            build_edge_daemon_sets(
+                ed, "s3://b", targeted, SETTINGS, canary_ready=True, bundle_digest=PIN
+            )
+        )
+        == 1
+    )
 
 
 def _job(condition: str | None, suspend: bool = False) -> dict[str, Any]:
@@ -367,7 +379,7 @@ def _pod_spec(manifest: dict[str, Any]) -> dict[str, Any]:
 def test_edge_agents_mount_a_spec_config_map_that_is_built_with_them() -> None:
     ed: EdgeDeployment = _example("EdgeDeployment")
     children = build_edge_agent_children(
-        ed, "s3://b", ["edge-0", "edge-1"], SETTINGS, canary_ready=True
+        ed, "s3://b", ["edge-0", "edge-1"], SETTINGS, canary_ready=True, bundle_digest=PIN
     )
     assert [c["kind"] for c in children] == ["ConfigMap", "DaemonSet", "DaemonSet"]
     config = children[0]
@@ -378,12 +390,19 @@ def test_edge_agents_mount_a_spec_config_map_that_is_built_with_them() -> None:
         assert volumes["spec"]["configMap"]["name"] == "anomaly-detector-plants-agent"
     ed.spec.rollout.canary_nodes = 0
     ed.spec.rollout.pause = True
-    assert build_edge_agent_children(ed, "s3://b", ["edge-0"], SETTINGS, canary_ready=True) == []
+    assert (
+        build_edge_agent_children(
+            ed, "s3://b", ["edge-0"], SETTINGS, canary_ready=True, bundle_digest=PIN
+        )
+        == []
+    )
 
 
 def test_edge_cache_is_handed_to_the_agent_uid_by_a_minimal_init_container() -> None:
     ed: EdgeDeployment = _example("EdgeDeployment")
-    [daemon_set] = build_edge_daemon_sets(ed, "s3://b", ["edge-0"], SETTINGS, canary_ready=False)
+    [daemon_set] = build_edge_daemon_sets(
+        ed, "s3://b", ["edge-0"], SETTINGS, canary_ready=False, bundle_digest=PIN
+    )
     pod = _pod_spec(daemon_set)
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert volumes["cache"]["hostPath"] == {
@@ -508,7 +527,9 @@ def _every_pod_template(settings: OperatorSettings) -> dict[str, dict[str, Any]]
         *build_evaluation_children(mv, "s3://m", settings),
         *build_serving_children(mv, mv.spec.serving, "s3://m", settings, ClusterFeatures()),
         *build_bundle_children(ed, "anomaly-detector", settings),
-        *build_edge_agent_children(ed, "s3://b", ["e-0"], settings, canary_ready=True),
+        *build_edge_agent_children(
+            ed, "s3://b", ["e-0"], settings, canary_ready=True, bundle_digest=PIN
+        ),
     ]
     return {
         f"{c['kind']}/{c['metadata']['name']}": _pod_spec(c)
@@ -561,7 +582,9 @@ def test_edge_targets_only_nodes_the_agents_can_land_on() -> None:
 
 def test_edge_agent_listens_on_the_pod_ip_and_logs_under_its_node() -> None:
     ed: EdgeDeployment = _example("EdgeDeployment")
-    [daemon_set] = build_edge_daemon_sets(ed, "s3://b", ["edge-0"], SETTINGS, canary_ready=False)
+    [daemon_set] = build_edge_daemon_sets(
+        ed, "s3://b", ["edge-0"], SETTINGS, canary_ready=False, bundle_digest=PIN
+    )
     [agent] = _pod_spec(daemon_set)["containers"]
     command = agent["command"]
 
@@ -572,5 +595,16 @@ def test_edge_agent_listens_on_the_pod_ip_and_logs_under_its_node() -> None:
     assert flag("--host") == "0.0.0.0"
     assert flag("--deployment") == "anomaly-detector-plants"
     assert flag("--sync-interval-s") == str(ed.spec.sync.interval_seconds)
+    assert flag("--digest") == PIN  # the agent serves this bundle only
     env = {e["name"]: e for e in agent["env"]}
     assert env["NODE_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
+
+
+def test_a_bundle_without_a_digest_is_no_bundle() -> None:
+    from neuraxis.operator.outcomes import bundle_outcome
+
+    ok = {"outcome": "Succeeded", "bundle": {"uri": "s3://l/edge/b", "digest": PIN}}
+    assert bundle_outcome(ok) == ok["bundle"]
+    refused = bundle_outcome({"outcome": "Succeeded", "bundle": {"uri": "s3://l/edge/b"}})
+    assert isinstance(refused, Draft) and refused.reason == "BundleFailed"
+    assert "no bundle digest" in refused.message
