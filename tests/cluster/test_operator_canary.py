@@ -1,0 +1,149 @@
+"""Canary rollback end to end against the real API server: the operator (a subprocess) serves a
+stable version and a canary on KWOK nodes, reads their /metrics (real inference servers on
+loopback: KWOK pods have none, so `neuraxis.dev/kwok-metrics-url` points each version's pods
+at one), rolls the failing canary back (no canary pods in replica mode, condition
+CanaryRolledBack with the figures) and keeps it so until the spec changes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from neuraxis.lake import Lake
+from neuraxis.operator.canary import KWOK_METRICS_URL
+from neuraxis.operator.children import POD_ANNOTATIONS
+from tests.cluster.conftest import Cluster
+from tests.cluster.operator_fixtures import (
+    TERMINATION_ANNOTATION,
+    condition,
+    get,
+    running_operator,
+    wait_for,
+)
+from tests.cluster.test_operator_requests import EVAL_OK, model_version
+from tests.serve.conftest import REPO, ServerProcess, TinyClassifier, free_port, write_model
+from tests.serve.test_canary_analysis import BROKEN, GOOD, DefectiveClassifier
+
+SERVE = "neuraxis.workloads.serve"
+
+
+@pytest.fixture
+def servers(tmp_path: Path) -> Iterator[tuple[ServerProcess, ServerProcess]]:
+    """A stable (v1) and a defective canary (v2) inference server on loopback."""
+    lake = Lake(str(tmp_path / "lake"))
+    write_model(lake, "models/v1", TinyClassifier(seed=1), "v1")
+    write_model(lake, "models/v2", DefectiveClassifier(seed=2), "v2")
+    started = []
+    for version in ("v1", "v2"):
+        port, log = free_port(), tmp_path / f"{version}.log"
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", SERVE, "--model", f"file://{tmp_path}/lake/models/{version}",
+                 "--name", "tiny", "--port", str(port)],
+                cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
+                env={**os.environ, "OMP_NUM_THREADS": "1"},
+            )  # fmt: skip
+        started.append(ServerProcess(proc, port, log))
+    for server in started:
+        server.wait_ready()
+    yield started[0], started[1]
+    for server in started:
+        server.stop(signal.SIGKILL)
+
+
+def predict(server: ServerProcess, rows: list[list[float]]) -> int:
+    body = {"instances": rows}
+    with httpx.Client(base_url=server.url, timeout=30) as client:  # the server closes on a 5xx
+        return client.post("/v1/models/tiny:predict", json=body).status_code
+
+
+def metrics_from(doc: dict[str, Any], server: ServerProcess) -> dict[str, Any]:
+    """The version's (fake) pods read their metrics from `server`."""
+    doc["metadata"]["annotations"][POD_ANNOTATIONS] = json.dumps(
+        {TERMINATION_ANNOTATION: json.dumps(EVAL_OK), KWOK_METRICS_URL: f"{server.url}/metrics"}
+    )
+    return doc
+
+
+def test_a_failing_canary_is_rolled_back_until_the_spec_changes(
+    cluster: Cluster,
+    namespace: str,
+    tmp_path: Path,
+    servers: tuple[ServerProcess, ServerProcess],
+) -> None:
+    ns = namespace
+    stable_server, canary_server = servers
+    stable = metrics_from(model_version("stable-v1"), stable_server)
+    stable["spec"]["stage"] = "production"
+    analysis = {"maxErrorRatioIncrease": 0.05, "minRequests": 40, "intervalSeconds": 5}
+    canary_spec = {"trafficPercent": 10, "stableRef": {"name": "stable-v1"}, "analysis": analysis}
+    canary = metrics_from(model_version("canary-v2", canary=canary_spec), canary_server)
+
+    def canary_condition() -> dict[str, Any] | None:
+        return condition(get(cluster, "modelversions", "canary-v2", ns), "Canary")
+
+    def canary_replicas() -> int:
+        deployment = get(cluster, "deployments", "canary-v2-predictor", ns) or {}
+        return int(deployment.get("spec", {}).get("replicas", -1))
+
+    with running_operator(cluster, ns, tmp_path, fake_nodes=True) as op:
+        cluster.apply(stable, ns)
+        cluster.apply(canary, ns)
+        pending = wait_for(
+            lambda: (c := canary_condition()) and c["reason"] == "CanaryAnalysisPending" and c,
+            "the analysis to wait for requests",
+            timeout=120,
+            op=op,
+        )
+        assert "waiting for 40 requests" in pending["message"]
+        assert canary_replicas() == 1  # 10% next to 2 stable pods, by replicas
+        split = get(cluster, "modelversions", "canary-v2", ns)["status"]["trafficSplit"]  # type: ignore[index]
+        assert split["mode"] == "replicas" and "no Gateway API" in split["message"]
+
+        for i in range(45):
+            assert predict(stable_server, GOOD) == 200
+            assert predict(canary_server, BROKEN if i % 3 == 0 else GOOD) in (200, 500)
+        rolled = wait_for(
+            lambda: (c := canary_condition()) and c["reason"] == "CanaryRolledBack" and c,
+            "the canary to be rolled back",
+            timeout=60,
+            op=op,
+        )
+        assert rolled["status"] == "False" and "error ratio +0.3333 > 0.05" in rolled["message"]
+        wait_for(lambda: canary_replicas() == 0, "no canary pods", op=op)
+        body = get(cluster, "modelversions", "canary-v2", ns) or {}
+        assert body["status"]["phase"] == "Approved"
+        split = body["status"]["trafficSplit"]
+        assert (split["canaryPercent"], split["rolledBack"]) == (0, True)
+        assert (split["canary"]["requests"], split["canary"]["errorRatio"]) == (45, 0.333333)
+        assert (split["stable"]["requests"], split["stable"]["errorRatio"]) == (90, 0.0)  # 2 pods
+
+        # The canary's figures recover, yet the same generation stays rolled back.
+        for _ in range(600):
+            assert predict(canary_server, GOOD) == 200
+        time.sleep(12)  # two intervals, four resyncs
+        assert (canary_condition() or {}).get("reason") == "CanaryRolledBack"
+        assert canary_replicas() == 0
+
+        # A new generation is judged again (15 errors in 645 requests: within 0.05).
+        cluster.kubectl(
+            "patch", "modelversion", "canary-v2", "--namespace", ns, "--type", "merge",
+            "--patch", json.dumps({"spec": {"serving": {"canary": {"trafficPercent": 20}}}}),
+        )  # fmt: skip
+        wait_for(
+            lambda: (canary_condition() or {}).get("reason") == "CanaryHealthy",
+            "the new generation to be judged healthy",
+            timeout=60,
+            op=op,
+        )
+        wait_for(lambda: canary_replicas() == 1, "the canary's pods back", op=op)
