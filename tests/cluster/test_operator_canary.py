@@ -119,14 +119,15 @@ def test_a_failing_canary_is_rolled_back_until_the_spec_changes(
             timeout=60,
             op=op,
         )
-        assert rolled["status"] == "False" and "error ratio +0.3333 > 0.05" in rolled["message"]
+        # Judged as soon as minRequests were in, possibly while the traffic still ran.
+        assert rolled["status"] == "False" and "> 0.05 (canary: 4" in rolled["message"]
         wait_for(lambda: canary_replicas() == 0, "no canary pods", op=op)
         body = get(cluster, "modelversions", "canary-v2", ns) or {}
         assert body["status"]["phase"] == "Approved"
         split = body["status"]["trafficSplit"]
         assert (split["canaryPercent"], split["rolledBack"]) == (0, True)
-        assert (split["canary"]["requests"], split["canary"]["errorRatio"]) == (45, 0.333333)
-        assert (split["stable"]["requests"], split["stable"]["errorRatio"]) == (90, 0.0)  # 2 pods
+        assert 40 <= split["canary"]["requests"] <= 45 and split["canary"]["errorRatio"] > 0.3
+        assert split["stable"]["requests"] >= 80 and split["stable"]["errorRatio"] == 0.0
 
         # The canary's figures recover, yet the same generation stays rolled back.
         for _ in range(600):
