@@ -552,6 +552,10 @@ def _approved_draft(
             "mode": plan.mode,
             "gateway": plan.gateway_text(),
             "canaryPercent": plan.canary_percent,
+            # The schema's defaults, written out: the stored status has them, and a status
+            # without them would differ from it on every pass (a patch per resync).
+            "rolledBack": False,
+            "message": "",
             **canary_state.split,
         }
         if plan.note:
