@@ -148,3 +148,102 @@ def test_a_failing_canary_is_rolled_back_until_the_spec_changes(
             op=op,
         )
         wait_for(lambda: canary_replicas() == 1, "the canary's pods back", op=op)
+
+
+# The Gateway API's HTTPRoute kind, registered for one test: the API server then serves
+# `gateway.networking.k8s.io/v1` HTTPRoute as in a cluster with a Gateway implementation (no
+# controller here: the test checks what the operator asks for, not how a Gateway routes).
+HTTPROUTE_CRD = {
+    "apiVersion": "apiextensions.k8s.io/v1",
+    "kind": "CustomResourceDefinition",
+    "metadata": {
+        "name": "httproutes.gateway.networking.k8s.io",
+        # A *.k8s.io group needs it; the Gateway API's own CRDs carry their approval this way.
+        "annotations": {"api-approved.kubernetes.io": "https://github.com/kubernetes-sigs/gateway-api/pull/2466"},
+    },
+    "spec": {
+        "group": "gateway.networking.k8s.io",
+        "names": {"kind": "HTTPRoute", "listKind": "HTTPRouteList", "plural": "httproutes",
+                  "singular": "httproute"},
+        "scope": "Namespaced",
+        "versions": [{
+            "name": "v1", "served": True, "storage": True,
+            "schema": {"openAPIV3Schema": {"type": "object", "properties": {
+                "spec": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+                "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+            }}},
+        }],
+    },
+}  # fmt: skip
+
+
+@pytest.fixture
+def gateway_api(cluster: Cluster) -> Iterator[None]:
+    cluster.kubectl("apply", "-f", "-", input_text=json.dumps(HTTPROUTE_CRD))
+    try:
+        cluster.kubectl(
+            "wait", "--for=condition=Established", "--timeout=60s",
+            "crd/httproutes.gateway.networking.k8s.io",
+        )  # fmt: skip
+        yield
+    finally:
+        cluster.kubectl("delete", "crd", "httproutes.gateway.networking.k8s.io", "--wait=true")
+
+
+def test_the_route_attaches_to_the_gateway_and_a_rollback_sets_its_weight_to_zero(
+    cluster: Cluster,
+    namespace: str,
+    tmp_path: Path,
+    servers: tuple[ServerProcess, ServerProcess],
+    gateway_api: None,
+) -> None:
+    ns = namespace
+    stable_server, canary_server = servers
+    stable = metrics_from(model_version("stable-v1"), stable_server)
+    stable["spec"]["stage"] = "production"
+    analysis = {"maxErrorRatioIncrease": 0.05, "minRequests": 30, "intervalSeconds": 5}
+    canary_spec = {"trafficPercent": 10, "stableRef": {"name": "stable-v1"}, "analysis": analysis}
+    canary = metrics_from(model_version("canary-v2", canary=canary_spec), canary_server)
+
+    def weights() -> list[tuple[str, int]] | None:
+        route = get(cluster, "httproutes", "anomaly-detector-canary", ns)
+        if route is None:
+            return None
+        backends = route["spec"]["rules"][0]["backendRefs"]
+        return [(b["name"], b["weight"]) for b in backends]
+
+    env = {"NEURAXIS_GATEWAY": "infra/main-gw/http"}
+    with running_operator(cluster, ns, tmp_path, env, fake_nodes=True) as op:
+        cluster.apply(stable, ns)
+        cluster.apply(canary, ns)
+        wait_for(weights, "the canary HTTPRoute", timeout=120, op=op)
+        assert weights() == [("stable-v1-predictor", 90), ("canary-v2-predictor", 10)]
+        route = get(cluster, "httproutes", "anomaly-detector-canary", ns) or {}
+        assert route["spec"]["parentRefs"] == [
+            {"group": "gateway.networking.k8s.io", "kind": "Gateway", "namespace": "infra",
+             "name": "main-gw", "sectionName": "http"}
+        ]  # fmt: skip
+
+        def split() -> dict[str, Any]:
+            body = get(cluster, "modelversions", "canary-v2", ns) or {}
+            return dict((body.get("status") or {}).get("trafficSplit") or {})
+
+        wait_for(lambda: split().get("mode") == "gateway", "status: gateway mode", op=op)
+        assert (split()["gateway"], split()["canaryPercent"]) == ("infra/main-gw/http", 10)
+        deployment = get(cluster, "deployments", "canary-v2-predictor", ns) or {}
+        assert deployment["spec"]["replicas"] == 2  # exact weights: its own replica count
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        assert labels["neuraxis.dev/routed"] == "false"  # reached through the Gateway only
+
+        for i in range(35):
+            assert predict(stable_server, GOOD) == 200
+            assert predict(canary_server, BROKEN if i % 2 == 0 else GOOD) in (200, 500)
+        wait_for(
+            lambda: weights() == [("stable-v1-predictor", 100), ("canary-v2-predictor", 0)],
+            "the canary's weight to drop to 0",
+            timeout=60,
+            op=op,
+        )
+        rolled = condition(get(cluster, "modelversions", "canary-v2", ns), "Canary") or {}
+        assert rolled.get("reason") == "CanaryRolledBack", rolled
+        assert (split()["canaryPercent"], split()["rolledBack"]) == (0, True)
