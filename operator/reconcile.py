@@ -42,7 +42,7 @@ from neuraxis.operator.builders.modelversion import (
 )
 from neuraxis.operator.builders.training import build_training_children
 from neuraxis.operator.caches import TTLCache
-from neuraxis.operator.canary import CanaryState, analyze_canary, pod_metrics_url
+from neuraxis.operator.canary import ROLLED_BACK, CanaryState, analyze_canary, pod_metrics_url
 from neuraxis.operator.children import owner_label, run_name
 from neuraxis.operator.cluster import Cluster, Obj
 from neuraxis.operator.errors import InputNotReadyError, InvalidSpecError
@@ -582,7 +582,7 @@ def _approved_draft(
         message = str(fields["trafficSplit"].get("message") or "")
         return Draft(
             "Approved",
-            "CanaryRolledBack",
+            ROLLED_BACK,
             f"canary weight 0 until the spec changes: {message}",
             ready=True,
             fields=fields,
@@ -821,7 +821,8 @@ def reconcile(body: Obj, cluster: Cluster, settings: OperatorSettings) -> Obj:
                 resource_version=meta.get("resourceVersion"),
             )
             if new.get("phase") != old.get("phase"):
-                type_ = "Warning" if new["phase"] in ("Failed", "Rejected") else "Normal"
+                bad = new["phase"] in ("Failed", "Rejected") or draft.reason == ROLLED_BACK
+                type_ = "Warning" if bad else "Normal"
                 cluster.event(
                     body,
                     type_,

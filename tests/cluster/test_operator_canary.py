@@ -122,6 +122,17 @@ def test_a_failing_canary_is_rolled_back_until_the_spec_changes(
         # Judged as soon as minRequests were in, possibly while the traffic still ran.
         assert rolled["status"] == "False" and "> 0.05 (canary: 4" in rolled["message"]
         wait_for(lambda: canary_replicas() == 0, "no canary pods", op=op)
+
+        def warned() -> bool:
+            events = cluster.kubectl_json(
+                "get", "events", "--namespace", ns, "--field-selector", "reason=CanaryRolledBack"
+            )["items"]
+            return any(
+                e["type"] == "Warning" and e["involvedObject"]["name"] == "canary-v2"
+                for e in events
+            )
+
+        wait_for(warned, "a Warning event CanaryRolledBack", op=op)
         body = get(cluster, "modelversions", "canary-v2", ns) or {}
         assert body["status"]["phase"] == "Approved"
         split = body["status"]["trafficSplit"]
