@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.engine
 
 EDGE = "neuraxis.workloads.edge"
+REFUSALS = "neuraxis_edge_bundle_refusals_total"
 FOLDER = "edge/default/tiny/v1/bundle-run-1"
 OTHER = "sha256:" + "0" * 64
 
@@ -115,7 +116,8 @@ def test_a_forged_bundle_with_a_rehashed_manifest_is_refused_while_serving(
     assert fetch_bundle(f"file://{lake_dir}/{FOLDER}", None).digest == forged.digest  # type: ignore[union-attr]
 
     def refused() -> bool:
-        return (metric_value(agent.metrics(), "neuraxis_edge_bundle_refusals_total") or 0) >= 1
+        text = agent.metrics()
+        return (metric_value(text, REFUSALS, reason=ARTIFACT_CHANGED) or 0) >= 1
 
     deadline = time.monotonic() + 60
     while not refused():
@@ -138,3 +140,18 @@ def test_a_forged_bundle_with_a_rehashed_manifest_is_refused_while_serving(
     fresh = start_server(EDGE, *args, "--cache-dir", str(tmp_path / "fresh"), ready=False)
     assert fresh.proc.wait(120) == 2
     assert f"{ARTIFACT_CHANGED}: " in fresh.output() and "no cached bundle" in fresh.output()
+
+
+def test_refusals_are_counted_by_reason(tmp_path: Path) -> None:
+    lake_dir = tmp_path / "lake"
+    lake = Lake(str(lake_dir))
+    ref = write_model(lake, FOLDER, TinyClassifier(seed=1), "v1", quantize=True)
+    EdgeAgent(_config(lake_dir, tmp_path / "node", ref.digest), ServeMetrics()).initial_model()
+    # The pinned manifest stays, a file under it changes: Tampered, served from the cache.
+    lake.write_bytes(f"{FOLDER}/signature.json", b"{}")
+    metrics = ServeMetrics()
+    started = EdgeAgent(_config(lake_dir, tmp_path / "node", ref.digest), metrics)
+    assert started.initial_model().digest == ref.digest
+    text = metrics.exposition().decode()
+    assert metric_value(text, REFUSALS, reason="Tampered") == 1.0
+    assert metric_value(text, REFUSALS, reason=ARTIFACT_CHANGED) is None

@@ -110,6 +110,13 @@ def fetch_bundle(
     return FetchedBundle(digest=digest, files=files, manifest=manifest)
 
 
+def refusal_reason(exc: BundleRefusedError) -> str:
+    """The `reason` label of a refusal (bounded: three values)."""
+    if ARTIFACT_CHANGED in str(exc):
+        return ARTIFACT_CHANGED
+    return "LoadFailed" if isinstance(exc.__cause__, ModelLoadError) else "Tampered"
+
+
 def input_summary(row: list[float]) -> dict[str, float]:
     return {"n": len(row), "min": min(row), "max": max(row), "mean": sum(row) / len(row)}
 
@@ -156,7 +163,11 @@ class EdgeMetrics:
             "neuraxis_edge_lake_reachable", "1 when the last lake access worked.", registry=r
         )
         self.refusals = Counter(
-            "neuraxis_edge_bundle_refusals", "Bundles refused (verification or load).", registry=r
+            "neuraxis_edge_bundle_refusals",
+            "Bundles refused, by reason: ArtifactChanged (not the pinned digest), Tampered (a "
+            "file differs from the manifest), LoadFailed (does not load).",
+            ["reason"],
+            registry=r,
         )
         self.logs_pending = Gauge(
             "neuraxis_edge_logs_pending", "Inference-log records not yet uploaded.", registry=r
@@ -226,7 +237,7 @@ class EdgeAgent:
             model = self._from_cache(f"lake unreachable: {exc}")
         except BundleRefusedError as exc:
             self.metrics.lake_reachable.set(1)
-            self.metrics.refusals.inc()
+            self.metrics.refusals.labels(refusal_reason(exc)).inc()
             log.error("refused bundle: %s", exc)
             model = self._from_cache(f"bundle refused: {exc}")
         else:
@@ -251,7 +262,7 @@ class EdgeAgent:
             return
         except BundleRefusedError as exc:
             self.metrics.lake_reachable.set(1)
-            self.metrics.refusals.inc()
+            self.metrics.refusals.labels(refusal_reason(exc)).inc()
             log.error("refused bundle, still serving the pinned %s: %s", self.digest, exc)
             return
         assert fetched is None  # the pinned digest or a refusal: fetch_bundle returns no other
