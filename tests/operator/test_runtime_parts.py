@@ -161,9 +161,13 @@ def test_a_pod_keeps_only_its_run_labels_phase_and_termination_messages() -> Non
     assert next(iter(again["metadata"]["labels"])) is next(iter(kept["metadata"]["labels"]))
     # A predictor pod: its IP and the test clusters' metrics URL are what the canary analysis
     # reads (nothing else of the annotations).
-    pod["status"]["podIP"] = "10.0.0.7"
-    pod["metadata"]["annotations"]["neuraxis.dev/kwok-metrics-url"] = "http://127.0.0.1:9/metrics"
-    predictor = keep_pod(pod)
+    url = {"neuraxis.dev/kwok-metrics-url": "http://127.0.0.1:9/metrics"}
+    predictor = keep_pod(
+        {
+            "metadata": {"name": "p", "annotations": {"neuraxis.dev/resource": "big", **url}},
+            "status": {"phase": "Running", "podIP": "10.0.0.7"},
+        }
+    )
     assert predictor["status"]["podIP"] == "10.0.0.7"
     assert predictor["metadata"]["annotations"] == {
         "neuraxis.dev/kwok-metrics-url": "http://127.0.0.1:9/metrics"
