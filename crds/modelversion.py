@@ -131,6 +131,51 @@ class Evaluation(ApiModel):
     )
 
 
+CANARY_ANALYSIS_NEEDS_THRESHOLD = (
+    "analysis needs maxErrorRatioIncrease or maxP99LatencyIncreaseMs (nothing to compare)"
+)
+
+
+class CanaryAnalysis(ApiModel):
+    """Automatic rollback: the operator reads the predictor pods' /metrics, compares the canary
+    with the stable version and sets the canary's weight to 0 (condition CanaryRolledBack) when
+    the canary is worse by more than a threshold; it stays rolled back until the spec changes."""
+
+    max_error_ratio_increase: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="Roll back when the canary's 5xx ratio exceeds the stable's by more than "
+        "this (0.05: five percentage points).",
+    )
+    max_p99_latency_increase_ms: float | None = Field(
+        default=None,
+        ge=0,
+        le=600000,
+        description="Roll back when the canary's p99 prediction latency exceeds the stable's "
+        "by more than this many milliseconds.",
+    )
+    min_requests: int = Field(
+        default=50,
+        ge=1,
+        le=1000000,
+        description="Prediction requests each side must have served before it is judged.",
+    )
+    interval_seconds: int = Field(
+        default=30, ge=5, le=3600, description="How often the metrics are read."
+    )
+
+    rules = (
+        Rule(
+            cel="has(self.maxErrorRatioIncrease) || has(self.maxP99LatencyIncreaseMs)",
+            message=CANARY_ANALYSIS_NEEDS_THRESHOLD,
+            check=lambda a: (
+                a.max_error_ratio_increase is not None or a.max_p99_latency_increase_ms is not None
+            ),
+        ),
+    )
+
+
 class Canary(ApiModel):
     """Send part of the traffic to this version while the stable version serves the rest."""
 
@@ -138,6 +183,27 @@ class Canary(ApiModel):
     stable_ref: ObjectRef | None = Field(
         default=None,
         description="The ModelVersion serving the rest; default: the production version.",
+    )
+    analysis: CanaryAnalysis | None = Field(
+        default=None, description="Compare with the stable version and roll back automatically."
+    )
+
+
+class GatewayRef(ApiModel):
+    """The Gateway (Gateway API) a canary's HTTPRoute attaches to."""
+
+    name: str = Field(max_length=253, pattern=NAME_PATTERN, description="Gateway name.")
+    namespace: str | None = Field(
+        default=None,
+        max_length=63,
+        pattern=NAME_PATTERN,
+        description="Gateway namespace; default: the ModelVersion's.",
+    )
+    section_name: str | None = Field(
+        default=None,
+        max_length=253,
+        pattern=NAME_PATTERN,
+        description="The Gateway listener to attach to; default: every listener that allows it.",
     )
 
 
@@ -167,6 +233,11 @@ class Serving(ApiModel):
     max_batch_size: int = Field(default=32, ge=1, le=4096, description="Dynamic batching limit.")
     max_batch_wait_ms: int = Field(default=2, ge=0, le=1000, description="Dynamic batching wait.")
     canary: Canary | None = Field(default=None, description="Canary traffic split.")
+    gateway: GatewayRef | None = Field(
+        default=None,
+        description="The Gateway of the canary's HTTPRoute; default: the operator's "
+        "NEURAXIS_GATEWAY. Without either, traffic is split by replicas.",
+    )
     autoscaling: Autoscaling | None = Field(default=None, description="HPA settings.")
     auth: ServingAuth | None = Field(
         default=None, description="Authentication and rate limits (required; mode none is open)."
@@ -243,6 +314,39 @@ class BacktestRecord(ApiModel):
     message: str = Field(default="", max_length=4096, description="The gates' verdict or error.")
 
 
+class CanaryMeasurement(ApiModel):
+    """One side of a canary analysis, from its predictor pods' /metrics."""
+
+    requests: int = Field(ge=0, description="Prediction requests served.")
+    error_ratio: float = Field(ge=0, le=1, description="Share of them answered with a 5xx.")
+    p99_latency_ms: float | None = Field(
+        default=None, ge=0, description="p99 latency (histogram buckets), None when no request."
+    )
+
+
+class TrafficSplit(ApiModel):
+    """How a canary's traffic is split now, and what the automatic analysis measured."""
+
+    mode: Literal["gateway", "replicas"] = Field(
+        description="gateway: HTTPRoute weights (exact); replicas: pods of each version behind "
+        "one Service (approximate)."
+    )
+    gateway: str | None = Field(
+        default=None, max_length=600, description="namespace/name[/section] of the Gateway."
+    )
+    canary_percent: int = Field(ge=0, le=100, description="The canary's share in force.")
+    rolled_back: bool = Field(default=False, description="The analysis set the canary to 0.")
+    rolled_back_generation: int | None = Field(
+        default=None, ge=0, description="The generation rolled back (a new one tries again)."
+    )
+    analyzed_at: str | None = Field(
+        default=None, json_schema_extra={"format": "date-time"}, description="Last analysis."
+    )
+    stable: CanaryMeasurement | None = None
+    canary: CanaryMeasurement | None = None
+    message: str = Field(default="", max_length=4096, description="The analysis's verdict.")
+
+
 class ModelVersionStatus(StatusBase):
     """Observed state of a ModelVersion."""
 
@@ -265,6 +369,9 @@ class ModelVersionStatus(StatusBase):
         default_factory=list,
         max_length=HISTORY_KEPT,
         description="Backtests (spec.evaluation.schedule), newest first.",
+    )
+    traffic_split: TrafficSplit | None = Field(
+        default=None, description="A canary's traffic split in force (spec.serving.canary)."
     )
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from neuraxis import API_GROUP
+from neuraxis.operator.canary import KWOK_METRICS_URL
 from neuraxis.operator.kube import ApiError, Kube
 
 log = logging.getLogger("neuraxis.operator")
@@ -120,8 +121,13 @@ def keep_job(obj: Obj) -> Obj:
     )
 
 
+# Pod annotations the reconcilers read: where the canary analysis reads a fake pod's /metrics.
+POD_ANNOTATIONS_KEPT = (KWOK_METRICS_URL,)
+
+
 def keep_pod(obj: Obj) -> Obj:
-    """Labels, phase and the containers' termination messages (where results arrive)."""
+    """Labels, phase and the containers' termination messages (where results arrive); the pod
+    IP (where the canary analysis reads a predictor's /metrics)."""
     meta = obj.get("metadata") or {}
     status = obj.get("status") or {}
     containers = []
@@ -134,10 +140,14 @@ def keep_pod(obj: Obj) -> Obj:
         containers.append(kept)
     kept_meta = {k: meta[k] for k in POD_METADATA if k in meta}
     kept_meta["labels"] = _run_labels(meta.get("labels"))
-    out: Obj = {
-        "metadata": kept_meta,
-        "status": {"phase": status.get("phase"), "containerStatuses": containers},
-    }
+    annotations = meta.get("annotations") or {}
+    kept_annotations = {k: annotations[k] for k in POD_ANNOTATIONS_KEPT if k in annotations}
+    if kept_annotations:
+        kept_meta["annotations"] = kept_annotations
+    kept_status: Obj = {"phase": status.get("phase"), "containerStatuses": containers}
+    if status.get("podIP"):
+        kept_status["podIP"] = status["podIP"]
+    out: Obj = {"metadata": kept_meta, "status": kept_status}
     if EDGE_GROUP_LABEL in (meta.get("labels") or {}):
         # An edge agent: its node, readiness and template generation (per-site counts).
         kept_meta["labels"][TEMPLATE_GENERATION_LABEL] = meta["labels"].get(

@@ -193,10 +193,13 @@ def auth_refusal(pods: list[Obj]) -> str | None:
 
 
 def bundle_outcome(result: Obj) -> Obj | Draft:
-    """The bundle {uri, digest}, or the Failed Draft."""
+    """The bundle {uri, digest}, or the Failed Draft. The digest is what every edge agent is
+    pinned to, so a bundle without one is no bundle."""
     bundle = result.get("bundle") or {}
     if result.get("outcome") != "Succeeded" or not bundle.get("uri"):
         return failed(result, "BundleFailed", "the bundle run reported no bundle")
+    if not bundle.get("digest"):
+        return failed(result, "BundleFailed", "the bundle run reported no bundle digest")
     return dict(bundle)
 
 

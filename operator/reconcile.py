@@ -38,12 +38,12 @@ from neuraxis.operator.builders.modelversion import (
     build_backtest_children,
     build_evaluation_children,
     build_serving_children,
-    canary_replicas,
-    effective_percent,
+    plan_traffic,
     predictor_name,
 )
 from neuraxis.operator.builders.training import build_training_children
 from neuraxis.operator.caches import TTLCache
+from neuraxis.operator.canary import ROLLED_BACK, CanaryState, analyze_canary, pod_metrics_url
 from neuraxis.operator.children import owner_label, run_name
 from neuraxis.operator.cluster import Cluster, Obj
 from neuraxis.operator.edge_sites import site_counts
@@ -446,7 +446,7 @@ def reconcile_model_version(
     fields["evaluationHistory"] = history or None
     fields = {k: v for k, v in fields.items() if v is not None}
     degraded = degraded_condition(history)
-    draft = _approved_draft(mv, fields, cluster, settings, (artifact_uri, digest))
+    draft = _approved_draft(mv, fields, cluster, settings, (artifact_uri, digest), status)
     if degraded is not None:
         draft.conditions.append(degraded)
     return draft
@@ -502,31 +502,95 @@ def _finish_time(job: Obj) -> str:
     return str(status.get("completionTime") or failed_at or now_rfc3339())
 
 
+def _canary_state(
+    mv: ModelVersion,
+    stable: ModelVersion,
+    status: Obj,
+    cluster: Cluster,
+    settings: OperatorSettings,
+) -> CanaryState:
+    """The canary analysis over the predictor pods' /metrics (stable side, canary side)."""
+    assert mv.spec.serving is not None and mv.spec.serving.canary is not None
+    kwok = settings.allow_kwok_annotations
+
+    def urls(version: ModelVersion) -> list[str]:
+        found = (
+            pod_metrics_url(p, settings.serving_port, kwok)
+            for p in predictor_pods(cluster, version)
+        )
+        return sorted(u for u in found if u is not None)
+
+    analysis = mv.spec.serving.canary.analysis
+    pods = (urls(stable), urls(mv)) if analysis is not None else ([], [])
+    old_split = status.get("trafficSplit") or {}
+    now = datetime.now(UTC)
+    return analyze_canary(analysis, mv.metadata.generation, old_split, pods, now)
+
+
 def _approved_draft(
     mv: ModelVersion,
     fields: Obj,
     cluster: Cluster,
     settings: OperatorSettings,
     artifact: tuple[str, str | None],
+    status: Obj,
 ) -> Draft:
     """Approved, or Serving once the predictor answers (when serving is asked for); Failed
-    (ArtifactChanged) when the predictor refuses the artifact: it is not the pinned one."""
+    (ArtifactChanged) when the predictor refuses the artifact: it is not the pinned one. A
+    canary next to a stable version: its traffic split in status.trafficSplit, and a rollback
+    (weight 0) when its analysis finds it worse than the stable version."""
     serving = mv.spec.serving
     if serving is None or not serving.enabled:
         return Draft("Approved", "GatesPassed", "every gate passed", ready=True, fields=fields)
     stable = find_stable(mv, cluster)
+    features = cluster_features(cluster)
+    canary_state = None
+    conditions: list[Condition] = []
+    if serving.canary is not None and stable is not None:
+        canary_state = _canary_state(mv, stable, status, cluster, settings)
+        plan = plan_traffic(
+            mv, serving, stable, settings, features, rolled_back=canary_state.rolled_back
+        )
+        split: Obj = {
+            "mode": plan.mode,
+            "gateway": plan.gateway_text(),
+            "canaryPercent": plan.canary_percent,
+            # The schema's defaults, written out: the stored status has them, and a status
+            # without them would differ from it on every pass (a patch per resync).
+            "rolledBack": False,
+            "message": "",
+            **canary_state.split,
+        }
+        if plan.note:
+            split["message"] = f"split by replicas: {plan.note}" + (
+                f"; {split['message']}" if split.get("message") else ""
+            )
+        fields["trafficSplit"] = {k: v for k, v in split.items() if v is not None}
+        if canary_state.condition is not None:
+            conditions.append(canary_state.condition)
     children = build_serving_children(
         mv,
         serving,
         artifact[0],
         settings,
-        cluster_features(cluster),
+        features,
         stable=stable,
         artifact_digest=artifact[1],
+        rolled_back=canary_state is not None and canary_state.rolled_back,
     )
     _apply_all(cluster, children)
     deployment = cluster.get("apps/v1", "Deployment", ns_of(mv), predictor_name(mv)) or {}
     available = int((deployment.get("status") or {}).get("availableReplicas") or 0)
+    if canary_state is not None and canary_state.rolled_back:
+        message = str(fields["trafficSplit"].get("message") or "")
+        return Draft(
+            "Approved",
+            ROLLED_BACK,
+            f"canary weight 0 until the spec changes: {message}",
+            ready=True,
+            fields=fields,
+            conditions=conditions,
+        )
     if available == 0:
         refusal = serving_refusal(predictor_pods(cluster, mv))
         if refusal is not None:
@@ -551,6 +615,7 @@ def _approved_draft(
             else "the predictor refused its spec.serving.auth settings (see its pods' logs)"
         )
         serving_cond = ("Serving", False, blocked, waiting)
+    conditions.append(serving_cond)
     if available == 0:
         return Draft(
             "Approved",
@@ -558,24 +623,25 @@ def _approved_draft(
             waiting,
             ready=True,
             fields=fields,
-            conditions=[serving_cond],
+            conditions=conditions,
         )
     note = ""
     if serving.canary is not None:
         asked = serving.canary.traffic_percent
         note = "; canary without a stable version serves all traffic"
-        if stable is not None and stable.spec.serving is not None:
+        split = fields.get("trafficSplit") or {}
+        if stable is not None and split:
             # Replica weighting can only approximate the asked share: report the real one.
-            stable_replicas = stable.spec.serving.replicas
-            share = effective_percent(stable_replicas, canary_replicas(stable_replicas, asked))
-            note = f"; canary gets {share}% (asked {asked}%) next to {stable.metadata.name}"
+            share = split["canaryPercent"]
+            via = f"through Gateway {split['gateway']}" if split.get("gateway") else "by replicas"
+            note = f"; canary gets {share}% (asked {asked}%) {via} next to {stable.metadata.name}"
     return Draft(
         "Serving",
         "PredictorAvailable",
         f"{available} replica(s) available{note}",
         ready=True,
         fields=fields,
-        conditions=[serving_cond],
+        conditions=conditions,
     )
 
 
@@ -639,7 +705,7 @@ def reconcile_edge(
         targeted,
         settings,
         canary_ready=canary_ready,
-        bundle_digest=bundle.get("digest"),
+        bundle_digest=str(bundle["digest"]),
     )
     _apply_all(cluster, children)
     sets = [c for c in children if c["kind"] == "DaemonSet"]
@@ -785,7 +851,8 @@ def reconcile(body: Obj, cluster: Cluster, settings: OperatorSettings) -> Obj:
                 resource_version=meta.get("resourceVersion"),
             )
             if new.get("phase") != old.get("phase"):
-                type_ = "Warning" if new["phase"] in ("Failed", "Rejected") else "Normal"
+                bad = new["phase"] in ("Failed", "Rejected") or draft.reason == ROLLED_BACK
+                type_ = "Warning" if bad else "Normal"
                 cluster.event(
                     body,
                     type_,

@@ -37,6 +37,7 @@ LEASE_RENEW_ENV = "NEURAXIS_LEASE_RENEW_SECONDS"
 LEASE_RETRY_ENV = "NEURAXIS_LEASE_RETRY_SECONDS"
 IDENTITY_ENV = "POD_NAME"  # set from the downward API in the operator's Deployment
 POD_NAMESPACE_ENV = "POD_NAMESPACE"
+GATEWAY_ENV = "NEURAXIS_GATEWAY"
 
 Toleration = dict[str, Any]
 
@@ -72,6 +73,9 @@ class OperatorSettings:
     # Periodic level-based resync: restores edited/deleted children and refreshes status.
     resync_seconds: float = 30.0
     serving_port: int = 8080
+    # The Gateway (Gateway API) canary HTTPRoutes attach to unless spec.serving.gateway names
+    # one: (namespace, name, sectionName or ""). None: no platform Gateway.
+    gateway: tuple[str, str, str] | None = None
     edge_port: int = 8090
     # Open Inference Protocol over gRPC (`--grpc-port`), next to each HTTP port.
     serving_grpc_port: int = 8081
@@ -130,6 +134,7 @@ class OperatorSettings:
             service_account=env.get(SERVICE_ACCOUNT_ENV, d.service_account),
             spark_service_account=env.get(SPARK_SERVICE_ACCOUNT_ENV, d.spark_service_account),
             resync_seconds=parse_seconds(env.get(RESYNC_ENV), RESYNC_ENV, d.resync_seconds),
+            gateway=parse_gateway(env.get(GATEWAY_ENV)),
             workload_tolerations=parse_tolerations(env.get(WORKLOAD_TOLERATIONS_ENV)),
             workload_node_selector=parse_node_selector(env.get(WORKLOAD_NODE_SELECTOR_ENV)),
             allow_kwok_annotations=parse_flag(
@@ -171,6 +176,22 @@ def lease_settings(env: Mapping[str, str]) -> dict[str, Any]:
         ),
         "identity": env.get(IDENTITY_ENV) or "",
     }
+
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+def parse_gateway(raw: str | None) -> tuple[str, str, str] | None:
+    """`namespace/name` or `namespace/name/sectionName` of a Gateway."""
+    if raw is None or raw.strip() == "":
+        return None
+    parts = raw.strip().split("/")
+    if len(parts) not in (2, 3) or not all(_DNS_LABEL.match(p) and len(p) <= 253 for p in parts):
+        raise SettingsError(
+            f"{GATEWAY_ENV}: {raw!r} is not namespace/name or namespace/name/sectionName "
+            "(lower-case DNS names)"
+        )
+    return parts[0], parts[1], parts[2] if len(parts) == 3 else ""
 
 
 def parse_count(raw: str | None, name: str, default: int, *, low: int = 0) -> int:

@@ -3,7 +3,10 @@
 Every workload reports twice: the full result as `runs/<ns>/<run-id>/result.json` in the lake, and
 a compact JSON copy in the container's termination-message file, which the kubelet puts into the
 Pod status (`state.terminated.message`, at most 4096 bytes), so the operator learns the outcome
-without lake credentials."""
+without lake credentials.
+
+The serving metrics contract lives here too: the names the inference server exports on
+/metrics and the operator's canary analysis reads (the operator imports no server code)."""
 
 from __future__ import annotations
 
@@ -21,6 +24,16 @@ DEFAULT_TERMINATION_LOG = "/dev/termination-log"
 TERMINATION_MESSAGE_LIMIT = 4096
 
 Outcome = Literal["Succeeded", "Failed"]
+
+# Serving metrics (Prometheus names without the `_total`/`_bucket` suffixes): requests by
+# `route` (a route template, never the raw path) and `code`, and latency by `route`.
+SERVE_REQUESTS_METRIC = "neuraxis_serve_requests"
+SERVE_LATENCY_METRIC = "neuraxis_serve_request_duration_seconds"
+# The `route` label values of prediction requests (what a canary is judged on).
+PREDICT_V1_ROUTE = "/v1/models/{name}:predict"
+INFER_V2_ROUTE = "/v2/models/{name}/infer"
+INFER_GRPC_ROUTE = "grpc:ModelInfer"  # gRPC calls count as grpc:<Method>, HTTP-equivalent codes
+PREDICTION_ROUTES = (PREDICT_V1_ROUTE, INFER_V2_ROUTE, INFER_GRPC_ROUTE)
 
 
 def now_rfc3339() -> str:

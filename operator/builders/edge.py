@@ -178,17 +178,18 @@ def _daemon_set(
     nodes: list[str],
     operator: str,
     settings: OperatorSettings,
-    bundle_digest: str | None = None,
+    bundle_digest: str,
 ) -> dict[str, Any]:
     port, grpc_port = settings.edge_port, settings.edge_grpc_port
-    # All interfaces: the kubelet's probes and clients come in on the pod IP.
+    # All interfaces: the kubelet's probes and clients come in on the pod IP. `--digest`: the
+    # agent serves that bundle only; a new bundle comes with a new template (a rollout).
     command = [
         "neuraxis", "workload", "edge", "--bundle", bundle_uri,
         "--cache-dir", CACHE_MOUNT, "--host", "0.0.0.0", "--port", str(port),
         "--grpc-port", str(grpc_port),
         "--deployment", ed.metadata.name,
         "--sync-interval-s", str(ed.spec.sync.interval_seconds),
-        *(["--digest", bundle_digest] if bundle_digest else []),
+        "--digest", bundle_digest,
         *auth_args(ed.spec.auth),
         *load_flags(ed),
     ]  # fmt: skip
@@ -283,7 +284,7 @@ def build_edge_daemon_sets(
     settings: OperatorSettings,
     *,
     canary_ready: bool,
-    bundle_digest: str | None = None,
+    bundle_digest: str,
 ) -> list[dict[str, Any]]:
     """The canary DaemonSet always; the main one once the canary is ready (and not paused)."""
     canary = canary_nodes(ed, targeted)
@@ -305,7 +306,7 @@ def build_edge_agent_children(
     settings: OperatorSettings,
     *,
     canary_ready: bool,
-    bundle_digest: str | None = None,
+    bundle_digest: str,
 ) -> list[dict[str, Any]]:
     """The agents' spec ConfigMap and the DaemonSets that mount it (none: no ConfigMap).
     `bundle_digest`: the bundle the EdgeDeployment pinned; agents refuse any other."""

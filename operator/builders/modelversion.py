@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from neuraxis.crds import ModelVersion
 from neuraxis.crds.modelversion import Serving
@@ -79,6 +79,75 @@ def effective_percent(stable_replicas: int, canary: int) -> int:
     return round(100 * canary / (stable_replicas + canary)) if stable_replicas + canary else 0
 
 
+@dataclass(frozen=True)
+class TrafficPlan:
+    """How a canary's traffic is split. `gateway`: exact HTTPRoute weights on that Gateway (the
+    canary's pods are then outside the model-level Service); `replicas`: the model-level
+    Service spreads requests over the pods of both versions, so the share follows the pod
+    counts. A rolled-back canary gets 0: weight 0, or no pods in replica mode."""
+
+    mode: Literal["gateway", "replicas"]
+    canary_percent: int  # in force (replica mode: the share the pod counts give)
+    canary_replicas: int
+    parent_ref: dict[str, str] | None = None  # the HTTPRoute's parentRefs entry
+    note: str = ""  # why replica mode, for the status
+
+    def gateway_text(self) -> str | None:
+        """namespace/name[/section] of the Gateway, as status reports it."""
+        if self.parent_ref is None:
+            return None
+        ref = self.parent_ref
+        section = f"/{ref['sectionName']}" if "sectionName" in ref else ""
+        return f"{ref['namespace']}/{ref['name']}{section}"
+
+
+def gateway_parent_ref(mv: ModelVersion, settings: OperatorSettings) -> dict[str, str] | None:
+    """spec.serving.gateway, else the operator's NEURAXIS_GATEWAY, as an HTTPRoute parentRef."""
+    ref = mv.spec.serving.gateway if mv.spec.serving else None
+    if ref is not None:
+        namespace = ref.namespace or mv.metadata.namespace or "default"
+        name, section = ref.name, ref.section_name or ""
+    elif settings.gateway is not None:
+        namespace, name, section = settings.gateway
+    else:
+        return None
+    parent = {
+        "group": "gateway.networking.k8s.io",
+        "kind": "Gateway",
+        "namespace": namespace,
+        "name": name,
+    }
+    return {**parent, "sectionName": section} if section else parent
+
+
+def plan_traffic(
+    mv: ModelVersion,
+    serving: Serving,
+    stable: ModelVersion,
+    settings: OperatorSettings,
+    features: ClusterFeatures,
+    *,
+    rolled_back: bool = False,
+) -> TrafficPlan:
+    """The split of a canary next to `stable`: Gateway weights when the cluster serves
+    HTTPRoutes and a Gateway is named, else replica weighting."""
+    assert serving.canary is not None
+    asked = 0 if rolled_back else serving.canary.traffic_percent
+    parent = gateway_parent_ref(mv, settings)
+    if features.gateway_api and parent is not None:
+        return TrafficPlan("gateway", asked, serving.replicas, parent)
+    if not features.gateway_api:
+        note = "the cluster serves no Gateway API HTTPRoute"
+    else:
+        note = "no Gateway named (spec.serving.gateway or the operator's NEURAXIS_GATEWAY)"
+    stable_replicas = stable.spec.serving.replicas if stable.spec.serving else 0
+    if rolled_back:
+        return TrafficPlan("replicas", 0, 0, note=note)
+    replicas = canary_replicas(stable_replicas, asked)
+    share = effective_percent(stable_replicas, replicas)
+    return TrafficPlan("replicas", share, replicas, note=note)
+
+
 def build_serving_children(
     mv: ModelVersion,
     serving: Serving,
@@ -88,17 +157,23 @@ def build_serving_children(
     *,
     stable: ModelVersion | None = None,
     artifact_digest: str | None = None,
+    rolled_back: bool = False,
 ) -> list[dict[str, Any]]:
     """Children that serve an Approved version. `stable` is the version the canary splits
     traffic with (None when there is no canary or no stable version); `artifact_digest` the
-    digest the version pinned (the server refuses any other artifact)."""
+    digest the version pinned (the server refuses any other artifact); `rolled_back`: the
+    canary analysis took the canary's traffic away for this generation."""
     name = predictor_name(mv)
     model = mv.spec.model
     is_canary = serving.canary is not None
     routed = is_canary or mv.spec.stage == "production"
     replicas = serving.replicas
-    if is_canary and serving.canary is not None and stable and stable.spec.serving:
-        replicas = canary_replicas(stable.spec.serving.replicas, serving.canary.traffic_percent)
+    plan = None
+    if is_canary and stable is not None:
+        plan = plan_traffic(mv, serving, stable, settings, features, rolled_back=rolled_back)
+        replicas = plan.canary_replicas
+        # Through the Gateway only: the model-level Service would add a replica-weighted share.
+        routed = plan.mode == "replicas"
     pod_labels = {
         MODEL_LABEL: model,
         ROUTED_LABEL: str(routed).lower(),
@@ -163,8 +238,8 @@ def build_serving_children(
         children.append(_service(mv, model, routed_pods, port, grpc_port))
     if serving.autoscaling is not None and not is_canary:
         children.append(_hpa(mv, name, serving))
-    if features.gateway_api and is_canary and serving.canary and stable is not None:
-        children.append(_http_route(mv, stable, serving.canary.traffic_percent, port))
+    if plan is not None and plan.parent_ref is not None and stable is not None:
+        children.append(_http_route(mv, stable, plan.canary_percent, plan.parent_ref))
     if features.prometheus_operator:
         children.append(_service_monitor(mv, name))
     return children
@@ -218,12 +293,15 @@ def _hpa(mv: ModelVersion, name: str, serving: Serving) -> dict[str, Any]:
     }
 
 
-def _http_route(mv: ModelVersion, stable: ModelVersion, percent: int, port: int) -> dict[str, Any]:
+def _http_route(
+    mv: ModelVersion, stable: ModelVersion, percent: int, parent: dict[str, str]
+) -> dict[str, Any]:
     return {
         "apiVersion": "gateway.networking.k8s.io/v1",
         "kind": "HTTPRoute",
         "metadata": child_metadata(mv, f"{mv.spec.model}-canary", "predictor"),
         "spec": {
+            "parentRefs": [parent],
             "rules": [
                 {
                     "backendRefs": [
@@ -231,7 +309,7 @@ def _http_route(mv: ModelVersion, stable: ModelVersion, percent: int, port: int)
                         {"name": predictor_name(mv), "port": 80, "weight": percent},
                     ]
                 }
-            ]
+            ],
         },
     }
 

@@ -27,6 +27,8 @@ from tests.conftest import EXAMPLES
 
 SETTINGS = OperatorSettings()
 
+DIGEST = "sha256:" + "cd" * 32  # the bundle every agent is pinned to
+
 
 def _example(folder: str, kind: str) -> Any:
     [res] = [r for r in load_resources([EXAMPLES / folder]) if r.kind == kind]
@@ -94,7 +96,9 @@ def test_service_account_token_predictor_may_review_tokens() -> None:
 
 def test_edge_daemon_sets_get_the_keys_and_the_flags() -> None:
     ed: EdgeDeployment = _example("smart-manufacturing", "EdgeDeployment")
-    sets = build_edge_daemon_sets(ed, "s3://l/edge/b", ["n1", "n2"], SETTINGS, canary_ready=True)
+    sets = build_edge_daemon_sets(
+        ed, "s3://l/edge/b", ["n1", "n2"], SETTINGS, canary_ready=True, bundle_digest=DIGEST
+    )
     assert sets
     for daemon_set in sets:
         pod = daemon_set["spec"]["template"]["spec"]
@@ -109,7 +113,7 @@ def test_edge_daemon_sets_get_the_keys_and_the_flags() -> None:
 def test_auth_none_is_passed_explicitly_and_mounts_nothing() -> None:
     ed: EdgeDeployment = _example("smart-healthcare", "EdgeDeployment")
     [daemon_set, *_] = build_edge_daemon_sets(
-        ed, "s3://l/edge/b", ["n1"], SETTINGS, canary_ready=True
+        ed, "s3://l/edge/b", ["n1"], SETTINGS, canary_ready=True, bundle_digest=DIGEST
     )
     pod = daemon_set["spec"]["template"]["spec"]
     assert _flag(pod["containers"][0]["command"], "--auth-mode") == ["none"]

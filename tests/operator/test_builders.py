@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from neuraxis.crds import Dataset, EdgeDeployment, ModelVersion, TrainingJob
+from neuraxis.crds.modelversion import GatewayRef
 from neuraxis.operator.builders.accounts import (
     SPARK_DRIVER_ROLE,
     accounts_for,
@@ -26,6 +27,7 @@ from neuraxis.operator.builders.modelversion import (
     build_serving_children,
     canary_replicas,
     effective_percent,
+    plan_traffic,
 )
 from neuraxis.operator.builders.training import ResolvedDataset, build_training_children
 from neuraxis.operator.children import POD_ANNOTATIONS
@@ -37,6 +39,7 @@ from neuraxis.resources import load_resources, parse_resource
 from tests.conftest import EXAMPLES
 
 SETTINGS = OperatorSettings()
+PIN = "sha256:" + "ab" * 32  # the bundle digest every agent is pinned to
 UID = "3f2a9c1b-7d4e-4f60-9a1b-2c3d4e5f6a7b"  # short uid: 3f2a9c1b
 
 
@@ -160,13 +163,23 @@ def test_canary_replicas_track_the_traffic_share() -> None:
     assert canary_replicas(0, 10) == 1
 
 
-def test_serving_children_with_canary_and_optional_apis() -> None:
+def _canary_and_stable() -> tuple[ModelVersion, ModelVersion]:
     mv: ModelVersion = _example("ModelVersion")
     stable = mv.model_copy(deep=True)
     stable.metadata.name = "anomaly-detector-v0"
-    assert stable.spec.serving is not None
+    assert stable.spec.serving is not None and mv.spec.serving is not None
+    assert mv.spec.serving.canary is not None and mv.spec.serving.canary.traffic_percent == 10
     stable.spec.serving.canary = None
     stable.spec.serving.replicas = 9
+    return mv, stable
+
+
+GATEWAY_API = ClusterFeatures(gateway_api=True, prometheus_operator=True)
+WITH_GATEWAY = OperatorSettings(gateway=("infra", "edge-gw", ""))
+
+
+def test_serving_children_with_canary_and_optional_apis() -> None:
+    mv, stable = _canary_and_stable()
     assert mv.spec.serving is not None
     plain = _by_kind(
         build_serving_children(
@@ -176,14 +189,96 @@ def test_serving_children_with_canary_and_optional_apis() -> None:
     assert plain["Deployment"]["spec"]["replicas"] == 1  # 10% next to 9 stable replicas
     assert "HTTPRoute" not in plain and "ServiceMonitor" not in plain
     everything = build_serving_children(
-        mv, mv.spec.serving, "s3://l/m", SETTINGS,
-        ClusterFeatures(gateway_api=True, prometheus_operator=True), stable=stable,
-    )  # fmt: skip
+        mv, mv.spec.serving, "s3://l/m", WITH_GATEWAY, GATEWAY_API, stable=stable
+    )
     kinds = [c["kind"] for c in everything]
-    assert kinds.count("Service") == 2  # the version's own and the model-level one
+    assert kinds.count("Service") == 1  # the version's own: the canary is reached by the route
+    assert "ServiceMonitor" in kinds
     route = _by_kind(everything)["HTTPRoute"]
-    weights = [b["weight"] for b in route["spec"]["rules"][0]["backendRefs"]]
-    assert weights == [90, 10]
+    backends = route["spec"]["rules"][0]["backendRefs"]
+    assert [(b["name"], b["weight"]) for b in backends] == [
+        ("anomaly-detector-v0-predictor", 90),
+        ("anomaly-detector-v1-predictor", 10),
+    ]
+
+
+def test_the_route_attaches_to_the_settings_gateway_or_the_specs() -> None:
+    mv, stable = _canary_and_stable()
+    assert mv.spec.serving is not None
+    children = build_serving_children(
+        mv, mv.spec.serving, "s3://l/m", WITH_GATEWAY, GATEWAY_API, stable=stable
+    )
+    route = _by_kind(children)["HTTPRoute"]
+    assert route["spec"]["parentRefs"] == [
+        {"group": "gateway.networking.k8s.io", "kind": "Gateway", "namespace": "infra",
+         "name": "edge-gw"}
+    ]  # fmt: skip
+    deployment = _by_kind(children)["Deployment"]
+    # Exact weights: the canary runs its own replica count and stays out of the model Service.
+    assert deployment["spec"]["replicas"] == mv.spec.serving.replicas
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert labels["neuraxis.dev/routed"] == "false" and labels["neuraxis.dev/track"] == "canary"
+
+    mv.spec.serving.gateway = GatewayRef(name="team-gw", section_name="https")
+    route = _by_kind(
+        build_serving_children(
+            mv, mv.spec.serving, "s3://l/m", WITH_GATEWAY, GATEWAY_API, stable=stable
+        )
+    )["HTTPRoute"]
+    (parent,) = route["spec"]["parentRefs"]
+    assert (parent["namespace"], parent["name"], parent["sectionName"]) == (
+        "ml",
+        "team-gw",
+        "https",
+    )
+    plan = plan_traffic(mv, mv.spec.serving, stable, WITH_GATEWAY, GATEWAY_API)
+    assert (plan.mode, plan.canary_percent, plan.gateway_text()) == (
+        "gateway",
+        10,
+        "ml/team-gw/https",
+    )
+
+
+@pytest.mark.parametrize(
+    ("features", "note"),
+    [
+        (GATEWAY_API, "no Gateway named"),
+        (ClusterFeatures(), "serves no Gateway API HTTPRoute"),
+    ],
+)
+def test_without_a_gateway_the_split_falls_back_to_replicas(
+    features: ClusterFeatures, note: str
+) -> None:
+    mv, stable = _canary_and_stable()
+    assert mv.spec.serving is not None
+    settings = SETTINGS if features.gateway_api else WITH_GATEWAY
+    children = _by_kind(
+        build_serving_children(mv, mv.spec.serving, "s3://l/m", settings, features, stable=stable)
+    )
+    assert "HTTPRoute" not in children  # a route attached to nothing would route nothing
+    plan = plan_traffic(mv, mv.spec.serving, stable, settings, features)
+    assert (plan.mode, plan.canary_percent, plan.canary_replicas) == ("replicas", 10, 1)
+    assert note in plan.note and plan.gateway_text() is None
+
+
+def test_a_rolled_back_canary_gets_no_traffic() -> None:
+    mv, stable = _canary_and_stable()
+    assert mv.spec.serving is not None
+    routed = _by_kind(
+        build_serving_children(
+            mv, mv.spec.serving, "s3://l/m", WITH_GATEWAY, GATEWAY_API, stable=stable,
+            rolled_back=True,
+        )
+    )  # fmt: skip
+    weights = [b["weight"] for b in routed["HTTPRoute"]["spec"]["rules"][0]["backendRefs"]]
+    assert weights == [100, 0]
+    replicas = _by_kind(
+        build_serving_children(
+            mv, mv.spec.serving, "s3://l/m", SETTINGS, ClusterFeatures(), stable=stable,
+            rolled_back=True,
+        )
+    )  # fmt: skip
+    assert replicas["Deployment"]["spec"]["replicas"] == 0
 
 
 def test_edge_canary_nodes_first_then_the_rest() -> None:
@@ -196,16 +291,27 @@ def test_edge_canary_nodes_first_then_the_rest() -> None:
     ]
     targeted = matching_nodes(ed, nodes, SETTINGS)
     assert targeted == ["edge-0", "edge-1", "edge-2"]
-    first = build_edge_daemon_sets(ed, "s3://b", targeted, SETTINGS, canary_ready=False)
+    first = build_edge_daemon_sets(
+        ed, "s3://b", targeted, SETTINGS, canary_ready=False, bundle_digest=PIN
+    )
     assert [d["metadata"]["name"] for d in first] == ["anomaly-detector-plants-canary"]
     fields = first[0]["spec"]["template"]["spec"]["affinity"]["nodeAffinity"][
         "requiredDuringSchedulingIgnoredDuringExecution"
     ]["nodeSelectorTerms"][0]["matchFields"]
     assert fields == [{"key": "metadata.name", "operator": "In", "values": ["edge-0"]}]
-    both = build_edge_daemon_sets(ed, "s3://b", targeted, SETTINGS, canary_ready=True)
+    both = build_edge_daemon_sets(
+        ed, "s3://b", targeted, SETTINGS, canary_ready=True, bundle_digest=PIN
+    )
     assert len(both) == 2
     ed.spec.rollout.pause = True
-    assert len(build_edge_daemon_sets(ed, "s3://b", targeted, SETTINGS, canary_ready=True)) == 1
+    assert (
+        len(
+            build_edge_daemon_sets(
+                ed, "s3://b", targeted, SETTINGS, canary_ready=True, bundle_digest=PIN
+            )
+        )
+        == 1
+    )
 
 
 def _job(condition: str | None, suspend: bool = False) -> dict[str, Any]:
@@ -273,7 +379,7 @@ def _pod_spec(manifest: dict[str, Any]) -> dict[str, Any]:
 def test_edge_agents_mount_a_spec_config_map_that_is_built_with_them() -> None:
     ed: EdgeDeployment = _example("EdgeDeployment")
     children = build_edge_agent_children(
-        ed, "s3://b", ["edge-0", "edge-1"], SETTINGS, canary_ready=True
+        ed, "s3://b", ["edge-0", "edge-1"], SETTINGS, canary_ready=True, bundle_digest=PIN
     )
     assert [c["kind"] for c in children] == ["ConfigMap", "DaemonSet", "DaemonSet"]
     config = children[0]
@@ -284,12 +390,19 @@ def test_edge_agents_mount_a_spec_config_map_that_is_built_with_them() -> None:
         assert volumes["spec"]["configMap"]["name"] == "anomaly-detector-plants-agent"
     ed.spec.rollout.canary_nodes = 0
     ed.spec.rollout.pause = True
-    assert build_edge_agent_children(ed, "s3://b", ["edge-0"], SETTINGS, canary_ready=True) == []
+    assert (
+        build_edge_agent_children(
+            ed, "s3://b", ["edge-0"], SETTINGS, canary_ready=True, bundle_digest=PIN
+        )
+        == []
+    )
 
 
 def test_edge_cache_is_handed_to_the_agent_uid_by_a_minimal_init_container() -> None:
     ed: EdgeDeployment = _example("EdgeDeployment")
-    [daemon_set] = build_edge_daemon_sets(ed, "s3://b", ["edge-0"], SETTINGS, canary_ready=False)
+    [daemon_set] = build_edge_daemon_sets(
+        ed, "s3://b", ["edge-0"], SETTINGS, canary_ready=False, bundle_digest=PIN
+    )
     pod = _pod_spec(daemon_set)
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert volumes["cache"]["hostPath"] == {
@@ -414,7 +527,9 @@ def _every_pod_template(settings: OperatorSettings) -> dict[str, dict[str, Any]]
         *build_evaluation_children(mv, "s3://m", settings),
         *build_serving_children(mv, mv.spec.serving, "s3://m", settings, ClusterFeatures()),
         *build_bundle_children(ed, "anomaly-detector", settings),
-        *build_edge_agent_children(ed, "s3://b", ["e-0"], settings, canary_ready=True),
+        *build_edge_agent_children(
+            ed, "s3://b", ["e-0"], settings, canary_ready=True, bundle_digest=PIN
+        ),
     ]
     return {
         f"{c['kind']}/{c['metadata']['name']}": _pod_spec(c)
@@ -467,7 +582,9 @@ def test_edge_targets_only_nodes_the_agents_can_land_on() -> None:
 
 def test_edge_agent_listens_on_the_pod_ip_and_logs_under_its_node() -> None:
     ed: EdgeDeployment = _example("EdgeDeployment")
-    [daemon_set] = build_edge_daemon_sets(ed, "s3://b", ["edge-0"], SETTINGS, canary_ready=False)
+    [daemon_set] = build_edge_daemon_sets(
+        ed, "s3://b", ["edge-0"], SETTINGS, canary_ready=False, bundle_digest=PIN
+    )
     [agent] = _pod_spec(daemon_set)["containers"]
     command = agent["command"]
 
@@ -478,6 +595,7 @@ def test_edge_agent_listens_on_the_pod_ip_and_logs_under_its_node() -> None:
     assert flag("--host") == "0.0.0.0"
     assert flag("--deployment") == "anomaly-detector-plants"
     assert flag("--sync-interval-s") == str(ed.spec.sync.interval_seconds)
+    assert flag("--digest") == PIN  # the agent serves this bundle only
     env = {e["name"]: e for e in agent["env"]}
     assert env["NODE_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
 
@@ -503,8 +621,20 @@ def test_predictor_and_edge_agent_expose_the_grpc_port() -> None:
         assert grpc["targetPort"] == grpc_port and grpc["appProtocol"] == "kubernetes.io/h2c"
 
     ed: EdgeDeployment = _example("EdgeDeployment")
-    [daemon_set] = build_edge_daemon_sets(ed, "s3://b", ["edge-0"], SETTINGS, canary_ready=False)
+    [daemon_set] = build_edge_daemon_sets(
+        ed, "s3://b", ["edge-0"], SETTINGS, canary_ready=False, bundle_digest=PIN
+    )
     [agent] = _pod_spec(daemon_set)["containers"]
     edge_port = SETTINGS.edge_grpc_port
     assert {"name": "grpc", "containerPort": edge_port} in agent["ports"]
     assert agent["command"][agent["command"].index("--grpc-port") + 1] == str(edge_port)
+
+
+def test_a_bundle_without_a_digest_is_no_bundle() -> None:
+    from neuraxis.operator.outcomes import bundle_outcome
+
+    ok = {"outcome": "Succeeded", "bundle": {"uri": "s3://l/edge/b", "digest": PIN}}
+    assert bundle_outcome(ok) == ok["bundle"]
+    refused = bundle_outcome({"outcome": "Succeeded", "bundle": {"uri": "s3://l/edge/b"}})
+    assert isinstance(refused, Draft) and refused.reason == "BundleFailed"
+    assert "no bundle digest" in refused.message

@@ -17,6 +17,8 @@ from neuraxis.workloads.edge.cli import edge_command
 
 SITE = "neuraxis.dev/edge-site"
 
+DIGEST = "sha256:" + "cd" * 32  # the bundle every agent is pinned to
+
 
 def _node(name: str, site: str | None, ready: str = "True") -> dict[str, Any]:
     labels = {SITE: site} if site else {}
@@ -145,7 +147,12 @@ def test_spec_load_reaches_the_agent_as_flags_it_parses() -> None:
         {"healthIntervalSeconds": 30, "maxBufferedSnapshots": 99},
     )  # fmt: skip
     [daemon_set] = build_edge_daemon_sets(
-        ed, "s3://lake/edge/ml/m/v1", ["edge-0"], OperatorSettings(), canary_ready=False
+        ed,
+        "s3://lake/edge/ml/m/v1",
+        ["edge-0"],
+        OperatorSettings(),
+        canary_ready=False,
+        bundle_digest=DIGEST,
     )
     [agent] = daemon_set["spec"]["template"]["spec"]["containers"]
     params = _parsed_by_the_agent(agent["command"])

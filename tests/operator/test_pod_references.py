@@ -25,6 +25,7 @@ from neuraxis.operator.builders.training import ResolvedDataset, build_training_
 from neuraxis.operator.settings import OperatorSettings
 from tests.operator.test_builders import _example
 
+PIN = "sha256:" + "cd" * 32
 # Names that differ from the defaults, so a hard-coded name cannot pass by accident.
 SETTINGS = OperatorSettings(
     service_account="wl-account", spark_service_account="spark-account", lake_secret="lake-creds"
@@ -219,7 +220,9 @@ def test_the_check_finds_a_config_map_nothing_creates() -> None:
     """The edge agents once mounted a ConfigMap named after their DaemonSet that no builder
     made: the check must flag exactly that kind of mistake."""
     ed: EdgeDeployment = _example("EdgeDeployment")
-    children = build_edge_agent_children(ed, "s3://l/b", ["edge-0"], SETTINGS, canary_ready=True)
+    children = build_edge_agent_children(
+        ed, "s3://l/b", ["edge-0"], SETTINGS, canary_ready=True, bundle_digest=PIN
+    )
     without_config = [c for c in children if c["kind"] != "ConfigMap"]
     problems = dangling_references(ed, without_config, SETTINGS)
     assert problems and all("ConfigMap anomaly-detector-plants-agent" in p for p in problems)

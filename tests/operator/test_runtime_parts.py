@@ -159,6 +159,19 @@ def test_a_pod_keeps_only_its_run_labels_phase_and_termination_messages() -> Non
     # Keys and short values are shared between cached objects, not copied per object.
     again = keep_pod(pod)
     assert next(iter(again["metadata"]["labels"])) is next(iter(kept["metadata"]["labels"]))
+    # A predictor pod: its IP and the test clusters' metrics URL are what the canary analysis
+    # reads (nothing else of the annotations).
+    url = {"neuraxis.dev/kwok-metrics-url": "http://127.0.0.1:9/metrics"}
+    predictor = keep_pod(
+        {
+            "metadata": {"name": "p", "annotations": {"neuraxis.dev/resource": "big", **url}},
+            "status": {"phase": "Running", "podIP": "10.0.0.7"},
+        }
+    )
+    assert predictor["status"]["podIP"] == "10.0.0.7"
+    assert predictor["metadata"]["annotations"] == {
+        "neuraxis.dev/kwok-metrics-url": "http://127.0.0.1:9/metrics"
+    }
 
 
 # ---- the spec inside the Job ----------

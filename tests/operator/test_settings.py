@@ -73,12 +73,23 @@ def test_scheduling_and_kwok_settings_are_read() -> None:
         ("NEURAXIS_WORKLOAD_NODE_SELECTOR", '{"neuraxis.dev/pool": "x"}', "GPU pool label"),
         ("NEURAXIS_ALLOW_KWOK_ANNOTATIONS", "maybe", "not a boolean"),
         ("NEURAXIS_RESYNC_SECONDS", "soon", "not a number of seconds"),
+        ("NEURAXIS_GATEWAY", "gw", "not namespace/name"),
+        ("NEURAXIS_GATEWAY", "infra/Main_GW", "not namespace/name"),
+        ("NEURAXIS_GATEWAY", "a/b/c/d", "not namespace/name"),
     ],
 )
 def test_bad_settings_name_the_variable_and_the_reason(name: str, value: str, message: str) -> None:
     with pytest.raises(SettingsError, match=message) as raised:
         OperatorSettings.from_env({name: value})
     assert str(raised.value).startswith(name)
+
+
+def test_the_gateway_is_read() -> None:
+    assert OperatorSettings.from_env({}).gateway is None
+    read = OperatorSettings.from_env({"NEURAXIS_GATEWAY": "infra/main"}).gateway
+    assert read == ("infra", "main", "")
+    section = OperatorSettings.from_env({"NEURAXIS_GATEWAY": "infra/main/https"}).gateway
+    assert section == ("infra", "main", "https")
 
 
 def test_the_operator_refuses_to_start_with_a_bad_setting() -> None:

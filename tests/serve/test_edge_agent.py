@@ -1,5 +1,6 @@
-"""The edge agent as a real process: bundle verification and hot swap, offline start from the
-cache, and inference logs that survive crashes and restarts and reach the lake exactly once."""
+"""The edge agent as a real process: bundle verification, no swap outside a rollout, offline
+start from the cache, and inference logs that survive crashes and restarts and reach the lake
+exactly once."""
 
 from __future__ import annotations
 
@@ -46,10 +47,13 @@ def make_reachable(lake_dir: Path) -> None:
     lake_dir.with_name("lake.away").rename(lake_dir)
 
 
-def agent_args(lake_dir: Path, cache: Path, check: float = 3600, sync: float = 3600) -> list[str]:
+def agent_args(
+    lake_dir: Path, cache: Path, check: float = 3600, sync: float = 3600, digest: str = ""
+) -> list[str]:
     return [
         "--bundle", f"file://{lake_dir}/{FOLDER}", "--cache-dir", str(cache), "--node", "n1",
         "--check-interval-s", str(check), "--sync-interval-s", str(sync),
+        *(["--digest", digest] if digest else []),
     ]  # fmt: skip
 
 
@@ -64,7 +68,7 @@ def served_version(agent: ServerProcess, version: str) -> bool:
     return metric_value(agent.metrics(), "neuraxis_serve_model_info", version=version) == 1.0
 
 
-def test_verified_bundle_hot_swap_tamper_refusal_and_offline_start(
+def test_verified_bundle_no_silent_swap_tamper_refusal_and_offline_start(
     start_server: StartServer, tmp_path: Path
 ) -> None:
     lake_dir = tmp_path / "lake"
@@ -96,9 +100,16 @@ def test_verified_bundle_hot_swap_tamper_refusal_and_offline_start(
     assert predict(agent, rows)["model_version"] == "v1"
     assert served_version(agent, "v1")
 
-    # The genuine v2 at the same URI: installed while serving.
-    write_model(lake, FOLDER, v2, "v2", quantize=True)
-    wait_for(lambda: served_version(agent, "v2"), "v2 to be installed")
+    # A genuine v2 at the same URI is not swapped in silently either: the agent (pinned to the
+    # v1 it started with) refuses it and keeps serving v1.
+    ref_v2 = write_model(lake, FOLDER, v2, "v2", quantize=True)
+    wait_for(lambda: "is not the pinned" in agent.output(), "the v2 at the URI to be refused")
+    assert predict(agent, rows)["model_version"] == "v1"
+    assert served_version(agent, "v1")
+    agent.stop()
+
+    # v2 arrives through a rollout: a new agent (DaemonSet template) pinned to its digest.
+    agent = start_server(EDGE, *agent_args(lake_dir, cache, digest=ref_v2.digest))
     expected_v2 = load_scripted(lake.read_bytes(f"{FOLDER}/model.ts"))(torch.tensor(rows))
     body = predict(agent, rows)
     assert body["model_version"] == "v2"

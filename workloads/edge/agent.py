@@ -1,10 +1,17 @@
-"""The edge agent: bundle sync (fetch, verify, cache, hot swap) and inference-log sync, around
-the inference server's app (one serving implementation for cluster and edge).
+"""The edge agent: the pinned bundle (fetch, verify, cache) and inference-log sync, around the
+inference server's app (one serving implementation for cluster and edge).
 
 Decisions:
+- The agent serves one bundle: the digest the EdgeDeployment pinned (`--digest`; without it, the
+  digest of the first bundle it verified). A bundle with another digest is refused, however
+  consistent its manifest: a forger can re-hash a manifest, not match the pinned digest.
+- No silent swap: whatever appears later at the bundle URI is compared with the pin and never
+  installed; a new bundle arrives only through a rollout (a new DaemonSet template with a new
+  `--digest`, i.e. a new spec generation).
 - A bundle is used only when every file matches the manifest; a tampered or incomplete bundle is
   refused and the model already serving (or cached) keeps serving.
-- With the lake unreachable at start, the agent serves the last verified bundle from its cache.
+- With the lake unreachable or its bundle refused at start, the agent serves the cached bundle
+  of the pinned digest; with none it does not start (reason NoBundle or ArtifactChanged).
 - A failed log write is counted and logged but does not fail the prediction: the edge keeps
   answering when its disk is full; the metric says records were lost.
 """
@@ -104,6 +111,13 @@ def fetch_bundle(
     return FetchedBundle(digest=digest, files=files, manifest=manifest)
 
 
+def refusal_reason(exc: BundleRefusedError) -> str:
+    """The `reason` label of a refusal (bounded: three values)."""
+    if ARTIFACT_CHANGED in str(exc):
+        return ARTIFACT_CHANGED
+    return "LoadFailed" if isinstance(exc.__cause__, ModelLoadError) else "Tampered"
+
+
 def input_summary(row: list[float]) -> dict[str, float]:
     return {"n": len(row), "min": min(row), "max": max(row), "mean": sum(row) / len(row)}
 
@@ -151,10 +165,11 @@ class EdgeMetrics:
             Gauge("neuraxis_edge_lake_reachable", "1 when the last lake access worked.", registry=r)
         )
         self.refusals = Counter(
-            "neuraxis_edge_bundle_refusals", "Bundles refused (verification or load).", registry=r
-        )
-        self.updates = Counter(
-            "neuraxis_edge_bundle_updates", "Newer bundles installed while serving.", registry=r
+            "neuraxis_edge_bundle_refusals",
+            "Bundles refused, by reason: ArtifactChanged (not the pinned digest), Tampered (a "
+            "file differs from the manifest), LoadFailed (does not load).",
+            ["reason"],
+            registry=r,
         )
         self.logs_pending = Gauge(
             "neuraxis_edge_logs_pending", "Inference-log records not yet uploaded.", registry=r
@@ -190,12 +205,13 @@ class EdgeAgent:
         return ARTIFACT_CHANGED if ARTIFACT_CHANGED in reason else "NoBundle"
 
     def _from_cache(self, reason: str) -> LoadedModel:
-        cached = self.cache.current()
+        expected = self.config.expected_digest
+        # The pinned bundle if the cache has it (current or previous), else the current one.
+        cached = (self.cache.find(expected) if expected else None) or self.cache.current()
         if cached is None:
             raise AgentStartError(
                 f"{reason}; and no cached bundle in {self.cache.root}", self._refusal(reason)
             )
-        expected = self.config.expected_digest
         if expected is not None and cached.digest != expected:
             raise AgentStartError(
                 f"{reason}; and the cached bundle {cached.digest} is not the pinned {expected}",
@@ -223,7 +239,7 @@ class EdgeAgent:
             model = self._from_cache(f"lake unreachable: {exc}")
         except BundleRefusedError as exc:
             self.metrics.lake_reachable.set(1)
-            self.metrics.refusals.inc()
+            self.metrics.refusals.labels(refusal_reason(exc)).inc()
             log.error("refused bundle: %s", exc)
             model = self._from_cache(f"bundle refused: {exc}")
         else:
@@ -235,32 +251,24 @@ class EdgeAgent:
         return model
 
     async def check_once(self) -> None:
-        """Install a newer verified bundle from the same URI, if there is one."""
+        """Compare the bundle at the URI with the one served, never install it: anything else
+        there is refused (counted in neuraxis_edge_bundle_refusals_total, logged with both
+        digests) and the pinned model keeps serving."""
         try:
             fetched = await asyncio.to_thread(
-                fetch_bundle, self.config.bundle_uri, self.digest, self.config.expected_digest
+                fetch_bundle, self.config.bundle_uri, self.digest, self.digest
             )
-            if fetched is None:
-                self.metrics.lake_reachable.set(1)
-                return
-            model = await asyncio.to_thread(self._load, fetched.digest, fetched.files)
         except BundleUnavailableError as exc:
             self.metrics.lake_reachable.set(0)
             log.warning("bundle check: %s", exc)
             return
         except BundleRefusedError as exc:
             self.metrics.lake_reachable.set(1)
-            self.metrics.refusals.inc()
-            log.error("refused bundle, still serving %s: %s", self.digest, exc)
+            self.metrics.refusals.labels(refusal_reason(exc)).inc()
+            log.error("refused bundle, still serving the pinned %s: %s", self.digest, exc)
             return
+        assert fetched is None  # the pinned digest or a refusal: fetch_bundle returns no other
         self.metrics.lake_reachable.set(1)
-        store = self.cache.store
-        uri = self.config.bundle_uri
-        await asyncio.to_thread(store, uri, fetched.digest, fetched.files, fetched.manifest)
-        assert self.slot is not None
-        await self.slot.install(model)
-        self.digest = model.digest
-        self.metrics.updates.inc()
 
     # ---- inference logs -------------------------------------------------------------------------
     def record(self, model: LoadedModel, rows: list[list[float]], outputs: list[Any]) -> None:

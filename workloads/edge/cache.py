@@ -60,6 +60,16 @@ class BundleCache:
         except (OSError, ValueError, KeyError):
             return None
 
+    def find(self, digest: str) -> CachedBundle | None:
+        """The cached bundle of `digest` (the current or the previous one), if it is there."""
+        current = self.current()
+        if current is not None and current.digest == digest:
+            return current
+        folder = digest.split(":", 1)[-1]
+        if not (self.bundles / folder / MANIFEST).exists():
+            return None
+        return CachedBundle(uri=current.uri if current else "", digest=digest, folder=folder)
+
     def load(self, bundle: CachedBundle, names: list[str] | None = None) -> dict[str, bytes]:
         """The cached files (`names`, or all of them), verified against the cached manifest
         (ArtifactIntegrityError)."""

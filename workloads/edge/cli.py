@@ -39,7 +39,9 @@ def edge_command(
     deployment: str | None = typer.Option(None, help="EdgeDeployment name (log path)."),
     node: str | None = typer.Option(None, help="Node name (log path); default $NODE_NAME."),
     name: str | None = typer.Option(None, help="Model name in URLs; default from the URI."),
-    check_interval_s: float = typer.Option(60.0, min=0.05, help="Re-check the bundle URI."),
+    check_interval_s: float = typer.Option(
+        60.0, min=0.05, help="Compare the bundle at the URI with the pinned one (never swapped)."
+    ),
     sync_interval_s: float = typer.Option(_DEFAULT_SYNC_S, min=0.05, help="Upload logs."),
     max_batch_size: int = typer.Option(Serving.model_fields["max_batch_size"].default, min=1),
     max_batch_wait_ms: float = typer.Option(

@@ -6,6 +6,13 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from neuraxis.workloads.result import (
+    INFER_V2_ROUTE,
+    PREDICT_V1_ROUTE,
+    SERVE_LATENCY_METRIC,
+    SERVE_REQUESTS_METRIC,
+)
+
 LATENCY_BUCKETS = (
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0
 )  # fmt: skip
@@ -21,11 +28,11 @@ def route_label(path: str) -> str:
     """The route template of a path (bounded label cardinality: never the raw path). A versioned
     v2 path counts with its unversioned form."""
     if path.startswith("/v1/models/") and path.endswith(":predict"):
-        return "/v1/models/{name}:predict"
+        return PREDICT_V1_ROUTE
     if path.startswith("/v1/models/") and path.endswith(":explain"):
         return "/v1/models/{name}:explain"
     if path.startswith("/v2/models/") and path.endswith("/infer"):
-        return "/v2/models/{name}/infer"
+        return INFER_V2_ROUTE
     if path.startswith("/v2/models/") and path.endswith("/ready"):
         return "/v2/models/{name}/ready"
     if path.startswith("/v2/models/"):
@@ -42,7 +49,7 @@ class ServeMetrics:
     def __post_init__(self) -> None:
         r = self.registry
         self.requests = Counter(
-            "neuraxis_serve_requests",
+            SERVE_REQUESTS_METRIC,
             "Requests by route, status code and caller key id (empty: not authenticated). gRPC: "
             "route grpc:<Method>, the HTTP equivalent of its status code.",
             ["route", "code", "key"], registry=r,
@@ -52,7 +59,7 @@ class ServeMetrics:
             ["key"], registry=r,
         )  # fmt: skip
         self.latency = Histogram(
-            "neuraxis_serve_request_duration_seconds", "Request latency by route.",
+            SERVE_LATENCY_METRIC, "Request latency by route.",
             ["route"], buckets=LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
         self.in_flight = Gauge(
