@@ -284,6 +284,13 @@ AUTH_REQUIRED = (
     "auth is required: set auth.mode to apiKeys, serviceAccountToken or none "
     "(serving without authentication must be explicit)"
 )
+# The rule both serving kinds carry (a model's `serving` and an EdgeDeployment's spec).
+AUTH_REQUIRED_RULE = Rule(
+    cel="has(self.auth)",
+    message=AUTH_REQUIRED,
+    check=lambda s: s.auth is not None,
+    field=".auth",
+)
 
 
 class ServingAuth(ApiModel):

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from neuraxis.crds.common import (
-    AUTH_REQUIRED,
+    AUTH_REQUIRED_RULE,
     LABEL_KEY_PATTERN,
     LABEL_VALUE_PATTERN,
     NAME_PATTERN,
@@ -182,12 +182,7 @@ class EdgeDeploymentSpec(ApiModel):
     load: Load = Field(default_factory=Load)
 
     rules = (
-        Rule(
-            cel="has(self.auth)",
-            message=AUTH_REQUIRED,
-            check=lambda s: s.auth is not None,
-            field=".auth",
-        ),
+        AUTH_REQUIRED_RULE,
         Rule(
             cel="!has(self.auth) || self.auth.mode != 'serviceAccountToken'",
             message="edge agents serve offline, without the API server: auth.mode must be "

@@ -7,7 +7,7 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from neuraxis.crds.common import (
-    AUTH_REQUIRED,
+    AUTH_REQUIRED_RULE,
     NAME_MAX_LENGTH,
     NAME_PATTERN,
     SHA256_PATTERN,
@@ -244,12 +244,7 @@ class Serving(ApiModel):
     )
 
     rules = (
-        Rule(
-            cel="has(self.auth)",
-            message=AUTH_REQUIRED,
-            check=lambda s: s.auth is not None,
-            field=".auth",
-        ),
+        AUTH_REQUIRED_RULE,
         Rule(
             cel="!has(self.canary) || self.enabled",
             message="canary needs serving enabled",
