@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from neuraxis.crds import EdgeDeployment
+from neuraxis.lake import EDGE_SITE_ENV
 from neuraxis.operator.builders.common import RUN_ID_ENV, job, spec_config_map
 from neuraxis.operator.children import child_metadata, run_name
 from neuraxis.operator.pods import (
@@ -145,6 +146,18 @@ def cache_owner_init_container(settings: OperatorSettings) -> dict[str, Any]:
     }
 
 
+def _logging_flags(ed: EdgeDeployment) -> list[str]:
+    threshold = ed.spec.logging.hard_example_threshold
+    return ["--hard-example-threshold", repr(threshold)] if threshold is not None else []
+
+
+def _site_env(ed: EdgeDeployment) -> list[dict[str, Any]]:
+    """The site the agents' log records name. Known here only when the deployment targets one
+    site: a DaemonSet spans nodes and the downward API cannot read a node's labels."""
+    sites = ed.spec.target.sites
+    return [{"name": EDGE_SITE_ENV, "value": sites[0]}] if len(sites) == 1 else []
+
+
 def _daemon_set(
     ed: EdgeDeployment,
     name: str,
@@ -162,6 +175,7 @@ def _daemon_set(
         "--deployment", ed.metadata.name,
         "--sync-interval-s", str(ed.spec.sync.interval_seconds),
         *(["--digest", bundle_digest] if bundle_digest else []),
+        *_logging_flags(ed),
     ]  # fmt: skip
     node_name = {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}
     container = workload_container(
@@ -169,7 +183,7 @@ def _daemon_set(
         settings,
         command,
         resources=resource_limits("500m", "512Mi"),
-        extra_env=[node_name],  # the log path names the node, not the pod
+        extra_env=[node_name, *_site_env(ed)],  # the log path names the node, not the pod
         ports=[{"name": "http", "containerPort": port}],
     )
     container["volumeMounts"].append({"name": "cache", "mountPath": CACHE_MOUNT})

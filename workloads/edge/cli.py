@@ -11,7 +11,9 @@ import typer
 
 from neuraxis.crds.edgedeployment import Sync
 from neuraxis.crds.modelversion import Serving
+from neuraxis.lake import EDGE_SITE_ENV, Lake
 from neuraxis.workloads.drift import DEFAULT_WINDOW
+from neuraxis.workloads.edge.lake_table import UNKNOWN_SITE, LakeFields
 
 _DEFAULT_SYNC_S = float(Sync.model_fields["interval_seconds"].default)
 
@@ -38,6 +40,15 @@ def edge_command(
     drift_window: int = typer.Option(
         DEFAULT_WINDOW, min=1, help="Served rows in the PSI window of neuraxis_feature_drift."
     ),
+    site: str | None = typer.Option(
+        None, help="Edge site in the log records; default $NEURAXIS_EDGE_SITE, else unknown."
+    ),
+    hard_example_threshold: float | None = typer.Option(
+        None,
+        min=0,
+        max=1,
+        help="Flag classifications whose top probability is below this (spec.logging).",
+    ),
 ) -> None:
     """Serve an edge bundle locally, offline-capable, with durable inference-log upload."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -55,7 +66,8 @@ def edge_command(
     model_name = name or model_name_of(bundle)
     node_name = node or os.environ.get("NODE_NAME") or socket.gethostname()
     namespace = namespace_of(bundle) or "default"
-    prefix = f"inference-logs/{namespace}/{deployment or model_name}/{node_name}"
+    prefix = f"{Lake.inference_logs_path(namespace, deployment or model_name)}/{node_name}"
+    site_name = site or os.environ.get(EDGE_SITE_ENV) or UNKNOWN_SITE
     config = AgentConfig(
         bundle_uri=bundle,
         cache_dir=cache_dir,
@@ -66,6 +78,7 @@ def edge_command(
         check_interval_s=check_interval_s,
         sync_interval_s=sync_interval_s,
         expected_digest=digest,
+        lake_fields=LakeFields(site_name, node_name, hard_example_threshold),
     )
     metrics = ServeMetrics()
     agent = EdgeAgent(config, metrics)
