@@ -104,7 +104,9 @@ def references(res: Resource) -> list[tuple[str, str]]:
     """The resources this one reads (kind, name)."""
     if isinstance(res, Dataset):
         src = res.spec.source.from_
-        return [("Dataset", src.dataset_ref.name)] if src else []
+        if src and src.edge_deployment_ref:
+            return [("EdgeDeployment", src.edge_deployment_ref.name)]
+        return [("Dataset", src.dataset_ref.name)] if src and src.dataset_ref else []
     if isinstance(res, TrainingJob):
         return [("Dataset", res.spec.dataset_ref.name)]
     if isinstance(res, ModelVersion):

@@ -153,7 +153,11 @@ def record_to_row(record: dict[str, Any], node: str, source_file: str) -> dict[s
         "digest": record.get("bundle_digest"),
         FEATURES: [(str(k), float(v)) for k, v in sorted(features.items())],
         "prediction": _text(record.get("prediction")),
-        "probabilities": [float(p) for p in output] if confidence is not None else None,
+        "probabilities": (
+            [float(p) for p in output]
+            if confidence is not None and isinstance(output, list)
+            else None
+        ),
         "value": value,
         "confidence": confidence,
         "hard_example": flag,
