@@ -86,5 +86,5 @@ def test_dataset_over_edge_logs_waits_for_its_edge_deployment(tmp_path: Path) ->
 def test_dataset_over_edge_logs_is_ordered_and_reconciled_after_its_edge_deployment() -> None:
     ds = dataset_over("gw")
     assert references(ds) == [("EdgeDeployment", "gw")]
-    [(index, path, kind)] = [e for e in INPUT_INDEXES["Dataset"] if e[2] == "EdgeDeployment"]
+    [(_, path, _)] = [e for e in INPUT_INDEXES["Dataset"] if e[2] == "EdgeDeployment"]
     assert _ref(ds.to_wire(), *path) == ["ml/gw"]
