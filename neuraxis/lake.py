@@ -27,6 +27,8 @@ from urllib.parse import urlparse
 DEFAULT_HOME = ".neuraxis"
 # The edge site an agent's inference-log rows name (set by the operator on the agent DaemonSet).
 EDGE_SITE_ENV = "NEURAXIS_EDGE_SITE"
+# With several sites: the agents' spec ConfigMap key mapping node name -> site (JSON).
+NODE_SITES_FILE = "node-sites.json"
 
 
 def neuraxis_home() -> Path:

@@ -10,10 +10,15 @@ from typing import Any
 import pytest
 
 from neuraxis.crds import Dataset, EdgeDeployment
-from neuraxis.lake import EDGE_SITE_ENV
+from neuraxis.lake import EDGE_SITE_ENV, NODE_SITES_FILE
 from neuraxis.local.runner import references
 from neuraxis.local.state import LocalStore
-from neuraxis.operator.builders.edge import build_edge_daemon_sets
+from neuraxis.operator.builders.edge import (
+    build_edge_agent_children,
+    build_edge_daemon_sets,
+    node_sites,
+)
+from neuraxis.operator.children import SPEC_MOUNT
 from neuraxis.operator.errors import InputNotReadyError
 from neuraxis.operator.inputs import CR_VERSION, pin_upstream, resolve_upstream
 from neuraxis.operator.runtime import INPUT_INDEXES, _ref
@@ -58,6 +63,27 @@ def test_no_threshold_flag_unless_set_and_no_site_for_many_sites() -> None:
     container = agent_container(edge(["plant-a", "plant-b"]))
     assert "--hard-example-threshold" not in container["command"]
     assert EDGE_SITE_ENV not in {e["name"] for e in container["env"]}
+
+
+def test_several_sites_the_agents_look_their_node_up_in_the_config_map() -> None:
+    ed = edge(["plant-a", "plant-b"])
+    label = SETTINGS.edge_site_label
+    nodes = [
+        {"name": "e-1", "labels": {label: "plant-b"}},
+        {"name": "e-0", "labels": {label: "plant-a"}},
+        {"name": "other", "labels": {label: "plant-c"}},  # not targeted: left out
+        {"name": "bare", "labels": {}},
+    ]
+    sites = node_sites(nodes, SETTINGS)
+    assert sites == {"e-0": "plant-a", "e-1": "plant-b", "other": "plant-c"}
+    children = build_edge_agent_children(
+        ed, "s3://b/edge/ml/m/v1", ["e-0", "e-1"], SETTINGS, canary_ready=True, sites=sites
+    )
+    config_map = next(c for c in children if c["kind"] == "ConfigMap")
+    assert config_map["data"][NODE_SITES_FILE] == '{"e-0": "plant-a", "e-1": "plant-b"}'
+    for daemon_set in (c for c in children if c["kind"] == "DaemonSet"):
+        command = daemon_set["spec"]["template"]["spec"]["containers"][0]["command"]
+        assert command[command.index("--node-sites") + 1] == f"{SPEC_MOUNT}/{NODE_SITES_FILE}"
 
 
 def dataset_over(edge_name: str) -> Dataset:

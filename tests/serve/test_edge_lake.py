@@ -21,6 +21,7 @@ from neuraxis.workloads.edge.lake_table import (
     read_rows,
     record_to_row,
     segment_rows,
+    site_of,
 )
 
 from .conftest import FEATURES, TinyClassifier, write_model
@@ -55,6 +56,17 @@ def test_confidence_is_the_top_class_probability_and_regression_has_none() -> No
 )
 def test_hard_example_flag(confidence: float | None, threshold: float | None, flag: bool) -> None:
     assert hard_example_flag(confidence, threshold) is flag
+
+
+def test_site_comes_from_the_flag_the_env_or_the_node_map(tmp_path: Path) -> None:
+    sites = tmp_path / "node-sites.json"
+    sites.write_text('{"n1": "plant-a", "n2": "plant-b"}')
+    assert site_of("n2", None, None, sites) == "plant-b"
+    assert site_of("n2", None, "plant-x", sites) == "plant-x"  # one-site deployments: the env
+    assert site_of("n2", "plant-y", "plant-x", sites) == "plant-y"
+    assert site_of("n9", None, None, sites) == "unknown"  # joined after the map was written
+    assert site_of("n1", None, None, tmp_path / "absent.json") == "unknown"
+    assert site_of("n1", None, None, None) == "unknown"
 
 
 def agent_record(**overrides: Any) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from neuraxis.crds.edgedeployment import Sync
 from neuraxis.crds.modelversion import Serving
 from neuraxis.lake import EDGE_SITE_ENV, Lake
 from neuraxis.workloads.drift import DEFAULT_WINDOW
-from neuraxis.workloads.edge.lake_table import UNKNOWN_SITE, LakeFields
+from neuraxis.workloads.edge.lake_table import LakeFields, site_of
 
 _DEFAULT_SYNC_S = float(Sync.model_fields["interval_seconds"].default)
 
@@ -43,6 +43,9 @@ def edge_command(
     site: str | None = typer.Option(
         None, help="Edge site in the log records; default $NEURAXIS_EDGE_SITE, else unknown."
     ),
+    node_sites: Path | None = typer.Option(
+        None, help="JSON node name -> site (the operator mounts it); used when no site is given."
+    ),
     hard_example_threshold: float | None = typer.Option(
         None,
         min=0,
@@ -67,7 +70,7 @@ def edge_command(
     node_name = node or os.environ.get("NODE_NAME") or socket.gethostname()
     namespace = namespace_of(bundle) or "default"
     prefix = f"{Lake.inference_logs_path(namespace, deployment or model_name)}/{node_name}"
-    site_name = site or os.environ.get(EDGE_SITE_ENV) or UNKNOWN_SITE
+    site_name = site_of(node_name, site, os.environ.get(EDGE_SITE_ENV), node_sites)
     config = AgentConfig(
         bundle_uri=bundle,
         cache_dir=cache_dir,

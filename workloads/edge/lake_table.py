@@ -30,6 +30,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from neuraxis.lake import Lake
@@ -43,6 +44,23 @@ PARTITION_COLUMNS = ("site", "node", "day")
 UNKNOWN_SITE = "unknown"
 FEATURES = "features"  # map<string, double>: the Dataset source flattens it into columns
 MERGE_ATTEMPTS = 5
+
+
+def site_of(node: str, given: str | None, env_site: str | None, node_sites: Path | None) -> str:
+    """The agent's site: `--site`, else the one-site env var, else its node in the map the
+    operator mounts (read once at start: a node that joined after the last reconcile logs
+    `unknown` until its agent restarts), else `unknown`."""
+    if given or env_site:
+        return str(given or env_site)
+    if node_sites is not None:
+        try:
+            mapping = json.loads(node_sites.read_text())
+        except (OSError, ValueError) as exc:
+            log.warning("node-site map %s unreadable (%s): site %s", node_sites, exc, UNKNOWN_SITE)
+            return UNKNOWN_SITE
+        if isinstance(mapping, dict) and isinstance(mapping.get(node), str):
+            return str(mapping[node])
+    return UNKNOWN_SITE
 
 
 def confidence_of(output: Any) -> float | None:
