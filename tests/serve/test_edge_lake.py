@@ -22,6 +22,7 @@ from neuraxis.workloads.edge.lake_table import (
     record_to_row,
     segment_rows,
     site_of,
+    unique_rows,
 )
 
 from .conftest import FEATURES, TinyClassifier, write_model
@@ -142,12 +143,22 @@ def test_bad_line_in_a_segment_names_file_and_line() -> None:
         segment_rows(data, "n1", "seg.jsonl")
 
 
+def test_the_same_record_in_two_new_segments_is_kept_once() -> None:
+    first = segment_rows(json.dumps(agent_record()).encode() + b"\n", "n1", "a.jsonl")
+    second = segment_rows(json.dumps(agent_record()).encode() + b"\n", "n1", "b.jsonl")
+    other = segment_rows(json.dumps(agent_record(id="a2")).encode() + b"\n", "n1", "b.jsonl")
+    kept = unique_rows([*first, *second, *other])
+    assert [(r["id"], r["source_file"]) for r in kept] == [("a1", "a.jsonl"), ("a2", "b.jsonl")]
+
+
 # ---- engine: a real agent serves, uploads; ingest makes the table --------------------------------
 
 
-def ingest_twice_is_a_no_op(lake: Lake) -> None:
+def assert_no_op(lake: Lake, version: int | None, rereads: int) -> None:
+    """An ingest with nothing new: no row, no commit; `rereads` segments whose rows were all
+    present already (copies) are read again, as the docstring of lake_table says."""
     again = ingest(lake, "default", "tiny-edge")
-    assert (again.segments, again.rows_inserted) == (0, 0)
+    assert (again.segments, again.rows_inserted, again.version) == (rereads, 0, version)
 
 
 @pytest.mark.engine
@@ -175,8 +186,11 @@ def test_agent_logs_land_once_in_the_partitioned_delta_table(
     segments = sorted(lake.list_files(raw))
     assert [s.split("/")[-2] for s in segments] == ["n1", "n2"]
 
+    # A copy of a segment arriving with it (the table's first commit, no MERGE yet): once.
+    early_copy = segments[0].replace(".jsonl", "-early.jsonl")
+    lake.write_bytes(early_copy, lake.read_bytes(segments[0]))
     first = ingest(lake, "default", "tiny-edge")
-    assert (first.segments, first.rows_inserted, first.version) == (2, 8, 0)
+    assert (first.segments, first.rows_inserted, first.version) == (3, 8, 0)
     table = read_rows(first.table_uri, lake)
     assert len(table) == 8 and len({r["id"] for r in table}) == 8
     assert {(r["site"], r["node"]) for r in table} == {("plant-a", "n1"), ("plant-b", "n2")}
@@ -199,14 +213,13 @@ def test_agent_logs_land_once_in_the_partitioned_delta_table(
 
     # A crash between upload and local delete re-uploads the same segment: nothing is added.
     lake.write_bytes(segments[0], lake.read_bytes(segments[0]))
-    ingest_twice_is_a_no_op(lake)
-    # The same records under another name (a copied segment): the MERGE on id keeps them once.
-    copy = segments[0].replace(".jsonl", "-copy.jsonl")
-    lake.write_bytes(copy, lake.read_bytes(segments[0]))
+    assert_no_op(lake, first.version, rereads=1)  # the early copy
+    # The same records under other names (copied segments, two in one ingest): the MERGE on id
+    # keeps them once.
+    for suffix in ("-copy", "-copy2"):
+        copy = segments[0].replace(".jsonl", f"{suffix}.jsonl")
+        lake.write_bytes(copy, lake.read_bytes(segments[0]))
     third = ingest(lake, "default", "tiny-edge")
-    assert (third.segments, third.rows_inserted) == (1, 0)
+    assert (third.segments, third.rows_inserted) == (3, 0)
     assert len(read_rows(third.table_uri, lake)) == 8
-    # Its rows are all in the table already, so its name never is: later ingests read it again
-    # and insert nothing.
-    fourth = ingest(lake, "default", "tiny-edge")
-    assert (fourth.segments, fourth.rows_inserted, fourth.version) == (1, 0, third.version)
+    assert_no_op(lake, third.version, rereads=3)

@@ -220,6 +220,15 @@ def _segments(lake: Lake, raw_prefix: str) -> list[tuple[str, str]]:
     return out
 
 
+def unique_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The first row of each (site, node, day, id): a MERGE inserts every unmatched source row,
+    so the same record in two new segments of one ingest must be dropped here."""
+    seen: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for row in rows:
+        seen.setdefault(tuple(row[k] for k in (*PARTITION_COLUMNS, "id")), row)
+    return list(seen.values())
+
+
 def _ingested_files(table: Any) -> set[str]:
     column = table.to_pyarrow_table(columns=["source_file"]).column("source_file")
     return {str(v) for v in column.unique().to_pylist()}
@@ -252,7 +261,7 @@ def ingest(lake: Lake, namespace: str, deployment: str) -> IngestResult:
             version = table.version() if table is not None else None
             return IngestResult(table_uri, version, 0, 0)
         rows = [r for rel, node in new for r in segment_rows(lake.read_bytes(rel), node, rel)]
-        data = pa.Table.from_pylist(rows, schema=arrow_schema())
+        data = pa.Table.from_pylist(unique_rows(rows), schema=arrow_schema())
         try:
             if table is None:
                 # mode error: a concurrent first ingest makes one of the two fail and retry
