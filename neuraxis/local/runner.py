@@ -374,6 +374,15 @@ class Runner:
                     status.get("phase"),
                 ]
             )
+        if (
+            isinstance(res, Dataset)
+            and res.spec.source.from_
+            and res.spec.source.from_.edge_deployment_ref
+        ):
+            # The logs move without any status changing: a new uploaded segment is a new input.
+            name = res.spec.source.from_.edge_deployment_ref.name
+            prefix = Lake.inference_logs_path(res.metadata.namespace or "default", name)
+            seen.append(["inference-logs", name, list(self.lake.list_files(prefix))])
         return spec_digest(seen)
 
     def step(self, entry: Entry) -> Outcome:
