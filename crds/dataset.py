@@ -14,6 +14,7 @@ from neuraxis.crds.common import (
     DatasetRef,
     Lineage,
     ObjectMeta,
+    ObjectRef,
     Rule,
     SecretKeyRef,
     StatusBase,
@@ -29,9 +30,40 @@ URI_PATTERN = r"^(file|s3|s3a|gs)://[^\s]+$"
 
 
 class DatasetFrom(ApiModel):
-    """Derive this dataset from another Dataset's table."""
+    """Derive this dataset from another Dataset's table, or from an EdgeDeployment's inference
+    logs (the Delta table its agents' uploads are ingested into). Exactly one of the two."""
 
-    dataset_ref: DatasetRef = Field(description="The upstream Dataset (and optional version).")
+    dataset_ref: DatasetRef | None = Field(
+        default=None, description="The upstream Dataset (and optional version)."
+    )
+    edge_deployment_ref: ObjectRef | None = Field(
+        default=None,
+        description=(
+            "Read the inference logs of this EdgeDeployment: one row per prediction with its "
+            "site, node, day, model version, feature columns, prediction and confidence."
+        ),
+    )
+    hard_examples_only: bool = Field(
+        default=False,
+        description="Only the predictions flagged hard_example (edgeDeploymentRef only).",
+    )
+
+    rules = (
+        Rule(
+            cel="has(self.datasetRef) != has(self.edgeDeploymentRef)",
+            message="exactly one of datasetRef or edgeDeploymentRef must be set",
+            check=lambda f: exactly_one(f.dataset_ref, f.edge_deployment_ref),
+        ),
+        Rule(
+            cel=(
+                "!has(self.hardExamplesOnly) || !self.hardExamplesOnly"
+                " || has(self.edgeDeploymentRef)"
+            ),
+            message="hardExamplesOnly needs edgeDeploymentRef",
+            check=lambda f: not f.hard_examples_only or f.edge_deployment_ref is not None,
+            field=".hardExamplesOnly",
+        ),
+    )
 
 
 class BuiltinSource(ApiModel):
@@ -364,6 +396,11 @@ class DatasetInput(ApiModel):
         default=None,
         max_length=128,
         description="Content digest recorded in that version's commit (upstream Datasets).",
+    )
+    edge_deployment: str | None = Field(
+        default=None,
+        max_length=253,
+        description="The EdgeDeployment whose inference-log table was read (spec.source.from).",
     )
 
 

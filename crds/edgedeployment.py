@@ -157,6 +157,21 @@ class Load(ApiModel):
     )
 
 
+class Logging(ApiModel):
+    """What each inference-log record says about the prediction."""
+
+    hard_example_threshold: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description=(
+            "A classification whose highest class probability is below this is flagged "
+            "hard_example (a candidate for labelling and retraining); unset flags nothing. "
+            "Regression outputs are never flagged."
+        ),
+    )
+
+
 class Offline(ApiModel):
     """Behaviour when the lake is unreachable."""
 
@@ -173,6 +188,7 @@ class EdgeDeploymentSpec(ApiModel):
     optimize: Optimize = Field(default_factory=Optimize)
     rollout: Rollout = Field(default_factory=Rollout)
     sync: Sync = Field(default_factory=Sync)
+    logging: Logging = Field(default_factory=Logging)
     offline: Offline = Field(default_factory=Offline)
     auth: ServingAuth | None = Field(
         default=None,

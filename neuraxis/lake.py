@@ -9,7 +9,8 @@ Layout under the root:
     edge/<ns>/<model>/<version>/         edge bundle + sha256 manifest
     runs/<ns>/<run-id>/                  result.json, checkpoints
     lineage/events.jsonl                 OpenLineage run events
-    inference-logs/<ns>/<deployment>/    logs uploaded by edge agents
+    inference-logs/<ns>/<deployment>/<node>/   raw JSONL segments uploaded by edge agents
+    edge-logs/<ns>/<deployment>/         Delta table of those logs (partitioned by site, node, day)
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ from typing import Any
 from urllib.parse import urlparse
 
 DEFAULT_HOME = ".neuraxis"
+# The edge site an agent's inference-log rows name (set by the operator on the agent DaemonSet).
+EDGE_SITE_ENV = "NEURAXIS_EDGE_SITE"
+# With several sites: the agents' spec ConfigMap key mapping node name -> site (JSON).
+NODE_SITES_FILE = "node-sites.json"
 
 
 def neuraxis_home() -> Path:
@@ -102,6 +107,17 @@ class Lake:
     @staticmethod
     def run_path(namespace: str, run_id: str) -> str:
         return f"runs/{namespace}/{run_id}"
+
+    @staticmethod
+    def inference_logs_path(namespace: str, deployment: str) -> str:
+        """Where an EdgeDeployment's agents upload sealed log segments (one folder per node)."""
+        return f"inference-logs/{namespace}/{deployment}"
+
+    @staticmethod
+    def edge_logs_table_path(namespace: str, deployment: str) -> str:
+        """The Delta table the raw segments are ingested into; what a Dataset with
+        `source.from.edgeDeploymentRef` reads (the agent, the ETL and the runners use this)."""
+        return f"edge-logs/{namespace}/{deployment}"
 
     LINEAGE_EVENTS = "lineage/events.jsonl"
 

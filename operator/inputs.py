@@ -47,9 +47,21 @@ def resolve_dataset(tj: TrainingJob, store: Store) -> ResolvedDataset:
 
 
 def resolve_upstream(ds: Dataset, store: Store) -> ResolvedDataset | None:
-    """For a derived Dataset, the upstream version it reads (same rules as training)."""
+    """For a derived Dataset, the upstream version it reads (same rules as training). A
+    Dataset over an EdgeDeployment's logs waits only for that EdgeDeployment to exist: the run
+    ingests what its agents uploaded (the table is `Lake.edge_logs_table_path`)."""
     source = ds.spec.source.from_
-    return resolve_dataset_ref(source.dataset_ref, ns_of(ds), store) if source else None
+    if source is None:
+        return None
+    if source.edge_deployment_ref is not None:
+        name = source.edge_deployment_ref.name
+        if store.get(CR_VERSION, "EdgeDeployment", ns_of(ds), name) is None:
+            raise InputNotReadyError(
+                "EdgeDeploymentNotFound", f"EdgeDeployment {name} does not exist"
+            )
+        return None
+    assert source.dataset_ref is not None
+    return resolve_dataset_ref(source.dataset_ref, ns_of(ds), store)
 
 
 def pin_upstream(ds: Dataset, upstream: ResolvedDataset | None) -> Dataset:
@@ -57,7 +69,7 @@ def pin_upstream(ds: Dataset, upstream: ResolvedDataset | None) -> Dataset:
     if upstream is None or ds.spec.source.from_ is None:
         return ds
     out = ds.model_copy(deep=True)
-    assert out.spec.source.from_ is not None
+    assert out.spec.source.from_ is not None and out.spec.source.from_.dataset_ref is not None
     out.spec.source.from_.dataset_ref.version = upstream.version
     return out
 

@@ -30,6 +30,7 @@ from neuraxis.operator.builders.edge import (
     canary_daemon_set_name,
     canary_nodes,
     matching_nodes,
+    node_sites,
 )
 from neuraxis.operator.builders.modelversion import (
     BACKTEST_LABEL,
@@ -706,6 +707,7 @@ def reconcile_edge(
         settings,
         canary_ready=canary_ready,
         bundle_digest=str(bundle["digest"]),
+        sites=node_sites(nodes, settings),
     )
     _apply_all(cluster, children)
     sets = [c for c in children if c["kind"] == "DaemonSet"]

@@ -77,7 +77,10 @@ def _ref(obj: Obj, *path: str) -> list[str]:
 # What each kind reads, as (index name, spec path of the input's name, input kind): when an
 # input changes phase, the resources found under its name in that index are reconciled.
 INPUT_INDEXES: dict[str, list[tuple[str, tuple[str, ...], str]]] = {
-    "Dataset": [("upstream", ("source", "from", "datasetRef", "name"), "Dataset")],
+    "Dataset": [
+        ("upstream", ("source", "from", "datasetRef", "name"), "Dataset"),
+        ("edgelogs", ("source", "from", "edgeDeploymentRef", "name"), "EdgeDeployment"),
+    ],
     "TrainingJob": [("dataset", ("datasetRef", "name"), "Dataset")],
     "ModelVersion": [
         ("trainingjob", ("source", "trainingJobRef", "name"), "TrainingJob"),

@@ -37,11 +37,16 @@ def build(store: Store, kind: str, name: str, namespace: str) -> Node:
     body = store.get(CR_VERSION, kind, namespace, name)
     if body is None:
         raise LineageError(f"{kind}/{name} has no recorded status (run it first)")
-    return _node(store, body, namespace)
+    return _node(store, body, namespace, frozenset())
 
 
-def _node(store: Store, body: dict[str, Any], namespace: str) -> Node:
+def _node(
+    store: Store, body: dict[str, Any], namespace: str, above: frozenset[tuple[str, str]]
+) -> Node:
+    """`above`: the resources on the path from the start, so that the edge-to-lake loop (an
+    EdgeDeployment serving a model trained on its own logs) ends instead of recursing."""
     kind, name = body["kind"], body["metadata"]["name"]
+    above = above | {(kind, name)}
     spec = body.get("spec") or {}
     status = body.get("status") or {}
     lineage = status.get("lineage") or {}
@@ -50,9 +55,12 @@ def _node(store: Store, body: dict[str, Any], namespace: str) -> Node:
     def parent(parent_kind: str, parent_name: str | None) -> None:
         if not parent_name:
             return
+        if (parent_kind, parent_name) in above:
+            node.parents.append(Node(parent_kind, parent_name, ["(loop: shown above)"]))
+            return
         found = store.get(CR_VERSION, parent_kind, namespace, parent_name)
         node.parents.append(
-            _node(store, found, namespace)
+            _node(store, found, namespace, above)
             if found
             else Node(parent_kind, parent_name, ["no recorded status"])
         )
@@ -90,8 +98,16 @@ def _node(store: Store, body: dict[str, Any], namespace: str) -> Node:
                     f"read Dataset {read['dataset']} version {read.get('version')}"
                     f" ({_short(read.get('digest'))})"
                 )
+            elif read.get("edgeDeployment"):
+                node.details.append(
+                    f"read the inference logs of EdgeDeployment {read['edgeDeployment']}"
+                    f" (table version {read.get('version')})"
+                )
         source = spec.get("source") or {}
-        if source.get("from"):
+        edge = (source.get("from") or {}).get("edgeDeploymentRef") or {}
+        if edge.get("name"):
+            parent("EdgeDeployment", edge["name"])
+        elif source.get("from"):
             parent("Dataset", (source["from"].get("datasetRef") or {}).get("name"))
         elif source.get("builtin"):
             builtin = source["builtin"]

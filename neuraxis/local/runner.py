@@ -104,7 +104,9 @@ def references(res: Resource) -> list[tuple[str, str]]:
     """The resources this one reads (kind, name)."""
     if isinstance(res, Dataset):
         src = res.spec.source.from_
-        return [("Dataset", src.dataset_ref.name)] if src else []
+        if src and src.edge_deployment_ref:
+            return [("EdgeDeployment", src.edge_deployment_ref.name)]
+        return [("Dataset", src.dataset_ref.name)] if src and src.dataset_ref else []
     if isinstance(res, TrainingJob):
         return [("Dataset", res.spec.dataset_ref.name)]
     if isinstance(res, ModelVersion):
@@ -377,6 +379,15 @@ class Runner:
                     status.get("phase"),
                 ]
             )
+        if (
+            isinstance(res, Dataset)
+            and res.spec.source.from_
+            and res.spec.source.from_.edge_deployment_ref
+        ):
+            # The logs move without any status changing: a new uploaded segment is a new input.
+            name = res.spec.source.from_.edge_deployment_ref.name
+            prefix = Lake.inference_logs_path(res.metadata.namespace or "default", name)
+            seen.append(["inference-logs", name, list(self.lake.list_files(prefix))])
         return spec_digest(seen)
 
     def step(self, entry: Entry) -> Outcome:

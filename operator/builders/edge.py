@@ -3,12 +3,14 @@ first (chosen deterministically and pinned by node name), the rest once the cana
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from neuraxis.crds import EdgeDeployment
+from neuraxis.lake import EDGE_SITE_ENV, NODE_SITES_FILE
 from neuraxis.operator.builders.auth import auth_args, mount_api_keys
 from neuraxis.operator.builders.common import RUN_ID_ENV, job, spec_config_map
-from neuraxis.operator.children import child_metadata, run_name
+from neuraxis.operator.children import SPEC_MOUNT, child_metadata, run_name
 from neuraxis.operator.pods import (
     WORKLOAD_UID,
     pod_template,
@@ -171,6 +173,30 @@ def load_flags(ed: EdgeDeployment) -> list[str]:
     ]  # fmt: skip
 
 
+def _logging_flags(ed: EdgeDeployment) -> list[str]:
+    threshold = ed.spec.logging.hard_example_threshold
+    flags = ["--node-sites", f"{SPEC_MOUNT}/{NODE_SITES_FILE}"]
+    return flags + (["--hard-example-threshold", repr(threshold)] if threshold is not None else [])
+
+
+def node_sites(nodes: list[NodeInfo], settings: OperatorSettings) -> dict[str, str]:
+    """Node name -> edge site (the node label), for the agents' log records."""
+    out = {}
+    for node in nodes:
+        site = (node.get("labels") or {}).get(settings.edge_site_label)
+        if site:
+            out[str(node["name"])] = str(site)
+    return out
+
+
+def _site_env(ed: EdgeDeployment) -> list[dict[str, Any]]:
+    """The site of a one-site deployment. With several, a DaemonSet spans sites and the
+    downward API cannot read a node's labels: the agents look their node up in the map the
+    spec ConfigMap carries (`node_sites`)."""
+    sites = ed.spec.target.sites
+    return [{"name": EDGE_SITE_ENV, "value": sites[0]}] if len(sites) == 1 else []
+
+
 def _daemon_set(
     ed: EdgeDeployment,
     name: str,
@@ -192,6 +218,7 @@ def _daemon_set(
         "--digest", bundle_digest,
         *auth_args(ed.spec.auth),
         *load_flags(ed),
+        *_logging_flags(ed),
     ]  # fmt: skip
     node_name = {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}
     container = workload_container(
@@ -199,7 +226,7 @@ def _daemon_set(
         settings,
         command,
         resources=resource_limits("500m", "512Mi"),
-        extra_env=[node_name],  # the log path names the node, not the pod
+        extra_env=[node_name, *_site_env(ed)],  # the log path names the node, not the pod
         ports=[
             {"name": "http", "containerPort": port},
             {"name": "grpc", "containerPort": grpc_port},
@@ -307,12 +334,17 @@ def build_edge_agent_children(
     *,
     canary_ready: bool,
     bundle_digest: str,
+    sites: dict[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """The agents' spec ConfigMap and the DaemonSets that mount it (none: no ConfigMap).
-    `bundle_digest`: the bundle the EdgeDeployment pinned; agents refuse any other."""
+    `bundle_digest`: the bundle the EdgeDeployment pinned; agents refuse any other. `sites`:
+    node -> site of the targeted nodes (`node_sites`), for the agents' log records."""
     sets = build_edge_daemon_sets(
         ed, bundle_uri, targeted, settings, canary_ready=canary_ready, bundle_digest=bundle_digest
     )
     if not sets:
         return []
-    return [spec_config_map(ed, agent_config_map_name(ed), "edge-agent"), *sets]
+    config_map = spec_config_map(ed, agent_config_map_name(ed), "edge-agent")
+    wanted = {n: s for n, s in sorted((sites or {}).items()) if n in targeted}
+    config_map["data"][NODE_SITES_FILE] = json.dumps(wanted, sort_keys=True)
+    return [config_map, *sets]

@@ -42,6 +42,7 @@ from neuraxis.workloads.artifact import (
 )
 from neuraxis.workloads.edge.cache import BundleCache
 from neuraxis.workloads.edge.health import LakeContact
+from neuraxis.workloads.edge.lake_table import LakeFields
 from neuraxis.workloads.edge.log_buffer import LogBuffer
 from neuraxis.workloads.serve.metrics import ServeMetrics
 from neuraxis.workloads.serve.model_loader import (
@@ -123,9 +124,13 @@ def input_summary(row: list[float]) -> dict[str, float]:
 
 
 def log_records(
-    model: LoadedModel, rows: list[list[float]], outputs: list[Any]
+    model: LoadedModel,
+    rows: list[list[float]],
+    outputs: list[Any],
+    lake_fields: LakeFields | None = None,
 ) -> list[dict[str, Any]]:
-    """One inference-log record per row (pure apart from the id and the clock)."""
+    """One inference-log record per row (pure apart from the id and the clock). `lake_fields`
+    adds what the edge-logs Delta table needs (workloads/edge/lake_table.py)."""
     now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
     sig = model.signature
     predictions = labels(sig, outputs) if sig.task == "classification" else outputs
@@ -139,6 +144,7 @@ def log_records(
             "inputs": input_summary(row),
             "prediction": prediction,
             "output": output,
+            **(lake_fields.for_row(sig.feature_names, row, output) if lake_fields else {}),
         }
         for row, prediction, output in zip(rows, predictions, outputs, strict=True)
     ]
@@ -155,6 +161,7 @@ class AgentConfig:
     check_interval_s: float = 60.0
     sync_interval_s: float = 300.0
     expected_digest: str | None = None  # the pinned bundle digest: nothing else is served
+    lake_fields: LakeFields | None = None  # site, features, confidence, hard-example flag
 
 
 class EdgeMetrics:
@@ -273,7 +280,7 @@ class EdgeAgent:
     # ---- inference logs -------------------------------------------------------------------------
     def record(self, model: LoadedModel, rows: list[list[float]], outputs: list[Any]) -> None:
         """The prediction hook (worker thread): durable before the client gets its answer."""
-        records = log_records(model, rows, outputs)
+        records = log_records(model, rows, outputs, self.config.lake_fields)
         try:
             self.buffer.append(records)
         except OSError:

@@ -11,7 +11,9 @@ import typer
 
 from neuraxis.crds.edgedeployment import Load, Sync
 from neuraxis.crds.modelversion import Serving
+from neuraxis.lake import EDGE_SITE_ENV, Lake
 from neuraxis.workloads.drift import DEFAULT_WINDOW
+from neuraxis.workloads.edge.lake_table import LakeFields, site_of
 from neuraxis.workloads.serve.auth_cli import (
     ALLOWED_USER,
     API_KEYS_DIR,
@@ -74,6 +76,18 @@ def edge_command(
     max_buffered_snapshots: int = typer.Option(
         _SYNC["max_buffered_snapshots"], min=1, help="Health snapshots kept while offline."
     ),
+    site: str | None = typer.Option(
+        None, help="Edge site in the log records; default $NEURAXIS_EDGE_SITE, else unknown."
+    ),
+    node_sites: Path | None = typer.Option(
+        None, help="JSON node name -> site (the operator mounts it); used when no site is given."
+    ),
+    hard_example_threshold: float | None = typer.Option(
+        None,
+        min=0,
+        max=1,
+        help="Flag classifications whose top probability is below this (spec.logging).",
+    ),
 ) -> None:
     """Serve an edge bundle locally, offline-capable, with durable inference-log upload."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -96,7 +110,8 @@ def edge_command(
     model_name = name or model_name_of(bundle)
     node_name = node or os.environ.get("NODE_NAME") or socket.gethostname()
     namespace = namespace_of(bundle) or "default"
-    prefix = f"inference-logs/{namespace}/{deployment or model_name}/{node_name}"
+    prefix = f"{Lake.inference_logs_path(namespace, deployment or model_name)}/{node_name}"
+    site_name = site_of(node_name, site, os.environ.get(EDGE_SITE_ENV), node_sites)
     config = AgentConfig(
         bundle_uri=bundle,
         cache_dir=cache_dir,
@@ -107,6 +122,7 @@ def edge_command(
         check_interval_s=check_interval_s,
         sync_interval_s=sync_interval_s,
         expected_digest=digest,
+        lake_fields=LakeFields(site_name, node_name, hard_example_threshold),
     )
     metrics = ServeMetrics()
     agent = EdgeAgent(config, metrics)

@@ -44,6 +44,7 @@ class EtlResult:
     input_version: int | None = None
     input_dataset: str | None = None
     input_digest: str | None = None
+    input_edge_deployment: str | None = None
     sources: tuple[str, ...] = ()
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -60,6 +61,7 @@ class EtlResult:
                 dataset=self.input_dataset,
                 version=self.input_version,
                 digest=self.input_digest,
+                edge_deployment=self.input_edge_deployment,
             )
         ]
 

@@ -52,7 +52,10 @@ def describe_source(
         return LineageDataset(
             namespace=sources.BUILTIN_NAMESPACE, name=uri.removeprefix("builtin://")
         )
-    if source.from_ is not None:
+    if source.from_ is not None and source.from_.edge_deployment_ref is not None:
+        rel = Lake.edge_logs_table_path(namespace, source.from_.edge_deployment_ref.name)
+        return lake_dataset(lake, rel)
+    if source.from_ is not None and source.from_.dataset_ref is not None:
         name = source.from_.dataset_ref.name
         if name in upstream:
             return sources.uri_dataset(upstream[name])
@@ -403,6 +406,7 @@ def _process(
         input_version=src.version,
         input_dataset=src.dataset_name,
         input_digest=src.digest,
+        input_edge_deployment=src.edge_deployment,
         sources=src.root_sources,
     )
     return result, inputs, outputs

@@ -39,6 +39,8 @@ class SourceRead:
     # An upstream Dataset: its name and the content digest recorded in the version read.
     dataset_name: str | None = None
     digest: str | None = None
+    # An EdgeDeployment whose inference-log table was read.
+    edge_deployment: str | None = None
 
 
 def spark_path(uri: str) -> str:
@@ -66,6 +68,8 @@ def read_source(
 ) -> SourceRead:
     if source.builtin is not None:
         return _read_builtin(spark, source)
+    if source.from_ is not None and source.from_.edge_deployment_ref is not None:
+        return _read_edge_logs(spark, source, lake, namespace)
     if source.from_ is not None:
         return _read_upstream(spark, source, lake, namespace, upstream or {})
     return _read_files(spark, source)
@@ -116,7 +120,7 @@ def _read_upstream(
     namespace: str,
     upstream: Mapping[str, str],
 ) -> SourceRead:
-    assert source.from_ is not None
+    assert source.from_ is not None and source.from_.dataset_ref is not None
     ref = source.from_.dataset_ref
     uri = upstream_uri(lake, namespace, ref.name, upstream)
     what = f"spec.source.from.datasetRef: Dataset {ref.name!r}"
@@ -145,3 +149,65 @@ def _read_upstream(
         dataset_name=ref.name,
         digest=commit.digest,
     )
+
+
+def _read_edge_logs(
+    spark: SparkSession, source: DataSource, lake: Lake, namespace: str
+) -> SourceRead:
+    """An EdgeDeployment's inference logs: the segments uploaded since the last read are
+    ingested first (idempotent, workloads/edge/lake_table.py), then the table version that
+    leaves is read; feature columns come out of the `features` map, one column each."""
+    from pyspark.sql import functions as sf
+
+    from neuraxis.workloads.edge import lake_table
+
+    assert source.from_ is not None and source.from_.edge_deployment_ref is not None
+    name = source.from_.edge_deployment_ref.name
+    what = f"spec.source.from.edgeDeploymentRef: EdgeDeployment {name!r}"
+    try:
+        ingested = lake_table.ingest(lake, namespace, name)
+    except lake_table.RecordError as exc:
+        raise EtlError(SOURCE_UNREADABLE, f"{what}: {exc}") from exc
+    except Exception as exc:
+        raise EtlError(SOURCE_UNREADABLE, classify(exc, what).message) from exc
+    if ingested.version is None:
+        raise EtlError(
+            UPSTREAM_NOT_FOUND,
+            f"{what}: no inference logs uploaded yet under "
+            f"{lake.uri(Lake.inference_logs_path(namespace, name))}",
+        )
+    rel = Lake.edge_logs_table_path(namespace, name)
+    uri = ingested.table_uri
+    df = delta_io.read_version(spark, lake.spark_uri(rel), ingested.version)
+    if source.from_.hard_examples_only:
+        df = df.where(sf.col("hard_example"))
+    df = _flatten_features(df, what)
+    version = ingested.version
+    return SourceRead(
+        df=df,
+        dataset=LineageDataset(namespace=lake.root, name=rel, version=str(version)),
+        uri=uri,
+        version=version,
+        root_sources=(f"{uri}@v{version}",),
+        edge_deployment=name,
+    )
+
+
+def _flatten_features(df: DataFrame, what: str) -> DataFrame:
+    """One column per feature name found in the rows (sorted), in place of the map."""
+    from pyspark.sql import functions as sf
+
+    from neuraxis.workloads.edge.lake_table import FEATURES
+
+    keys = sorted(
+        str(r["k"])
+        for r in df.select(sf.explode(sf.map_keys(FEATURES)).alias("k")).distinct().collect()
+    )
+    clash = sorted(set(keys) & set(df.columns))
+    if clash:
+        raise EtlError(
+            SOURCE_UNREADABLE,
+            f"{what}: feature names {', '.join(clash)} clash with the log table's own columns",
+        )
+    base = [c for c in df.columns if c != FEATURES]
+    return df.select(*base, *[sf.col(FEATURES)[k].alias(k) for k in keys])
