@@ -3,6 +3,7 @@ cloud would compute (ids, ARNs, endpoints) so dependent resources and outputs re
 
 from __future__ import annotations
 
+import asyncio
 import json
 import runpy
 from collections.abc import Callable, Mapping
@@ -98,6 +99,9 @@ def unwrap_secrets(value: Any) -> Any:
 def run(body: Callable[[], Any], *, stack: str = "test", config: Mapping[str, str] | None = None,
         ) -> RecordingMocks:  # fmt: skip
     """Run `body` as a Pulumi program under fresh mocks; returns what it registered."""
+    # Pulumi's test runner works on the thread's current event loop; an asyncio.run() earlier
+    # in the same pytest process (serving tests) leaves none set.
+    asyncio.set_event_loop(asyncio.new_event_loop())
     mocks = RecordingMocks()
     pulumi.runtime.set_mocks(mocks, project="neuraxis", stack=stack, preview=False)
     pulumi.runtime.set_all_config(dict(config or {}), [])
