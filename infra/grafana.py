@@ -121,6 +121,8 @@ def _panel(panel: Panel) -> timeseries.Panel:
         .height(8)
         .span(panel.width)
     )
+    if len(panel.queries) > len(REF_IDS):  # never drop a query silently
+        raise ValueError(f"panel {panel.title!r}: at most {len(REF_IDS)} queries")
     for ref_id, (expr, legend) in zip(REF_IDS, panel.queries, strict=False):
         built = built.with_target(
             prometheus.Dataquery().expr(expr).legend_format(legend).ref_id(ref_id)

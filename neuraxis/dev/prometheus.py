@@ -95,11 +95,6 @@ class Prometheus:
                 out.setdefault(alert["labels"]["alertname"], []).append(alert["labels"])
         return out
 
-    def targets_up(self) -> dict[str, bool]:
-        """Scrape URL -> whether the last scrape succeeded."""
-        active = self.api("targets")["activeTargets"]
-        return {t["scrapeUrl"]: t["health"] == "up" for t in active}
-
     def output(self) -> str:
         return self.log.read_text(errors="replace")[-4000:]
 
