@@ -78,7 +78,16 @@ class LeaderElector:
         }
 
     def try_acquire_or_renew(self) -> bool:
-        """One attempt; True when this replica holds the Lease afterwards."""
+        """One attempt; True when this replica holds the Lease afterwards. Any failure is a
+        failed attempt, as in client-go: the election thread must never die quietly, or the
+        replica would stay a follower that never campaigns again."""
+        try:
+            return self._attempt()
+        except Exception:
+            log.exception("leader lease: attempt failed")
+            return False
+
+    def _attempt(self) -> bool:
         c = self.config
         try:
             lease = self.kube.request("GET", self.path, retry=ONE_TRY, timeout_s=c.retry_s)

@@ -192,7 +192,11 @@ def start_election(
         except RuntimeError:
             log.exception("not campaigning for the lease")
             lost()
-        elector.run(stopping, started, lost)
+        try:
+            elector.run(stopping, started, lost)
+        except Exception:  # a replica without an election thread must not live on
+            log.exception("leader election stopped")
+            lost()
 
     log.info("waiting for the leader lease %s/%s as %s", namespace, config.name, config.identity)
     threading.Thread(target=campaign, name="leader-election", daemon=True).start()
