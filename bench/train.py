@@ -1,6 +1,9 @@
 """Training throughput: the platform's loop (`train_model`) against a bare PyTorch loop on the
-same model and data in the same run (target ratio >= 0.95), and DDP scaling from 1 to 2 workers
-(gloo on CPU). `--device cuda` runs the loop comparison on the GPU (bf16 autocast in both loops).
+same model and data in the same run (target ratio >= 0.95) for the three architectures, and DDP
+scaling from 1 to 2 workers (gloo on CPU). The platform side runs with what a TrainingJob's
+workload adds: a checkpoint (with its sha256 sidecar) written to a file lake after every epoch,
+and the metrics textfile rewritten after every epoch. `--device cuda` runs the loop comparison
+on the GPU (bf16 autocast in both loops).
 
     .venv/bin/python bench/train.py [--quick] [--device cpu|cuda]
 """
@@ -18,8 +21,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from neuraxis.lake import Lake
+from neuraxis.workloads.train.checkpoint import CheckpointStore
 from neuraxis.workloads.train.data import TabularData, assign_splits
 from neuraxis.workloads.train.loop import DistContext, TrainSettings, feature_stats, train_model
+from neuraxis.workloads.train.metrics_export import TrainingMetrics
 from neuraxis.workloads.train.models import ModelConfig, build_model, model_config
 
 
@@ -61,10 +67,18 @@ def bare_loop(data: TabularData, cfg: ModelConfig, settings: TrainSettings) -> f
 
 
 def platform_loop(data: TabularData, cfg: ModelConfig, settings: TrainSettings) -> float:
-    start = time.perf_counter()
-    train_model(data, cfg, settings)
-    _sync(settings.device)
-    return settings.epochs * len(data.train_x) / (time.perf_counter() - start)
+    """`train_model` with the hooks the training workload passes (workloads/train/run.py)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        store = CheckpointStore(Lake(f"file://{tmp}/lake"), "bench", "run-1", keep=2)
+        metrics = TrainingMetrics("bench", "run-1", directory=tmp)
+
+        def report(m: dict[str, float]) -> None:
+            metrics.update(epoch=int(m["epoch"]), epochs=settings.epochs, metrics=m)
+
+        start = time.perf_counter()
+        train_model(data, cfg, settings, store=store, on_epoch=report)
+        _sync(settings.device)
+        return settings.epochs * len(data.train_x) / (time.perf_counter() - start)
 
 
 def _sync(device: str) -> None:
@@ -125,6 +139,7 @@ def main() -> None:
     print(f"data: {rows} rows x 16 features, {epochs} epochs, batch 256")
     for arch, hp in (
         ("mlp", {"hiddenSize": 256, "layers": 3}),
+        ("cnn1d", {"hiddenSize": 32, "layers": 2}),
         ("transformer", {"hiddenSize": 32}),
     ):
         cfg = model_config(arch, hp, 16, 2)
