@@ -8,9 +8,13 @@ Layout under the root:
     models/<ns>/<model>/<version>/       model artifact, signature, card, plots
     edge/<ns>/<model>/<version>/         edge bundle + sha256 manifest
     runs/<ns>/<run-id>/                  result.json, checkpoints
-    lineage/events.jsonl                 OpenLineage run events
+    lineage/<ns>/events.jsonl            OpenLineage run events of the namespace's runs
     inference-logs/<ns>/<deployment>/<node>/   raw JSONL segments uploaded by edge agents
     edge-logs/<ns>/<deployment>/         Delta table of those logs (partitioned by site, node, day)
+    edge-health/<ns>/<deployment>/<node>/      health snapshots uploaded by edge agents
+
+Every prefix starts with `<kind>/<ns>/`: scoped credentials (`neuraxis.lake_access`) grant a run
+exactly the prefixes of its namespace that it needs, so nothing may live outside one.
 """
 
 from __future__ import annotations
@@ -119,7 +123,17 @@ class Lake:
         `source.from.edgeDeploymentRef` reads (the agent, the ETL and the runners use this)."""
         return f"edge-logs/{namespace}/{deployment}"
 
-    LINEAGE_EVENTS = "lineage/events.jsonl"
+    @staticmethod
+    def edge_health_path(namespace: str, deployment: str) -> str:
+        """Where an EdgeDeployment's agents upload health snapshots (one folder per node)."""
+        return f"edge-health/{namespace}/{deployment}"
+
+    LINEAGE_PREFIX = "lineage"
+
+    @staticmethod
+    def lineage_events_path(namespace: str) -> str:
+        """The OpenLineage events of one namespace's runs (appended by the runs themselves)."""
+        return f"lineage/{namespace}/events.jsonl"
 
     def uri(self, rel: str) -> str:
         """Absolute URI of a path inside the lake."""
