@@ -48,12 +48,13 @@ class LakeError(RuntimeError):
 class S3Settings:
     """Endpoint and credentials for s3:// lakes. Read from the environment (which a mounted
     Secret populates in a pod): AWS_ENDPOINT_URL (MinIO), AWS_ACCESS_KEY_ID,
-    AWS_SECRET_ACCESS_KEY, AWS_REGION."""
+    AWS_SECRET_ACCESS_KEY, AWS_REGION, and AWS_SESSION_TOKEN with scoped (STS) credentials."""
 
     endpoint: str | None
     access_key: str | None
     secret_key: str | None
     region: str
+    session_token: str | None = None
 
     @classmethod
     def from_env(cls) -> S3Settings:
@@ -62,6 +63,7 @@ class S3Settings:
             access_key=os.environ.get("AWS_ACCESS_KEY_ID"),
             secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY"),
             region=os.environ.get("AWS_REGION", "us-east-1"),
+            session_token=os.environ.get("AWS_SESSION_TOKEN") or None,
         )
 
 
@@ -170,6 +172,8 @@ class Lake:
         if self.s3.access_key and self.s3.secret_key:
             opts["AWS_ACCESS_KEY_ID"] = self.s3.access_key
             opts["AWS_SECRET_ACCESS_KEY"] = self.s3.secret_key
+            if self.s3.session_token:
+                opts["AWS_SESSION_TOKEN"] = self.s3.session_token
         return opts
 
     def spark_conf(self) -> dict[str, str]:
@@ -188,6 +192,11 @@ class Lake:
         if self.s3.access_key and self.s3.secret_key:
             conf["spark.hadoop.fs.s3a.access.key"] = self.s3.access_key
             conf["spark.hadoop.fs.s3a.secret.key"] = self.s3.secret_key
+            if self.s3.session_token:
+                conf["spark.hadoop.fs.s3a.session.token"] = self.s3.session_token
+                conf["spark.hadoop.fs.s3a.aws.credentials.provider"] = (
+                    "org.apache.hadoop.fs.s3a.TemporaryAWSCredentialsProvider"
+                )
         return conf
 
     # ---- object access ------------------------------------------------------------------------
@@ -200,6 +209,7 @@ class Lake:
                 endpoint_url=self.s3.endpoint,
                 aws_access_key_id=self.s3.access_key,
                 aws_secret_access_key=self.s3.secret_key,
+                aws_session_token=self.s3.session_token,
                 region_name=self.s3.region,
             )
         return self._client

@@ -1,0 +1,236 @@
+"""Tenant isolation proven by the real MinIO (the project's dev lake, `neuraxis.dev.lake`):
+two namespaces, every role's credentials minted by STS AssumeRole with the session policy of
+`neuraxis.lake_access`. Each role does its job through the same code the workloads use
+(`neuraxis.lake.Lake`, delta-rs, lineage), and MinIO itself answers 403 AccessDenied to every
+cross-namespace read or write (tables, models, bundles, runs, logs) and to anything beyond the
+role inside its own namespace."""
+
+from __future__ import annotations
+
+import secrets
+import socket
+from collections.abc import Callable, Iterator
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+from botocore.exceptions import ClientError
+from deltalake import DeltaTable, write_deltalake
+
+from neuraxis import lake_access
+from neuraxis.dev import lake as dev_lake
+from neuraxis.dev.lake import LakeServer
+from neuraxis.dev.toolchain import ToolchainError
+from neuraxis.lake import Lake, S3Settings
+from neuraxis.lake_access import LakeGrant
+from neuraxis.lineage import emit_run_event, read_events
+
+pytestmark = pytest.mark.engine
+
+A, B = "team-a", "team-b"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def minio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LakeServer]:
+    home = tmp_path_factory.mktemp("minio-home")
+    try:
+        server = dev_lake.start(home, port=_free_port(), bucket="iso-" + secrets.token_hex(3))
+    except (dev_lake.LakeServerError, ToolchainError) as exc:
+        pytest.fail(f"MinIO did not start: {exc}")
+    try:
+        yield server
+    finally:
+        dev_lake.stop(home)
+
+
+def root_settings(server: LakeServer) -> S3Settings:
+    return S3Settings(server.endpoint, server.access_key, server.secret_key, dev_lake.REGION)
+
+
+@pytest.fixture(scope="module")
+def seeded(minio: LakeServer) -> Lake:
+    """Both namespaces' objects, written with the root keys (the operator's)."""
+    lake = Lake(minio.lake_uri, s3=root_settings(minio))
+    for ns in (A, B):
+        write_deltalake(
+            lake.uri(Lake.table_path(ns, "raw")),
+            pa.table({"machine": [f"{ns}-1", f"{ns}-2"], "temp": [20.5, 21.0]}),
+            storage_options=lake.storage_options(),
+        )
+        lake.write_bytes(f"{Lake.model_path(ns, 'm', '1')}/model.ts", b"weights " + ns.encode())
+        lake.write_bytes(f"{Lake.edge_path(ns, 'm', '1')}/bundle.tar", b"bundle " + ns.encode())
+        lake.write_json(f"{Lake.run_path(ns, 'r1')}/result.json", {"ns": ns})
+        lake.write_bytes(f"{Lake.inference_logs_path(ns, 'd')}/n1/seg-1.jsonl", b"{}\n")
+    return lake
+
+
+def scoped_lake(minio: LakeServer, grant: LakeGrant) -> Lake:
+    creds = lake_access.mint(minio.lake_uri, grant, root_settings(minio), duration_s=900)
+    env = lake_access.credentials_env(creds, root_settings(minio))
+    settings = S3Settings(
+        env["AWS_ENDPOINT_URL"],
+        env["AWS_ACCESS_KEY_ID"],
+        env["AWS_SECRET_ACCESS_KEY"],
+        env["AWS_REGION"],
+        env["AWS_SESSION_TOKEN"],
+    )
+    return Lake(minio.lake_uri, s3=settings)
+
+
+def grants(ns: str) -> dict[str, LakeGrant]:
+    return {
+        "etl": lake_access.etl_grant(ns, "features", [Lake.table_path(ns, "raw")]),
+        "train": lake_access.train_grant(ns, Lake.table_path(ns, "raw"), "r2"),
+        "custom-trainer": lake_access.custom_trainer_grant(ns, "r3"),
+        "serve": lake_access.serve_grant(ns, Lake.model_path(ns, "m", "1"), "d"),
+        "edge": lake_access.edge_grant(ns, Lake.edge_path(ns, "m", "1"), "d"),
+    }
+
+
+def assert_refused(action: Callable[[], Any], what: str) -> None:
+    """MinIO's own answer: HTTP 403 with the S3 error code AccessDenied."""
+    with pytest.raises(ClientError) as caught:
+        action()
+    error = caught.value.response
+    status = error["ResponseMetadata"]["HTTPStatusCode"]
+    assert (status, error["Error"]["Code"]) == (403, "AccessDenied"), what
+
+
+def other_namespace_attempts(lake: Lake, ns: str) -> dict[str, Callable[[], Any]]:
+    """Every kind of object of namespace `ns`, read, written and listed."""
+    s3, bucket = lake._s3(), lake_access.bucket_and_root(lake.root)[0]
+
+    def key(rel: str) -> str:
+        return lake._bucket_key(rel)[1]
+
+    objects = {
+        "table": f"{Lake.table_path(ns, 'raw')}/_delta_log/00000000000000000000.json",
+        "model": f"{Lake.model_path(ns, 'm', '1')}/model.ts",
+        "bundle": f"{Lake.edge_path(ns, 'm', '1')}/bundle.tar",
+        "run": f"{Lake.run_path(ns, 'r1')}/result.json",
+        "logs": f"{Lake.inference_logs_path(ns, 'd')}/n1/seg-1.jsonl",
+    }
+    attempts: dict[str, Callable[[], Any]] = {}
+    for kind, rel in objects.items():
+        attempts[f"read {kind}"] = partial(s3.get_object, Bucket=bucket, Key=key(rel))
+        attempts[f"write {kind}"] = partial(
+            s3.put_object, Bucket=bucket, Key=key(rel), Body=b"overwritten"
+        )
+        folder = key(rel.rsplit("/", 1)[0]) + "/"
+        attempts[f"list {kind}"] = partial(s3.list_objects_v2, Bucket=bucket, Prefix=folder)
+    attempts["write lineage"] = lambda: s3.put_object(
+        Bucket=bucket, Key=key(f"{Lake.LINEAGE_PREFIX}/{ns}/events.jsonl.d/x.json"), Body=b"{}"
+    )
+    return attempts
+
+
+@pytest.mark.parametrize("role", lake_access.ROLES)
+def test_no_role_reaches_the_other_namespace(minio: LakeServer, seeded: Lake, role: str) -> None:
+    lake = scoped_lake(minio, grants(A)[role])
+    for what, attempt in other_namespace_attempts(lake, B).items():
+        assert_refused(attempt, f"{role} of {A}: {what} in {B}")
+    # B's objects are untouched.
+    assert seeded.read_bytes(f"{Lake.model_path(B, 'm', '1')}/model.ts") == b"weights team-b"
+
+
+def test_etl_reads_its_input_and_writes_its_table(minio: LakeServer, seeded: Lake) -> None:
+    lake = scoped_lake(minio, grants(A)["etl"])
+    opts = lake.storage_options()
+    raw = DeltaTable(lake.uri(Lake.table_path(A, "raw")), storage_options=opts)
+    rows = raw.to_pyarrow_table()
+    assert rows.column("machine").to_pylist() == ["team-a-1", "team-a-2"]
+    write_deltalake(lake.uri(Lake.table_path(A, "features")), rows, storage_options=opts)
+    write_deltalake(lake.uri(Lake.table_path(A, "features")), rows, storage_options=opts,
+                    mode="overwrite")  # fmt: skip
+    assert DeltaTable(lake.uri(Lake.table_path(A, "features")), storage_options=opts).version() == 1
+    emit_run_event(lake, "COMPLETE", f"{A}.features", "etl-1", [], [], namespace=A)
+    assert [e["eventType"] for e in read_events(seeded, namespace=A)] == ["COMPLETE"]
+    # Within its namespace: not the input (read only), not a model, not another table.
+    with pytest.raises(OSError, match=r"403|AccessDenied|Forbidden"):
+        DeltaTable(lake.uri(Lake.table_path(B, "raw")), storage_options=opts)
+    s3, bucket = lake._s3(), minio.bucket
+    raw_key = lake._bucket_key(f"{Lake.table_path(A, 'raw')}/x.parquet")[1]
+    assert_refused(lambda: s3.put_object(Bucket=bucket, Key=raw_key, Body=b"x"), "etl writes input")
+    model_key = lake._bucket_key(f"{Lake.model_path(A, 'm', '1')}/model.ts")[1]
+    assert_refused(lambda: s3.get_object(Bucket=bucket, Key=model_key), "etl reads a model")
+
+
+def test_training_reads_its_dataset_and_writes_its_run(minio: LakeServer, seeded: Lake) -> None:
+    lake = scoped_lake(minio, grants(A)["train"])
+    opts = lake.storage_options()
+    assert DeltaTable(lake.uri(Lake.table_path(A, "raw")), storage_options=opts).version() == 0
+    lake.write_json(f"{Lake.run_path(A, 'r2')}/result.json", {"loss": 0.1})
+    assert lake.read_json(f"{Lake.run_path(A, 'r2')}/result.json") == {"loss": 0.1}
+    assert list(lake.list_files(Lake.run_path(A, "r2"))) == [
+        f"{Lake.run_path(A, 'r2')}/result.json"
+    ]
+    s3, bucket = lake._s3(), minio.bucket
+    for rel, what in (
+        (f"{Lake.run_path(A, 'r1')}/result.json", "another run of its namespace"),
+        (f"{Lake.model_path(A, 'm', '1')}/model.ts", "a model"),
+        (f"{Lake.table_path(A, 'raw')}/x.parquet", "its Dataset's table"),
+    ):
+        key = lake._bucket_key(rel)[1]
+        assert_refused(partial(s3.put_object, Bucket=bucket, Key=key, Body=b"x"), what)
+
+
+def test_custom_trainer_reaches_only_its_run_folder(minio: LakeServer, seeded: Lake) -> None:
+    lake = scoped_lake(minio, grants(A)["custom-trainer"])
+    lake.write_bytes(f"{Lake.run_path(A, 'r3')}/checkpoint.pt", b"ckpt")
+    assert lake.read_bytes(f"{Lake.run_path(A, 'r3')}/checkpoint.pt") == b"ckpt"
+    s3, bucket = lake._s3(), minio.bucket
+    table_key = lake._bucket_key(
+        f"{Lake.table_path(A, 'raw')}/_delta_log/00000000000000000000.json"
+    )
+    assert_refused(lambda: s3.get_object(Bucket=bucket, Key=table_key[1]), "its namespace's table")
+    prefix = lake._bucket_key(Lake.table_path(A, "raw"))[1] + "/"
+    assert_refused(lambda: s3.list_objects_v2(Bucket=bucket, Prefix=prefix), "lists a table")
+    assert_refused(lambda: s3.list_objects_v2(Bucket=bucket), "lists the bucket")
+
+
+def test_serving_reads_its_model_and_cannot_write_it(minio: LakeServer, seeded: Lake) -> None:
+    lake = scoped_lake(minio, grants(A)["serve"])
+    assert lake.read_bytes(f"{Lake.model_path(A, 'm', '1')}/model.ts") == b"weights team-a"
+    lake.write_bytes(f"{Lake.inference_logs_path(A, 'd')}/pod-1/seg-2.jsonl", b"{}\n")
+    s3, bucket = lake._s3(), minio.bucket
+    model_key = lake._bucket_key(f"{Lake.model_path(A, 'm', '1')}/model.ts")[1]
+    assert_refused(lambda: s3.put_object(Bucket=bucket, Key=model_key, Body=b"x"), "writes model")
+    assert_refused(lambda: s3.delete_object(Bucket=bucket, Key=model_key), "deletes its model")
+    log_key = lake._bucket_key(f"{Lake.inference_logs_path(A, 'd')}/n1/seg-1.jsonl")[1]
+    assert_refused(lambda: s3.get_object(Bucket=bucket, Key=log_key), "reads logs (append only)")
+    assert_refused(lambda: s3.delete_object(Bucket=bucket, Key=log_key), "deletes logs")
+    bundle_key = lake._bucket_key(f"{Lake.edge_path(A, 'm', '1')}/bundle.tar")[1]
+    assert_refused(lambda: s3.get_object(Bucket=bucket, Key=bundle_key), "reads a bundle")
+    assert seeded.read_bytes(f"{Lake.model_path(A, 'm', '1')}/model.ts") == b"weights team-a"
+
+
+def test_edge_agent_reads_its_bundle_and_appends_its_logs(minio: LakeServer, seeded: Lake) -> None:
+    lake = scoped_lake(minio, grants(A)["edge"])
+    assert lake.read_bytes(f"{Lake.edge_path(A, 'm', '1')}/bundle.tar") == b"bundle team-a"
+    lake.write_bytes(f"{Lake.inference_logs_path(A, 'd')}/site-n/seg-9.jsonl", b"{}\n")
+    lake.write_bytes(f"{Lake.edge_health_path(A, 'd')}/site-n/h-1.jsonl", b"{}\n")
+    s3, bucket = lake._s3(), minio.bucket
+    for rel, what in (
+        (f"{Lake.model_path(A, 'm', '1')}/model.ts", "reads the model (not its bundle)"),
+        (f"{Lake.table_path(A, 'raw')}/_delta_log/00000000000000000000.json", "reads a table"),
+        (f"{Lake.inference_logs_path(A, 'd')}/n1/seg-1.jsonl", "reads another node's logs"),
+    ):
+        key = lake._bucket_key(rel)[1]
+        assert_refused(partial(s3.get_object, Bucket=bucket, Key=key), what)
+    other = lake._bucket_key(f"{Lake.inference_logs_path(A, 'other')}/n/s.jsonl")[1]
+    assert_refused(lambda: s3.put_object(Bucket=bucket, Key=other, Body=b"x"), "other deployment")
+    bundle_key = lake._bucket_key(f"{Lake.edge_path(A, 'm', '1')}/bundle.tar")[1]
+    assert_refused(lambda: s3.put_object(Bucket=bucket, Key=bundle_key, Body=b"x"), "its bundle")
+
+
+def test_the_grant_itself_refuses_writes_outside_the_namespace(tmp_path: Path) -> None:
+    with pytest.raises(lake_access.LakeScopeError, match="cannot write 'tables/team-b/t'"):
+        LakeGrant("etl", A, write=(Lake.table_path(B, "t"),))
