@@ -131,6 +131,17 @@ class Lake:
         return f"edge-health/{namespace}/{deployment}"
 
     LINEAGE_PREFIX = "lineage"
+    # The first folder of every namespaced prefix above (`<kind>/<ns>/...`).
+    NAMESPACED_KINDS = (
+        "tables", "quarantine", "models", "edge", "runs", "lineage",
+        "inference-logs", "edge-logs", "edge-health",
+    )  # fmt: skip
+
+    @classmethod
+    def namespace_prefixes(cls, namespace: str) -> tuple[str, ...]:
+        """Every lake folder that belongs to `namespace` (what a namespace-wide identity, such
+        as a cloud IAM role per namespace, may reach)."""
+        return tuple(f"{kind}/{namespace}" for kind in cls.NAMESPACED_KINDS)
 
     @staticmethod
     def lineage_events_path(namespace: str) -> str:

@@ -157,6 +157,24 @@ def bucket_and_root(lake_root: str) -> tuple[str, str]:
 
 def session_policy(lake_root: str, grant: LakeGrant) -> dict[str, Any]:
     """The IAM policy document (session policy on STS, or a role policy) of `grant`."""
+    return prefix_policy(lake_root, read=grant.read, write=grant.write, append=grant.append)
+
+
+def namespace_policy(lake_root: str, namespace: str) -> dict[str, Any]:
+    """Read and write on every folder of one namespace: the bound of a namespace's cloud
+    identity (IRSA role), inside which the per-run grants are narrower still."""
+    return prefix_policy(lake_root, write=Lake.namespace_prefixes(namespace))
+
+
+def prefix_policy(
+    lake_root: str,
+    *,
+    read: Sequence[str] = (),
+    write: Sequence[str] = (),
+    append: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Objects under each prefix (`<prefix>/*`) with the actions of its kind of access, and
+    listing limited to the read and write prefixes."""
     bucket, root = bucket_and_root(lake_root)
 
     def key(prefix: str) -> str:
@@ -164,9 +182,9 @@ def session_policy(lake_root: str, grant: LakeGrant) -> dict[str, Any]:
 
     statements: list[dict[str, Any]] = []
     for sid, actions, prefixes in (
-        ("Read", READ_ACTIONS, grant.read),
-        ("Write", WRITE_ACTIONS, grant.write),
-        ("Append", APPEND_ACTIONS, grant.append),
+        ("Read", READ_ACTIONS, read),
+        ("Write", WRITE_ACTIONS, write),
+        ("Append", APPEND_ACTIONS, append),
     ):
         if prefixes:
             statements.append(
@@ -177,7 +195,7 @@ def session_policy(lake_root: str, grant: LakeGrant) -> dict[str, Any]:
                     "Resource": [f"arn:aws:s3:::{bucket}/{key(p)}/*" for p in prefixes],
                 }
             )
-    listed = sorted({key(p) for p in (*grant.read, *grant.write)})
+    listed = sorted({key(p) for p in (*read, *write)})
     if listed:
         # Listing is per bucket; the condition keeps it to the granted folders (Delta lists
         # `_delta_log/`, `Lake.exists` lists the folder itself).
