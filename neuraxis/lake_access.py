@@ -26,6 +26,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 from urllib.parse import urlparse
 
+from neuraxis.crds.trainingjob import TrainingJob
 from neuraxis.lake import Lake, S3Settings
 
 Role = Literal["etl", "train", "custom-trainer", "serve", "edge"]
@@ -109,19 +110,47 @@ def etl_grant(
     )
 
 
-def train_grant(namespace: str, dataset_table: str, run_id: str) -> LakeGrant:
-    """A training run of the built-in trainer: its Dataset's table, its run folder."""
+def train_grant(
+    namespace: str, dataset_table: str, run_id: str, *, artifact: str | None = None
+) -> LakeGrant:
+    """A training run of the built-in trainer: its Dataset's table, its run folder, and its
+    run-unique artifact folder when it registers a model (`models/<ns>/<m>/<v>/<run-id>`)."""
+    artifact_folder = (artifact,) if artifact else ()
     return LakeGrant(
         "train",
         namespace,
         read=(dataset_table,),
-        write=(Lake.run_path(namespace, run_id),),
+        write=(Lake.run_path(namespace, run_id), *artifact_folder),
     )
 
 
-def custom_trainer_grant(namespace: str, run_id: str) -> LakeGrant:
-    """A user's trainer image: only its run folder (the operator hands it the data)."""
-    return LakeGrant("custom-trainer", namespace, write=(Lake.run_path(namespace, run_id),))
+def artifact_folder(job: TrainingJob, namespace: str, run_id: str) -> str:
+    """Where a training run's artifact goes: a folder of this run under the registered
+    version's, or the run's own. The run id makes it unique, so retraining after a spec edit
+    writes a new folder and never touches the files an earlier (maybe Approved) version was
+    pinned to; it is also what a run's grant may write."""
+    register = job.spec.register_
+    if register is None:
+        return f"{Lake.run_path(namespace, run_id)}/model"
+    version = register.version_name or f"{register.model}-{job.metadata.name}"
+    return f"{Lake.model_path(namespace, register.model, version)}/{run_id}"
+
+
+def custom_trainer_grant(
+    namespace: str,
+    run_id: str,
+    *,
+    dataset_table: str | None = None,
+    artifact: str | None = None,
+) -> LakeGrant:
+    """A user's trainer image: its run folder; and only what its environment contract names
+    besides (`NEURAXIS_DATASET_URI` read, `NEURAXIS_OUTPUT_URI` write) when given."""
+    return LakeGrant(
+        "custom-trainer",
+        namespace,
+        read=(dataset_table,) if dataset_table else (),
+        write=(Lake.run_path(namespace, run_id), *((artifact,) if artifact else ())),
+    )
 
 
 def serve_grant(namespace: str, artifact: str, deployment: str) -> LakeGrant:
