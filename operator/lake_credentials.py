@@ -52,6 +52,7 @@ COMPONENT_LABEL = "app.kubernetes.io/component"
 # The pods that get scoped keys, by their component label (what the builders set).
 ETL_COMPONENT = DATASET_COMPONENT
 TRAIN_COMPONENT = "train"
+TUNE_COMPONENT = "tune"  # a search's trials run in its one Job: the same grant
 PREDICTOR_COMPONENT = "predictor"
 AGENT_COMPONENT = "edge-agent"
 STAMPS = (EXPIRES_ANNOTATION, POLICY_ANNOTATION)

@@ -68,6 +68,7 @@ from neuraxis.operator.lake_credentials import (
     ETL_COMPONENT,
     PREDICTOR_COMPONENT,
     TRAIN_COMPONENT,
+    TUNE_COMPONENT,
     agent_grant,
     dataset_grant,
     scope_children,
@@ -332,11 +333,10 @@ def reconcile_training(
     dataset = resolve_dataset(tj, cluster)
     children = build_training_children(tj, dataset, settings)
     name = children[-1]["metadata"]["name"]
-    if tj.spec.tuning is None:
-        children = scope_children(
-            cluster, tj, children, TRAIN_COMPONENT, name,
-            training_grant(tj, dataset, name, settings), settings,
-        )  # fmt: skip
+    children = scope_children(
+        cluster, tj, children, TRAIN_COMPONENT if tj.spec.tuning is None else TUNE_COMPONENT,
+        name, training_grant(tj, dataset, name, settings), settings,
+    )  # fmt: skip
     waiting = _start_run(cluster, tj, children, name)
     if waiting is not None:
         return waiting

@@ -267,3 +267,97 @@ def test_every_request_is_audited_with_who_made_it(
     while not wanted <= by_scoped_key() and time.monotonic() < deadline:
         time.sleep(0.2)
     assert wanted <= by_scoped_key()
+
+
+class ApiObjects:
+    """The API server's side of `scope_children`: objects by kind and name (get and apply)."""
+
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str, str | None, str], dict[str, Any]] = {}
+        self.secrets_applied = 0
+
+    def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> Any:
+        return self.objects.get((api_version, kind, namespace, name))
+
+    def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        meta = manifest["metadata"]
+        key = (manifest["apiVersion"], manifest["kind"], meta.get("namespace"), meta["name"])
+        self.objects[key] = manifest
+        self.secrets_applied += manifest["kind"] == "Secret"
+        return manifest
+
+
+def test_the_operator_mints_a_predictor_its_keys_and_refreshes_them(
+    minio: LakeServer, seeded: Lake
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from neuraxis.crds import ModelVersion
+    from neuraxis.operator.builders.modelversion import ClusterFeatures, build_serving_children
+    from neuraxis.operator.lake_credentials import (
+        PREDICTOR_COMPONENT,
+        pods_of,
+        scope_children,
+        serving_grant,
+    )
+    from neuraxis.operator.settings import OperatorSettings
+    from neuraxis.resources import load_resources
+    from tests.conftest import EXAMPLES
+
+    settings = OperatorSettings(
+        lake_uri=minio.lake_uri, lake_credentials="scoped", lake_credentials_seconds=900
+    )
+    (mv,) = [
+        r for r in load_resources([EXAMPLES / "smart-manufacturing"]) if r.kind == "ModelVersion"
+    ]
+    assert isinstance(mv, ModelVersion) and mv.spec.serving is not None
+    mv.metadata.namespace, mv.metadata.uid = A, "3f2a9c1b-7d4e-4f60-9a1b-2c3d4e5f6a7b"
+    artifact = seeded.uri(Lake.model_path(A, "m", "1"))
+    children = build_serving_children(mv, mv.spec.serving, artifact, settings, ClusterFeatures())
+    grant = serving_grant(mv, artifact, "pred", settings)
+    api, now = ApiObjects(), datetime.now(UTC)
+
+    def reconcile(at: datetime) -> list[dict[str, Any]]:
+        out = scope_children(api, mv, children, PREDICTOR_COMPONENT, "pred", grant, settings,
+                             now=at, caller=root_settings(minio))  # fmt: skip
+        for child in out:
+            api.apply(child)
+        return out
+
+    first = reconcile(now)
+    (secret,) = [o for o in api.objects.values() if o["kind"] == "Secret"]
+    assert secret["metadata"]["name"] == "neuraxis-lake-serve-pred"
+    assert secret["metadata"]["ownerReferences"][0]["uid"] == mv.metadata.uid
+    (template,) = pods_of(first, PREDICTOR_COMPONENT)
+    env_from = template["spec"]["containers"][0]["envFrom"]
+    assert {"secretRef": {"name": "neuraxis-lake-serve-pred"}} in env_from
+    # The keys in the Secret do the predictor's job and no more, by MinIO's own answer.
+    data = secret["stringData"]
+    keys = S3Settings(
+        data["AWS_ENDPOINT_URL"],
+        data["AWS_ACCESS_KEY_ID"],
+        data["AWS_SECRET_ACCESS_KEY"],
+        data["AWS_REGION"],
+        data["AWS_SESSION_TOKEN"],
+    )
+    lake = Lake(minio.lake_uri, s3=keys)
+    assert lake.read_bytes(f"{Lake.model_path(A, 'm', '1')}/model.ts") == b"weights team-a"
+    model_key = lake._bucket_key(f"{Lake.model_path(A, 'm', '1')}/model.ts")[1]
+    s3 = lake._s3()
+    assert_refused(partial(s3.put_object, Bucket=minio.bucket, Key=model_key, Body=b"x"), "write")
+    other = lake._bucket_key(f"{Lake.model_path(B, 'm', '1')}/model.ts")[1]
+    assert_refused(partial(s3.get_object, Bucket=minio.bucket, Key=other), "read B")
+
+    # Fresh keys are kept (no STS call, the template does not change: no rollout) ...
+    assert reconcile(now + timedelta(seconds=100)) == first and api.secrets_applied == 1
+    # ... until a third of their lifetime is left: new keys, whose expiry the template carries
+    # (a later expiry changes the template: the pods roll onto the new keys).
+    later = reconcile(now + timedelta(seconds=700))
+    assert api.secrets_applied == 2
+    (renewed,) = [o for o in api.objects.values() if o["kind"] == "Secret"]
+    assert renewed["stringData"]["AWS_ACCESS_KEY_ID"] != data["AWS_ACCESS_KEY_ID"]
+    (new_template,) = pods_of(later, PREDICTOR_COMPONENT)
+    assert (
+        renewed["metadata"]["annotations"].items()
+        <= new_template["metadata"]["annotations"].items()
+    )
