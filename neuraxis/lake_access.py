@@ -85,6 +85,9 @@ class LakeGrant:
         for prefix in (*self.read, *self.write, *self.append):
             if not prefix or prefix.startswith("/") or ".." in prefix.split("/"):
                 raise LakeScopeError(f"{self.role}: {prefix!r} is not a lake-relative folder")
+            if "*" in prefix.rstrip("*") or "?" in prefix:
+                # Only a trailing `*` (the runs of a CronJob: `runs/<ns>/<name>-*`).
+                raise LakeScopeError(f"{self.role}: {prefix!r} has a wildcard before its end")
 
 
 def in_namespace(prefix: str, namespace: str) -> bool:
@@ -93,10 +96,11 @@ def in_namespace(prefix: str, namespace: str) -> bool:
 
 
 def etl_grant(
-    namespace: str, table: str, inputs: Sequence[str], outputs: Sequence[str] = ()
+    namespace: str, table: str, inputs: Sequence[str], outputs: Sequence[str] = (), *, run: str
 ) -> LakeGrant:
     """An ETL run: read `inputs` (tables, raw log folders), write its table, its quarantine,
-    any further `outputs` (an edge-logs table it ingests), append its namespace's lineage."""
+    any further `outputs` (an edge-logs table it ingests) and its run folder `run` (the
+    result; `runs/<ns>/<name>-*` for the runs of a schedule), append its namespace's lineage."""
     return LakeGrant(
         "etl",
         namespace,
@@ -105,6 +109,7 @@ def etl_grant(
             Lake.table_path(namespace, table),
             Lake.quarantine_path(namespace, table),
             *sorted(set(outputs)),
+            run,
         ),
         append=(f"{Lake.LINEAGE_PREFIX}/{namespace}",),
     )
@@ -209,6 +214,14 @@ def prefix_policy(
     def key(prefix: str) -> str:
         return f"{root}/{prefix}" if root else prefix
 
+    def objects(prefix: str, folder_key: bool) -> list[str]:
+        """`<prefix>/*`, a trailing-`*` pattern as it is, and (reads, writes) the folder's own
+        key, which Hadoop's s3a probes with HEAD (403 there would read as an error)."""
+        if prefix.endswith("*"):
+            return [f"arn:aws:s3:::{bucket}/{key(prefix)}"]
+        own = [f"arn:aws:s3:::{bucket}/{key(prefix)}"] if folder_key else []
+        return [*own, f"arn:aws:s3:::{bucket}/{key(prefix)}/*"]
+
     statements: list[dict[str, Any]] = []
     for sid, actions, prefixes in (
         ("Read", READ_ACTIONS, read),
@@ -221,10 +234,10 @@ def prefix_policy(
                     "Sid": sid,
                     "Effect": "Allow",
                     "Action": list(actions),
-                    "Resource": [f"arn:aws:s3:::{bucket}/{key(p)}/*" for p in prefixes],
+                    "Resource": [r for p in prefixes for r in objects(p, sid != "Append")],
                 }
             )
-    listed = sorted({key(p) for p in (*read, *write)})
+    listed = sorted({key(p).rstrip("*") for p in (*read, *write)})
     if listed:
         # Listing is per bucket; the condition keeps it to the granted folders (Delta lists
         # `_delta_log/`, `Lake.exists` lists the folder itself).

@@ -42,6 +42,7 @@ from neuraxis.lake_access import (
     train_grant,
 )
 from neuraxis.operator.builders.dataset import COMPONENT as DATASET_COMPONENT
+from neuraxis.operator.builders.dataset import etl_children_name
 from neuraxis.operator.builders.training import ResolvedDataset
 from neuraxis.operator.children import owner_reference
 from neuraxis.operator.errors import InputNotReadyError
@@ -67,7 +68,10 @@ def _relative(settings: OperatorSettings, uri: str) -> str:
 
 
 def dataset_grant(
-    ds: Dataset, upstream: ResolvedDataset | None, settings: OperatorSettings
+    ds: Dataset,
+    upstream: ResolvedDataset | None,
+    settings: OperatorSettings,
+    run_id: str | None = None,
 ) -> LakeGrant:
     """An ETL run: its upstream table or its EdgeDeployment's raw logs (then it also writes
     the edge-logs table it ingests them into), its own table."""
@@ -83,7 +87,12 @@ def dataset_grant(
             if upstream.uri
             else Lake.table_path(ns, upstream.name)
         )
-    return etl_grant(ns, ds.metadata.name, inputs, outputs)
+    # The run's result folder: `run_id` (the local runner's), the Job's name, or the Jobs a
+    # schedule's CronJob makes.
+    name = run_id or etl_children_name(ds)
+    scheduled = ds.spec.schedule and run_id is None
+    run = f"{Lake.run_path(ns, name)}-*" if scheduled else Lake.run_path(ns, name)
+    return etl_grant(ns, ds.metadata.name, inputs, outputs, run=run)
 
 
 def training_grant(

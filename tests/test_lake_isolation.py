@@ -93,7 +93,9 @@ def scoped_lake(minio: LakeServer, grant: LakeGrant) -> Lake:
 
 def grants(ns: str) -> dict[str, LakeGrant]:
     return {
-        "etl": lake_access.etl_grant(ns, "features", [Lake.table_path(ns, "raw")]),
+        "etl": lake_access.etl_grant(
+            ns, "features", [Lake.table_path(ns, "raw")], run=Lake.run_path(ns, "etl-1")
+        ),
         "train": lake_access.train_grant(ns, Lake.table_path(ns, "raw"), "r2"),
         "custom-trainer": lake_access.custom_trainer_grant(ns, "r3"),
         "serve": lake_access.serve_grant(ns, Lake.model_path(ns, "m", "1"), "d"),
@@ -361,3 +363,51 @@ def test_the_operator_mints_a_predictor_its_keys_and_refreshes_them(
         renewed["metadata"]["annotations"].items()
         <= new_template["metadata"]["annotations"].items()
     )
+
+
+def test_a_local_etl_run_does_its_job_with_its_scoped_keys(
+    minio: LakeServer, minio_home: Path, seeded: Lake, tmp_path: Path
+) -> None:
+    """`neuraxis run` with NEURAXIS_LAKE_CREDENTIALS=scoped: the ETL process (Spark, delta)
+    gets keys minted for its grant and still writes its table and its result."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    spec = tmp_path / "ds.yaml"
+    spec.write_text(
+        "apiVersion: neuraxis.dev/v1alpha1\nkind: Dataset\nmetadata: {name: readings}\n"
+        "spec: {source: {builtin: {name: sensors, rows: 100, seed: 3}}}\n"
+    )
+    env = {
+        **os.environ,
+        **minio.env(),
+        "NEURAXIS_LAKE_URI": minio.lake_uri,
+        "NEURAXIS_HOME": str(tmp_path / "home"),
+        "NEURAXIS_LAKE_CREDENTIALS": "scoped",
+    }
+    run = subprocess.run(
+        [sys.executable, "-m", "neuraxis.cli", "run", str(spec), "-n", A],
+        env=env, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    table = DeltaTable(
+        seeded.uri(Lake.table_path(A, "readings")), storage_options=seeded.storage_options()
+    )
+    assert table.to_pyarrow_table().num_rows == 100
+
+    # The table's writes came from a key that is not the runner's (root) key (audit entries
+    # arrive asynchronously: wait, bounded, for the first).
+    def writers() -> set[str]:
+        return {
+            e["requestHeader"].get("Authorization", "").split("Credential=")[1].split("/")[0]
+            for e in dev_lake.read_audit(minio_home)
+            if e["api"].get("name") == "PutObject"
+            and e["api"].get("object", "").startswith(f"lake/{Lake.table_path(A, 'readings')}/")
+        }
+
+    deadline = time.monotonic() + 30
+    while not writers() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert writers() and minio.access_key not in writers(), json.dumps(sorted(writers()))
