@@ -9,9 +9,11 @@ caller's own policy and the session policy allow, so MinIO (or S3) itself refuse
 else with 403 AccessDenied. The same call works against AWS STS.
 
 Roles (see the README, "Who can read what"):
-    etl             read its inputs; write its own table (and quarantine); append lineage
-    train           read its Dataset's table; write its run folder
-    custom-trainer  its run folder only (user code: not even the Dataset through the lake)
+    etl             read its inputs; write its own table (and quarantine) and its run's result;
+                    append its namespace's lineage
+    train           read its Dataset's table; write its run folder (and run-unique artifact)
+    custom-trainer  its run folder; and only what its env contract names when given (its
+                    Dataset's table to read, its artifact folder to write)
     serve           read its model artifact; append its inference-log prefix
     edge            read its bundle; append its inference-log and health prefixes
 """
