@@ -132,13 +132,20 @@ def gke_endpoint_access(cidrs: tuple[str, ...]) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def oidc_issuer(identities: Any) -> str:
+    """The cluster's OIDC issuer URL from `aws.eks.Cluster.identities` (typed outputs, or
+    plain dicts where an engine gives those)."""
+    identity = identities[0]
+    oidcs = identity["oidcs"] if isinstance(identity, dict) else identity.oidcs
+    return _field(oidcs[0], "issuer")
+
+
 @dataclass(frozen=True)
 class EksClusterArgs:
     region: str
     kubernetes_version: str
     network_cidr: str
     system_nodes: int
-    lake_access_policy_arn: pulumi.Input[str]
     # Networks allowed to reach the public API endpoint; empty = private endpoint only.
     api_access_cidrs: tuple[str, ...] = ()
 
@@ -216,7 +223,9 @@ class EksCluster(pulumi.ComponentResource):
         node_role = aws.iam.Role(
             f"{name}-node-role", assume_role_policy=_assume_role("ec2.amazonaws.com"), opts=child
         )
-        for i, arn in enumerate([*EKS_NODE_POLICIES, args.lake_access_policy_arn]):
+        # No lake access for the nodes: pods get it from their namespace's IRSA role
+        # (TenantAccess), so a pod cannot borrow the node's role to reach another namespace.
+        for i, arn in enumerate(EKS_NODE_POLICIES):
             aws.iam.RolePolicyAttachment(
                 f"{name}-node-policy-{i}", role=node_role.name, policy_arn=arn, opts=child
             )
@@ -243,6 +252,13 @@ class EksCluster(pulumi.ComponentResource):
             enabled_cluster_log_types=["api", "audit", "authenticator"],
             opts=child,
         )
+        issuer = cluster.identities.apply(oidc_issuer)
+        # IRSA: pods exchange their projected ServiceAccount token for a role's keys.
+        oidc = aws.iam.OpenIdConnectProvider(
+            f"{name}-oidc", url=issuer, client_id_lists=["sts.amazonaws.com"], opts=child
+        )
+        self.oidc_provider_arn: pulumi.Output[str] = oidc.arn
+        self.oidc_issuer: pulumi.Output[str] = issuer
         self.placement = EksPlacement(
             cluster_name=cluster.name,
             node_role_arn=node_role.arn,

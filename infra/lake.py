@@ -2,10 +2,13 @@
 
 aws: an S3 bucket, versioned, SSE-KMS with a rotating key, every public access blocked, a
 lifecycle for old versions and a TLS-only bucket policy, plus an IAM policy granting the bucket to
-whoever attaches it (the node role). gcp: a GCS bucket, versioned, uniform access, public access
-prevented, optional CMEK, and an HMAC key so the S3-speaking lake code reaches it through the
-S3-compatible XML API. local: MinIO in the cluster (Deployment, PVC on a bound PV, credentials
-Secret, Service).
+whoever attaches it (the operator's IRSA role; the namespaces get narrower roles from
+`TenantAccess`), and S3 server access logging of every request into a separate log bucket
+(SSE-S3: the log delivery cannot use KMS keys). gcp: a GCS bucket, versioned, uniform access,
+public access prevented, optional CMEK, Cloud Audit Logs of data reads and writes on Cloud
+Storage (DATA_READ, DATA_WRITE) in the project, and an HMAC key so the S3-speaking lake code
+reaches it through the S3-compatible XML API. local: MinIO in the cluster (Deployment, PVC on a
+bound PV, credentials Secret, Service).
 
 `credentials` is the environment the workloads need (the keys `neuraxis.lake.S3Settings` reads);
 the Platform puts it into the lake Secret.
@@ -29,6 +32,9 @@ MINIO_USER = "neuraxis"
 MINIO_PORT = 9000
 MINIO_SECRET = "minio-credentials"
 GCS_S3_ENDPOINT = "https://storage.googleapis.com"
+GCS_AUDIT_SERVICE = "storage.googleapis.com"
+GCS_AUDIT_LOG_TYPES = ("DATA_READ", "DATA_WRITE")
+ACCESS_LOG_PREFIX = "s3-access/"
 
 
 @dataclass(frozen=True)
@@ -43,6 +49,8 @@ class LakeArgs:
     # local: the MinIO secret key (a Pulumi secret).
     secret_key: pulumi.Input[str] | None = None
     storage: str = "10Gi"
+    # aws: how long S3 server access logs are kept.
+    access_log_days: int = 365
 
 
 class Lake(pulumi.ComponentResource):
@@ -53,6 +61,7 @@ class Lake(pulumi.ComponentResource):
         super().__init__(TOKEN, name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         self.access_policy_arn: pulumi.Output[str] | None = None
+        self.kms_key_arn: pulumi.Output[str] | None = None
         if args.cloud == "aws":
             self._aws(name, args, child)
         elif args.cloud == "gcp":
@@ -136,9 +145,71 @@ class Lake(pulumi.ComponentResource):
             opts=opts,
         )
         self.access_policy_arn = access.arn
+        self.kms_key_arn = key.arn
+        self._aws_access_logs(name, args, bucket, opts)
         self.uri = bucket.bucket.apply(lake_uri)
         # Pods get credentials from the node role (the access policy); only the region is set.
         self.credentials = pulumi.Output.from_input({"AWS_REGION": args.region})
+
+    def _aws_access_logs(
+        self, name: str, args: LakeArgs, lake: Any, opts: pulumi.ResourceOptions
+    ) -> None:
+        """Every request to the lake (who, what key, which answer) as S3 server access logs."""
+        import pulumi_aws as aws
+
+        logs = aws.s3.Bucket(f"{name}-access-logs", bucket=f"{args.bucket}-logs", opts=opts)
+        on_logs = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=[logs]))
+        aws.s3.BucketVersioning(
+            f"{name}-access-logs-versioning",
+            bucket=logs.id,
+            versioning_configuration={"status": "Enabled"},
+            opts=on_logs,
+        )
+        aws.s3.BucketServerSideEncryptionConfiguration(
+            f"{name}-access-logs-encryption",
+            bucket=logs.id,
+            # Server access log delivery writes only to SSE-S3 buckets.
+            rules=[{"apply_server_side_encryption_by_default": {"sse_algorithm": "AES256"}}],
+            opts=on_logs,
+        )
+        block = aws.s3.BucketPublicAccessBlock(
+            f"{name}-access-logs-public-access",
+            bucket=logs.id,
+            block_public_acls=True,
+            block_public_policy=True,
+            ignore_public_acls=True,
+            restrict_public_buckets=True,
+            opts=on_logs,
+        )
+        aws.s3.BucketLifecycleConfiguration(
+            f"{name}-access-logs-lifecycle",
+            bucket=logs.id,
+            rules=[
+                {
+                    "id": "expire-access-logs",
+                    "status": "Enabled",
+                    "filter": {},
+                    "expiration": {"days": args.access_log_days},
+                    "noncurrent_version_expiration": {"noncurrent_days": 1},
+                }
+            ],
+            opts=on_logs,
+        )
+        aws.s3.BucketPolicy(
+            f"{name}-access-logs-policy",
+            bucket=logs.id,
+            policy=pulumi.Output.all(logs.arn, lake.arn).apply(
+                lambda arns: access_log_bucket_policy(arns[0], arns[1])
+            ),
+            opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=[block])),
+        )
+        aws.s3.BucketLogging(
+            f"{name}-access-logging",
+            bucket=lake.id,
+            target_bucket=logs.id,
+            target_prefix=ACCESS_LOG_PREFIX,
+            opts=on_logs,
+        )
 
     # -- gcp --------------------------------------------------------------------------------
 
@@ -162,6 +233,15 @@ class Lake(pulumi.ComponentResource):
             ],
         }
         bucket = gcp.storage.Bucket(f"{name}-bucket", opts=opts, **spec)
+        # Data-access audit logs are off by default in GCP: reads and writes of objects are
+        # recorded only with this (admin activity is always recorded).
+        gcp.projects.IAMAuditConfig(
+            f"{name}-storage-audit",
+            project=args.project,
+            service=GCS_AUDIT_SERVICE,
+            audit_log_configs=[{"log_type": t} for t in GCS_AUDIT_LOG_TYPES],
+            opts=opts,
+        )
         account = gcp.serviceaccount.Account(
             f"{name}-sa",
             account_id=f"{args.bucket}-lake"[:30],
@@ -241,6 +321,22 @@ def tls_only_policy(bucket_arn: str) -> str:
         "Condition": {"Bool": {"aws:SecureTransport": "false"}},
     }
     return json.dumps({"Version": "2012-10-17", "Statement": [statement]}, sort_keys=True)
+
+
+def access_log_bucket_policy(logs_arn: str, lake_arn: str) -> str:
+    """TLS only, and the S3 logging service may deliver the lake's access logs (only those)."""
+    policy = json.loads(tls_only_policy(logs_arn))
+    policy["Statement"].append(
+        {
+            "Sid": "S3ServerAccessLogs",
+            "Effect": "Allow",
+            "Principal": {"Service": "logging.s3.amazonaws.com"},
+            "Action": "s3:PutObject",
+            "Resource": f"{logs_arn}/{ACCESS_LOG_PREFIX}*",
+            "Condition": {"ArnLike": {"aws:SourceArn": lake_arn}},
+        }
+    )
+    return json.dumps(policy, sort_keys=True)
 
 
 def bucket_access_policy(bucket_arn: str, key_arn: str) -> str:

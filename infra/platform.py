@@ -20,7 +20,7 @@ import pulumi_kubernetes as k8s
 import yaml
 
 from neuraxis.infra.kube import kube_objects
-from neuraxis.operator.builders.accounts import spark_accounts
+from neuraxis.operator.builders.accounts import spark_accounts, workload_account
 from neuraxis.operator.manifests import NAMESPACE, OPERATOR
 from neuraxis.operator.settings import DEFAULT_IMAGE, OperatorSettings
 
@@ -37,6 +37,14 @@ class PlatformArgs:
     image: str = DEFAULT_IMAGE
     namespace: str = NAMESPACE
     workload_namespaces: Sequence[str] = field(default_factory=lambda: ("default",))
+    # Per workload namespace (TenantAccess): annotations of its workload and Spark accounts
+    # (the cloud identity they run as) and the environment of its lake Secret, instead of
+    # `lake_credentials` (which then only the operator's namespace gets).
+    account_annotations: Mapping[str, pulumi.Input[Mapping[str, str]]] = field(default_factory=dict)
+    namespace_credentials: Mapping[str, pulumi.Input[Mapping[str, str]]] = field(
+        default_factory=dict
+    )
+    operator_annotations: pulumi.Input[Mapping[str, str]] | None = None
 
 
 def crd_manifests() -> list[dict[str, Any]]:
@@ -67,6 +75,17 @@ def operator_manifests(image: str, namespace: str, lake_uri: str) -> list[dict[s
     return manifests
 
 
+def annotate_account(
+    manifests: list[dict[str, Any]], name: str, annotations: pulumi.Input[Mapping[str, str]]
+) -> None:
+    """Put `annotations` on the ServiceAccount `name` among `manifests` (in place)."""
+    for manifest in manifests:
+        if manifest["kind"] == "ServiceAccount" and manifest["metadata"]["name"] == name:
+            manifest["metadata"]["annotations"] = annotations
+            return
+    raise ValueError(f"no ServiceAccount {name} among the manifests")
+
+
 class Platform(pulumi.ComponentResource):
     def __init__(
         self, name: str, args: PlatformArgs, opts: pulumi.ResourceOptions | None = None
@@ -76,9 +95,10 @@ class Platform(pulumi.ComponentResource):
         crds = kube_objects(crd_manifests(), child)
         self.crd_names = [c["metadata"]["name"] for c in crd_manifests()]
         after_crds = pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=crds))
-        created = kube_objects(
-            operator_manifests(args.image, args.namespace, args.lake_uri), after_crds
-        )
+        manifests = operator_manifests(args.image, args.namespace, args.lake_uri)
+        if args.operator_annotations is not None:
+            annotate_account(manifests, OPERATOR, args.operator_annotations)
+        created = kube_objects(manifests, after_crds)
         settings = OperatorSettings()
         secret_name = settings.lake_secret
         namespaces = [args.namespace, *args.workload_namespaces]
@@ -93,15 +113,22 @@ class Platform(pulumi.ComponentResource):
                     )
                 )
             if ns != args.namespace:
+                accounts = spark_accounts(ns, settings)
+                if ns in args.account_annotations:
+                    # The operator creates the workload account when missing; declared here it
+                    # carries the namespace's cloud identity from the start.
+                    accounts.append(workload_account(ns, settings))
+                    for account in (settings.service_account, settings.spark_service_account):
+                        annotate_account(accounts, account, args.account_annotations[ns])
                 kube_objects(
-                    spark_accounts(ns, settings),
+                    accounts,
                     pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=depends)),
                 )
             k8s.core.v1.Secret(
                 f"{name}-lake-{ns}",
                 metadata={"name": secret_name, "namespace": ns},
                 type="Opaque",
-                string_data=args.lake_credentials,
+                string_data=args.namespace_credentials.get(ns, args.lake_credentials),
                 opts=pulumi.ResourceOptions.merge(
                     child, pulumi.ResourceOptions(depends_on=depends)
                 ),

@@ -6,8 +6,10 @@ importing this module creates nothing.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pulumi
 
@@ -26,6 +28,10 @@ from neuraxis.infra.lake import Lake, LakeArgs, lake_uri
 from neuraxis.infra.monitoring import Monitoring, MonitoringArgs
 from neuraxis.infra.platform import Platform, PlatformArgs
 from neuraxis.infra.prometheus_operator import load_bundle
+from neuraxis.infra.tenants import TenantAccess, TenantAccessArgs
+from neuraxis.operator.manifests import NAMESPACE as OPERATOR_NAMESPACE
+from neuraxis.operator.manifests import OPERATOR
+from neuraxis.operator.settings import OperatorSettings
 
 # The project root: relative local paths in config (the kubeconfig) are resolved from here.
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -56,6 +62,7 @@ def build_stack(cfg: StackConfig, lake_secret_key: pulumi.Input[str] | None = No
         secret_key=lake_secret_key,
     )
     cluster: LocalCluster | EksCluster | GkeCluster
+    tenants: TenantAccess | None = None
     if cfg.cloud == "local":
         cluster = _local_cluster(cfg)
         # The platform's own pods need the system nodes to schedule (and so to become ready).
@@ -67,8 +74,9 @@ def build_stack(cfg: StackConfig, lake_secret_key: pulumi.Input[str] | None = No
     else:
         # The cloud lake comes first: the EKS node role is granted its access policy.
         lake = Lake("lake", lake_args)
-        cluster = _eks_cluster(cfg, lake) if cfg.cloud == "aws" else _gke_cluster(cfg)
+        cluster = _eks_cluster(cfg) if cfg.cloud == "aws" else _gke_cluster(cfg)
         on_cluster = pulumi.ResourceOptions(provider=cluster.provider)
+        tenants = _tenant_access(cfg, lake, cluster)
     gpu = GpuNodePool(
         "gpu",
         GpuNodePoolArgs(
@@ -97,6 +105,7 @@ def build_stack(cfg: StackConfig, lake_secret_key: pulumi.Input[str] | None = No
             lake_credentials=lake.credentials,
             image=cfg.image,
             workload_namespaces=cfg.workload_namespaces,
+            **(platform_identities(tenants) if tenants is not None else {}),
         ),
         opts=on_cluster,
     )
@@ -120,6 +129,7 @@ def build_stack(cfg: StackConfig, lake_secret_key: pulumi.Input[str] | None = No
             "edge": edge,
             "platform": platform,
             "monitoring": monitoring,
+            **({"tenants": tenants} if tenants is not None else {}),
         },
     )
 
@@ -135,9 +145,7 @@ def _local_cluster(cfg: StackConfig) -> LocalCluster:
     )
 
 
-def _eks_cluster(cfg: StackConfig, lake: Lake) -> EksCluster:
-    if lake.access_policy_arn is None:
-        raise RuntimeError("the aws lake has no access policy")
+def _eks_cluster(cfg: StackConfig) -> EksCluster:
     return EksCluster(
         "eks",
         EksClusterArgs(
@@ -145,10 +153,42 @@ def _eks_cluster(cfg: StackConfig, lake: Lake) -> EksCluster:
             kubernetes_version=cfg.kubernetes_version,
             network_cidr=cfg.network_cidr,
             system_nodes=cfg.system_nodes,
-            lake_access_policy_arn=lake.access_policy_arn,
             api_access_cidrs=cfg.api_access_cidrs,
         ),
     )
+
+
+def _tenant_access(cfg: StackConfig, lake: Lake, cluster: Any) -> TenantAccess:
+    """One cloud identity per workload namespace, bounded to its folders of the lake."""
+    settings = OperatorSettings()
+    args = TenantAccessArgs(
+        cloud="aws" if cfg.cloud == "aws" else "gcp",
+        bucket=cfg.lake_bucket,
+        namespaces=cfg.workload_namespaces,
+        service_accounts=(settings.service_account, settings.spark_service_account),
+        region=cfg.region,
+        project=cfg.gcp_project,
+    )
+    if isinstance(cluster, EksCluster):
+        args = dataclasses.replace(
+            args,
+            oidc_provider_arn=cluster.oidc_provider_arn,
+            oidc_issuer=cluster.oidc_issuer,
+            kms_key_arn=lake.kms_key_arn,
+            operator_namespace=OPERATOR_NAMESPACE,
+            operator_account=OPERATOR,
+            operator_policy_arn=lake.access_policy_arn,
+        )
+    return TenantAccess("tenants", args)
+
+
+def platform_identities(tenants: TenantAccess) -> dict[str, Any]:
+    """The PlatformArgs fields that give each namespace (and the operator) its identity."""
+    return {
+        "account_annotations": tenants.annotations,
+        "namespace_credentials": tenants.credentials,
+        "operator_annotations": tenants.operator_annotations,
+    }
 
 
 def _gke_cluster(cfg: StackConfig) -> GkeCluster:

@@ -8,9 +8,13 @@ Layout under the root:
     models/<ns>/<model>/<version>/       model artifact, signature, card, plots
     edge/<ns>/<model>/<version>/         edge bundle + sha256 manifest
     runs/<ns>/<run-id>/                  result.json, checkpoints
-    lineage/events.jsonl                 OpenLineage run events
+    lineage/<ns>/events.jsonl            OpenLineage run events of the namespace's runs
     inference-logs/<ns>/<deployment>/<node>/   raw JSONL segments uploaded by edge agents
     edge-logs/<ns>/<deployment>/         Delta table of those logs (partitioned by site, node, day)
+    edge-health/<ns>/<deployment>/<node>/      health snapshots uploaded by edge agents
+
+Every prefix starts with `<kind>/<ns>/`: scoped credentials (`neuraxis.lake_access`) grant a run
+exactly the prefixes of its namespace that it needs, so nothing may live outside one.
 """
 
 from __future__ import annotations
@@ -44,12 +48,13 @@ class LakeError(RuntimeError):
 class S3Settings:
     """Endpoint and credentials for s3:// lakes. Read from the environment (which a mounted
     Secret populates in a pod): AWS_ENDPOINT_URL (MinIO), AWS_ACCESS_KEY_ID,
-    AWS_SECRET_ACCESS_KEY, AWS_REGION."""
+    AWS_SECRET_ACCESS_KEY, AWS_REGION, and AWS_SESSION_TOKEN with scoped (STS) credentials."""
 
     endpoint: str | None
     access_key: str | None
     secret_key: str | None
     region: str
+    session_token: str | None = None
 
     @classmethod
     def from_env(cls) -> S3Settings:
@@ -58,6 +63,7 @@ class S3Settings:
             access_key=os.environ.get("AWS_ACCESS_KEY_ID"),
             secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY"),
             region=os.environ.get("AWS_REGION", "us-east-1"),
+            session_token=os.environ.get("AWS_SESSION_TOKEN") or None,
         )
 
 
@@ -119,7 +125,28 @@ class Lake:
         `source.from.edgeDeploymentRef` reads (the agent, the ETL and the runners use this)."""
         return f"edge-logs/{namespace}/{deployment}"
 
-    LINEAGE_EVENTS = "lineage/events.jsonl"
+    @staticmethod
+    def edge_health_path(namespace: str, deployment: str) -> str:
+        """Where an EdgeDeployment's agents upload health snapshots (one folder per node)."""
+        return f"edge-health/{namespace}/{deployment}"
+
+    LINEAGE_PREFIX = "lineage"
+    # The first folder of every namespaced prefix above (`<kind>/<ns>/...`).
+    NAMESPACED_KINDS = (
+        "tables", "quarantine", "models", "edge", "runs", "lineage",
+        "inference-logs", "edge-logs", "edge-health",
+    )  # fmt: skip
+
+    @classmethod
+    def namespace_prefixes(cls, namespace: str) -> tuple[str, ...]:
+        """Every lake folder that belongs to `namespace` (what a namespace-wide identity, such
+        as a cloud IAM role per namespace, may reach)."""
+        return tuple(f"{kind}/{namespace}" for kind in cls.NAMESPACED_KINDS)
+
+    @staticmethod
+    def lineage_events_path(namespace: str) -> str:
+        """The OpenLineage events of one namespace's runs (appended by the runs themselves)."""
+        return f"lineage/{namespace}/events.jsonl"
 
     def uri(self, rel: str) -> str:
         """Absolute URI of a path inside the lake."""
@@ -156,6 +183,8 @@ class Lake:
         if self.s3.access_key and self.s3.secret_key:
             opts["AWS_ACCESS_KEY_ID"] = self.s3.access_key
             opts["AWS_SECRET_ACCESS_KEY"] = self.s3.secret_key
+            if self.s3.session_token:
+                opts["AWS_SESSION_TOKEN"] = self.s3.session_token
         return opts
 
     def spark_conf(self) -> dict[str, str]:
@@ -174,6 +203,11 @@ class Lake:
         if self.s3.access_key and self.s3.secret_key:
             conf["spark.hadoop.fs.s3a.access.key"] = self.s3.access_key
             conf["spark.hadoop.fs.s3a.secret.key"] = self.s3.secret_key
+            if self.s3.session_token:
+                conf["spark.hadoop.fs.s3a.session.token"] = self.s3.session_token
+                conf["spark.hadoop.fs.s3a.aws.credentials.provider"] = (
+                    "org.apache.hadoop.fs.s3a.TemporaryAWSCredentialsProvider"
+                )
         return conf
 
     # ---- object access ------------------------------------------------------------------------
@@ -186,6 +220,7 @@ class Lake:
                 endpoint_url=self.s3.endpoint,
                 aws_access_key_id=self.s3.access_key,
                 aws_secret_access_key=self.s3.secret_key,
+                aws_session_token=self.s3.session_token,
                 region_name=self.s3.region,
             )
         return self._client

@@ -160,22 +160,32 @@ def emit_run_event(
     error: str | None = None,
     url: str | None = None,
 ) -> dict[str, Any]:
-    """Append a run event to `lineage/events.jsonl` in the lake and POST it to `url` (default
+    """Append a run event to `lineage/<namespace>/events.jsonl` in the lake (a run's scoped
+    credentials reach only its own namespace) and POST it to `url` (default
     `$NEURAXIS_LINEAGE_URL`, if set). Returns the event."""
     event = build_run_event(
         event_type, job_name, run_id, inputs, outputs, namespace=namespace, error=error
     )
-    lake.append_jsonl(Lake.LINEAGE_EVENTS, event)
+    lake.append_jsonl(Lake.lineage_events_path(namespace), event)
     target = url if url is not None else os.environ.get(LINEAGE_URL_ENV)
     if target:
         post_event(target, event)
     return event
 
 
-def read_events(lake: Lake, run_id: str | None = None) -> list[dict[str, Any]]:
-    """The lake's lineage events, optionally only those of one run (by the workload's run id)."""
-    events = lake.read_jsonl(Lake.LINEAGE_EVENTS)
+def read_events(
+    lake: Lake, run_id: str | None = None, *, namespace: str | None = None
+) -> list[dict[str, Any]]:
+    """The lineage events of one namespace (default: of every namespace, namespace by
+    namespace), optionally only those of one run (by the workload's run id)."""
+    namespaces = [namespace] if namespace is not None else lineage_namespaces(lake)
+    events = [e for ns in namespaces for e in lake.read_jsonl(Lake.lineage_events_path(ns))]
     if run_id is None:
         return events
     wanted = openlineage_run_id(run_id)
     return [e for e in events if e.get("run", {}).get("runId") == wanted]
+
+
+def lineage_namespaces(lake: Lake) -> list[str]:
+    """The namespaces with lineage events in the lake (`lineage/<ns>/...`), sorted."""
+    return sorted({rel.split("/")[1] for rel in lake.list_files(Lake.LINEAGE_PREFIX)})

@@ -19,11 +19,12 @@ from neuraxis.operator.builders.accounts import (
     spark_driver_cluster_role,
 )
 from neuraxis.operator.pods import security_context
-from neuraxis.operator.settings import DEFAULT_IMAGE
+from neuraxis.operator.settings import DEFAULT_IMAGE, OperatorSettings
 
 NAMESPACE = "neuraxis-system"
 OPERATOR = "neuraxis-operator"
 WORKLOAD_SA = "neuraxis-workload"
+LAKE_SECRET = OperatorSettings().lake_secret
 LABELS = {"app.kubernetes.io/name": "neuraxis", "app.kubernetes.io/component": "operator"}
 WRITE = ["get", "list", "watch", "create", "patch"]
 READ = ["get", "list", "watch"]
@@ -52,6 +53,9 @@ def cluster_role_rules() -> list[dict[str, Any]]:
         _rule("batch", ["jobs"], [*WRITE, "delete"]),
         _rule("", ["pods"], READ),
         _rule("", ["services", "configmaps"], WRITE),
+        # Scoped lake credentials (NEURAXIS_LAKE_CREDENTIALS=scoped): one Secret per run and
+        # role, written (server-side apply) by the operator; never read back.
+        _rule("", ["secrets"], ["create", "patch"]),
         # The workload accounts per namespace (watched: a deleted one is made again).
         _rule("", ["serviceaccounts"], ["get", "list", "watch", "create"]),
         # The Spark driver's RoleBinding: `bind` on that one ClusterRole only, so the operator
@@ -90,6 +94,9 @@ def build_manifests(image: str = DEFAULT_IMAGE, namespace: str = NAMESPACE) -> l
                 "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}},
             },
         ],
+        # The lake keys are the operator's: it mints narrower ones for each run from them
+        # (scoped mode). Optional: with IRSA or shared mode there may be none.
+        "envFrom": [{"secretRef": {"name": LAKE_SECRET, "optional": True}}],
         "ports": [
             {"name": "metrics", "containerPort": 9090},
             {"name": "health", "containerPort": 8080},

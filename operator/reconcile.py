@@ -63,6 +63,18 @@ from neuraxis.operator.inputs import (
     status_of,
 )
 from neuraxis.operator.kube import ApiError, ApiUnavailableError, RetryPolicy
+from neuraxis.operator.lake_credentials import (
+    AGENT_COMPONENT,
+    ETL_COMPONENT,
+    PREDICTOR_COMPONENT,
+    TRAIN_COMPONENT,
+    TUNE_COMPONENT,
+    agent_grant,
+    dataset_grant,
+    scope_children,
+    serving_grant,
+    training_grant,
+)
 from neuraxis.operator.observe import JOB_NAME_LABEL, RunObservation, observe_run
 from neuraxis.operator.outcomes import (
     Condition,
@@ -253,6 +265,10 @@ def reconcile_dataset(
     upstream = resolve_upstream(ds, cluster)
     children = build_dataset_children(pin_upstream(ds, upstream), settings)
     name = etl_children_name(ds)
+    children = scope_children(
+        cluster, ds, children, ETL_COMPONENT, ds.metadata.name,
+        dataset_grant(ds, upstream, settings), settings,
+    )  # fmt: skip
     if ds.spec.schedule:
         _apply_all(cluster, children)  # the CronJob forbids concurrent runs itself
         jobs = cluster.list("batch/v1", "Job", ns, {owner_label("Dataset"): ds.metadata.name})
@@ -317,6 +333,10 @@ def reconcile_training(
     dataset = resolve_dataset(tj, cluster)
     children = build_training_children(tj, dataset, settings)
     name = children[-1]["metadata"]["name"]
+    children = scope_children(
+        cluster, tj, children, TRAIN_COMPONENT if tj.spec.tuning is None else TUNE_COMPONENT,
+        name, training_grant(tj, dataset, name, settings), settings,
+    )  # fmt: skip
     waiting = _start_run(cluster, tj, children, name)
     if waiting is not None:
         return waiting
@@ -579,6 +599,10 @@ def _approved_draft(
         artifact_digest=artifact[1],
         rolled_back=canary_state is not None and canary_state.rolled_back,
     )
+    children = scope_children(
+        cluster, mv, children, PREDICTOR_COMPONENT, predictor_name(mv),
+        serving_grant(mv, artifact[0], predictor_name(mv), settings), settings,
+    )  # fmt: skip
     _apply_all(cluster, children)
     deployment = cluster.get("apps/v1", "Deployment", ns_of(mv), predictor_name(mv)) or {}
     available = int((deployment.get("status") or {}).get("availableReplicas") or 0)
@@ -709,6 +733,10 @@ def reconcile_edge(
         bundle_digest=str(bundle["digest"]),
         sites=node_sites(nodes, settings),
     )
+    children = scope_children(
+        cluster, ed, children, AGENT_COMPONENT, ed.metadata.name,
+        agent_grant(ed, str(bundle["uri"]), settings), settings,
+    )  # fmt: skip
     _apply_all(cluster, children)
     sets = [c for c in children if c["kind"] == "DaemonSet"]
     observed = [cluster.get("apps/v1", "DaemonSet", ns, s["metadata"]["name"]) or {} for s in sets]

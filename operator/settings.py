@@ -16,6 +16,9 @@ DEFAULT_IMAGE = "ghcr.io/neuraxis/neuraxis:0.1.0"
 IMAGE_ENV = "NEURAXIS_IMAGE"
 LAKE_URI_ENV = "NEURAXIS_LAKE_URI"
 LAKE_SECRET_ENV = "NEURAXIS_LAKE_SECRET"
+LAKE_CREDENTIALS_ENV = "NEURAXIS_LAKE_CREDENTIALS"
+LAKE_CREDENTIALS_SECONDS_ENV = "NEURAXIS_LAKE_CREDENTIALS_SECONDS"
+LAKE_CREDENTIAL_MODES = ("shared", "scoped")
 SERVICE_ACCOUNT_ENV = "NEURAXIS_WORKLOAD_SERVICE_ACCOUNT"
 SPARK_SERVICE_ACCOUNT_ENV = "NEURAXIS_SPARK_SERVICE_ACCOUNT"
 RESYNC_ENV = "NEURAXIS_RESYNC_SECONDS"
@@ -62,6 +65,14 @@ class OperatorSettings:
     lake_uri: str = "s3://neuraxis-lake/lake"
     # Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_ENDPOINT_URL for the lake.
     lake_secret: str = "neuraxis-lake"
+    # "shared": every workload pod mounts `lake_secret`. "scoped": the operator mints per-run
+    # keys limited to the run's prefixes (STS AssumeRole with a session policy, with its own
+    # lake keys from its environment) into a Secret per run and role
+    # (`neuraxis.lake_access`); `lake_secret` is then only the operator's.
+    lake_credentials: str = "shared"
+    # Lifetime of minted keys; re-minted when a third is left (MinIO: 900 s to 365 days; AWS
+    # role sessions: at most 12 h).
+    lake_credentials_seconds: int = 43200
     service_account: str = "neuraxis-workload"
     # Spark drivers with executors > 0 run as this account and create executor pods with its
     # token; the operator ensures it (and its RoleBinding) in each namespace that needs it.
@@ -113,6 +124,11 @@ class OperatorSettings:
         return self.identity or f"{socket.gethostname()}-{os.getpid()}"
 
     def __post_init__(self) -> None:
+        if not 900 <= self.lake_credentials_seconds <= 365 * 86400:
+            raise SettingsError(
+                f"{LAKE_CREDENTIALS_SECONDS_ENV}: {self.lake_credentials_seconds} is outside "
+                "900..31536000 (STS: 15 minutes to MinIO's 365 days; AWS allows 12 h)"
+            )
         for index, toleration in enumerate(self.workload_tolerations):
             check_toleration(toleration, f"{WORKLOAD_TOLERATIONS_ENV}[{index}]")
         check_node_selector(self.workload_node_selector, WORKLOAD_NODE_SELECTOR_ENV)
@@ -131,6 +147,15 @@ class OperatorSettings:
             image=env.get(IMAGE_ENV, d.image),
             lake_uri=env.get(LAKE_URI_ENV, d.lake_uri),
             lake_secret=env.get(LAKE_SECRET_ENV, d.lake_secret),
+            lake_credentials=parse_choice(
+                env.get(LAKE_CREDENTIALS_ENV), LAKE_CREDENTIALS_ENV, LAKE_CREDENTIAL_MODES
+            ),
+            lake_credentials_seconds=parse_count(
+                env.get(LAKE_CREDENTIALS_SECONDS_ENV),
+                LAKE_CREDENTIALS_SECONDS_ENV,
+                d.lake_credentials_seconds,
+                low=900,
+            ),
             service_account=env.get(SERVICE_ACCOUNT_ENV, d.service_account),
             spark_service_account=env.get(SPARK_SERVICE_ACCOUNT_ENV, d.spark_service_account),
             resync_seconds=parse_seconds(env.get(RESYNC_ENV), RESYNC_ENV, d.resync_seconds),
@@ -215,6 +240,14 @@ def parse_seconds(raw: str | None, name: str, default: float, unit: str = "secon
         raise SettingsError(f"{name}: {raw!r} is not a number of {unit}") from None
     if value <= 0:
         raise SettingsError(f"{name}: must be > 0, got {raw!r}")
+    return value
+
+
+def parse_choice(raw: str | None, name: str, choices: tuple[str, ...]) -> str:
+    """One of `choices` (the first when unset)."""
+    value = (raw or "").strip() or choices[0]
+    if value not in choices:
+        raise SettingsError(f"{name}: {raw!r} is not one of {', '.join(choices)}")
     return value
 
 

@@ -1,7 +1,8 @@
 """Policy validators: plain functions from resources (type, properties as the engine sees them,
 camelCase) to violation messages. The CrossGuard pack and the mock tests call the same functions.
 
-Policies: the lake is encrypted, versioned and not public; the Kubernetes API endpoint is
+Policies: the lake is encrypted, versioned and not public, and every access to it is logged (S3
+server access logging; GCS data-access audit logs); the Kubernetes API endpoint is
 private or limited to listed networks; GPU pools are tainted; pods run as non-root with CPU and
 memory limits; no image is `:latest` (or untagged).
 
@@ -26,7 +27,11 @@ S3_ENCRYPTION = (
 S3_PUBLIC_ACCESS_BLOCK = "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock"
 S3_POLICY = "aws:s3/bucketPolicy:BucketPolicy"
 S3_ACL = "aws:s3/bucketAcl:BucketAcl"
+S3_LOGGING = "aws:s3/bucketLogging:BucketLogging"
 GCS_BUCKET = "gcp:storage/bucket:Bucket"
+GCP_AUDIT_CONFIG = "gcp:projects/iAMAuditConfig:IAMAuditConfig"
+GCS_AUDIT_SERVICES = {"storage.googleapis.com", "allServices"}
+DATA_ACCESS_LOGS = {"DATA_READ", "DATA_WRITE"}
 GCS_IAM = (
     "gcp:storage/bucketIAMMember:BucketIAMMember",
     "gcp:storage/bucketIAMBinding:BucketIAMBinding",
@@ -77,10 +82,10 @@ class Resource:
 # lake
 
 
-def _refers_to(setting: Resource, bucket: Resource) -> bool:
-    if bucket.urn and bucket.urn in setting.prop_deps.get("bucket", ()):
+def _refers_to(setting: Resource, bucket: Resource, prop: str = "bucket") -> bool:
+    if bucket.urn and bucket.urn in setting.prop_deps.get(prop, ()):
         return True
-    target = setting.props.get("bucket")
+    target = setting.props.get(prop)
     return target is not None and target in (bucket.props.get("bucket"), bucket.props.get("id"))
 
 
@@ -88,8 +93,42 @@ def _settings_of(bucket: Resource, resources: Sequence[Resource], kind: str) -> 
     return [r for r in resources if r.type == kind and _refers_to(r, bucket)]
 
 
+def _is_log_target(bucket: Resource, resources: Sequence[Resource]) -> bool:
+    """The bucket receives another bucket's server access logs."""
+    return any(r.type == S3_LOGGING and _refers_to(r, bucket, "targetBucket") for r in resources)
+
+
+def lake_access_logged(resources: Sequence[Resource]) -> list[str]:
+    """Every S3 bucket logs its requests to another bucket (log buckets themselves excepted:
+    logging into themselves would loop); a stack with a GCS bucket enables data-access audit
+    logs (DATA_READ and DATA_WRITE) for Cloud Storage."""
+    problems = []
+    for bucket in (r for r in resources if r.type == S3_BUCKET):
+        if _is_log_target(bucket, resources):
+            continue
+        logging = [
+            r for r in _settings_of(bucket, resources, S3_LOGGING) if r.props.get("targetBucket")
+        ]
+        if not logging:
+            problems.append(f"S3 bucket {bucket.name}: no server access logging (BucketLogging)")
+    gcs = [r.name for r in resources if r.type == GCS_BUCKET]
+    logged: set[str] = set()
+    for config in (r for r in resources if r.type == GCP_AUDIT_CONFIG):
+        if config.props.get("service") in GCS_AUDIT_SERVICES:
+            logged |= {str(c.get("logType")) for c in config.props.get("auditLogConfigs") or []}
+    if gcs and not logged >= DATA_ACCESS_LOGS:
+        missing = ", ".join(sorted(DATA_ACCESS_LOGS - logged))
+        problems.append(
+            f"GCS bucket(s) {', '.join(gcs)}: Cloud Storage data-access audit logs {missing} "
+            "are not enabled (IAMAuditConfig on storage.googleapis.com)"
+        )
+    return problems
+
+
 def s3_lake_encrypted(resources: Sequence[Resource]) -> list[str]:
-    """Every S3 bucket has default encryption with a KMS key (aws:kms or aws:kms:dsse)."""
+    """Every S3 bucket has default encryption with a KMS key (aws:kms or aws:kms:dsse); a
+    bucket receiving server access logs has SSE-S3 (AES256) at least, the only encryption
+    log delivery supports."""
     problems = []
     for bucket in (r for r in resources if r.type == S3_BUCKET):
         configs = _settings_of(bucket, resources, S3_ENCRYPTION)
@@ -98,7 +137,10 @@ def s3_lake_encrypted(resources: Sequence[Resource]) -> list[str]:
             for config in configs
             for rule in config.props.get("rules") or []
         ]
-        if not any(a in ("aws:kms", "aws:kms:dsse") for a in algorithms):
+        accepted = {"aws:kms", "aws:kms:dsse"}
+        if _is_log_target(bucket, resources):
+            accepted.add("AES256")
+        if not any(a in accepted for a in algorithms):
             problems.append(
                 f"S3 bucket {bucket.name}: no server-side encryption with KMS "
                 f"(found {algorithms or 'no encryption configuration'})"
@@ -354,6 +396,7 @@ STACK_POLICIES = {
     "lake-encrypted": s3_lake_encrypted,
     "lake-versioned": s3_lake_versioned,
     "lake-not-public": s3_lake_not_public,
+    "lake-access-logged": lake_access_logged,
 }
 DESCRIPTIONS = {
     "lake-gcs-private-versioned": "GCS lake buckets are versioned, uniform access, never public.",
@@ -366,6 +409,7 @@ DESCRIPTIONS = {
     "lake-encrypted": "S3 lake buckets have default SSE-KMS encryption.",
     "lake-versioned": "S3 lake buckets have versioning enabled.",
     "lake-not-public": "S3 lake buckets block all public access and allow no public principal.",
+    "lake-access-logged": "Lake access is logged (S3 server access, GCS data-access audit).",
 }
 
 

@@ -2,8 +2,11 @@
 
 One server per home (`$NEURAXIS_HOME/lake/`): data in `data/`, its credentials in
 `credentials.json` (generated once, so a restart keeps the same keys and objects), the pid in
-`minio.pid`. The server binds one address: loopback by default, or the real node's bridge
-address so that pods can reach it (they cannot reach 127.0.0.1 of the host).
+`minio.pid`. Every S3 request is audited: MinIO's audit webhook posts to a small receiver
+(`audit_sink.py`, pid in `audit.pid`) that appends one JSON line per request to `audit.jsonl`
+(`read_audit`); undelivered entries wait in `audit-queue/`. The server binds one address:
+loopback by default, or the real node's bridge address so that pods can reach it (they cannot
+reach 127.0.0.1 of the host).
 
 Standard library only for start/stop; the bucket is made with boto3 (imported when needed).
 """
@@ -17,17 +20,20 @@ import secrets
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from neuraxis.dev import toolchain
 
 DEFAULT_BUCKET = "neuraxis-lake"
 DEFAULT_PORT = 9000
+AUDIT_TARGET = "neuraxis"
 # The Secret the operator mounts into workload pods (settings.lake_secret).
 LAKE_SECRET = "neuraxis-lake"
 START_TIMEOUT_S = 60.0
@@ -93,6 +99,18 @@ class LakePaths:
     def log(self) -> Path:
         return self.root / "minio.log"
 
+    @property
+    def audit_log(self) -> Path:
+        return self.root / "audit.jsonl"
+
+    @property
+    def audit_pid_file(self) -> Path:
+        return self.root / "audit.pid"
+
+    @property
+    def audit_queue(self) -> Path:
+        return self.root / "audit-queue"
+
 
 def lake_paths(home: Path) -> LakePaths:
     return LakePaths(home / "lake")
@@ -124,9 +142,9 @@ def _running_pid(paths: LakePaths) -> int | None:
     return pid if str(paths.data).encode() in cmdline else None
 
 
-def is_live(endpoint: str) -> bool:
+def is_live(endpoint: str, path: str = "/minio/health/live") -> bool:
     try:
-        with urllib.request.urlopen(f"{endpoint}/minio/health/live", timeout=2):
+        with urllib.request.urlopen(f"{endpoint}{path}", timeout=2):
             return True
     except (urllib.error.URLError, OSError):
         return False
@@ -162,11 +180,13 @@ def _spawn(paths: LakePaths, server: LakeServer, host: str, port: int) -> None:
         raise LakeServerError(f"MinIO: {host}:{port} is already in use by another process")
     paths.data.mkdir(parents=True, exist_ok=True)
     binary = toolchain.tool_path("minio")
+    audit_port = _spawn_audit_sink(paths)
     env = {
         **os.environ,
         "MINIO_ROOT_USER": server.access_key,
         "MINIO_ROOT_PASSWORD": server.secret_key,
         "MINIO_BROWSER": "off",
+        **audit_env(audit_port, paths.audit_queue),
     }
     with paths.log.open("ab") as log:
         proc = subprocess.Popen(
@@ -187,6 +207,48 @@ def _spawn(paths: LakePaths, server: LakeServer, host: str, port: int) -> None:
                 proc.kill()
             raise LakeServerError(f"MinIO did not become live at {server.endpoint}:\n{tail}")
         time.sleep(0.2)
+
+
+def audit_env(port: int, queue: Path) -> dict[str, str]:
+    """MinIO's audit webhook target `neuraxis`: every request, to the local receiver."""
+    return {
+        f"MINIO_AUDIT_WEBHOOK_ENABLE_{AUDIT_TARGET}": "on",
+        f"MINIO_AUDIT_WEBHOOK_ENDPOINT_{AUDIT_TARGET}": f"http://127.0.0.1:{port}/audit",
+        # Entries the receiver did not take yet are kept on disk and sent again.
+        f"MINIO_AUDIT_WEBHOOK_QUEUE_DIR_{AUDIT_TARGET}": str(queue),
+    }
+
+
+def _spawn_audit_sink(paths: LakePaths) -> int:
+    """Start the audit receiver (on a loopback port the kernel picks) and wait until it
+    answers; it outlives the caller like MinIO, and `stop` ends both."""
+    _stop_pid(paths.audit_pid_file, Path(__file__).with_name("audit_sink.py").name)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    paths.audit_queue.mkdir(parents=True, exist_ok=True)
+    script = Path(__file__).with_name("audit_sink.py")
+    with paths.log.open("ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, str(script), "--port", str(port), "--out", str(paths.audit_log)],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )  # fmt: skip
+    paths.audit_pid_file.write_text(str(proc.pid))
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not is_live(f"http://127.0.0.1:{port}", path="/"):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise LakeServerError(f"the audit receiver did not start on 127.0.0.1:{port}")
+        time.sleep(0.1)
+    return port
+
+
+def read_audit(home: Path) -> list[dict[str, Any]]:
+    """The audit entries received so far (MinIO delivers them asynchronously)."""
+    path = lake_paths(home).audit_log
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def _port_in_use(host: str, port: int) -> bool:
@@ -215,8 +277,32 @@ def ensure_bucket(server: LakeServer) -> None:
 
 
 def stop(home: Path) -> None:
-    """Stop this home's MinIO (if it runs); its data and credentials stay for the next start."""
+    """Stop this home's MinIO (if it runs) and its audit receiver; data, credentials and the
+    audit log stay for the next start."""
     paths = lake_paths(home)
+    try:
+        _stop_minio(paths)
+    finally:
+        _stop_pid(paths.audit_pid_file, "audit_sink.py")
+
+
+def _stop_pid(pid_file: Path, marker: str) -> None:
+    """End the process named in `pid_file` if its command line still names `marker`."""
+    try:
+        pid = int(pid_file.read_text().strip())
+        mine = marker.encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        mine = False
+    if mine:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    pid_file.unlink(missing_ok=True)
+
+
+def _stop_minio(paths: LakePaths) -> None:
     pid = _running_pid(paths)
     if pid is None:
         paths.pid_file.unlink(missing_ok=True)

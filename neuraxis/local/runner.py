@@ -21,6 +21,7 @@ import yaml
 
 from neuraxis.crds import Dataset, EdgeDeployment, ModelVersion, Resource, TrainingJob
 from neuraxis.lake import Lake, LakeError, neuraxis_home
+from neuraxis.lake_access import LakeGrant, LakeScopeError, credentials_env, mint
 from neuraxis.local.runlock import RunClaim, claim_run
 from neuraxis.local.smoke import smoke_test
 from neuraxis.local.state import LocalStore, spec_digest
@@ -38,6 +39,7 @@ from neuraxis.operator.inputs import (
     resolve_dataset,
     resolve_upstream,
 )
+from neuraxis.operator.lake_credentials import dataset_grant, training_grant
 from neuraxis.operator.outcomes import (
     Draft,
     bundle_outcome,
@@ -45,6 +47,12 @@ from neuraxis.operator.outcomes import (
     evaluation_outcome,
     status_from_draft,
     training_outcome,
+)
+from neuraxis.operator.settings import (
+    LAKE_CREDENTIAL_MODES,
+    LAKE_CREDENTIALS_ENV,
+    OperatorSettings,
+    parse_choice,
 )
 from neuraxis.resources import ResourceError, iter_documents, parse_resource
 from neuraxis.workloads.artifact import (
@@ -189,8 +197,10 @@ class Runner:
 
     # ---- one workload process, as a pod would run it --------------------------------------
     def workload(
-        self, res: Resource, args: list[str], run_id: str
+        self, res: Resource, args: list[str], run_id: str, grant: LakeGrant | None = None
     ) -> tuple[dict[str, Any] | None, Path]:
+        """`grant`: with an s3:// lake and NEURAXIS_LAKE_CREDENTIALS=scoped, the process gets
+        keys minted for exactly that (as the operator's pods do) instead of the runner's own."""
         run_dir = self.work / (res.metadata.namespace or "default") / run_id
         run_dir.mkdir(parents=True, exist_ok=True)
         term = run_dir / "termination-log"
@@ -201,6 +211,7 @@ class Runner:
             TERMINATION_LOG_ENV: str(term),
             "NEURAXIS_LAKE_URI": self.lake.root,
             "NEURAXIS_NAMESPACE": res.metadata.namespace or "default",
+            **self.scoped_env(grant),
         }
         with open(log, "wb") as out:
             # Its own process group: a later run of the same resource stops the whole workload.
@@ -216,6 +227,30 @@ class Runner:
             proc.wait()
         result = read_compact_result(term.read_text()) if term.exists() else None
         return result, log
+
+    def scoped_env(self, grant: LakeGrant | None) -> dict[str, str]:
+        """The AWS_* keys of the grant (empty: the workload inherits the runner's keys)."""
+        if grant is None or not self.scoping():
+            return {}
+        seconds = self.lake_settings().lake_credentials_seconds
+        try:
+            creds = mint(self.lake.root, grant, self.lake.s3, duration_s=seconds)
+        except LakeScopeError as exc:
+            raise InputNotReadyError("LakeCredentialsUnavailable", str(exc)) from exc
+        return credentials_env(creds, self.lake.s3)
+
+    def scoping(self) -> bool:
+        """Scoped keys only where MinIO (or S3) is the lake: a file lake has no principals."""
+        return self.lake.scheme == "s3" and self.lake_settings().lake_credentials == "scoped"
+
+    def lake_settings(self) -> OperatorSettings:
+        """The operator's lake settings as the runner uses them (NEURAXIS_LAKE_CREDENTIALS)."""
+        return OperatorSettings(
+            lake_uri=self.lake.root,
+            lake_credentials=parse_choice(
+                os.environ.get(LAKE_CREDENTIALS_ENV), LAKE_CREDENTIALS_ENV, LAKE_CREDENTIAL_MODES
+            ),
+        )
 
     def args(self, subcommand: str, spec: Path, namespace: str, run_id: str) -> list[str]:
         """The flags every workload takes, as the operator's pods pass them."""
@@ -240,9 +275,13 @@ class Runner:
     # ---- the four kinds --------------------------------------------------------------------
     def run_dataset(self, ds: Dataset, run_id: str) -> Draft:
         ns = ds.metadata.namespace or "default"
-        spec = self.spec_file(pin_upstream(ds, resolve_upstream(ds, self.store)), run_id)
+        upstream = resolve_upstream(ds, self.store)
+        spec = self.spec_file(pin_upstream(ds, upstream), run_id)
         args = self.args("etl", spec, ns, run_id)
-        result, log = self.workload(ds, args, run_id)
+        grant = (
+            dataset_grant(ds, upstream, self.lake_settings(), run_id) if self.scoping() else None
+        )
+        result, log = self.workload(ds, args, run_id, grant)
         if result is None:
             return self._no_result(log)
         return dataset_outcome(result, self.lake.uri(Lake.table_path(ns, ds.metadata.name)))
@@ -252,7 +291,10 @@ class Runner:
         dataset = resolve_dataset(tj, self.store)
         spec = self.spec_file(pinned(tj, dataset), run_id)
         args = self.args("train", spec, ns, run_id)
-        result, log = self.workload(tj, args, run_id)
+        grant = (
+            training_grant(tj, dataset, run_id, self.lake_settings()) if self.scoping() else None
+        )
+        result, log = self.workload(tj, args, run_id, grant)
         if result is None:
             return self._no_result(log)
         lineage = {

@@ -98,7 +98,15 @@ def test_events_are_appended_to_the_lake_and_posted(
     assert [e["eventType"] for e in events] == ["START", "FAIL"]
     assert events[1]["run"]["facets"]["errorMessage"]["message"] == "SourceNotFound: x"
     assert len(read_events(lake)) == 3
-    assert [e["eventType"] for e in received] == ["START", "FAIL", "START"]
+    # Each namespace's events live under its own prefix (what its scoped credentials reach).
+    emit_run_event(lake, "START", "ops.t", "r3", [], [], namespace="ops", url=url)
+    assert lake.exists(Lake.lineage_events_path("ops"))
+    assert [e["run"]["runId"] for e in read_events(lake, namespace="ops")] == [
+        received[-1]["run"]["runId"]
+    ]
+    assert len(read_events(lake, namespace="ml")) == 3
+    assert len(read_events(lake)) == 4
+    assert [e["eventType"] for e in received] == ["START", "FAIL", "START", "START"]
     assert received[1] == events[1]
 
 

@@ -22,6 +22,7 @@ from neuraxis.dev import lake as dev_lake
 from neuraxis.dev.lake import LakeServer
 from neuraxis.dev.toolchain import ToolchainError
 from neuraxis.lake import Lake, S3Settings
+from neuraxis.lineage import read_events
 from tests.etl.conftest import REPO
 
 pytestmark = pytest.mark.engine
@@ -123,7 +124,7 @@ def test_etl_into_minio_read_back_from_python_and_spark(minio: LakeServer, tmp_p
     assert table.version() == result["version"] == 0
     assert table.to_pyarrow_table().num_rows == result["rows"]
     assert result["rows"] + result["quarantinedRows"] == 500
-    assert [e["eventType"] for e in lake.read_jsonl(Lake.LINEAGE_EVENTS)] == ["START", "COMPLETE"]
+    assert [e["eventType"] for e in read_events(lake)] == ["START", "COMPLETE"]
 
     read = subprocess.run(
         [sys.executable, "-c", SPARK_READ, root, "tables/s3/s3-readings"],

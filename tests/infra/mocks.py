@@ -44,7 +44,9 @@ class RecordingMocks(pulumi.runtime.Mocks):
             outputs["arn"] = f"arn:aws:s3:::{rid}"
         if typ == "aws:eks/cluster:Cluster":
             outputs.update(name=name, endpoint=f"https://{name}.eks.mock",
-                           certificateAuthority={"data": "Y2EtZGF0YQ=="})  # fmt: skip
+                           certificateAuthority={"data": "Y2EtZGF0YQ=="},
+                           identities=[{"oidcs": [{"issuer": f"https://oidc.mock/{name}"}]}],
+                           )  # fmt: skip
         if typ == "aws:eks/nodeGroup:NodeGroup":
             outputs.setdefault("nodeGroupName", name)
         if typ == "aws:iam/role:Role":

@@ -186,3 +186,47 @@ def test_an_exemption_needs_the_policy_name_and_a_reason() -> None:
     root["metadata"]["annotations"][v.EXEMPT_REASON] = "needs the kubelet socket"
     assert v.pods_non_root(workload(root)) == []
     assert v.pods_have_limits(workload(root)) == []  # limits are still checked (and present)
+
+
+def logged_s3_lake() -> list[R]:
+    """The lake with server access logging into a log bucket encrypted with SSE-S3."""
+    return [
+        *s3_lake(),
+        R(v.S3_BUCKET, "logs", {"bucket": "logs"}, urn="urn:logs"),
+        R(v.S3_ENCRYPTION, "logs-sse", {"bucket": "logs", "rules": [
+            {"applyServerSideEncryptionByDefault": {"sseAlgorithm": "AES256"}}]}),
+        R(v.S3_LOGGING, "logging", {"bucket": "lake", "targetBucket": "logs"}),
+    ]  # fmt: skip
+
+
+def test_lake_access_must_be_logged_on_s3() -> None:
+    lake = logged_s3_lake()
+    assert v.lake_access_logged(lake) == []
+    # SSE-S3 is enough for the log bucket only (log delivery cannot use KMS).
+    assert v.s3_lake_encrypted(lake) == []
+    unlogged = [r for r in lake if r.type != v.S3_LOGGING]
+    assert v.lake_access_logged(unlogged) == [
+        "S3 bucket lake: no server access logging (BucketLogging)",
+        "S3 bucket logs: no server access logging (BucketLogging)",
+    ]
+    assert "logs: no server-side encryption with KMS" in v.s3_lake_encrypted(unlogged)[0]
+    no_target = [*unlogged, R(v.S3_LOGGING, "logging", {"bucket": "lake"})]
+    assert "S3 bucket lake: no server access logging" in v.lake_access_logged(no_target)[0]
+
+
+def test_lake_access_must_be_logged_on_gcs() -> None:
+    bucket = R(v.GCS_BUCKET, "lake", {"name": "lake"})
+
+    def audit(service: str, *types: str) -> R:
+        configs = [{"logType": t} for t in types]
+        return R(v.GCP_AUDIT_CONFIG, "audit", {"service": service, "auditLogConfigs": configs})
+
+    assert (
+        v.lake_access_logged([bucket, audit("storage.googleapis.com", *v.DATA_ACCESS_LOGS)]) == []
+    )
+    assert v.lake_access_logged([bucket, audit("allServices", "DATA_READ", "DATA_WRITE")]) == []
+    (problem,) = v.lake_access_logged([bucket, audit("storage.googleapis.com", "DATA_READ")])
+    assert "GCS bucket(s) lake" in problem and "DATA_WRITE are not enabled" in problem
+    (problem,) = v.lake_access_logged([bucket, audit("bigquery.googleapis.com", "DATA_WRITE")])
+    assert "DATA_READ, DATA_WRITE are not enabled" in problem
+    assert v.lake_access_logged([audit("storage.googleapis.com")]) == []  # no GCS bucket

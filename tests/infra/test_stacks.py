@@ -59,18 +59,21 @@ def test_program_module_creates_nothing_at_import() -> None:
 
 def test_aws_stack(fake_kubeconfig: str) -> None:
     mocks, outputs = run_stack("aws")
-    bucket = mocks.one("aws:s3/bucket:Bucket")
+    bucket = mocks.one("aws:s3/bucket:Bucket", "lake-bucket")
     assert bucket.inputs["bucket"] == "neuraxis-lake-prod-euw1"
-    versioning = mocks.one("aws:s3/bucketVersioning:BucketVersioning")
+    versioning = mocks.one("aws:s3/bucketVersioning:BucketVersioning", "lake-versioning")
     assert versioning.inputs["versioningConfiguration"] == {"status": "Enabled"}
     assert versioning.inputs["bucket"] == bucket.id
     sse = mocks.one(
-        "aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration"
+        "aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration",
+        "lake-encryption",
     )
     rule = sse.inputs["rules"][0]
     assert rule["applyServerSideEncryptionByDefault"]["sseAlgorithm"] == "aws:kms"
     assert rule["bucketKeyEnabled"] is True
-    block = mocks.one("aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock")
+    block = mocks.one(
+        "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock", "lake-public-access"
+    )
     for flag in (
         "blockPublicAcls",
         "blockPublicPolicy",
@@ -78,10 +81,14 @@ def test_aws_stack(fake_kubeconfig: str) -> None:
         "restrictPublicBuckets",
     ):
         assert block.inputs[flag] is True
-    policy = json.loads(mocks.one("aws:s3/bucketPolicy:BucketPolicy").inputs["policy"])
+    policy = json.loads(
+        mocks.one("aws:s3/bucketPolicy:BucketPolicy", "lake-tls-only").inputs["policy"]
+    )
     assert policy["Statement"][0]["Effect"] == "Deny"
     assert policy["Statement"][0]["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
-    lifecycle = mocks.one("aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration")
+    lifecycle = mocks.one(
+        "aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration", "lake-lifecycle"
+    )
     assert lifecycle.inputs["rules"][0]["noncurrentVersionExpiration"] == {"noncurrentDays": 30}
     assert mocks.one("aws:kms/key:Key", "lake-key").inputs["enableKeyRotation"] is True
 
@@ -113,7 +120,50 @@ def test_aws_stack(fake_kubeconfig: str) -> None:
         a.inputs["policyArn"]
         for a in mocks.of_type("aws:iam/rolePolicyAttachment:RolePolicyAttachment")
     ]
-    assert "arn:aws:mock:::lake-access" in attachments  # the node role can reach the lake
+    # Nodes cannot reach the lake (a pod could borrow the node role); the operator's IRSA role
+    # can, and each workload namespace's IRSA role reaches only its own folders.
+    node_attachments = [
+        a.inputs["policyArn"]
+        for a in mocks.of_type("aws:iam/rolePolicyAttachment:RolePolicyAttachment")
+        if a.name.startswith("eks-node-policy")
+    ]
+    assert node_attachments and "arn:aws:mock:::lake-access" not in node_attachments
+    assert "arn:aws:mock:::lake-access" in attachments
+    assert mocks.one("aws:iam/openIdConnectProvider:OpenIdConnectProvider").inputs == {
+        "url": "https://oidc.mock/eks",
+        "clientIdLists": ["sts.amazonaws.com"],
+    }
+    roles = {r.name: r.inputs for r in mocks.of_type("aws:iam/role:Role")}
+    for ns in ("default",):
+        trust = json.loads(roles[f"tenants-{ns}"]["assumeRolePolicy"])["Statement"][0]
+        assert trust["Principal"] == {"Federated": "arn:aws:mock:::eks-oidc"}
+        assert trust["Condition"]["StringEquals"]["oidc.mock/eks:sub"] == [
+            f"system:serviceaccount:{ns}:neuraxis-workload",
+            f"system:serviceaccount:{ns}:neuraxis-spark",
+        ]
+        lake_policy = json.loads(mocks.one("aws:iam/rolePolicy:RolePolicy", f"tenants-{ns}-lake")
+                                 .inputs["policy"])  # fmt: skip
+        objects = next(s for s in lake_policy["Statement"] if s["Sid"] == "Write")["Resource"]
+        assert f"arn:aws:s3:::neuraxis-lake-prod-euw1/lake/tables/{ns}/*" in objects
+        assert all(f"/{ns}/*" in r for r in objects)
+    operator_trust = json.loads(roles["tenants-operator"]["assumeRolePolicy"])["Statement"][0]
+    assert operator_trust["Condition"]["StringEquals"]["oidc.mock/eks:sub"] == [
+        "system:serviceaccount:neuraxis-system:neuraxis-operator"
+    ]
+    accounts = {
+        (a.inputs["metadata"].get("namespace"), a.inputs["metadata"]["name"]): a.inputs["metadata"]
+        for a in mocks.of_type("kubernetes:core/v1:ServiceAccount")
+    }
+    assert accounts[("default", "neuraxis-workload")]["annotations"] == {
+        "eks.amazonaws.com/role-arn": "arn:aws:mock:::tenants-default"
+    }
+    assert accounts[("neuraxis-system", "neuraxis-operator")]["annotations"] == {
+        "eks.amazonaws.com/role-arn": "arn:aws:mock:::tenants-operator"
+    }
+    # Every request to the lake is logged into a separate bucket.
+    logging = mocks.one("aws:s3/bucketLogging:BucketLogging").inputs
+    assert logging["bucket"] == "neuraxis-lake-prod-euw1"
+    assert logging["targetBucket"] == "neuraxis-lake-prod-euw1-logs"
 
     assert outputs["lakeUri"] == "s3://neuraxis-lake-prod-euw1/lake"
     assert outputs["grafanaUrl"] == "http://grafana.monitoring.svc:3000"
@@ -151,6 +201,25 @@ def test_gcp_stack() -> None:
         s.inputs["stringData"]["AWS_ENDPOINT_URL"] == "https://storage.googleapis.com"
         for s in lake_secrets
     )
+    # Each workload namespace: its own service account, bounded to its folders, through
+    # Workload Identity and its own HMAC key; data reads and writes are audit-logged.
+    members = {
+        m.name: m.inputs for m in mocks.of_type("gcp:storage/bucketIAMMember:BucketIAMMember")
+    }
+    condition = members["tenants-default-objects"]["condition"]["expression"]
+    assert (
+        'startsWith("projects/_/buckets/neuraxis-lake-prod-ew4/objects/lake/tables/default/")'
+        in (condition)
+    )
+    assert "/objects/lake/tables/other" not in condition
+    assert members["tenants-default-objects"]["role"] == "roles/storage.objectUser"
+    wi = mocks.one("gcp:serviceaccount/iAMMember:IAMMember", "tenants-default-wi-neuraxis-workload")
+    assert wi.inputs["member"].endswith(".svc.id.goog[default/neuraxis-workload]")
+    secrets = {s.inputs["metadata"]["namespace"]: s.inputs["stringData"] for s in lake_secrets}
+    assert secrets["default"]["AWS_ACCESS_KEY_ID"] == "GOOGMOCKACCESS"
+    audit = mocks.one("gcp:projects/iAMAuditConfig:IAMAuditConfig").inputs
+    assert audit["service"] == "storage.googleapis.com"
+    assert {c["logType"] for c in audit["auditLogConfigs"]} == {"DATA_READ", "DATA_WRITE"}
     _no_violations(check_all(mocks.policy_view()))
 
 

@@ -302,8 +302,10 @@ class HealthConfig:
 
 
 def health_prefix(log_prefix: str) -> str:
-    """`inference-logs/<ns>/<deployment>/<node>` -> `edge-health/<ns>/<deployment>/<node>`."""
-    return "edge-health/" + log_prefix.split("/", 1)[1]
+    """`inference-logs/<ns>/<deployment>/<node>` -> `edge-health/<ns>/<deployment>/<node>`
+    (`Lake.edge_health_path`)."""
+    _, namespace, deployment, node = log_prefix.split("/", 3)
+    return f"{Lake.edge_health_path(namespace, deployment)}/{node}"
 
 
 class HealthReporter:

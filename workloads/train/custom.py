@@ -17,19 +17,10 @@ from __future__ import annotations
 
 from neuraxis.crds.trainingjob import TrainingJob
 from neuraxis.lake import Lake
+from neuraxis.lake_access import artifact_folder
 
 DEFAULT_MASTER_PORT = 29500
-
-
-def artifact_folder(job: TrainingJob, namespace: str, run_id: str) -> str:
-    """Where the job's artifact goes: a folder of this run under the registered version's, or
-    the run's own. The run id makes it unique, so retraining after a spec edit writes a new
-    folder and never touches the files an earlier (maybe Approved) version was pinned to."""
-    register = job.spec.register_
-    if register is None:
-        return f"{Lake.run_path(namespace, run_id)}/model"
-    version = register.version_name or f"{register.model}-{job.metadata.name}"
-    return f"{Lake.model_path(namespace, register.model, version)}/{run_id}"
+__all__ = ["DEFAULT_MASTER_PORT", "artifact_folder", "custom_trainer_env"]
 
 
 def custom_trainer_env(
