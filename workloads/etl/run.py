@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from neuraxis.crds.dataset import ColumnSchema, Dataset, DataSource
 from neuraxis.lake import Lake
 from neuraxis.lineage import LineageDataset, emit_run_event, lake_dataset
-from neuraxis.workloads.etl import delta_io, privacy, quality, sources, transform
+from neuraxis.workloads.etl import delta_io, privacy, quality, sources, sql_surface, transform
 from neuraxis.workloads.etl.builtin_data import builtin_uri
 from neuraxis.workloads.etl.errors import SPARK_UNAVAILABLE, EtlError, classify
 from neuraxis.workloads.etl.report import EtlResult
@@ -308,6 +308,9 @@ def _process(
     spec = dataset.spec
     run_id = base.run_id
     t = time.monotonic()
+    if spec.transform is not None and spec.transform.sql:
+        # Before the source is read: a transform that reads outside `source` reads nothing.
+        sql_surface.check_sql(spark, spec.transform.sql)
     src = sources.read_source(spark, spec.source, lake, namespace, upstream)
     df = transform.apply_transform(spark, src.df, spec.transform)
     transform.require_columns("spec.output.partitionBy", spec.output.partition_by, df.columns)
