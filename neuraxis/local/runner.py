@@ -32,6 +32,7 @@ from neuraxis.operator.inputs import (
     CR_VERSION,
     approved_artifact_digest,
     artifact_to_evaluate,
+    check_references,
     ensure_registered,
     pin_upstream,
     resolve_approved_model,
@@ -525,6 +526,7 @@ class Runner:
         return self._finish(entry, body, draft, old_status, started)
 
     def _run(self, res: Resource, run_id: str) -> Draft:
+        check_references(res, self.lake.root, self.store)
         if isinstance(res, Dataset):
             return self.run_dataset(res, run_id)
         if isinstance(res, TrainingJob):

@@ -122,7 +122,7 @@ def _read_upstream(
 ) -> SourceRead:
     assert source.from_ is not None and source.from_.dataset_ref is not None
     ref = source.from_.dataset_ref
-    uri = upstream_uri(lake, namespace, ref.name, upstream)
+    uri = upstream_uri(lake, ref.namespace or namespace, ref.name, upstream)
     what = f"spec.source.from.datasetRef: Dataset {ref.name!r}"
     try:
         version, commit = delta_io.resolve_version(spark, spark_path(uri), ref.version, what)
