@@ -47,6 +47,7 @@ from neuraxis.operator.outcomes import (
     status_from_draft,
     training_outcome,
 )
+from neuraxis.references import GRANT_ANNOTATION
 from neuraxis.resources import ResourceError, iter_documents, parse_resource
 from neuraxis.workloads.artifact import (
     ARTIFACT_CHANGED,
@@ -122,6 +123,19 @@ def references(res: Resource) -> list[tuple[str, str]]:
         return refs
     assert isinstance(res, EdgeDeployment)
     return [("ModelVersion", res.spec.model_version_ref.name)]
+
+
+def _declare_grant(wire: dict[str, Any], annotations: dict[str, str]) -> bool:
+    """Copy the file's grant annotation (neuraxis/references.py) into the stored annotations,
+    the only one of the file's that other namespaces' runs read; whether it changed."""
+    declared = (wire["metadata"].get("annotations") or {}).get(GRANT_ANNOTATION)
+    if declared == annotations.get(GRANT_ANNOTATION):
+        return False
+    if declared is None:
+        annotations.pop(GRANT_ANNOTATION, None)
+    else:
+        annotations[GRANT_ANNOTATION] = declared
+    return True
 
 
 def load_entries(paths: Iterable[str | Path], namespace: str) -> list[Entry]:
@@ -442,7 +456,11 @@ class Runner:
             annotations.get(SPEC_ANNOTATION) == digest
             and annotations.get(INPUTS_ANNOTATION) == inputs
         )
+        grant_changed = _declare_grant(wire, annotations)
         if unchanged and not self.force and old_status.get("phase") in DONE_PHASES:
+            if grant_changed:
+                # Who may read it changed, not what it is: recorded, no rerun.
+                self.store.save({**previous, "metadata": {**meta, "annotations": annotations}})
             changed = self.artifact_changed(res, old_status)
             if changed is not None:
                 # Not rerun (nothing asked for it), but never left Approved on other files.
