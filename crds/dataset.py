@@ -139,7 +139,9 @@ SQL_CATALOG_ACCESS = r"(?i)(^|[^.\w`])(" + "|".join(SQL_CATALOGS) + r")\s*\."
 # read_files reads any path; reflect, java_method and try_reflect call any JVM method.
 SQL_REFUSED_FUNCTIONS = ("read_files", "reflect", "java_method", "try_reflect")
 SQL_REFUSED_CALL = r"(?i)(^|[^.\w`])(" + "|".join(SQL_REFUSED_FUNCTIONS) + r")\s*\("
-SQL_ONLY_SOURCE = "may read only the view `source` and the CTEs it defines"
+SQL_ONLY_SOURCE = (
+    "may read only the view `source`, the views of spec.transform.inputs and the CTEs it defines"
+)
 SQL_PATH_MESSAGE = (
     f"sql {SQL_ONLY_SOURCE}: a path-based relation (delta.`...`, parquet.`...`) is refused"
 )
@@ -167,6 +169,33 @@ def _sql_rule(pattern: str, message: str) -> Rule:
     )
 
 
+# A transform input: a URI as for spec.source.uri, or a path relative to the folder `neuraxis run`
+# starts in (a pod's working directory in a cluster, where it reaches no one's lake data).
+INPUT_URI_PATTERN = r"^((file|s3|s3a|gs)://[^\s]+|[^/\s:][^\s:]*)$"
+
+
+class TransformInput(ApiModel):
+    """A file the transform's SQL reads as a view of its own name, next to `source`: the one
+    way for a transform to read more than its source (the SQL itself reads no paths)."""
+
+    name: str = Field(
+        max_length=128, pattern=IDENTIFIER_PATTERN, description="The view's name in the SQL."
+    )
+    uri: str = Field(
+        max_length=2048,
+        pattern=INPUT_URI_PATTERN,
+        description=(
+            "file://, s3://, s3a:// or gs:// location, or a path relative to the working "
+            "directory. Under another namespace's part of the lake it needs that namespace's "
+            "grant, as spec.source.uri does."
+        ),
+    )
+    format: SourceFormat = Field(description="Format of the data at uri.")
+    options: dict[str, str] = Field(
+        default_factory=dict, max_length=32, description="Spark reader options."
+    )
+
+
 class Transform(ApiModel):
     """Reshape the source before quality checks: SQL, then renames, casts and dedupe."""
 
@@ -180,6 +209,11 @@ class Transform(ApiModel):
             "are refused, as are commands (SET, ADD JAR) and DDL or DML."
         ),
     )
+    inputs: list[TransformInput] = Field(
+        default_factory=list,
+        max_length=8,
+        description="Declared files the SQL may read as views, besides `source`.",
+    )
     renames: dict[str, str] = Field(
         default_factory=dict, max_length=256, description="Old column name to new column name."
     )
@@ -192,6 +226,27 @@ class Transform(ApiModel):
         _sql_rule(SQL_PATH_RELATION, SQL_PATH_MESSAGE),
         _sql_rule(SQL_CATALOG_ACCESS, SQL_CATALOG_MESSAGE),
         _sql_rule(SQL_REFUSED_CALL, SQL_FUNCTION_MESSAGE),
+        Rule(
+            cel="!has(self.inputs) || self.inputs.all(i, i.name.lowerAscii() != 'source')",
+            message="inputs: an input may not be named source (the view of spec.source)",
+            check=lambda t: all(i.name.lower() != SQL_SOURCE_VIEW for i in t.inputs),
+            field=".inputs",
+        ),
+        Rule(
+            cel=(
+                "!has(self.inputs) || self.inputs.all(a, "
+                "self.inputs.exists_one(b, b.name.lowerAscii() == a.name.lowerAscii()))"
+            ),
+            message="inputs: names must be unique (Spark compares them ignoring case)",
+            check=lambda t: len({i.name.lower() for i in t.inputs}) == len(t.inputs),
+            field=".inputs",
+        ),
+        Rule(
+            cel="!has(self.inputs) || size(self.inputs) == 0 || has(self.sql)",
+            message="inputs are read only by sql: set sql",
+            check=lambda t: not t.inputs or t.sql is not None,
+            field=".inputs",
+        ),
     )
 
 

@@ -91,9 +91,13 @@ def dataset_refs(res: Resource) -> list[tuple[str, DatasetRef]]:
 
 def source_uris(res: Resource) -> list[tuple[str, str]]:
     """Every URI a resource reads from, with its field path."""
+    uris: list[tuple[str, str]] = []
     if isinstance(res, Dataset | ModelVersion) and res.spec.source.uri is not None:
-        return [("spec.source.uri", res.spec.source.uri)]
-    return []
+        uris.append(("spec.source.uri", res.spec.source.uri))
+    if isinstance(res, Dataset) and res.spec.transform is not None:
+        for i, item in enumerate(res.spec.transform.inputs):
+            uris.append((f"spec.transform.inputs[{i}].uri", item.uri))
+    return uris
 
 
 def _uri_granted(

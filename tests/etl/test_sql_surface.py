@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from neuraxis.crds.dataset import Dataset, Transform
+from neuraxis.crds.dataset import SQL_ONLY_SOURCE, Dataset, Transform
 from neuraxis.lake import Lake
 from neuraxis.resources import ResourceError, parse_resource
 from neuraxis.workloads.etl import errors
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
 pytestmark = pytest.mark.engine
-FIELD = "spec.transform.sql may read only the view `source` and the CTEs it defines: "
+FIELD = f"spec.transform.sql {SQL_ONLY_SOURCE}: "
 OTHER_TABLE = "s3a://neuraxis-lake/tables/team-b/orders"
 
 
@@ -40,7 +40,7 @@ REFUSED = {
     f"SELECT * FROM delta/**/.`{OTHER_TABLE}`": f"delta.`{OTHER_TABLE}`, a path-based relation",
     "SELECT * FROM IDENTIFIER('parquet.`/etc`')": "parquet.`/etc`, a path-based relation",
     "SELECT * FROM source WHERE id IN (SELECT id FROM csv.`/tmp/x`)": "csv.`/tmp/x`",
-    "SELECT * FROM orders": "the table orders, which is not `source` or a CTE in scope",
+    "SELECT * FROM orders": "the table orders, which is not a declared view or a CTE in scope",
     "SELECT * FROM spark_catalog.default.t": "the table spark_catalog.default.t",
     "SELECT * FROM global_temp.x": "the table global_temp.x",
     "SELECT * FROM read_files('/etc/passwd')": "the table-valued function read_files",
@@ -98,9 +98,18 @@ def test_parser_refuses_every_admission_case(spark: SparkSession, case: Any) -> 
     assert info.value.reason == errors.SQL_NOT_PERMITTED
 
 
-@pytest.mark.parametrize("sql", ALLOWED + [_transform_sql(c.object) for c in GOOD_CORPUS])
-def test_queries_over_source_pass(spark: SparkSession, sql: str) -> None:
-    check_sql(spark, sql)
+def _views(obj: dict[str, Any]) -> list[str]:
+    return [str(i["name"]) for i in obj["spec"]["transform"].get("inputs", [])]
+
+
+ALLOWED_CASES = [(sql, []) for sql in ALLOWED] + [
+    (_transform_sql(c.object), _views(c.object)) for c in GOOD_CORPUS
+]
+
+
+@pytest.mark.parametrize(("sql", "views"), ALLOWED_CASES)
+def test_queries_over_source_pass(spark: SparkSession, sql: str, views: list[str]) -> None:
+    check_sql(spark, sql, views)
 
 
 def test_syntax_error_stays_invalid_sql(spark: SparkSession) -> None:
@@ -173,3 +182,47 @@ def test_a_transform_over_source_still_runs(spark: SparkSession, lake: Lake) -> 
     dataset = dataset_from(spec)
     result = run_etl(dataset, lake, run_id="run", namespace="team-a", spark=spark, env={})
     assert result.outcome == "Succeeded", result.message
+
+
+def test_declared_inputs_are_the_only_other_views(spark: SparkSession) -> None:
+    sql = "SELECT s.* FROM source s JOIN Feedback f ON s.machine_id = f.machine_id"
+    check_sql(spark, sql, ["feedback"])
+    with pytest.raises(errors.EtlError, match="the table Feedback, which is not a declared view"):
+        check_sql(spark, sql)
+
+
+def test_a_declared_input_is_joined(spark: SparkSession, lake: Lake, tmp_path: Path) -> None:
+    (tmp_path / "ok.jsonl").write_text('{"machine_id": "M-000"}\n{"machine_id": "M-001"}\n')
+    spec = {
+        "source": {"builtin": {"name": "sensors", "rows": 200, "seed": 4}},
+        "transform": {
+            "inputs": [
+                {"name": "confirmed", "uri": f"file://{tmp_path}/ok.jsonl", "format": "json"}
+            ],
+            "sql": "SELECT s.* FROM source s LEFT SEMI JOIN confirmed c USING (machine_id)",
+        },
+    }
+    dataset = dataset_from(spec)
+    result = run_etl(dataset, lake, run_id="run", namespace="team-a", spark=spark, env={})
+    assert result.outcome == "Succeeded", result.message
+    table = spark.read.format("delta").load(result.table_uri)
+    assert {r.machine_id for r in table.select("machine_id").distinct().collect()} == {
+        "M-000",
+        "M-001",
+    }
+
+
+def test_a_missing_declared_input_names_its_field(
+    spark: SparkSession, lake: Lake, tmp_path: Path
+) -> None:
+    spec = {
+        "source": {"builtin": {"name": "sensors", "rows": 20}},
+        "transform": {
+            "inputs": [{"name": "c", "uri": f"file://{tmp_path}/nope.json", "format": "json"}],
+            "sql": "SELECT * FROM source JOIN c USING (machine_id)",
+        },
+    }
+    dataset = dataset_from(spec)
+    result = run_etl(dataset, lake, run_id="run", namespace="team-a", spark=spark, env={})
+    assert result.reason == errors.SOURCE_NOT_FOUND
+    assert result.message.startswith("spec.transform.inputs[0].uri "), result.message

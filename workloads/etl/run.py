@@ -309,10 +309,12 @@ def _process(
     run_id = base.run_id
     t = time.monotonic()
     if spec.transform is not None and spec.transform.sql:
-        # Before the source is read: a transform that reads outside `source` reads nothing.
-        sql_surface.check_sql(spark, spec.transform.sql)
+        # Before the source is read: a transform that reads outside its views reads nothing.
+        views = [i.name for i in spec.transform.inputs]
+        sql_surface.check_sql(spark, spec.transform.sql, views)
     src = sources.read_source(spark, spec.source, lake, namespace, upstream)
-    df = transform.apply_transform(spark, src.df, spec.transform)
+    views_read = sources.read_transform_inputs(spark, spec.transform)
+    df = transform.apply_transform(spark, src.df, spec.transform, views_read)
     transform.require_columns("spec.output.partitionBy", spec.output.partition_by, df.columns)
     plan = quality.plan_quality(spec.quality, df.schema)
     quality.check_patterns(spark, plan)

@@ -1,7 +1,9 @@
 """The closed SQL surface of `spec.transform.sql`, checked with Spark's own parser before the run
-reads anything: one query that reads only the view `source` and the CTEs it defines.
+reads anything: one query that reads only the view `source`, the views of the declared
+`spec.transform.inputs` and the CTEs it defines.
 
-A Dataset has exactly one input, exposed as `source`, so that is all a transform may read. The
+The source and the declared inputs are all a transform may read (the operator has checked their
+URIs against the namespace rule, neuraxis/references.py). The
 parser's unresolved plan names every relation, table-valued function and function the query
 uses, inside CTEs and subqueries too, so the check does not depend on how the SQL is written
 (quoting, comments, IDENTIFIER('...')). Refused: path-based relations (delta.`s3a://...`),
@@ -13,7 +15,7 @@ of `source` came from, which is this run's own input, and reads nothing."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -116,7 +118,7 @@ def _relation_refusal(parts: tuple[str, ...], visible: frozenset[str]) -> str | 
         return None
     if len(parts) == 2 and parts[0].lower() in SQL_PATH_FORMATS:
         return f"it reads {parts[0]}.`{parts[1]}`, a path-based relation"
-    return f"it reads the table {_quoted(parts)}, which is not `source` or a CTE in scope"
+    return f"it reads the table {_quoted(parts)}, which is not a declared view or a CTE in scope"
 
 
 def _function_refusal(node: PlanNode) -> str | None:
@@ -157,9 +159,10 @@ def refusals(node: PlanNode, visible: frozenset[str]) -> Iterator[str]:
         yield from refusals(child, scope)
 
 
-def check_sql(spark: SparkSession, sql: str) -> None:
+def check_sql(spark: SparkSession, sql: str, views: Iterable[str] = ()) -> None:
     """Refuse `sql` (EtlError SqlNotPermitted, or InvalidSql when it does not parse) unless it
-    is one query that reads only `source`. Parses only: nothing is read or resolved."""
+    is one query that reads only `source` and `views` (spec.transform.inputs). Parses only:
+    nothing is read or resolved."""
     from pyspark.errors import ParseException
 
     parser = spark._jsparkSession.sessionState().sqlParser()
@@ -177,6 +180,7 @@ def check_sql(spark: SparkSession, sql: str) -> None:
             f"{FIELD} must be one query over `source`; {kind} is a command or statement "
             "(SET, ADD JAR, LOAD, DDL and DML are refused)",
         ) from exc
-    first = next(refusals(copy_plan(plan), frozenset({SQL_SOURCE_VIEW})), None)
+    visible = frozenset({SQL_SOURCE_VIEW, *(v.lower() for v in views)})
+    first = next(refusals(copy_plan(plan), visible), None)
     if first is not None:
         raise EtlError(SQL_NOT_PERMITTED, f"{FIELD} {SQL_ONLY_SOURCE}: {first}")
