@@ -102,7 +102,7 @@ def _views(obj: dict[str, Any]) -> list[str]:
     return [str(i["name"]) for i in obj["spec"]["transform"].get("inputs", [])]
 
 
-ALLOWED_CASES = [(sql, []) for sql in ALLOWED] + [
+ALLOWED_CASES: list[tuple[str, list[str]]] = [(sql, []) for sql in ALLOWED] + [
     (_transform_sql(c.object), _views(c.object)) for c in GOOD_CORPUS
 ]
 
