@@ -33,6 +33,7 @@ from neuraxis.operator.inputs import (
     approved_artifact_digest,
     artifact_to_evaluate,
     check_references,
+    dataset_refs,
     ensure_registered,
     pin_upstream,
     resolve_approved_model,
@@ -381,8 +382,12 @@ class Runner:
     def inputs_digest(self, res: Resource) -> str:
         """What this resource read last time: a rerun is needed when an input moved."""
         seen = []
+        # A granted datasetRef may read another namespace's Dataset: its version counts too.
+        elsewhere = {ref.name: ref.namespace for _, ref in dataset_refs(res) if ref.namespace}
         for kind, name in references(res):
-            body = self.store.get(CR_VERSION, kind, res.metadata.namespace, name) or {}
+            namespace = elsewhere.get(name) if kind == "Dataset" else None
+            body = self.store.get(CR_VERSION, kind, namespace or res.metadata.namespace, name)
+            body = body or {}
             status = body.get("status") or {}
             seen.append(
                 [

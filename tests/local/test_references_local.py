@@ -74,3 +74,11 @@ def test_cross_namespace_upstream_needs_a_grant(home: Path, tmp_path: Path) -> N
     assert granted.phase == "Ready", granted.message
     assert granted.status["rows"] == 200
     assert granted.status["lineage"]["inputs"][0]["uri"].endswith("tables/team-b/shared")
+
+    # Unchanged: skipped. A new version of the granted upstream: read again.
+    assert _run(home, team_a, "team-a").reason == "Unchanged"
+    bigger = {"source": {"builtin": {"name": "sensors", "rows": 300, "seed": 2}}}
+    _write(team_b, _dataset("shared", bigger, {GRANT_ANNOTATION: "team-a"}))
+    assert _run(home, team_b, "team-b").phase == "Ready"
+    again = _run(home, team_a, "team-a")
+    assert (again.phase, again.status["rows"]) == ("Ready", 300), again.message
