@@ -172,6 +172,7 @@ def _sql_rule(pattern: str, message: str) -> Rule:
 # A transform input: a URI as for spec.source.uri, or a path relative to the folder `neuraxis run`
 # starts in (a pod's working directory in a cluster, where it reaches no one's lake data).
 INPUT_URI_PATTERN = r"^((file|s3|s3a|gs)://[^\s]+|[^/\s:][^\s:]*)$"
+PARENT_SEGMENT = r"(^|/)\.\.(/|$)"
 
 
 class TransformInput(ApiModel):
@@ -193,6 +194,15 @@ class TransformInput(ApiModel):
     format: SourceFormat = Field(description="Format of the data at uri.")
     options: dict[str, str] = Field(
         default_factory=dict, max_length=32, description="Spark reader options."
+    )
+
+    rules = (
+        Rule(
+            cel=f"!self.uri.matches('{_cel_string(PARENT_SEGMENT)}')",
+            message="uri: a `..` segment is refused (a relative path stays below its folder)",
+            check=lambda i: re.search(PARENT_SEGMENT, i.uri) is None,
+            field=".uri",
+        ),
     )
 
 
