@@ -56,16 +56,18 @@ def describe_source(
         rel = Lake.edge_logs_table_path(namespace, source.from_.edge_deployment_ref.name)
         return lake_dataset(lake, rel)
     if source.from_ is not None and source.from_.dataset_ref is not None:
-        name = source.from_.dataset_ref.name
-        if name in upstream:
-            return sources.uri_dataset(upstream[name])
-        return lake_dataset(lake, lake.table_path(namespace, name))
+        ref = source.from_.dataset_ref
+        if ref.name in upstream:
+            return sources.uri_dataset(upstream[ref.name])
+        return lake_dataset(lake, lake.table_path(ref.namespace or namespace, ref.name))
     return sources.uri_dataset(source.uri or "")
 
 
 def jar_sets_for(dataset: Dataset, lake: Lake, upstream: Mapping[str, str]) -> list[str]:
     """Delta always; hadoop-aws when any location is on S3."""
+    inputs = dataset.spec.transform.inputs if dataset.spec.transform else []
     locations = [lake.root, dataset.spec.source.uri or "", *upstream.values()]
+    locations += [i.uri for i in inputs]
     on_s3 = any(loc.startswith(("s3://", "s3a://")) for loc in locations)
     return ["delta", "s3"] if on_s3 else ["delta"]
 
