@@ -102,7 +102,7 @@ def test_an_s3_transform_input_brings_the_s3_jars(tmp_path: Path) -> None:
     from neuraxis.workloads.etl.run import jar_sets_for
     from tests.etl.conftest import dataset_from
 
-    local = {"source": {"builtin": {"name": "sensors"}}}
+    local: dict[str, object] = {"source": {"builtin": {"name": "sensors"}}}
     lake = Lake(str(tmp_path / "lake"))
     assert jar_sets_for(dataset_from(local), lake, {}) == ["delta"]
     with_input = {
