@@ -228,12 +228,22 @@ class ObjectRef(ApiModel):
 
 class DatasetRef(ObjectRef):
     """A reference to a Dataset, optionally pinned to one table version. Unpinned means the
-    latest Ready version."""
+    latest Ready version. It may name another namespace that grants it (neuraxis/references.py)."""
 
     version: int | None = Field(
         default=None,
         ge=0,
         description="Delta table version to read; omit for the latest Ready one.",
+    )
+    namespace: str | None = Field(
+        default=None,
+        max_length=63,
+        pattern=NAME_PATTERN,
+        description=(
+            "The Dataset's namespace; default this object's. Another namespace is read only if "
+            "that Dataset's annotation neuraxis.dev/grant-to-namespaces lists this namespace "
+            "(else the reference is refused with reason ReferenceNotPermitted)."
+        ),
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import Field
@@ -124,13 +125,104 @@ class Dedupe(ApiModel):
     )
 
 
+# The closed SQL surface of spec.transform.sql: a query may read the view `source` and the CTEs
+# it defines, nothing else. The ETL checks this with Spark's own parser before reading anything
+# (workloads/etl/sql_surface.py, the authority); admission refuses the obvious cases below with
+# the same words, so a spec that reads another namespace's table is not even stored. The
+# patterns are RE2 and Python `re` alike. A path relation is `<format>.\`<path>\``; not preceded
+# by `.` or a word character, so `source.json.\`a b\`` (a struct field) still passes.
+SQL_SOURCE_VIEW = "source"
+SQL_PATH_FORMATS = ("delta", "parquet", "csv", "json", "text", "orc", "avro", "binaryfile", "xml")
+SQL_PATH_RELATION = r"(?i)(^|[^.\w`])(" + "|".join(SQL_PATH_FORMATS) + r")\s*\.\s*`"
+SQL_CATALOGS = ("spark_catalog", "global_temp")
+SQL_CATALOG_ACCESS = r"(?i)(^|[^.\w`])(" + "|".join(SQL_CATALOGS) + r")\s*\."
+# read_files reads any path; reflect, java_method and try_reflect call any JVM method.
+SQL_REFUSED_FUNCTIONS = ("read_files", "reflect", "java_method", "try_reflect")
+SQL_REFUSED_CALL = r"(?i)(^|[^.\w`])(" + "|".join(SQL_REFUSED_FUNCTIONS) + r")\s*\("
+SQL_ONLY_SOURCE = (
+    "may read only the view `source`, the views of spec.transform.inputs and the CTEs it defines"
+)
+SQL_PATH_MESSAGE = (
+    f"sql {SQL_ONLY_SOURCE}: a path-based relation (delta.`...`, parquet.`...`) is refused"
+)
+SQL_CATALOG_MESSAGE = (
+    f"sql {SQL_ONLY_SOURCE}: catalog tables (spark_catalog.*, global_temp.*) are refused"
+)
+SQL_FUNCTION_MESSAGE = (
+    f"sql {SQL_ONLY_SOURCE}: read_files, reflect, java_method and try_reflect are refused "
+    "(they read files or call the JVM)"
+)
+
+
+def _cel_string(pattern: str) -> str:
+    """`pattern` as the body of a single-quoted CEL string literal."""
+    return pattern.replace("\\", "\\\\").replace("'", "\\'")
+
+
+def _sql_rule(pattern: str, message: str) -> Rule:
+    compiled = re.compile(pattern)
+    return Rule(
+        cel=f"!has(self.sql) || !self.sql.matches('{_cel_string(pattern)}')",
+        message=message,
+        check=lambda t: t.sql is None or compiled.search(t.sql) is None,
+        field=".sql",
+    )
+
+
+# A transform input: a URI as for spec.source.uri, or a path relative to the folder `neuraxis run`
+# starts in (a pod's working directory in a cluster, where it reaches no one's lake data).
+INPUT_URI_PATTERN = r"^((file|s3|s3a|gs)://[^\s]+|[^/\s:][^\s:]*)$"
+PARENT_SEGMENT = r"(^|/)\.\.(/|$)"
+
+
+class TransformInput(ApiModel):
+    """A file the transform's SQL reads as a view of its own name, next to `source`: the one
+    way for a transform to read more than its source (the SQL itself reads no paths)."""
+
+    name: str = Field(
+        max_length=128, pattern=IDENTIFIER_PATTERN, description="The view's name in the SQL."
+    )
+    uri: str = Field(
+        max_length=2048,
+        pattern=INPUT_URI_PATTERN,
+        description=(
+            "file://, s3://, s3a:// or gs:// location, or a path relative to the working "
+            "directory. Under another namespace's part of the lake it needs that namespace's "
+            "grant, as spec.source.uri does."
+        ),
+    )
+    format: SourceFormat = Field(description="Format of the data at uri.")
+    options: dict[str, str] = Field(
+        default_factory=dict, max_length=32, description="Spark reader options."
+    )
+
+    rules = (
+        Rule(
+            cel=f"!self.uri.matches('{_cel_string(PARENT_SEGMENT)}')",
+            message="uri: a `..` segment is refused (a relative path stays below its folder)",
+            check=lambda i: re.search(PARENT_SEGMENT, i.uri) is None,
+            field=".uri",
+        ),
+    )
+
+
 class Transform(ApiModel):
     """Reshape the source before quality checks: SQL, then renames, casts and dedupe."""
 
     sql: str | None = Field(
         default=None,
         max_length=65536,
-        description="Spark SQL over the temporary view `source`, e.g. SELECT * FROM source.",
+        description=(
+            "Spark SQL over the temporary view `source`, e.g. SELECT * FROM source. One query "
+            "that reads only `source` and the CTEs it defines: path-based relations "
+            "(delta.`...`), catalog tables, read_files and JVM calls (reflect, java_method) "
+            "are refused, as are commands (SET, ADD JAR) and DDL or DML."
+        ),
+    )
+    inputs: list[TransformInput] = Field(
+        default_factory=list,
+        max_length=8,
+        description="Declared files the SQL may read as views, besides `source`.",
     )
     renames: dict[str, str] = Field(
         default_factory=dict, max_length=256, description="Old column name to new column name."
@@ -139,6 +231,33 @@ class Transform(ApiModel):
         default_factory=dict, max_length=256, description="Column name to Spark type."
     )
     dedupe: Dedupe | None = Field(default=None, description="Drop duplicate rows.")
+
+    rules = (
+        _sql_rule(SQL_PATH_RELATION, SQL_PATH_MESSAGE),
+        _sql_rule(SQL_CATALOG_ACCESS, SQL_CATALOG_MESSAGE),
+        _sql_rule(SQL_REFUSED_CALL, SQL_FUNCTION_MESSAGE),
+        Rule(
+            cel="!has(self.inputs) || self.inputs.all(i, i.name.lowerAscii() != 'source')",
+            message="inputs: an input may not be named source (the view of spec.source)",
+            check=lambda t: all(i.name.lower() != SQL_SOURCE_VIEW for i in t.inputs),
+            field=".inputs",
+        ),
+        Rule(
+            cel=(
+                "!has(self.inputs) || self.inputs.all(a, "
+                "self.inputs.exists_one(b, b.name.lowerAscii() == a.name.lowerAscii()))"
+            ),
+            message="inputs: names must be unique (Spark compares them ignoring case)",
+            check=lambda t: len({i.name.lower() for i in t.inputs}) == len(t.inputs),
+            field=".inputs",
+        ),
+        Rule(
+            cel="!has(self.inputs) || size(self.inputs) == 0 || has(self.sql)",
+            message="inputs are read only by sql: set sql",
+            check=lambda t: not t.inputs or t.sql is not None,
+            field=".inputs",
+        ),
+    )
 
 
 class Expectation(ApiModel):

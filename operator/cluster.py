@@ -141,7 +141,7 @@ class Cluster:
     def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> Obj | None:
         """From the watch cache when the kind has one (do not change the returned dict)."""
         informer = self.cache(api_version, kind)
-        if informer is not None:
+        if informer is not None and informer.covers(namespace):
             return informer.get(namespace, name)
         try:
             return self.kube.request("GET", api_path(api_version, kind, namespace, name))
@@ -158,7 +158,7 @@ class Cluster:
         labels: dict[str, str] | None = None,
     ) -> list[Obj]:
         informer = self.cache(api_version, kind)
-        if informer is not None:
+        if informer is not None and (namespace is None or informer.covers(namespace)):
             return informer.list(namespace, labels)
         selector = ",".join(f"{k}={v}" for k, v in sorted((labels or {}).items())) or None
         items: list[Obj] = []

@@ -244,6 +244,11 @@ class Informer:
                 return False
         return True
 
+    def covers(self, namespace: str | None) -> bool:
+        """Whether the cache holds `namespace` (an operator watching some namespaces still reads
+        a granted cross-namespace input, from the API)."""
+        return "" in self.namespaces or (namespace or "") in self.namespaces
+
     def get(self, namespace: str | None, name: str) -> Obj | None:
         with self._lock:
             return self._objects.get((namespace or "", name))

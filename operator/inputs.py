@@ -11,6 +11,7 @@ from neuraxis.crds.common import DatasetRef
 from neuraxis.crds.edgedeployment import EdgeDeployment
 from neuraxis.operator.builders.training import ResolvedDataset
 from neuraxis.operator.errors import InputNotReadyError, InvalidSpecError
+from neuraxis.references import REFERENCE_NOT_PERMITTED, grants, lake_owner, not_permitted
 from neuraxis.resources import parse_resource
 
 CR_VERSION = f"{API_GROUP}/{API_VERSION}"
@@ -74,7 +75,82 @@ def pin_upstream(ds: Dataset, upstream: ResolvedDataset | None) -> Dataset:
     return out
 
 
+def dataset_refs(res: Resource) -> list[tuple[str, DatasetRef]]:
+    """Every datasetRef of a resource, with its field path."""
+    if isinstance(res, Dataset):
+        src = res.spec.source.from_
+        ref = src.dataset_ref if src else None
+        return [("spec.source.from.datasetRef", ref)] if ref else []
+    if isinstance(res, TrainingJob):
+        return [("spec.datasetRef", res.spec.dataset_ref)]
+    if isinstance(res, ModelVersion) and res.spec.evaluation is not None:
+        ref = res.spec.evaluation.dataset_ref
+        return [("spec.evaluation.datasetRef", ref)] if ref else []
+    return []
+
+
+def source_uris(res: Resource) -> list[tuple[str, str]]:
+    """Every URI a resource reads from, with its field path."""
+    uris: list[tuple[str, str]] = []
+    if isinstance(res, Dataset | ModelVersion) and res.spec.source.uri is not None:
+        uris.append(("spec.source.uri", res.spec.source.uri))
+    if isinstance(res, Dataset) and res.spec.transform is not None:
+        for i, item in enumerate(res.spec.transform.inputs):
+            uris.append((f"spec.transform.inputs[{i}].uri", item.uri))
+    return uris
+
+
+def _uri_granted(
+    owner_kind: str, owner_name: str | None, owner_ns: str, uri: str, namespace: str, store: Store
+) -> bool:
+    if owner_name is not None:
+        body = store.get(CR_VERSION, owner_kind, owner_ns, owner_name) or {}
+        return grants((body.get("metadata") or {}).get("annotations"), namespace)
+    # A model folder: granted by a ModelVersion there whose evaluated artifact it is.
+    wanted = uri.rstrip("/")
+    for body in store.list(CR_VERSION, owner_kind, owner_ns):
+        artifact = str((status_of(body).get("artifact") or {}).get("uri") or "").rstrip("/")
+        if artifact == wanted and grants(
+            (body.get("metadata") or {}).get("annotations"), namespace
+        ):
+            return True
+    return False
+
+
+def check_references(res: Resource, lake_root: str, store: Store) -> None:
+    """InputNotReadyError ReferenceNotPermitted for the first reference into another namespace
+    that the referenced object does not grant (neuraxis/references.py). Not permanent: adding
+    the grant lets the next reconcile through."""
+    namespace = ns_of(res)
+    for field, ref in dataset_refs(res):
+        other = ref.namespace or namespace
+        if other == namespace:
+            continue
+        body = store.get(CR_VERSION, "Dataset", other, ref.name)
+        # A missing Dataset is refused too: whether it exists elsewhere is not ours to learn.
+        if body is None or not grants((body.get("metadata") or {}).get("annotations"), namespace):
+            target = f"Dataset {ref.name}"
+            raise InputNotReadyError(
+                REFERENCE_NOT_PERMITTED, not_permitted(field, namespace, target, other)
+            )
+    for field, uri in source_uris(res):
+        owner = lake_owner(uri, lake_root)
+        if owner is None or owner.namespace == namespace:
+            continue
+        granted = owner.kind is not None and _uri_granted(
+            owner.kind, owner.name, owner.namespace, uri, namespace, store
+        )
+        if not granted:
+            target = f"{uri} (lake area {owner.area})"
+            raise InputNotReadyError(
+                REFERENCE_NOT_PERMITTED, not_permitted(field, namespace, target, owner.namespace)
+            )
+
+
 def resolve_dataset_ref(ref: DatasetRef, namespace: str, store: Store) -> ResolvedDataset:
+    """The version `ref` names; `namespace` is the referring object's, used unless the ref
+    names its own (check_references has allowed that by then)."""
+    namespace = ref.namespace or namespace
     body = store.get(CR_VERSION, "Dataset", namespace, ref.name)
     if body is None:
         raise InputNotReadyError("DatasetNotFound", f"Dataset {ref.name} does not exist")

@@ -52,6 +52,7 @@ from neuraxis.operator.errors import InputNotReadyError, InvalidSpecError
 from neuraxis.operator.inputs import (
     approved_artifact_digest,
     artifact_to_evaluate,
+    check_references,
     ensure_registered,
     find_stable,
     ns_of,
@@ -845,6 +846,7 @@ def reconcile(body: Obj, cluster: Cluster, settings: OperatorSettings) -> Obj:
         try:
             res = parse_resource(body)
             ensure_accounts(cluster, res, settings)
+            check_references(res, settings.lake_uri, cluster)
             draft = RECONCILERS[kind](res, work, cluster, settings)
         except ResourceError as exc:
             invalid = InvalidSpecError("InvalidSpec", str(exc))

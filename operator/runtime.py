@@ -46,6 +46,7 @@ from neuraxis.operator.metrics import (
 from neuraxis.operator.reconcile import reconcile
 from neuraxis.operator.settings import OperatorSettings
 from neuraxis.operator.workqueue import WorkQueue
+from neuraxis.references import GRANT_ANNOTATION
 
 log = logging.getLogger("neuraxis.operator")
 
@@ -69,9 +70,13 @@ def _dig(obj: Any, *path: str) -> Any:
 
 
 def _ref(obj: Obj, *path: str) -> list[str]:
-    """`<namespace>/<name>` of the object a spec field names, for the dependents indexes."""
+    """`<namespace>/<name>` of the object a spec field names, for the dependents indexes: the
+    reference's own `namespace` (a granted cross-namespace datasetRef) or the object's."""
     name = _dig(obj.get("spec"), *path)
-    return [f"{obj['metadata'].get('namespace')}/{name}"] if isinstance(name, str) else []
+    namespace = _dig(obj.get("spec"), *path[:-1], "namespace") if len(path) > 1 else None
+    if not isinstance(namespace, str):
+        namespace = obj["metadata"].get("namespace")
+    return [f"{namespace}/{name}"] if isinstance(name, str) else []
 
 
 # What each kind reads, as (index name, spec path of the input's name, input kind): when an
@@ -134,6 +139,12 @@ def watched_kinds(has_kind: Callable[[str, str], bool]) -> list[Watched]:
                 label_selector=MANAGED, trim=keep_meta_status),
     ]  # fmt: skip
     return ours + children + [w for w in optional if has_kind(w.api_version, w.kind)]
+
+
+def _grant(obj: Obj | None) -> str | None:
+    annotations = _dig(obj, "metadata", "annotations") or {}
+    grant = annotations.get(GRANT_ANNOTATION)
+    return grant if isinstance(grant, str) else None
 
 
 def _status_only(old: Obj | None, new: Obj | None) -> bool:
@@ -211,6 +222,8 @@ class Runtime:
             return
         if not _status_only(old, new):
             self.queue.add(key)
+        if _grant(old) != _grant(new):
+            self._enqueue_dependents(obj)  # a granted or revoked cross-namespace reader
 
     def _enqueue_owner(self, obj: Obj, delay: float = DEBOUNCE_S) -> None:
         meta = obj.get("metadata") or {}

@@ -33,6 +33,8 @@ from neuraxis.operator.inputs import (
     CR_VERSION,
     approved_artifact_digest,
     artifact_to_evaluate,
+    check_references,
+    dataset_refs,
     ensure_registered,
     pin_upstream,
     resolve_approved_model,
@@ -54,6 +56,7 @@ from neuraxis.operator.settings import (
     OperatorSettings,
     parse_choice,
 )
+from neuraxis.references import GRANT_ANNOTATION
 from neuraxis.resources import ResourceError, iter_documents, parse_resource
 from neuraxis.workloads.artifact import (
     ARTIFACT_CHANGED,
@@ -129,6 +132,19 @@ def references(res: Resource) -> list[tuple[str, str]]:
         return refs
     assert isinstance(res, EdgeDeployment)
     return [("ModelVersion", res.spec.model_version_ref.name)]
+
+
+def _declare_grant(wire: dict[str, Any], annotations: dict[str, str]) -> bool:
+    """Copy the file's grant annotation (neuraxis/references.py) into the stored annotations,
+    the only one of the file's that other namespaces' runs read; whether it changed."""
+    declared = (wire["metadata"].get("annotations") or {}).get(GRANT_ANNOTATION)
+    if declared == annotations.get(GRANT_ANNOTATION):
+        return False
+    if declared is None:
+        annotations.pop(GRANT_ANNOTATION, None)
+    else:
+        annotations[GRANT_ANNOTATION] = declared
+    return True
 
 
 def load_entries(paths: Iterable[str | Path], namespace: str) -> list[Entry]:
@@ -408,8 +424,12 @@ class Runner:
     def inputs_digest(self, res: Resource) -> str:
         """What this resource read last time: a rerun is needed when an input moved."""
         seen = []
+        # A granted datasetRef may read another namespace's Dataset: its version counts too.
+        elsewhere = {ref.name: ref.namespace for _, ref in dataset_refs(res) if ref.namespace}
         for kind, name in references(res):
-            body = self.store.get(CR_VERSION, kind, res.metadata.namespace, name) or {}
+            namespace = elsewhere.get(name) if kind == "Dataset" else None
+            body = self.store.get(CR_VERSION, kind, namespace or res.metadata.namespace, name)
+            body = body or {}
             status = body.get("status") or {}
             seen.append(
                 [
@@ -483,7 +503,11 @@ class Runner:
             annotations.get(SPEC_ANNOTATION) == digest
             and annotations.get(INPUTS_ANNOTATION) == inputs
         )
+        grant_changed = _declare_grant(wire, annotations)
         if unchanged and not self.force and old_status.get("phase") in DONE_PHASES:
+            if grant_changed:
+                # Who may read it changed, not what it is: recorded, no rerun.
+                self.store.save({**previous, "metadata": {**meta, "annotations": annotations}})
             changed = self.artifact_changed(res, old_status)
             if changed is not None:
                 # Not rerun (nothing asked for it), but never left Approved on other files.
@@ -567,6 +591,7 @@ class Runner:
         return self._finish(entry, body, draft, old_status, started)
 
     def _run(self, res: Resource, run_id: str) -> Draft:
+        check_references(res, self.lake.root, self.store)
         if isinstance(res, Dataset):
             return self.run_dataset(res, run_id)
         if isinstance(res, TrainingJob):

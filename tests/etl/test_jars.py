@@ -95,3 +95,21 @@ def test_an_incomplete_set_is_not_used(tmp_path: Path) -> None:
     assert jars._read_manifest(tmp_path) is None
     (tmp_path / jars.MANIFEST).write_text('{"jars": [{"file": "x.jar", "size": 3}]}')
     assert jars._read_manifest(tmp_path) == [tmp_path / "x.jar"]
+
+
+def test_an_s3_transform_input_brings_the_s3_jars(tmp_path: Path) -> None:
+    from neuraxis.lake import Lake
+    from neuraxis.workloads.etl.run import jar_sets_for
+    from tests.etl.conftest import dataset_from
+
+    local: dict[str, object] = {"source": {"builtin": {"name": "sensors"}}}
+    lake = Lake(str(tmp_path / "lake"))
+    assert jar_sets_for(dataset_from(local), lake, {}) == ["delta"]
+    with_input = {
+        **local,
+        "transform": {
+            "sql": "SELECT * FROM source JOIN f USING (machine_id)",
+            "inputs": [{"name": "f", "uri": "s3://raw/f.json", "format": "json"}],
+        },
+    }
+    assert jar_sets_for(dataset_from(with_input), lake, {}) == ["delta", "s3"]

@@ -13,6 +13,8 @@ SOURCE_UNREADABLE = "SourceUnreadable"
 UPSTREAM_NOT_FOUND = "UpstreamNotFound"
 SCHEMA_MISMATCH = "SchemaMismatch"
 INVALID_SQL = "InvalidSql"
+# spec.transform.sql reads outside the view `source` (workloads/etl/sql_surface.py).
+SQL_NOT_PERMITTED = "SqlNotPermitted"
 INVALID_EXPECTATION = "InvalidExpectation"
 QUALITY_GATE_FAILED = "QualityGateFailed"
 ALL_ROWS_QUARANTINED = "AllRowsQuarantined"

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from neuraxis.crds.dataset import ColumnSchema, Dataset, DataSource
 from neuraxis.lake import Lake
 from neuraxis.lineage import LineageDataset, emit_run_event, lake_dataset
-from neuraxis.workloads.etl import delta_io, privacy, quality, sources, transform
+from neuraxis.workloads.etl import delta_io, privacy, quality, sources, sql_surface, transform
 from neuraxis.workloads.etl.builtin_data import builtin_uri
 from neuraxis.workloads.etl.errors import SPARK_UNAVAILABLE, EtlError, classify
 from neuraxis.workloads.etl.report import EtlResult
@@ -56,16 +56,18 @@ def describe_source(
         rel = Lake.edge_logs_table_path(namespace, source.from_.edge_deployment_ref.name)
         return lake_dataset(lake, rel)
     if source.from_ is not None and source.from_.dataset_ref is not None:
-        name = source.from_.dataset_ref.name
-        if name in upstream:
-            return sources.uri_dataset(upstream[name])
-        return lake_dataset(lake, lake.table_path(namespace, name))
+        ref = source.from_.dataset_ref
+        if ref.name in upstream:
+            return sources.uri_dataset(upstream[ref.name])
+        return lake_dataset(lake, lake.table_path(ref.namespace or namespace, ref.name))
     return sources.uri_dataset(source.uri or "")
 
 
 def jar_sets_for(dataset: Dataset, lake: Lake, upstream: Mapping[str, str]) -> list[str]:
     """Delta always; hadoop-aws when any location is on S3."""
+    inputs = dataset.spec.transform.inputs if dataset.spec.transform else []
     locations = [lake.root, dataset.spec.source.uri or "", *upstream.values()]
+    locations += [i.uri for i in inputs]
     on_s3 = any(loc.startswith(("s3://", "s3a://")) for loc in locations)
     return ["delta", "s3"] if on_s3 else ["delta"]
 
@@ -308,8 +310,13 @@ def _process(
     spec = dataset.spec
     run_id = base.run_id
     t = time.monotonic()
+    if spec.transform is not None and spec.transform.sql:
+        # Before the source is read: a transform that reads outside its views reads nothing.
+        views = [i.name for i in spec.transform.inputs]
+        sql_surface.check_sql(spark, spec.transform.sql, views)
     src = sources.read_source(spark, spec.source, lake, namespace, upstream)
-    df = transform.apply_transform(spark, src.df, spec.transform)
+    views_read = sources.read_transform_inputs(spark, spec.transform)
+    df = transform.apply_transform(spark, src.df, spec.transform, views_read)
     transform.require_columns("spec.output.partitionBy", spec.output.partition_by, df.columns)
     plan = quality.plan_quality(spec.quality, df.schema)
     quality.check_patterns(spark, plan)

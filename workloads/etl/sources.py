@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
-from neuraxis.crds.dataset import DataSource
+from neuraxis.crds.dataset import DataSource, Transform
 from neuraxis.lake import Lake
 from neuraxis.lineage import LineageDataset
 from neuraxis.workloads.etl import builtin_data, delta_io
@@ -85,7 +85,18 @@ def _read_builtin(spark: SparkSession, source: DataSource) -> SourceRead:
     return SourceRead(df=df, dataset=dataset, uri=uri, version=None, root_sources=(uri,))
 
 
-def _read_files(spark: SparkSession, source: DataSource) -> SourceRead:
+def read_transform_inputs(spark: SparkSession, transform: Transform | None) -> dict[str, DataFrame]:
+    """The files spec.transform.inputs declares, by the view name the SQL reads them under."""
+    views: dict[str, DataFrame] = {}
+    for i, item in enumerate(transform.inputs if transform else []):
+        source = DataSource.model_construct(uri=item.uri, format=item.format, options=item.options)
+        views[item.name] = _read_files(spark, source, f"spec.transform.inputs[{i}].uri").df
+    return views
+
+
+def _read_files(
+    spark: SparkSession, source: DataSource, field: str = "spec.source.uri"
+) -> SourceRead:
     from pyspark.errors import AnalysisException
 
     assert source.uri is not None and source.format is not None
@@ -97,11 +108,11 @@ def _read_files(spark: SparkSession, source: DataSource) -> SourceRead:
     try:
         df = reader.load(spark_path(source.uri))
     except AnalysisException as exc:
-        err = classify(exc, f"spec.source.uri {source.uri}")
+        err = classify(exc, f"{field} {source.uri}")
         reason = err.reason if err.reason in (SOURCE_NOT_FOUND,) else SOURCE_UNREADABLE
         raise EtlError(reason, err.message) from exc
     except Exception as exc:  # Py4J errors while listing or reading footers
-        err = classify(exc, f"spec.source.uri {source.uri}")
+        err = classify(exc, f"{field} {source.uri}")
         reason = err.reason if err.reason == SOURCE_NOT_FOUND else SOURCE_UNREADABLE
         raise EtlError(reason, err.message) from exc
     return SourceRead(
@@ -122,7 +133,7 @@ def _read_upstream(
 ) -> SourceRead:
     assert source.from_ is not None and source.from_.dataset_ref is not None
     ref = source.from_.dataset_ref
-    uri = upstream_uri(lake, namespace, ref.name, upstream)
+    uri = upstream_uri(lake, ref.namespace or namespace, ref.name, upstream)
     what = f"spec.source.from.datasetRef: Dataset {ref.name!r}"
     try:
         version, commit = delta_io.resolve_version(spark, spark_path(uri), ref.version, what)

@@ -4,7 +4,7 @@ mismatch fails with the spec field and the columns that do exist."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from neuraxis.crds.dataset import Transform
@@ -37,9 +37,14 @@ def wrap_query(sql: str) -> str:
     return f"SELECT * FROM ({body}\n) AS neuraxis_transform"
 
 
-def run_sql(spark: SparkSession, df: DataFrame, sql: str) -> DataFrame:
+def run_sql(
+    spark: SparkSession, df: DataFrame, sql: str, inputs: Mapping[str, DataFrame] | None = None
+) -> DataFrame:
     from pyspark.errors import AnalysisException, ParseException
 
+    for name, view in (inputs or {}).items():
+        view.createOrReplaceTempView(name)
+    # Last: an input can never stand in for `source` (admission refuses the name too).
     df.createOrReplaceTempView(SOURCE_VIEW)
     try:
         return spark.sql(wrap_query(sql))
@@ -70,13 +75,19 @@ def dedupe(df: DataFrame, keys: Sequence[str]) -> DataFrame:
     return kept.select(*[columns[c].alias(c) for c in df.columns])
 
 
-def apply_transform(spark: SparkSession, df: DataFrame, transform: Transform | None) -> DataFrame:
+def apply_transform(
+    spark: SparkSession,
+    df: DataFrame,
+    transform: Transform | None,
+    inputs: Mapping[str, DataFrame] | None = None,
+) -> DataFrame:
+    """`inputs`: the DataFrames of spec.transform.inputs, by view name."""
     from pyspark.sql import functions as sf
 
     if transform is None:
         return df
     if transform.sql:
-        df = run_sql(spark, df, transform.sql)
+        df = run_sql(spark, df, transform.sql, inputs)
     if transform.renames:
         require_columns("spec.transform.renames", list(transform.renames), df.columns)
         kept = [c for c in df.columns if c not in transform.renames]

@@ -35,7 +35,9 @@ def run_backtest(
     folder = artifact_folder_for(mv, lake, namespace, artifact_uri)
     artifact = load_artifact(lake, folder, expected_digest or mv.spec.source.digest)
     # version=None: the newest version of the table (the ETL commits only finished runs).
-    heldout = load_heldout(lake, namespace, artifact, dataset=ref.name, version=None)
+    heldout = load_heldout(
+        lake, ref.namespace or namespace, artifact, dataset=ref.name, version=None
+    )
     if len(heldout.x) == 0:
         raise ValueError(f"{heldout.description}: no rows to backtest on")
     _evaluated, _outputs, metrics, gates = judge(mv, artifact, heldout)

@@ -101,7 +101,7 @@ def run_evaluation(
     ref = mv.spec.evaluation.dataset_ref if mv.spec.evaluation else None
     heldout = load_heldout(
         lake,
-        namespace,
+        (ref.namespace if ref and not dataset else None) or namespace,
         artifact,
         dataset=dataset or (ref.name if ref else None),
         version=ref.version if ref and not dataset else None,

@@ -38,7 +38,7 @@ def custom_trainer_env(
     """The variables a custom trainer process receives (see the module docstring)."""
     ref = job.spec.dataset_ref
     env = {
-        "NEURAXIS_DATASET_URI": lake.uri(Lake.table_path(namespace, ref.name)),
+        "NEURAXIS_DATASET_URI": lake.uri(Lake.table_path(ref.namespace or namespace, ref.name)),
         "NEURAXIS_DATASET_VERSION": "" if ref.version is None else str(ref.version),
         "NEURAXIS_OUTPUT_URI": lake.uri(artifact_folder(job, namespace, run_id)),
         "NEURAXIS_RUN_URI": lake.uri(Lake.run_path(namespace, run_id)),

@@ -71,7 +71,7 @@ def load_data(job: TrainingJob, lake: Lake, namespace: str) -> TabularData:
     model = job.spec.model
     return read_table(
         lake,
-        namespace,
+        job.spec.dataset_ref.namespace or namespace,
         job.spec.dataset_ref.name,
         label=job.spec.task.label,
         task=job.spec.task.type,
