@@ -19,7 +19,7 @@ the one place that talks to the API server and STS.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -195,7 +195,7 @@ def scope_children(
     children: list[Obj],
     component: str,
     owner: str,
-    grant: LakeGrant,
+    grant_of: Callable[[], LakeGrant],
     settings: OperatorSettings,
     *,
     now: datetime | None = None,
@@ -203,9 +203,11 @@ def scope_children(
 ) -> list[Obj]:
     """In scoped mode: the children with the `component` pods reading the Secret
     `neuraxis-lake-<role>-<owner>`, minted again when the applied stamps are missing, stale or
-    for another policy. In shared mode the children as they are."""
+    for another policy. In shared mode the children as they are (`grant_of` is not called:
+    a grant resolves lake paths that shared mode never needs)."""
     if settings.lake_credentials != "scoped" or not pods_of(children, component):
         return children
+    grant = grant_of()
     name = scoped_secret_name(grant.role, owner)
     stamps = applied_stamps(cluster, children, component)
     moment = now or datetime.now(UTC)

@@ -268,7 +268,7 @@ def reconcile_dataset(
     name = etl_children_name(ds)
     children = scope_children(
         cluster, ds, children, ETL_COMPONENT, ds.metadata.name,
-        dataset_grant(ds, upstream, settings), settings,
+        lambda: dataset_grant(ds, upstream, settings), settings,
     )  # fmt: skip
     if ds.spec.schedule:
         _apply_all(cluster, children)  # the CronJob forbids concurrent runs itself
@@ -336,7 +336,7 @@ def reconcile_training(
     name = children[-1]["metadata"]["name"]
     children = scope_children(
         cluster, tj, children, TRAIN_COMPONENT if tj.spec.tuning is None else TUNE_COMPONENT,
-        name, training_grant(tj, dataset, name, settings), settings,
+        name, lambda: training_grant(tj, dataset, name, settings), settings,
     )  # fmt: skip
     waiting = _start_run(cluster, tj, children, name)
     if waiting is not None:
@@ -602,7 +602,7 @@ def _approved_draft(
     )
     children = scope_children(
         cluster, mv, children, PREDICTOR_COMPONENT, predictor_name(mv),
-        serving_grant(mv, artifact[0], predictor_name(mv), settings), settings,
+        lambda: serving_grant(mv, artifact[0], predictor_name(mv), settings), settings,
     )  # fmt: skip
     _apply_all(cluster, children)
     deployment = cluster.get("apps/v1", "Deployment", ns_of(mv), predictor_name(mv)) or {}
@@ -736,7 +736,7 @@ def reconcile_edge(
     )
     children = scope_children(
         cluster, ed, children, AGENT_COMPONENT, ed.metadata.name,
-        agent_grant(ed, str(bundle["uri"]), settings), settings,
+        lambda: agent_grant(ed, str(bundle["uri"]), settings), settings,
     )  # fmt: skip
     _apply_all(cluster, children)
     sets = [c for c in children if c["kind"] == "DaemonSet"]

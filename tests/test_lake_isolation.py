@@ -320,8 +320,10 @@ def test_the_operator_mints_a_predictor_its_keys_and_refreshes_them(
     api, now = ApiObjects(), datetime.now(UTC)
 
     def reconcile(at: datetime) -> list[dict[str, Any]]:
-        out = scope_children(api, mv, children, PREDICTOR_COMPONENT, "pred", grant, settings,
-                             now=at, caller=root_settings(minio))  # fmt: skip
+        out = scope_children(
+            api, mv, children, PREDICTOR_COMPONENT, "pred", lambda: grant, settings,
+            now=at, caller=root_settings(minio),
+        )  # fmt: skip
         for child in out:
             api.apply(child)
         return out

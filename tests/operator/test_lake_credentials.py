@@ -10,7 +10,7 @@ import pytest
 
 from neuraxis.crds import Dataset, EdgeDeployment, ModelVersion, TrainingJob
 from neuraxis.lake import Lake
-from neuraxis.lake_access import EXPIRES_ANNOTATION, POLICY_ANNOTATION
+from neuraxis.lake_access import EXPIRES_ANNOTATION, POLICY_ANNOTATION, LakeGrant
 from neuraxis.operator.builders.dataset import build_dataset_children
 from neuraxis.operator.builders.edge import build_edge_agent_children
 from neuraxis.operator.builders.modelversion import ClusterFeatures, build_serving_children
@@ -165,9 +165,15 @@ def test_the_pods_of_the_component_read_their_scoped_secret_and_carry_the_stamps
 def test_shared_mode_changes_nothing_and_the_lifetime_is_bounded() -> None:
     ds: Dataset = _example("Dataset")
     children = build_dataset_children(ds, SETTINGS)
-    grant = dataset_grant(ds, None, SETTINGS)
-    # Shared mode: not even a look at the cluster.
+    asked: list[str] = []
+
+    def grant() -> LakeGrant:
+        asked.append("grant")
+        return dataset_grant(ds, None, SETTINGS)
+
+    # Shared mode: not even a look at the cluster, nor at the lake paths of a grant.
     assert scope_children(None, ds, children, ETL_COMPONENT, "x", grant, SETTINGS) == children
+    assert asked == []
     with pytest.raises(SettingsError, match="NEURAXIS_LAKE_CREDENTIALS: 'per-run' is not one of"):
         OperatorSettings.from_env({"NEURAXIS_LAKE_CREDENTIALS": "per-run"})
     with pytest.raises(SettingsError, match="NEURAXIS_LAKE_CREDENTIALS_SECONDS"):
