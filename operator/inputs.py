@@ -9,6 +9,7 @@ from neuraxis import API_GROUP, API_VERSION
 from neuraxis.crds import Dataset, ModelVersion, Resource, TrainingJob
 from neuraxis.crds.common import DatasetRef
 from neuraxis.crds.edgedeployment import EdgeDeployment
+from neuraxis.operator.builders.federation import ResolvedSite
 from neuraxis.operator.builders.training import ResolvedDataset
 from neuraxis.operator.errors import InputNotReadyError, InvalidSpecError
 from neuraxis.resources import parse_resource
@@ -248,3 +249,21 @@ def resolve_approved_model(ed: EdgeDeployment, store: Store) -> tuple[str, str, 
     artifact_uri = str((status.get("artifact") or {}).get("uri"))
     model = str((body.get("spec") or {}).get("model"))
     return model, artifact_uri, {**(status.get("lineage") or {}), "modelVersion": ref}
+
+
+def resolve_sites(tj: TrainingJob, store: Store) -> list[ResolvedSite]:
+    """A federated job's sites, each with its Dataset resolved as a training job's is. Every
+    site must be ready: the one waiting error names each site that is not (and why)."""
+    assert tj.spec.federation is not None
+    sites: list[ResolvedSite] = []
+    waiting: list[InputNotReadyError] = []
+    for site in tj.spec.federation.sites:
+        try:
+            dataset = resolve_dataset_ref(site.dataset_ref, ns_of(tj), store)
+        except InputNotReadyError as exc:
+            waiting.append(InputNotReadyError(exc.reason, f"site {site.name}: {exc.message}"))
+            continue
+        sites.append(ResolvedSite(site.name, dataset, site.selector()))
+    if waiting:
+        raise InputNotReadyError(waiting[0].reason, "; ".join(w.message for w in waiting))
+    return sites
