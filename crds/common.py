@@ -35,6 +35,7 @@ LABEL_VALUE_PATTERN = rf"^({_LABEL_NAME})?$"
 # A Secret data key as the API server checks it (`.` and `..` are refused by a rule).
 SECRET_KEY_PATTERN = r"^[-._a-zA-Z0-9]+$"
 Column = Annotated[str, Field(max_length=128, pattern=IDENTIFIER_PATTERN)]
+LabelValue = Annotated[str, Field(max_length=63, pattern=LABEL_VALUE_PATTERN)]
 
 
 @dataclass(frozen=True)
@@ -420,6 +421,18 @@ class StatusBase(ApiModel):
     )
 
 
+class SiteLineage(ApiModel):
+    """One site of a federated training: its data version and the rounds it took part in."""
+
+    site: str = Field(max_length=63, description="Site name.")
+    dataset: str = Field(max_length=NAME_MAX_LENGTH, description="The site's Dataset name.")
+    dataset_version: int | None = Field(default=None, description="Dataset table version.")
+    dataset_digest: str | None = Field(default=None, description="Content digest of that version.")
+    rounds: list[int] = Field(
+        default_factory=list, max_length=1000, description="Rounds whose aggregate it is in."
+    )
+
+
 class Lineage(ApiModel):
     """Where a result came from: the dataset version it was built from, and what built it."""
 
@@ -431,6 +444,11 @@ class Lineage(ApiModel):
     model_version: str | None = Field(default=None, description="ModelVersion name.")
     sources: list[str] = Field(
         default_factory=list, max_length=64, description="Raw source URIs at the root of the chain."
+    )
+    sites: list[SiteLineage] = Field(
+        default_factory=list,
+        max_length=32,
+        description="Federated training: each site's Dataset version and its rounds.",
     )
 
 

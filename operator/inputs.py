@@ -44,7 +44,7 @@ def status_of(body: Obj) -> Obj:
 
 def resolve_dataset(tj: TrainingJob, store: Store) -> ResolvedDataset:
     """The Dataset version a TrainingJob reads: Ready, quality gate passed, pinned."""
-    return resolve_dataset_ref(tj.spec.dataset_ref, ns_of(tj), store)
+    return resolve_dataset_ref(tj.spec.central_dataset(), ns_of(tj), store)
 
 
 def resolve_upstream(ds: Dataset, store: Store) -> ResolvedDataset | None:

@@ -108,7 +108,7 @@ def references(res: Resource) -> list[tuple[str, str]]:
             return [("EdgeDeployment", src.edge_deployment_ref.name)]
         return [("Dataset", src.dataset_ref.name)] if src and src.dataset_ref else []
     if isinstance(res, TrainingJob):
-        return [("Dataset", res.spec.dataset_ref.name)]
+        return [("Dataset", ref.name) for ref in res.spec.dataset_refs()]
     if isinstance(res, ModelVersion):
         refs = []
         if res.spec.source.training_job_ref:
