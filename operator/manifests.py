@@ -62,7 +62,14 @@ def cluster_role_rules() -> list[dict[str, Any]]:
         # system:auth-delegator (TokenReview is cluster-scoped).
         _rule(RBAC, ["clusterrolebindings"], ["get", "list", "watch", "create"]),
         _rule("", ["nodes", "namespaces"], READ),
-        _rule("apps", ["deployments", "daemonsets"], WRITE),
+        _rule("apps", ["daemonsets"], WRITE),
+        # A finished or superseded federated run's SuperLink and SuperNodes (Deployments) and
+        # their NetworkPolicies are deleted: they would otherwise keep serving nobody.
+        _rule("apps", ["deployments"], [*WRITE, "delete"]),
+        _rule("networking.k8s.io", ["networkpolicies"], [*WRITE, "delete"]),
+        # A federated run's TLS Secret (the SuperLink's certificate and key): created, never
+        # read back, listed or changed; the garbage collector deletes it with its TrainingJob.
+        _rule("", ["secrets"], ["create"]),
         _rule("autoscaling", ["horizontalpodautoscalers"], WRITE),
         _rule("events.k8s.io", ["events"], ["create", "patch"]),
         # Optional integrations, used only where their CRDs exist.

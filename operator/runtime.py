@@ -69,9 +69,19 @@ def _dig(obj: Any, *path: str) -> Any:
 
 
 def _ref(obj: Obj, *path: str) -> list[str]:
-    """`<namespace>/<name>` of the object a spec field names, for the dependents indexes."""
-    name = _dig(obj.get("spec"), *path)
-    return [f"{obj['metadata'].get('namespace')}/{name}"] if isinstance(name, str) else []
+    """`<namespace>/<name>` of each object a spec field names, for the dependents indexes; a
+    `[]` in the path stands for every item of a list (a federated job's sites)."""
+    names = _dig_all(obj.get("spec"), path)
+    return [f"{obj['metadata'].get('namespace')}/{n}" for n in names if isinstance(n, str)]
+
+
+def _dig_all(obj: Any, path: tuple[str, ...]) -> list[Any]:
+    if "[]" not in path:
+        return [_dig(obj, *path)]
+    at = path.index("[]")
+    items = _dig(obj, *path[:at])
+    rest = path[at + 1 :]
+    return [v for item in items or [] if isinstance(items, list) for v in _dig_all(item, rest)]
 
 
 # What each kind reads, as (index name, spec path of the input's name, input kind): when an
@@ -81,7 +91,10 @@ INPUT_INDEXES: dict[str, list[tuple[str, tuple[str, ...], str]]] = {
         ("upstream", ("source", "from", "datasetRef", "name"), "Dataset"),
         ("edgelogs", ("source", "from", "edgeDeploymentRef", "name"), "EdgeDeployment"),
     ],
-    "TrainingJob": [("dataset", ("datasetRef", "name"), "Dataset")],
+    "TrainingJob": [
+        ("dataset", ("datasetRef", "name"), "Dataset"),
+        ("sitedataset", ("federation", "sites", "[]", "datasetRef", "name"), "Dataset"),
+    ],
     "ModelVersion": [
         ("trainingjob", ("source", "trainingJobRef", "name"), "TrainingJob"),
         ("evaluation", ("evaluation", "datasetRef", "name"), "Dataset"),

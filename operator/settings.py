@@ -296,9 +296,7 @@ def check_toleration(item: Any, where: str) -> Toleration:
     return dict(item)
 
 
-def parse_egress_rules(
-    raw: str | None, default: tuple[EgressRule, ...]
-) -> tuple[EgressRule, ...]:
+def parse_egress_rules(raw: str | None, default: tuple[EgressRule, ...]) -> tuple[EgressRule, ...]:
     """`[{"to": [<NetworkPolicyPeer>...], "ports": [{"protocol": "TCP", "port": 9000}]}, ...]`:
     the shape is checked here; the API server checks the peers when the policy is applied."""
     name = FEDERATION_LAKE_EGRESS_ENV
@@ -312,7 +310,9 @@ def parse_egress_rules(
             raise SettingsError(f"{name}[{i}]: an egress rule must be a JSON object")
         unknown = sorted(set(rule) - EGRESS_RULE_FIELDS)
         if unknown:
-            raise SettingsError(f"{name}[{i}]: unknown field(s) {', '.join(unknown)} (allowed: ports, to)")
+            raise SettingsError(
+                f"{name}[{i}]: unknown field(s) {', '.join(unknown)} (allowed: ports, to)"
+            )
         for key in ("to", "ports"):
             if key in rule and not isinstance(rule[key], list):
                 raise SettingsError(f"{name}[{i}].{key}: must be a list, got {_type(rule[key])}")

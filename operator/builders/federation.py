@@ -151,10 +151,12 @@ def _federated_pod(
 def _deployment(tj: TrainingJob, name: str, template: dict[str, Any]) -> dict[str, Any]:
     labels = template["metadata"]["labels"]
     selector = {k: labels[k] for k in (RUN_LABEL, ROLE_LABEL, SITE_LABEL) if k in labels}
+    meta = child_metadata(tj, name, COMPONENT)
+    meta["labels"][RUN_LABEL] = labels[RUN_LABEL]  # a superseded run's servers are found by it
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": child_metadata(tj, name, COMPONENT),
+        "metadata": meta,
         "spec": {
             "replicas": 1,
             # One SuperLink/SuperNode at a time: a second would register as another node.
@@ -202,7 +204,10 @@ def _supernode(
         EDGE_SITE_ENV: site.name,
         **_dataset_env(site.dataset),
     }
-    scheduling = {"nodeSelector": dict(site.node_selector), "tolerations": [edge_toleration(settings)]}
+    scheduling = {
+        "nodeSelector": dict(site.node_selector),
+        "tolerations": [edge_toleration(settings)],
+    }
     template = _federated_pod(
         tj,
         settings,
@@ -254,9 +259,7 @@ def superlink_service(tj: TrainingJob, run: str) -> dict[str, Any]:
     }
 
 
-def _network_policy(
-    tj: TrainingJob, name: str, spec: dict[str, Any]
-) -> dict[str, Any]:
+def _network_policy(tj: TrainingJob, name: str, spec: dict[str, Any]) -> dict[str, Any]:
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
@@ -265,9 +268,11 @@ def _network_policy(
     }
 
 
-def network_policies(
-    tj: TrainingJob, run: str, settings: OperatorSettings
-) -> list[dict[str, Any]]:
+def network_policy_names(run: str) -> list[str]:
+    return [f"{run}-supernodes", f"{run}-superlink"]
+
+
+def network_policies(tj: TrainingJob, run: str, settings: OperatorSettings) -> list[dict[str, Any]]:
     """SuperNodes: no ingress; egress to the SuperLink's Fleet port, DNS and the lake (their
     Dataset) only. SuperLink: ingress from the run's SuperNodes (Fleet) and server app
     (ServerAppIo) only."""
@@ -282,7 +287,7 @@ def network_policies(
     return [
         _network_policy(
             tj,
-            f"{run}-supernodes",
+            network_policy_names(run)[0],
             {
                 **nodes,
                 "policyTypes": ["Ingress", "Egress"],
@@ -292,7 +297,7 @@ def network_policies(
         ),
         _network_policy(
             tj,
-            f"{run}-superlink",
+            network_policy_names(run)[1],
             {
                 **link,
                 "policyTypes": ["Ingress"],

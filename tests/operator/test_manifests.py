@@ -18,11 +18,18 @@ def test_cluster_role_is_least_privilege() -> None:
             and "*" not in rule["resources"]
             and "*" not in rule["apiGroups"]
         )
-        assert "secrets" not in rule["resources"], "the operator never reads Secrets"
-        # Children are garbage-collected through owners; the one deletion is a superseded
-        # run's Job (a new run stops the old one first).
+        if "secrets" in rule["resources"]:
+            # A federated run's TLS Secret is created; no Secret is ever read back.
+            assert (rule["resources"], rule["verbs"]) == (["secrets"], ["create"]), rule
+        # Children are garbage-collected through owners; the deletions are a superseded run's
+        # Job (a new run stops the old one first) and a finished or superseded federated run's
+        # servers (Deployments) and their NetworkPolicies.
         if "delete" in rule["verbs"]:
-            assert (rule["apiGroups"], rule["resources"]) == (["batch"], ["jobs"]), rule
+            assert (rule["apiGroups"], rule["resources"]) in [
+                (["batch"], ["jobs"]),
+                (["apps"], ["deployments"]),
+                (["networking.k8s.io"], ["networkpolicies"]),
+            ], rule
 
 
 def test_deployment_is_hardened() -> None:
