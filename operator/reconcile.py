@@ -501,7 +501,7 @@ def reconcile_federated(
     draft = _training_draft(tj, status, run, name, lineage, inputs, cluster)
     if run.state != "Suspended":
         draft.run = (name, _run_phase(run))
-    if run.state in ("Missing", "Active"):
+    if run.state in ("Missing", "Active", "Suspended"):  # the servers run while the app waits
         draft.conditions.append(sites_condition(cluster, tj, name, sites))
         return draft
     if run.result is not None:

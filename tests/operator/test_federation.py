@@ -276,3 +276,12 @@ def test_server_certificate_verifies_against_the_ca_for_the_service_name() -> No
 
     key = load_pem_private_key(tls.server_key, None)
     assert key.public_key().public_numbers() == cert.public_key().public_numbers()  # type: ignore[union-attr]
+
+
+def test_resource_names_of_the_kinds_the_operator_writes() -> None:
+    from neuraxis.operator.cluster import plural
+
+    assert plural("NetworkPolicy") == "networkpolicies"
+    assert plural("Gateway") == "gateways"
+    assert plural("Deployment") == "deployments"
+    assert plural("Secret") == "secrets"
