@@ -273,25 +273,26 @@ class FederationPrivacy(ApiModel):
 
 
 class SecureAggregation(ApiModel):
-    """SecAgg+: the server only learns the sum of the sites' updates."""
+    """SecAgg+: the server only learns the sum of the sites' updates. Flower's SecAgg+ splits
+    each site's key into at least 3 shares and needs fewer shares than that to rebuild it."""
 
     enabled: bool = Field(default=True, description="On by default.")
     shares: int = Field(
-        default=3, ge=2, le=FEDERATION_MAX_SITES, description="Secret shares per site key."
+        default=3, ge=3, le=FEDERATION_MAX_SITES, description="Secret shares per site key (>= 3)."
     )
     threshold: int = Field(
         default=2,
         ge=2,
         le=FEDERATION_MAX_SITES,
-        description="Shares needed to reconstruct; up to shares - threshold sites may drop "
-        "mid-round.",
+        description="Shares needed to reconstruct (< shares); up to shares - threshold sites "
+        "may drop mid-round.",
     )
 
     rules = (
         Rule(
-            cel="self.threshold <= self.shares",
-            message="threshold must not exceed shares",
-            check=lambda s: s.threshold <= s.shares,
+            cel="self.threshold < self.shares",
+            message="threshold must be less than shares",
+            check=lambda s: s.threshold < s.shares,
             field=".threshold",
         ),
     )
