@@ -285,3 +285,14 @@ def test_resource_names_of_the_kinds_the_operator_writes() -> None:
     assert plural("Gateway") == "gateways"
     assert plural("Deployment") == "deployments"
     assert plural("Secret") == "secrets"
+
+
+def test_a_sites_dataset_becoming_ready_finds_the_federated_job() -> None:
+    from neuraxis.operator.runtime import _indexes
+
+    body = {"metadata": {"namespace": "ml"}, "spec": _job().to_wire()["spec"]}
+    index = _indexes("TrainingJob")["sitedataset"]
+    assert sorted(index(body)) == [
+        "ml/hospital-a-records", "ml/hospital-b-records", "ml/hospital-c-records",
+    ]  # fmt: skip
+    assert list(_indexes("TrainingJob")["dataset"](body)) == []
