@@ -267,3 +267,18 @@ def federation_outcome(result: Obj, sites: list[Obj]) -> tuple[Obj, list[Conditi
         reason = str(result.get("reason") or "FederationFailed")
         condition = ("Federated", False, reason, str(result.get("message") or reason))
     return {"federation": federation, "lineage": {"sites": with_rounds}}, [condition]
+
+
+def sites_ready_condition(ready: dict[str, bool]) -> Condition:
+    """SitesReady from whether each site's SuperNode is Ready: a site whose SuperNode is not
+    takes no part in the rounds until it is (the server app counts it as dropped)."""
+    down = [site for site, up in ready.items() if not up]
+    if down:
+        return (
+            "SitesReady",
+            False,
+            "SiteNotReady",
+            f"SuperNode not Ready at {', '.join(down)} ({len(ready) - len(down)}/{len(ready)} "
+            "sites ready; a site that is not takes no part in the rounds)",
+        )
+    return ("SitesReady", True, "AllSitesReady", f"{len(ready)}/{len(ready)} sites ready")

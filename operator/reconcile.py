@@ -85,6 +85,7 @@ from neuraxis.operator.outcomes import (
     failed,
     federation_outcome,
     serving_refusal,
+    sites_ready_condition,
     status_from_draft,
     training_outcome,
     update_runs,
@@ -456,23 +457,14 @@ def site_lineage(sites: list[ResolvedSite]) -> list[Obj]:
 def sites_condition(
     cluster: Cluster, tj: TrainingJob, run: str, sites: list[ResolvedSite]
 ) -> Condition:
-    """Whether each site's SuperNode is Ready (its Deployment's ready replicas): a site whose
-    pod is not Ready is dropped from the rounds until it is."""
-    ns = ns_of(tj)
-    down = []
+    """SitesReady from each site's SuperNode Deployment (its ready replicas)."""
+    ready = {}
     for index, site in enumerate(sites):
-        deployment = cluster.get("apps/v1", "Deployment", ns, supernode_name(run, index)) or {}
-        if not int((deployment.get("status") or {}).get("readyReplicas") or 0):
-            down.append(site.name)
-    if down:
-        return (
-            "SitesReady",
-            False,
-            "SiteNotReady",
-            f"SuperNode not Ready at {', '.join(down)} ({len(sites) - len(down)}/{len(sites)} "
-            "sites ready; a site that is not takes no part in the rounds)",
+        deployment = cluster.get("apps/v1", "Deployment", ns_of(tj), supernode_name(run, index))
+        ready[site.name] = bool(
+            int(((deployment or {}).get("status") or {}).get("readyReplicas") or 0)
         )
-    return ("SitesReady", True, "AllSitesReady", f"{len(sites)}/{len(sites)} sites ready")
+    return sites_ready_condition(ready)
 
 
 def reconcile_federated(
@@ -501,7 +493,9 @@ def reconcile_federated(
     draft = _training_draft(tj, status, run, name, lineage, inputs, cluster)
     if run.state != "Suspended":
         draft.run = (name, _run_phase(run))
-    if run.state in ("Missing", "Active", "Suspended"):  # the servers run while the app waits
+    if run.state == "Suspended":
+        return draft
+    if run.state in ("Missing", "Active"):
         draft.conditions.append(sites_condition(cluster, tj, name, sites))
         return draft
     if run.result is not None:

@@ -158,7 +158,8 @@ def _deployment(tj: TrainingJob, name: str, template: dict[str, Any]) -> dict[st
         "kind": "Deployment",
         "metadata": meta,
         "spec": {
-            "replicas": 1,
+            # spec.suspend: no pods at all, the servers' too.
+            "replicas": 0 if tj.spec.suspend else 1,
             # One SuperLink/SuperNode at a time: a second would register as another node.
             "strategy": {"type": "Recreate"},
             "selector": {"matchLabels": selector},

@@ -20,7 +20,7 @@ from neuraxis.operator.builders.federation import (
 from neuraxis.operator.builders.training import ResolvedDataset
 from neuraxis.operator.errors import InputNotReadyError
 from neuraxis.operator.inputs import resolve_sites
-from neuraxis.operator.outcomes import federation_outcome
+from neuraxis.operator.outcomes import federation_outcome, sites_ready_condition
 from neuraxis.operator.settings import (
     FEDERATION_LAKE_EGRESS_ENV,
     OperatorSettings,
@@ -296,3 +296,23 @@ def test_a_sites_dataset_becoming_ready_finds_the_federated_job() -> None:
         "ml/hospital-a-records", "ml/hospital-b-records", "ml/hospital-c-records",
     ]  # fmt: skip
     assert list(_indexes("TrainingJob")["dataset"](body)) == []
+
+
+def test_a_site_whose_supernode_is_not_ready_is_named() -> None:
+    down = sites_ready_condition({"plant-a": True, "plant-b": True, "plant-c": False})
+    assert down[:3] == ("SitesReady", False, "SiteNotReady")
+    assert "at plant-c (2/3 sites ready" in down[3]
+    assert sites_ready_condition({"plant-a": True}) == (
+        "SitesReady", True, "AllSitesReady", "1/1 sites ready",
+    )  # fmt: skip
+
+
+def test_a_suspended_job_runs_no_servers() -> None:
+    tj = _job()
+    tj.spec.suspend = True
+    built = build_federation_children(tj, _sites(tj), SETTINGS)
+    assert {c["spec"]["replicas"] for c in built if c["kind"] == "Deployment"} == {0}
+    assert built[-1]["spec"]["suspend"] is True
+    tj.spec.suspend = False
+    built = build_federation_children(tj, _sites(tj), SETTINGS)
+    assert {c["spec"]["replicas"] for c in built if c["kind"] == "Deployment"} == {1}
