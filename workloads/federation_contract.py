@@ -16,9 +16,12 @@ FEDERATED_MODULE = "neuraxis.workloads.federated"
 Role = Literal["superlink", "supernode", "server"]
 ROLES: tuple[Role, ...] = ("superlink", "supernode", "server")
 
-# Flower's SuperLink ports: the ServerAppIo API (the server app) and the Fleet API (SuperNodes).
+# Flower's SuperLink ports: the ServerAppIo API and the Control API (the server app: a run is
+# submitted through Control, a ServerApp process pulls it through ServerAppIo) and the Fleet
+# API (SuperNodes). The NetworkPolicies open each to its own clients only.
 SERVERAPPIO_PORT = 9091
 FLEET_PORT = 9092
+CONTROL_PORT = 9093
 
 # TLS material, mounted read-only. The SuperLink gets the server certificate and key (and the
 # CA); a SuperNode and the server app get the CA certificate only.
@@ -28,14 +31,19 @@ SERVER_CERT_FILE = "tls.crt"
 SERVER_KEY_FILE = "tls.key"
 
 # Environment of the federated pods.
-SUPERLINK_ADDRESS_ENV = "NEURAXIS_FED_SUPERLINK"  # host:port of the API the pod talks to
+# host:port of the SuperLink API the pod talks to: Fleet for a SuperNode, ServerAppIo for the
+# server app (which also gets CONTROL_ADDRESS_ENV).
+SUPERLINK_ADDRESS_ENV = "NEURAXIS_FED_SUPERLINK"
+CONTROL_ADDRESS_ENV = "NEURAXIS_FED_CONTROL"
 TLS_DIR_ENV = "NEURAXIS_FED_TLS_DIR"
 SITE_ENV = "NEURAXIS_FED_SITE"  # a SuperNode's site name
 # A SuperNode's one Dataset (the same variables a training Job gets for its dataset):
 # NEURAXIS_DATASET, NEURAXIS_DATASET_VERSION, NEURAXIS_DATASET_DIGEST (when known).
 
 # The server app's result is the training result (outcome, reason, metrics, artifact) plus
-# RESULT_KEY, compact enough for the 4096-byte termination message:
+# RESULT_KEY. The compact copy must fit the 4096-byte termination message (else only outcome,
+# reason and resultUri arrive): keep the latest rounds that fit there, all of them in the lake's
+# result.json; roundsCompleted and privacy always.
 #   {"roundsCompleted": int,
 #    "rounds": [{"round": int, "sitesActive": [str], "sitesDropped": [str],
 #                "metrics": {str: float}}],

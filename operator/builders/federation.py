@@ -27,6 +27,8 @@ from neuraxis.operator.pods import pod_template, resource_limits, workload_conta
 from neuraxis.operator.settings import OperatorSettings
 from neuraxis.workloads.federation_contract import (
     CA_CERT_FILE,
+    CONTROL_ADDRESS_ENV,
+    CONTROL_PORT,
     FEDERATED_MODULE,
     FLEET_PORT,
     SERVER_CERT_FILE,
@@ -172,6 +174,7 @@ def _superlink(tj: TrainingJob, settings: OperatorSettings, run: str) -> dict[st
     ports = [
         {"name": "serverappio", "containerPort": SERVERAPPIO_PORT},
         {"name": "fleet", "containerPort": FLEET_PORT},
+        {"name": "control", "containerPort": CONTROL_PORT},
     ]
     template = _federated_pod(
         tj, settings, run, "superlink", env={}, extra_env=[_run_id(run)], ports=ports
@@ -228,7 +231,10 @@ def _server_job(tj: TrainingJob, settings: OperatorSettings, run: str) -> dict[s
         settings,
         run,
         "server",
-        env={SUPERLINK_ADDRESS_ENV: _superlink_address(tj, SERVERAPPIO_PORT)},
+        env={
+            SUPERLINK_ADDRESS_ENV: _superlink_address(tj, SERVERAPPIO_PORT),
+            CONTROL_ADDRESS_ENV: _superlink_address(tj, CONTROL_PORT),
+        },
         extra_env=[RUN_ID_ENV],
         restart_policy="Never",
     )
@@ -255,6 +261,7 @@ def superlink_service(tj: TrainingJob, run: str) -> dict[str, Any]:
             "ports": [
                 {"name": "serverappio", "port": SERVERAPPIO_PORT, "targetPort": "serverappio"},
                 {"name": "fleet", "port": FLEET_PORT, "targetPort": "fleet"},
+                {"name": "control", "port": CONTROL_PORT, "targetPort": "control"},
             ],
         },
     }
@@ -276,7 +283,7 @@ def network_policy_names(run: str) -> list[str]:
 def network_policies(tj: TrainingJob, run: str, settings: OperatorSettings) -> list[dict[str, Any]]:
     """SuperNodes: no ingress; egress to the SuperLink's Fleet port, DNS and the lake (their
     Dataset) only. SuperLink: ingress from the run's SuperNodes (Fleet) and server app
-    (ServerAppIo) only."""
+    (ServerAppIo, Control) only."""
     link = {"podSelector": {"matchLabels": role_labels(run, "superlink")}}
     nodes = {"podSelector": {"matchLabels": role_labels(run, "supernode")}}
     server = {"podSelector": {"matchLabels": role_labels(run, "server")}}
@@ -304,7 +311,13 @@ def network_policies(tj: TrainingJob, run: str, settings: OperatorSettings) -> l
                 "policyTypes": ["Ingress"],
                 "ingress": [
                     {"from": [nodes], "ports": [{"protocol": "TCP", "port": FLEET_PORT}]},
-                    {"from": [server], "ports": [{"protocol": "TCP", "port": SERVERAPPIO_PORT}]},
+                    {
+                        "from": [server],
+                        "ports": [
+                            {"protocol": "TCP", "port": SERVERAPPIO_PORT},
+                            {"protocol": "TCP", "port": CONTROL_PORT},
+                        ],
+                    },
                 ],
             },
         ),

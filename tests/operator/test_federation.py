@@ -29,6 +29,7 @@ from neuraxis.operator.settings import (
 from neuraxis.resources import parse_resource
 from neuraxis.workloads.federation_contract import (
     CA_CERT_FILE,
+    CONTROL_PORT,
     FLEET_PORT,
     SERVER_KEY_FILE,
     SERVERAPPIO_PORT,
@@ -129,7 +130,8 @@ def test_server_app_is_the_run_job_and_comes_last() -> None:
     assert built[-1]["metadata"]["name"] == federation_run_name(tj)
     assert federation_run_name(tj).endswith("-fed-3f2a9c1b-g2")
     env = _env(built[-1]["spec"]["template"])
-    assert env["NEURAXIS_FED_SUPERLINK"].endswith(f":{SERVERAPPIO_PORT}")
+    assert env["NEURAXIS_FED_SUPERLINK"].endswith(f".ml.svc:{SERVERAPPIO_PORT}")
+    assert env["NEURAXIS_FED_CONTROL"].endswith(f".ml.svc:{CONTROL_PORT}")
     command = built[-1]["spec"]["template"]["spec"]["containers"][0]["command"]
     assert command[:4] == ["python", "-m", "neuraxis.workloads.federated", "server"]
     # The spec the pods read has each site's Dataset version pinned.
@@ -160,7 +162,10 @@ def test_network_policies_let_supernodes_reach_the_superlink_only() -> None:
     }
     assert sources == {
         "supernode": [{"protocol": "TCP", "port": FLEET_PORT}],
-        "server": [{"protocol": "TCP", "port": SERVERAPPIO_PORT}],
+        "server": [
+            {"protocol": "TCP", "port": SERVERAPPIO_PORT},
+            {"protocol": "TCP", "port": CONTROL_PORT},
+        ],
     }
 
 
