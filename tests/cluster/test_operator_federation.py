@@ -106,6 +106,10 @@ def _role(deployments: dict[str, dict[str, Any]], role: str) -> list[dict[str, A
     ]
 
 
+def _wait_ready(cluster: Cluster, ns: str, dataset: str, op: OperatorProcess) -> None:
+    wait_for(lambda: phase(cluster, "datasets", dataset, ns) == "Ready", f"{dataset} Ready", op=op)
+
+
 def test_federated_run_objects_status_and_cleanup(
     cluster: Cluster, namespace: str, operator: OperatorProcess
 ) -> None:
@@ -113,8 +117,7 @@ def test_federated_run_objects_status_and_cleanup(
     for site in SITES[:2]:
         cluster.apply(_dataset(site), ns)
     for site in SITES[:2]:
-        wait_for(lambda s=site: phase(cluster, "datasets", f"{s}-records", ns) == "Ready",
-                 f"Dataset {site}-records Ready", op=operator)  # fmt: skip
+        _wait_ready(cluster, ns, f"{site}-records", operator)
     cluster.apply(_training_job(), ns)
 
     # plant-c's Dataset does not exist: the job waits and says which site.

@@ -277,10 +277,14 @@ def test_server_certificate_verifies_against_the_ca_for_the_service_name() -> No
             x509.DNSName(names[2])
         ).verify(cert, [])
     # The key is the certificate's.
+    from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
     key = load_pem_private_key(tls.server_key, None)
-    assert key.public_key().public_numbers() == cert.public_key().public_numbers()  # type: ignore[union-attr]
+    public = cert.public_key()
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    assert isinstance(public, ec.EllipticCurvePublicKey)
+    assert key.public_key().public_numbers() == public.public_numbers()
 
 
 def test_resource_names_of_the_kinds_the_operator_writes() -> None:
