@@ -7,6 +7,7 @@ another certificate under that CA, so a SuperNode that trusts it trusts this Sup
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -49,11 +50,20 @@ def _name(common_name: str) -> x509.Name:
     )
 
 
+def _subject_alternative_name(host: str) -> x509.GeneralName:
+    """An IP address (loopback under `neuraxis run`) or a DNS name."""
+    try:
+        return x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        return x509.DNSName(host)
+
+
 def generate_server_tls(
     ca_name: str, dns_names: list[str], now: dt.datetime | None = None
 ) -> ServerTLS:
-    """A new CA (`ca_name`) and a server certificate it signs for `dns_names` (the first is
-    the subject's common name). EC P-256 keys: small, fast, and what gRPC accepts."""
+    """A new CA (`ca_name`) and a server certificate it signs for `dns_names` (DNS names or IP
+    addresses; the first is the subject's common name). EC P-256 keys: small, fast, and what
+    gRPC accepts."""
     if not dns_names:
         raise ValueError("dns_names: at least one name is needed")
     start = (now or dt.datetime.now(dt.UTC)) - CLOCK_SKEW
@@ -97,7 +107,8 @@ def generate_server_tls(
         .not_valid_after(end)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
-            x509.SubjectAlternativeName([x509.DNSName(n) for n in dns_names]), critical=False
+            x509.SubjectAlternativeName([_subject_alternative_name(n) for n in dns_names]),
+            critical=False,
         )
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(

@@ -276,6 +276,10 @@ def test_server_certificate_verifies_against_the_ca_for_the_service_name() -> No
         PolicyBuilder().store(Store([other])).time(now).build_server_verifier(
             x509.DNSName(names[2])
         ).verify(cert, [])
+    # Loopback (`neuraxis run`): an IP address in the certificate.
+    local = x509.load_pem_x509_certificate(generate_server_tls("ca", ["127.0.0.1"]).server_cert)
+    names_in = local.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert [str(ip) for ip in names_in.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
     # The key is the certificate's.
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.hazmat.primitives.serialization import load_pem_private_key
