@@ -212,3 +212,37 @@ def test_federated_run_objects_status_and_cleanup(
              timeout=60, op=operator)  # fmt: skip
     wait_for(lambda: names(cluster, "services", ns, selector) == [], "Service collected",
              timeout=60, op=operator)  # fmt: skip
+
+
+def test_a_run_without_enough_sites_fails_with_the_reason(
+    cluster: Cluster, namespace: str, operator: OperatorProcess
+) -> None:
+    ns = namespace
+    for site in SITES:
+        cluster.apply(_dataset(site), ns)
+    for site in SITES:
+        _wait_ready(cluster, ns, f"{site}-records", operator)
+    too_few = {
+        "outcome": "Failed",
+        "reason": "NotEnoughSites",
+        "message": "round 1: 2 of 3 sites answered, minSites is 3",
+        "federation": {"roundsCompleted": 0},
+    }
+    tj = _training_job()
+    tj["spec"].update(suspend=False, backoffLimit=0)
+    tj["spec"]["federation"]["minSites"] = 3
+    cluster.apply(with_result(tj, too_few, fail=True), ns)
+
+    def failed() -> Any:
+        obj = _tj(cluster, ns)
+        return (obj.get("status") or {}).get("phase") == "Failed" and obj
+
+    obj = wait_for(failed, "TrainingJob Failed", timeout=120, op=operator)
+    ready = condition(obj, "Ready") or {}
+    assert ready.get("reason") == "NotEnoughSites", ready
+    federated = condition(obj, "Federated") or {}
+    assert (federated.get("status"), federated.get("reason")) == ("False", "NotEnoughSites")
+    assert "minSites is 3" in federated.get("message", "")
+    assert obj["status"]["federation"]["roundsCompleted"] == 0
+    wait_for(lambda: _deployments(cluster, ns) == {}, "failed run's servers removed",
+             op=operator)  # fmt: skip
