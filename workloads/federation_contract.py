@@ -10,7 +10,8 @@ and passes the rest in the environment variables below."""
 
 from __future__ import annotations
 
-from typing import Literal
+import json
+from typing import Any, Literal
 
 FEDERATED_MODULE = "neuraxis.workloads.federated"
 Role = Literal["superlink", "supernode", "server"]
@@ -42,8 +43,8 @@ SITE_ENV = "NEURAXIS_FED_SITE"  # a SuperNode's site name
 
 # The server app's result is the training result (outcome, reason, metrics, artifact) plus
 # RESULT_KEY. The compact copy must fit the 4096-byte termination message (else only outcome,
-# reason and resultUri arrive): keep the latest rounds that fit there, all of them in the lake's
-# result.json; roundsCompleted and privacy always.
+# reason and resultUri arrive): its RESULT_KEY is `compact_federation(<the full block>)`, the
+# same shape with the latest rounds that fit; result.json in the lake has them all.
 #   {"roundsCompleted": int,
 #    "rounds": [{"round": int, "sitesActive": [str], "sitesDropped": [str],
 #                "metrics": {str: float}}],
@@ -54,3 +55,20 @@ SITE_ENV = "NEURAXIS_FED_SITE"  # a SuperNode's site name
 RESULT_KEY = "federation"
 BUDGET_EXHAUSTED = "BudgetExhausted"
 NOT_ENOUGH_SITES = "NotEnoughSites"
+
+# Room for RESULT_KEY in the termination message, next to outcome, reason, metrics, artifact.
+COMPACT_FEDERATION_BYTES = 2048
+
+
+def compact_federation(
+    federation: dict[str, Any], limit: int = COMPACT_FEDERATION_BYTES
+) -> dict[str, Any]:
+    """The RESULT_KEY block of the compact result: the whole status block (the wire form of
+    status.federation), with only the latest rounds that fit in `limit` bytes of JSON;
+    roundsCompleted and privacy always stay."""
+    rounds = list(federation.get("rounds") or [])
+    out = {**federation, "rounds": rounds}
+    while rounds and len(json.dumps(out, separators=(",", ":")).encode()) > limit:
+        rounds.pop(0)  # the oldest first: the latest rounds say how the run ended
+        out["rounds"] = rounds
+    return out

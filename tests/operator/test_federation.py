@@ -4,6 +4,7 @@ generates, and the status it reads from the server app's result."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 from typing import Any
 
 import pytest
@@ -329,3 +330,25 @@ def test_a_suspended_job_runs_no_servers() -> None:
     tj.spec.suspend = False
     built = build_federation_children(tj, _sites(tj), SETTINGS)
     assert {c["spec"]["replicas"] for c in built if c["kind"] == "Deployment"} == {1}
+
+
+def test_the_compact_federation_block_keeps_the_latest_rounds_that_fit() -> None:
+    from neuraxis.workloads.federation_contract import COMPACT_FEDERATION_BYTES, compact_federation
+
+    rounds = [
+        {"round": r, "sitesActive": ["hospital-a", "hospital-b"], "sitesDropped": ["hospital-c"],
+         "metrics": {"accuracy": 0.9, "loss": 0.25}}
+        for r in range(1, 101)
+    ]  # fmt: skip
+    full = {"roundsCompleted": 100, "rounds": rounds, "privacy": RESULT["federation"]["privacy"]}
+    compact = compact_federation(full)
+    assert len(json.dumps(compact, separators=(",", ":")).encode()) <= COMPACT_FEDERATION_BYTES
+    kept = [r["round"] for r in compact["rounds"]]
+    assert kept and kept[-1] == 100 and kept == list(range(kept[0], 101)) and kept[0] > 1
+    assert compact["roundsCompleted"] == 100 and compact["privacy"] == full["privacy"]
+    # What the operator reads of it is a valid status block.
+    fields, conditions = federation_outcome({**RESULT, "federation": compact}, [])
+    assert fields["federation"]["rounds"][-1]["round"] == 100
+    assert conditions[0][2] == "BudgetExhausted"
+    small = {**full, "rounds": rounds[:2]}
+    assert compact_federation(small) == small
