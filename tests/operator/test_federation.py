@@ -218,7 +218,7 @@ def test_a_site_whose_dataset_is_not_ready_names_the_site() -> None:
     ]  # fmt: skip
 
 
-RESULT = {
+RESULT: dict[str, Any] = {
     "outcome": "Succeeded",
     "reason": "BudgetExhausted",
     "federation": {
