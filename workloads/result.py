@@ -25,6 +25,14 @@ TERMINATION_MESSAGE_LIMIT = 4096
 
 Outcome = Literal["Succeeded", "Failed"]
 
+# Federated TrainingJobs (workloads/federated): result.json carries `federation`, the wire form
+# of status.federation (crds.trainingjob.FederationStatus), and `lineage.sites` (a list of
+# crds.common.SiteLineage).
+# Reasons: the run stopped before a round would have exceeded targetEpsilon (it still succeeds
+# with the rounds it did), or fewer than minSites sites answered (it fails).
+BUDGET_EXHAUSTED = "BudgetExhausted"
+NOT_ENOUGH_SITES = "NotEnoughSites"
+
 # Serving metrics (Prometheus names without the `_total`/`_bucket` suffixes): requests by
 # `route` (a route template, never the raw path) and `code`, and latency by `route`.
 SERVE_REQUESTS_METRIC = "neuraxis_serve_requests"
