@@ -3,6 +3,7 @@ a federated TrainingJob on three sites' Delta tables. Small data, 2 rounds."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -82,3 +83,77 @@ def test_three_sites_end_to_end_with_secagg_and_central_dp(tmp_path: Path) -> No
         p.name for p in Path(lake.local_path(lake.relative(result["artifact"]["uri"]))).iterdir()
     }
     assert {"model.ts", "signature.json", "model.pt"} <= files
+
+
+def _true_round_one_updates(lake: Lake, job: TrainingJob) -> tuple[list[list[Any]], list[int]]:
+    """What each site trains in round 1, recomputed here with the same code and inputs."""
+    from neuraxis.workloads.federated import site as fs
+
+    assert job.spec.federation is not None
+    refs = [s.dataset_ref for s in job.spec.federation.sites]
+    summaries = [fs.site_summary(fs.read_site_data(lake, NAMESPACE, job, r, None)) for r in refs]
+    norm = fs.global_normalization(summaries)
+    classes = fs.global_classes(job, summaries)
+    model, _ = fs.build_global_model(job, len(summaries[0]["features"]), classes, norm)
+    start = fs.get_arrays(model)
+    updates, rows = [], []
+    for ref in refs:
+        data = fs.read_site_data(lake, NAMESPACE, job, ref, classes)
+        arrays, n, _ = fs.train_round(job, data, start, norm, local_epochs=1, server_round=1)
+        updates.append(arrays)
+        rows.append(n)
+    return updates, rows
+
+
+def test_secagg_server_never_holds_a_site_update_in_the_clear(tmp_path: Path) -> None:
+    from neuraxis.workloads.train.export import load_weights
+
+    lake = Lake(str(tmp_path / "lake"))
+    write_sites(lake)
+    job = federated_job(rounds=1, privacy={"mode": "none"})
+    seen = tmp_path / "seen"
+    result = run_federated(job, lake, NAMESPACE, "fed-secagg", tmp_path / "run",
+                           record_dir=str(seen))  # fmt: skip
+    assert result["outcome"] == "Succeeded", result
+    updates, rows = _true_round_one_updates(lake, job)
+    flat = [np.concatenate([a.ravel() for a in u]).astype(np.float64) for u in updates]
+    # The aggregate the server ended with is the row-weighted mean of the true updates.
+    expected = sum(n * f for n, f in zip(rows, flat, strict=True)) / sum(rows)
+    folder = Path(lake.local_path(lake.relative(result["artifact"]["uri"])))
+    model, _ = load_weights((folder / "model.pt").read_bytes())
+    final = np.concatenate([p.detach().numpy().ravel() for p in model.parameters()])
+    np.testing.assert_allclose(final, expected, atol=1e-3)
+    # Everything the server received: no vector of a site's update size equals any true update.
+    received = 0
+    for path in sorted(seen.glob("*-train-*.npz")):
+        with np.load(path) as npz:
+            for key in npz.files:
+                vec = npz[key].astype(np.float64).ravel()
+                if vec.size < flat[0].size:
+                    continue
+                received += 1
+                for true in flat:
+                    assert np.abs(vec[: true.size] - true).max() > 0.1, path.name
+    assert received >= 3, "the recorder saw no masked vectors"
+
+
+def test_a_site_killed_mid_round_leaves_the_round_to_the_others(tmp_path: Path) -> None:
+    from neuraxis.local.federated import federation, submit, wait_for_result
+
+    lake = Lake(str(tmp_path / "lake"))
+    write_sites(lake)
+    job = federated_job(rounds=1, privacy={"mode": "none"})  # shares 3, threshold 2: 1 may drop
+    with federation(job, lake, tmp_path / "run") as running:
+        submit(running, job, NAMESPACE, "fed-dropout")
+        log = running.folder / "supernode-hospital-c.log"
+        # The site is in the round once it has received the round's first (SecAgg+ setup) message.
+        while "ROUND 1]" not in log.read_text(errors="replace"):
+            time.sleep(0.5)
+        running.stop_site("hospital-c")
+        result = wait_for_result(lake, NAMESPACE, "fed-dropout", running)
+    assert result["outcome"] == "Succeeded", result
+    (only,) = result["federation"]["rounds"]
+    assert only["sitesActive"] == ["hospital-a", "hospital-b"]
+    assert only["sitesDropped"] == ["hospital-c"]
+    lineage = {s["site"]: s["rounds"] for s in result["lineage"]["sites"]}
+    assert lineage == {"hospital-a": [1], "hospital-b": [1], "hospital-c": []}

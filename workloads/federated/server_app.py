@@ -67,6 +67,9 @@ from neuraxis.workloads.train.provenance import code_version
 log = logging.getLogger(__name__)
 # How long the server waits for the sites' SuperNodes to connect before round 1.
 SITE_WAIT_SECONDS = 300.0
+# How long each SecAgg+ stage waits for the sites: a site silent for longer counts as dropped
+# (its share holders let the others finish the round without it).
+SECAGG_STAGE_TIMEOUT_SECONDS = 300.0
 
 
 @dataclass
@@ -305,6 +308,7 @@ def run_federation(
                 reconstruction_threshold=secagg.threshold,
                 # FedAvg's weight is a site's row count; SecAgg+ needs a bound on it.
                 max_weight=float(max(int(s["rows"]) for s in listed) + 1),
+                timeout=SECAGG_STAGE_TIMEOUT_SECONDS,
             )
             if secagg.enabled
             else None
