@@ -51,6 +51,19 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 300.0) -> None:
+    """Block until the SuperLink accepts connections (its imports take a while on a busy box)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the SuperLink exited with {proc.returncode} before listening")
+        with socket.socket() as s:
+            if s.connect_ex((LOOPBACK, port)) == 0:
+                return
+        time.sleep(0.5)
+    raise TimeoutError(f"the SuperLink did not listen on {LOOPBACK}:{port} in {timeout:.0f}s")
+
+
 def _kill(proc: subprocess.Popen[bytes]) -> None:
     # Each process leads its own group: the SuperExec and app processes it spawned go too.
     if proc.poll() is None:
@@ -99,6 +112,7 @@ def federation(job: TrainingJob, lake: Lake, folder: Path) -> Iterator[Federatio
              "--host", LOOPBACK, "--port", str(running.link_port)],
             folder / "superlink.log", env,
         )  # fmt: skip
+        wait_for_port(running.link_port, running.link)
         for site in fed.sites:
             running.nodes[site.name] = start_supernode(running, site, env)
         yield running
@@ -132,7 +146,10 @@ def submit(running: Federation, job: TrainingJob, namespace: str, run_id: str,
     args = ["flwr", "run", str(app), "neuraxis"]
     for value in keys.run_config(job, namespace, run_id, record_dir):
         args += ["--run-config", value]
-    subprocess.run(args, check=True, env=running.env, capture_output=True, timeout=600)
+    done = subprocess.run(args, env=running.env, capture_output=True, timeout=600, check=False)
+    if done.returncode != 0:
+        output = (done.stdout + done.stderr).decode(errors="replace")[-2000:]
+        raise RuntimeError(f"flwr run failed ({done.returncode}): {output}")
 
 
 def wait_for_result(lake: Lake, namespace: str, run_id: str, running: Federation,
