@@ -445,8 +445,9 @@ class Lineage(ApiModel):
     sources: list[str] = Field(
         default_factory=list, max_length=64, description="Raw source URIs at the root of the chain."
     )
-    sites: list[SiteLineage] = Field(
-        default_factory=list,
+    # None, not [], when absent: a non-federated lineage stays exactly as it was.
+    sites: list[SiteLineage] | None = Field(
+        default=None,
         max_length=32,
         description="Federated training: each site's Dataset version and its rounds.",
     )

@@ -140,6 +140,13 @@ def training_outcome(result: Obj, lineage: Obj, inputs: Condition) -> Draft:
         fields["artifact"] = result["artifact"]
     if result.get("bestTrial"):
         fields["bestTrial"] = result["bestTrial"]
+    if result.get("federation"):
+        # A federated run: rounds, sites per round and epsilon spent; lineage per site.
+        fields["federation"] = result["federation"]
+        fields["lineage"] = {**lineage, "sites": (result.get("lineage") or {}).get("sites") or []}
+    if result.get("reason") == BUDGET_EXHAUSTED:
+        message = "stopped before a round would have exceeded privacy.targetEpsilon"
+        return Draft("Succeeded", BUDGET_EXHAUSTED, message, True, fields, [inputs])
     return Draft("Succeeded", "Succeeded", "training finished", True, fields, [inputs])
 
 

@@ -36,6 +36,7 @@ from neuraxis.operator.inputs import (
     pin_upstream,
     resolve_approved_model,
     resolve_dataset,
+    resolve_dataset_ref,
     resolve_upstream,
 )
 from neuraxis.operator.outcomes import (
@@ -248,6 +249,8 @@ class Runner:
         return dataset_outcome(result, self.lake.uri(Lake.table_path(ns, ds.metadata.name)))
 
     def run_training(self, tj: TrainingJob, run_id: str) -> Draft:
+        if tj.spec.federation is not None:
+            return self.run_federated_training(tj, run_id)
         ns = tj.metadata.namespace or "default"
         dataset = resolve_dataset(tj, self.store)
         spec = self.spec_file(pinned(tj, dataset), run_id)
@@ -268,6 +271,32 @@ class Runner:
             "DatasetReady",
             f"Dataset {dataset.name} version {dataset.version}",
         )
+        draft = training_outcome(
+            result, {k: v for k, v in lineage.items() if v is not None}, inputs
+        )
+        if draft.phase == "Succeeded" and tj.spec.register_ is not None:
+            draft.fields["modelVersion"] = ensure_registered(tj, draft.fields, self.store)
+        return draft
+
+    def run_federated_training(self, tj: TrainingJob, run_id: str) -> Draft:
+        """SuperLink and one SuperNode per site on loopback (neuraxis/local/federated.py), each
+        site pinned to its Dataset's Ready version, as the operator pins them."""
+        from neuraxis.local.federated import run_federated
+
+        ns = tj.metadata.namespace or "default"
+        fed = tj.spec.federation
+        assert fed is not None
+        job = tj.model_copy(deep=True)
+        assert job.spec.federation is not None
+        resolved = []
+        for site in job.spec.federation.sites:
+            dataset = resolve_dataset_ref(site.dataset_ref, ns, self.store)
+            site.dataset_ref.version = dataset.version
+            resolved.append(f"{site.name}: Dataset {dataset.name} version {dataset.version}")
+        self.on_step(f"TrainingJob/{tj.metadata.name}: {len(fed.sites)} sites, Flower on loopback")
+        result = run_federated(job, self.lake, ns, run_id, self.work / ns / run_id / "federated")
+        lineage = {"trainingJob": tj.metadata.name, "trainingJobUid": tj.metadata.uid}
+        inputs = ("InputsReady", True, "DatasetReady", "; ".join(resolved))
         draft = training_outcome(
             result, {k: v for k, v in lineage.items() if v is not None}, inputs
         )
