@@ -78,8 +78,10 @@ def add_schema_extensions(schema: dict[str, Any], model: type[BaseModel]) -> Non
     for name, info in model.model_fields.items():
         factory = info.default_factory
         # A nested object with defaults inside must exist for the API server to default it.
+        # The default is the whole object, not {}: the API server checks a default against
+        # the object's CEL rules as written, and `{}` has none of the keys they read.
         if isinstance(factory, type) and issubclass(factory, ApiModel):
-            props[_alias(model, name)]["default"] = {}
+            props[_alias(model, name)]["default"] = factory().to_wire()
 
 
 class ApiModel(BaseModel):
