@@ -140,10 +140,6 @@ def training_outcome(result: Obj, lineage: Obj, inputs: Condition) -> Draft:
         fields["artifact"] = result["artifact"]
     if result.get("bestTrial"):
         fields["bestTrial"] = result["bestTrial"]
-    if result.get("federation"):
-        # A federated run: rounds, sites per round and epsilon spent; lineage per site.
-        fields["federation"] = result["federation"]
-        fields["lineage"] = {**lineage, "sites": (result.get("lineage") or {}).get("sites") or []}
     if result.get("reason") == BUDGET_EXHAUSTED:
         message = "stopped before a round would have exceeded privacy.targetEpsilon"
         return Draft("Succeeded", BUDGET_EXHAUSTED, message, True, fields, [inputs])
@@ -274,6 +270,16 @@ def federation_outcome(result: Obj, sites: list[Obj]) -> tuple[Obj, list[Conditi
         reason = str(result.get("reason") or "FederationFailed")
         condition = ("Federated", False, reason, str(result.get("message") or reason))
     return {"federation": federation, "lineage": {"sites": with_rounds}}, [condition]
+
+
+def add_federation(draft: Draft, result: Obj, sites: list[Obj]) -> None:
+    """A federated run's training Draft, completed with `federation_outcome`: status.federation,
+    lineage per site, and the Federated condition. The operator and `neuraxis run` both call
+    this, so both write the same status from the same (compact or full) result."""
+    fields, conditions = federation_outcome(result, sites)
+    draft.fields.update({k: v for k, v in fields.items() if k != "lineage"})
+    draft.fields["lineage"] = {**(draft.fields.get("lineage") or {}), **fields["lineage"]}
+    draft.conditions += conditions
 
 
 def sites_ready_condition(ready: dict[str, bool]) -> Condition:

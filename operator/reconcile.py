@@ -78,12 +78,12 @@ from neuraxis.operator.observe import JOB_NAME_LABEL, RunObservation, observe_ru
 from neuraxis.operator.outcomes import (
     Condition,
     Draft,
+    add_federation,
     auth_refusal,
     bundle_outcome,
     dataset_outcome,
     evaluation_outcome,
     failed,
-    federation_outcome,
     serving_refusal,
     sites_ready_condition,
     status_from_draft,
@@ -402,11 +402,11 @@ def ensure_federation_tls(cluster: Cluster, tj: TrainingJob) -> None:
         return
     # Imported here: `cryptography` comes with flwr's lock, and an operator without it still
     # reconciles every other resource.
-    from neuraxis.operator.tls import generate_server_tls, service_dns_names
+    from neuraxis.operator.tls import LOOPBACK_NAMES, generate_server_tls, service_dns_names
 
     tls = generate_server_tls(
         f"neuraxis federation {ns_of(tj)}/{tj.metadata.name}",
-        service_dns_names(superlink_service_name(tj), ns_of(tj)),
+        service_dns_names(superlink_service_name(tj), ns_of(tj)) + LOOPBACK_NAMES,
     )
     cluster.create(tls_secret(tj, tls.ca_cert, tls.server_cert, tls.server_key))
     _tls_made.put(key, True)
@@ -499,10 +499,9 @@ def reconcile_federated(
         draft.conditions.append(sites_condition(cluster, tj, name, sites))
         return draft
     if run.result is not None:
-        fields, conditions = federation_outcome(run.result, lineage["sites"])
-        draft.fields.update({k: v for k, v in fields.items() if k != "lineage"})
-        draft.fields["lineage"] = {**(draft.fields.get("lineage") or lineage), **fields["lineage"]}
-        draft.conditions += conditions
+        if not draft.fields.get("lineage"):
+            draft.fields["lineage"] = lineage
+        add_federation(draft, run.result, lineage["sites"])
     if run.state in ("Succeeded", "Failed"):
         stop_federation_servers(cluster, tj, keep=None)
     return draft

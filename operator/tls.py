@@ -31,6 +31,12 @@ class ServerTLS:
     server_key: bytes
 
 
+# The SuperLink starts its ServerApp process itself, which dials the SuperLink on loopback
+# (Flower turns a 0.0.0.0 bind into 127.0.0.1) over the same TLS: every SuperLink certificate
+# names loopback too. Under `neuraxis run` these are its only names.
+LOOPBACK_NAMES = ["127.0.0.1", "localhost"]
+
+
 def service_dns_names(service: str, namespace: str) -> list[str]:
     """The names a client in the cluster may use for a Service."""
     return [

@@ -3,26 +3,27 @@ how the pods are started, where their TLS material is mounted, which environment
 and what the server app reports. The operator imports this module, never the workload.
 
 In a cluster the operator starts, per run of a TrainingJob with `spec.federation`:
-  - the SuperLink:  `python -m neuraxis.workloads.federated superlink --spec <SPEC_FILE>`
-  - one SuperNode per site: `... supernode --spec <SPEC_FILE>`
-  - the server app (a Job): `... server --spec <SPEC_FILE>`
-and passes the rest in the environment variables below."""
+  - the SuperLink (a Deployment): `neuraxis workload federated superlink`; the ServerApp runs
+    under it (Flower's subprocess isolation), so it gets the lake like any workload;
+  - one SuperNode per site (a Deployment): `... supernode`;
+  - the server (the run's Job): `... server --spec <SPEC_FILE> --namespace <ns> --run-id <id>`,
+    which submits the run, waits for its result and reports it in its termination message;
+and passes the rest in the environment variables below. `neuraxis run` starts the same commands
+on loopback (neuraxis/local/federated.py)."""
 
 from __future__ import annotations
 
 import json
 from typing import Any, Literal
 
-FEDERATED_MODULE = "neuraxis.workloads.federated"
+WORKLOAD_COMMAND = ("python", "-m", "neuraxis.cli", "workload", "federated")
 Role = Literal["superlink", "supernode", "server"]
 ROLES: tuple[Role, ...] = ("superlink", "supernode", "server")
 
-# Flower's SuperLink ports: the ServerAppIo API and the Control API (the server app: a run is
-# submitted through Control, a ServerApp process pulls it through ServerAppIo) and the Fleet
-# API (SuperNodes). The NetworkPolicies open each to its own clients only.
-SERVERAPPIO_PORT = 9091
-FLEET_PORT = 9092
-CONTROL_PORT = 9093
+# Flower 1.42's SuperLink serves the Fleet API (SuperNodes), the Control API (the server's
+# `flwr run`) and the ServerAppIo API on one port. The NetworkPolicies open it to the run's
+# SuperNodes and server only.
+SUPERLINK_PORT = 9092
 
 # TLS material, mounted read-only. The SuperLink gets the server certificate and key (and the
 # CA); a SuperNode and the server app get the CA certificate only.
@@ -31,9 +32,8 @@ CA_CERT_FILE = "ca.crt"
 SERVER_CERT_FILE = "tls.crt"
 SERVER_KEY_FILE = "tls.key"
 
-# Environment of the federated pods.
-# host:port of the SuperLink API the pod talks to: Fleet for a SuperNode, ServerAppIo for the
-# server app (which also gets CONTROL_ADDRESS_ENV).
+# Environment of the federated pods: host:port of the SuperLink for a SuperNode (Fleet) and
+# for the server (Control); the folder holding the TLS files.
 SUPERLINK_ADDRESS_ENV = "NEURAXIS_FED_SUPERLINK"
 CONTROL_ADDRESS_ENV = "NEURAXIS_FED_CONTROL"
 TLS_DIR_ENV = "NEURAXIS_FED_TLS_DIR"

@@ -1,13 +1,14 @@
-"""`neuraxis run` for a federated TrainingJob: Flower's deployment engine on loopback.
+"""`neuraxis run` for a federated TrainingJob: the operator's three pods as processes on loopback.
 
-One SuperLink (TLS with a per-run CA), one SuperNode process per site whose node config names
-only that site's Dataset version, and the run submitted with `flwr run` (Flower's Control API).
-These are the processes the operator runs as pods; nothing here is simulated."""
+The SuperLink, one SuperNode per site and the server run the same commands and see the same
+environment as in a cluster (`neuraxis workload federated <role>`, see
+workloads/federation_contract.py). This module plays the operator's part: it makes the TLS
+material (operator/tls.py, the one generator), writes the spec, and starts and stops the
+processes. Nothing here is simulated."""
 
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -19,12 +20,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from neuraxis.crds.trainingjob import FederationSite, TrainingJob
-from neuraxis.lake import Lake
-from neuraxis.workloads.federated import config as keys
-from neuraxis.workloads.federated.tls import generate_tls
+import yaml
 
-APP_DIR = Path(__file__).resolve().parents[1] / "workloads" / "federated" / "app"
+from neuraxis.crds.trainingjob import FederationSite, TrainingJob
+from neuraxis.lake import EDGE_SITE_ENV, Lake
+from neuraxis.operator.tls import LOOPBACK_NAMES, generate_server_tls
+from neuraxis.workloads.federation_contract import (
+    CA_CERT_FILE,
+    CONTROL_ADDRESS_ENV,
+    SERVER_CERT_FILE,
+    SERVER_KEY_FILE,
+    SITE_ENV,
+    SUPERLINK_ADDRESS_ENV,
+    TLS_DIR_ENV,
+    WORKLOAD_COMMAND,
+    Role,
+)
+from neuraxis.workloads.result import TERMINATION_LOG_ENV
+
 LOOPBACK = "127.0.0.1"
 # How long the whole run may take before it is stopped (small local runs take a few minutes).
 RUN_TIMEOUT_SECONDS = 1800.0
@@ -39,6 +52,16 @@ class Federation:
     env: dict[str, str] = field(default_factory=dict)
     link: subprocess.Popen[bytes] | None = None
     nodes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    server: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{LOOPBACK}:{self.link_port}"
+
+    @property
+    def termination_log(self) -> Path:
+        """The server's termination message (a pod's /dev/termination-log)."""
+        return self.folder / "server.termination-log"
 
     def stop_site(self, site: str) -> None:
         """Kill a site's SuperNode (and the processes it started), as a site that goes dark."""
@@ -72,19 +95,44 @@ def _kill(proc: subprocess.Popen[bytes]) -> None:
         proc.wait(timeout=30)
 
 
-def _env(folder: Path, lake: Lake) -> dict[str, str]:
+def role_command(role: Role, *args: str) -> list[str]:
+    """The pods' command, with this interpreter for `python`."""
+    return [sys.executable, *WORKLOAD_COMMAND[1:], role, *args]
+
+
+def _base_env(folder: Path, lake: Lake) -> dict[str, str]:
     bin_dir = str(Path(sys.executable).parent)
     env = dict(os.environ)
     env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
-    env["FLWR_HOME"] = str(folder / "flwr-home")
     env["NEURAXIS_LAKE_URI"] = lake.root
+    env[TLS_DIR_ENV] = str(folder / "certs")
+    # Not a pod: no termination message unless a role is given one.
+    env.pop(TERMINATION_LOG_ENV, None)
+    env.pop("KUBERNETES_SERVICE_HOST", None)
     return env
+
+
+def _role_env(running: Federation, role: str, extra: dict[str, str]) -> dict[str, str]:
+    # Each process its own Flower home, as each pod has its own filesystem.
+    return {**running.env, "FLWR_HOME": str(running.folder / f"home-{role}"), **extra}
 
 
 def _spawn(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
     out = log.open("ab")
     return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env,
                             start_new_session=True)  # fmt: skip
+
+
+def write_tls(folder: Path) -> Path:
+    """The run's CA and the SuperLink's certificate for loopback, as the TLS Secret's files."""
+    tls = generate_server_tls("neuraxis federation (neuraxis run)", LOOPBACK_NAMES)
+    certs = folder / "certs"
+    certs.mkdir(parents=True, exist_ok=True)
+    for name, data in ((CA_CERT_FILE, tls.ca_cert), (SERVER_CERT_FILE, tls.server_cert),
+                       (SERVER_KEY_FILE, tls.server_key)):  # fmt: skip
+        (certs / name).write_bytes(data)
+    (certs / SERVER_KEY_FILE).chmod(0o600)
+    return certs
 
 
 @contextmanager
@@ -94,77 +142,80 @@ def federation(job: TrainingJob, lake: Lake, folder: Path) -> Iterator[Federatio
     if fed is None:
         raise ValueError("spec.federation: required for a federated run")
     folder.mkdir(parents=True, exist_ok=True)
-    tls = generate_tls([LOOPBACK, "localhost"])
-    certs = folder / "certs"
-    certs.mkdir(exist_ok=True)
-    for name, data in (("ca.crt", tls.ca_cert), ("server.pem", tls.server_cert),
-                       ("server.key", tls.server_key)):  # fmt: skip
-        (certs / name).write_bytes(data)
-    (certs / "server.key").chmod(0o600)
-    env = _env(folder, lake)
-    running = Federation(folder=folder, link_port=_free_port(), env=env)
+    write_tls(folder)
+    running = Federation(folder=folder, link_port=_free_port(), env=_base_env(folder, lake))
     try:
         running.link = _spawn(
-            ["flower-superlink", "--ssl-ca-certfile", str(certs / "ca.crt"),
-             "--ssl-certfile", str(certs / "server.pem"),
-             "--ssl-keyfile", str(certs / "server.key"),
-             "--disable-runtime-dependency-installation",
-             "--host", LOOPBACK, "--port", str(running.link_port)],
-            folder / "superlink.log", env,
-        )  # fmt: skip
+            role_command("superlink", "--host", LOOPBACK, "--port", str(running.link_port)),
+            folder / "superlink.log",
+            _role_env(running, "superlink", {}),
+        )
         wait_for_port(running.link_port, running.link)
         for site in fed.sites:
-            running.nodes[site.name] = start_supernode(running, site, env)
+            running.nodes[site.name] = start_supernode(running, site)
         yield running
     finally:
-        for proc in [*running.nodes.values(), *([running.link] if running.link else [])]:
+        others = [running.server, running.link]
+        for proc in [*running.nodes.values(), *[p for p in others if p is not None]]:
             _kill(proc)
 
 
-def start_supernode(running: Federation, site: FederationSite, env: dict[str, str]) -> Any:
+def start_supernode(running: Federation, site: FederationSite) -> subprocess.Popen[bytes]:
+    """A site's SuperNode with the environment its pod gets (operator/builders/federation.py)."""
+    ref = site.dataset_ref
+    env = {
+        SUPERLINK_ADDRESS_ENV: running.address,
+        SITE_ENV: site.name,
+        EDGE_SITE_ENV: site.name,
+        "NEURAXIS_DATASET": ref.name,
+        **({"NEURAXIS_DATASET_VERSION": str(ref.version)} if ref.version is not None else {}),
+    }
     return _spawn(
-        ["flower-supernode", "--superlink", f"{LOOPBACK}:{running.link_port}",
-         "--root-certificates", str(running.folder / "certs" / "ca.crt"),
-         "--host", LOOPBACK, "--port", str(_free_port()),
-         "--node-config", keys.node_config(site)],
-        running.folder / f"supernode-{site.name}.log", env,
-    )  # fmt: skip
+        role_command("supernode", "--appio-port", str(_free_port())),
+        running.folder / f"supernode-{site.name}.log",
+        _role_env(running, f"supernode-{site.name}", env),
+    )
 
 
 def submit(running: Federation, job: TrainingJob, namespace: str, run_id: str,
            record_dir: str = "") -> None:  # fmt: skip
-    """`flwr run` the app against the SuperLink, trusting the run's CA."""
-    home = running.folder / "flwr-home"
-    home.mkdir(exist_ok=True)
-    (home / "config.toml").write_text(
-        '[superlink]\ndefault = "neuraxis"\n\n[superlink.neuraxis]\n'
-        f'address = "{LOOPBACK}:{running.link_port}"\n'
-        f'root-certificates = "{running.folder / "certs" / "ca.crt"}"\n'
+    """Start the server: it submits the run, waits for its result and reports it."""
+    spec = running.folder / "trainingjob.yaml"
+    spec.write_text(yaml.safe_dump(job.to_wire(), sort_keys=True))
+    args = ["--spec", str(spec), "--namespace", namespace, "--run-id", run_id]
+    if record_dir:
+        args += ["--record-dir", record_dir]
+    env = {CONTROL_ADDRESS_ENV: running.address, TERMINATION_LOG_ENV: str(running.termination_log)}
+    running.server = _spawn(
+        role_command("server", *args),
+        running.folder / "server.log",
+        _role_env(running, "server", env),
     )
-    app = running.folder / "app"
-    shutil.copytree(APP_DIR, app, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
-    args = ["flwr", "run", str(app), "neuraxis"]
-    for value in keys.run_config(job, namespace, run_id, record_dir):
-        args += ["--run-config", value]
-    done = subprocess.run(args, env=running.env, capture_output=True, timeout=600, check=False)
-    if done.returncode != 0:
-        output = (done.stdout + done.stderr).decode(errors="replace")[-2000:]
-        raise RuntimeError(f"flwr run failed ({done.returncode}): {output}")
 
 
 def wait_for_result(lake: Lake, namespace: str, run_id: str, running: Federation,
                     timeout: float = RUN_TIMEOUT_SECONDS) -> dict[str, Any]:  # fmt: skip
-    """The run's result.json, once the ServerApp has published it."""
-    rel = f"{lake.run_path(namespace, run_id)}/result.json"
+    """The run's result.json, once the server has reported it."""
+    server = running.server
+    if server is None:
+        raise RuntimeError("the run was not submitted")
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if lake.exists(rel):
-            result: dict[str, Any] = lake.read_json(rel)
-            return result
+    while server.poll() is None:
         if running.link is not None and running.link.poll() is not None:
             raise RuntimeError(f"the SuperLink exited; see {running.folder / 'superlink.log'}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"federated run {namespace}/{run_id}: no result after {timeout:.0f}s"
+            )
         time.sleep(1.0)
-    raise TimeoutError(f"federated run {namespace}/{run_id}: no result after {timeout:.0f}s")
+    rel = f"{lake.run_path(namespace, run_id)}/result.json"
+    if not lake.exists(rel):
+        raise RuntimeError(
+            f"the server exited with {server.returncode} and no result; see "
+            f"{running.folder / 'server.log'}"
+        )
+    result: dict[str, Any] = lake.read_json(rel)
+    return result
 
 
 def run_federated(job: TrainingJob, lake: Lake, namespace: str, run_id: str, folder: Path,

@@ -41,6 +41,7 @@ from neuraxis.operator.inputs import (
 )
 from neuraxis.operator.outcomes import (
     Draft,
+    add_federation,
     bundle_outcome,
     dataset_outcome,
     evaluation_outcome,
@@ -279,27 +280,35 @@ class Runner:
         return draft
 
     def run_federated_training(self, tj: TrainingJob, run_id: str) -> Draft:
-        """SuperLink and one SuperNode per site on loopback (neuraxis/local/federated.py), each
-        site pinned to its Dataset's Ready version, as the operator pins them."""
+        """SuperLink, one SuperNode per site and the server on loopback (the pods' commands,
+        neuraxis/local/federated.py), each site pinned to its Dataset's Ready version, as the
+        operator pins them; the status is made as the operator makes it (add_federation)."""
         from neuraxis.local.federated import run_federated
+        from neuraxis.workloads.federated.roles import compact_result
 
         ns = tj.metadata.namespace or "default"
-        fed = tj.spec.federation
-        assert fed is not None
         job = tj.model_copy(deep=True)
         assert job.spec.federation is not None
-        resolved = []
+        sites: list[dict[str, Any]] = []
         for site in job.spec.federation.sites:
             dataset = resolve_dataset_ref(site.dataset_ref, ns, self.store)
             site.dataset_ref.version = dataset.version
-            resolved.append(f"{site.name}: Dataset {dataset.name} version {dataset.version}")
-        self.on_step(f"TrainingJob/{tj.metadata.name}: {len(fed.sites)} sites, Flower on loopback")
+            sites.append(
+                {"site": site.name, "dataset": dataset.name, "datasetVersion": dataset.version}
+                | ({"datasetDigest": dataset.digest} if dataset.digest else {})
+            )
+        described = "; ".join(
+            f"{s['site']}: Dataset {s['dataset']} version {s['datasetVersion']}" for s in sites
+        )
+        self.on_step(f"TrainingJob/{tj.metadata.name}: {len(sites)} sites, Flower on loopback")
         result = run_federated(job, self.lake, ns, run_id, self.work / ns / run_id / "federated")
         lineage = {"trainingJob": tj.metadata.name, "trainingJobUid": tj.metadata.uid}
-        inputs = ("InputsReady", True, "DatasetReady", "; ".join(resolved))
+        inputs = ("InputsReady", True, "DatasetsReady", described)
         draft = training_outcome(
             result, {k: v for k, v in lineage.items() if v is not None}, inputs
         )
+        # What the operator reads: the termination message's compact copy of the result.
+        add_federation(draft, compact_result(result), sites)
         if draft.phase == "Succeeded" and tj.spec.register_ is not None:
             draft.fields["modelVersion"] = ensure_registered(tj, draft.fields, self.store)
         return draft

@@ -28,16 +28,14 @@ from neuraxis.operator.settings import OperatorSettings
 from neuraxis.workloads.federation_contract import (
     CA_CERT_FILE,
     CONTROL_ADDRESS_ENV,
-    CONTROL_PORT,
-    FEDERATED_MODULE,
-    FLEET_PORT,
     SERVER_CERT_FILE,
     SERVER_KEY_FILE,
-    SERVERAPPIO_PORT,
     SITE_ENV,
     SUPERLINK_ADDRESS_ENV,
+    SUPERLINK_PORT,
     TLS_DIR_ENV,
     TLS_MOUNT,
+    WORKLOAD_COMMAND,
     Role,
 )
 
@@ -95,8 +93,16 @@ def pinned_sites(tj: TrainingJob, sites: list[ResolvedSite]) -> TrainingJob:
     return out
 
 
-def _command(role: Role) -> list[str]:
-    return ["python", "-m", FEDERATED_MODULE, role, "--spec", SPEC_FILE]
+def _command(tj: TrainingJob, role: Role) -> list[str]:
+    """`neuraxis workload federated <role>`; only the server reads the spec (the run config
+    it submits carries the job to the ServerApp and the ClientApps)."""
+    if role != "server":
+        return [*WORKLOAD_COMMAND, role]
+    namespace = tj.metadata.namespace or "default"
+    return [
+        *WORKLOAD_COMMAND, role, "--spec", SPEC_FILE,
+        "--namespace", namespace, "--run-id", "$(NEURAXIS_RUN_ID)",
+    ]  # fmt: skip
 
 
 def _tls_volume(tj: TrainingJob, ca_only: bool) -> dict[str, Any]:
@@ -129,7 +135,7 @@ def _federated_pod(
     container = workload_container(
         tj,
         settings,
-        _command(role),
+        _command(tj, role),
         resources=resource_limits(spec.resources.cpu, spec.resources.memory),
         env={TLS_DIR_ENV: TLS_MOUNT, **env},
         extra_env=extra_env,
@@ -171,15 +177,11 @@ def _deployment(tj: TrainingJob, name: str, template: dict[str, Any]) -> dict[st
 
 
 def _superlink(tj: TrainingJob, settings: OperatorSettings, run: str) -> dict[str, Any]:
-    ports = [
-        {"name": "serverappio", "containerPort": SERVERAPPIO_PORT},
-        {"name": "fleet", "containerPort": FLEET_PORT},
-        {"name": "control", "containerPort": CONTROL_PORT},
-    ]
+    ports = [{"name": "superlink", "containerPort": SUPERLINK_PORT}]
     template = _federated_pod(
         tj, settings, run, "superlink", env={}, extra_env=[_run_id(run)], ports=ports
     )
-    template["spec"]["containers"][0]["readinessProbe"] = {"tcpSocket": {"port": "fleet"}}
+    template["spec"]["containers"][0]["readinessProbe"] = {"tcpSocket": {"port": "superlink"}}
     return _deployment(tj, superlink_name(run), template)
 
 
@@ -195,15 +197,15 @@ def _dataset_env(dataset: ResolvedDataset) -> dict[str, str]:
     return env
 
 
-def _superlink_address(tj: TrainingJob, port: int) -> str:
-    return f"{superlink_service_name(tj)}.{tj.metadata.namespace or 'default'}.svc:{port}"
+def _superlink_address(tj: TrainingJob) -> str:
+    return f"{superlink_service_name(tj)}.{tj.metadata.namespace or 'default'}.svc:{SUPERLINK_PORT}"
 
 
 def _supernode(
     tj: TrainingJob, settings: OperatorSettings, run: str, index: int, site: ResolvedSite
 ) -> dict[str, Any]:
     env = {
-        SUPERLINK_ADDRESS_ENV: _superlink_address(tj, FLEET_PORT),
+        SUPERLINK_ADDRESS_ENV: _superlink_address(tj),
         SITE_ENV: site.name,
         EDGE_SITE_ENV: site.name,
         **_dataset_env(site.dataset),
@@ -231,10 +233,7 @@ def _server_job(tj: TrainingJob, settings: OperatorSettings, run: str) -> dict[s
         settings,
         run,
         "server",
-        env={
-            SUPERLINK_ADDRESS_ENV: _superlink_address(tj, SERVERAPPIO_PORT),
-            CONTROL_ADDRESS_ENV: _superlink_address(tj, CONTROL_PORT),
-        },
+        env={CONTROL_ADDRESS_ENV: _superlink_address(tj)},
         extra_env=[RUN_ID_ENV],
         restart_policy="Never",
     )
@@ -258,11 +257,7 @@ def superlink_service(tj: TrainingJob, run: str) -> dict[str, Any]:
         "metadata": child_metadata(tj, superlink_service_name(tj), COMPONENT),
         "spec": {
             "selector": role_labels(run, "superlink"),
-            "ports": [
-                {"name": "serverappio", "port": SERVERAPPIO_PORT, "targetPort": "serverappio"},
-                {"name": "fleet", "port": FLEET_PORT, "targetPort": "fleet"},
-                {"name": "control", "port": CONTROL_PORT, "targetPort": "control"},
-            ],
+            "ports": [{"name": "superlink", "port": SUPERLINK_PORT, "targetPort": "superlink"}],
         },
     }
 
@@ -281,14 +276,14 @@ def network_policy_names(run: str) -> list[str]:
 
 
 def network_policies(tj: TrainingJob, run: str, settings: OperatorSettings) -> list[dict[str, Any]]:
-    """SuperNodes: no ingress; egress to the SuperLink's Fleet port, DNS and the lake (their
-    Dataset) only. SuperLink: ingress from the run's SuperNodes (Fleet) and server app
-    (ServerAppIo, Control) only."""
+    """SuperNodes: no ingress; egress to the SuperLink's port, DNS and the lake (their Dataset)
+    only. SuperLink: ingress from the run's SuperNodes and server only (Flower serves Fleet and
+    Control on one port)."""
     link = {"podSelector": {"matchLabels": role_labels(run, "superlink")}}
     nodes = {"podSelector": {"matchLabels": role_labels(run, "supernode")}}
     server = {"podSelector": {"matchLabels": role_labels(run, "server")}}
     supernode_egress: list[dict[str, Any]] = [
-        {"to": [link], "ports": [{"protocol": "TCP", "port": FLEET_PORT}]},
+        {"to": [link], "ports": [{"protocol": "TCP", "port": SUPERLINK_PORT}]},
         {"ports": DNS_PORTS},
         *[dict(rule) for rule in settings.federation_lake_egress],
     ]
@@ -310,14 +305,8 @@ def network_policies(tj: TrainingJob, run: str, settings: OperatorSettings) -> l
                 **link,
                 "policyTypes": ["Ingress"],
                 "ingress": [
-                    {"from": [nodes], "ports": [{"protocol": "TCP", "port": FLEET_PORT}]},
-                    {
-                        "from": [server],
-                        "ports": [
-                            {"protocol": "TCP", "port": SERVERAPPIO_PORT},
-                            {"protocol": "TCP", "port": CONTROL_PORT},
-                        ],
-                    },
+                    {"from": [peers], "ports": [{"protocol": "TCP", "port": SUPERLINK_PORT}]}
+                    for peers in (nodes, server)
                 ],
             },
         ),

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from neuraxis.workloads.federation_contract import CA_CERT_FILE, FLEET_PORT, SERVER_KEY_FILE
+from neuraxis.workloads.federation_contract import CA_CERT_FILE, SERVER_KEY_FILE, SUPERLINK_PORT
 from tests.cluster.conftest import Cluster
 from tests.cluster.operator_fixtures import (
     OperatorProcess,
@@ -167,7 +167,7 @@ def test_federated_run_objects_status_and_cleanup(
     assert to_link["to"][0]["podSelector"]["matchLabels"]["neuraxis.dev/federation-role"] == (
         "superlink"
     )
-    assert to_link["ports"] == [{"protocol": "TCP", "port": FLEET_PORT}]
+    assert to_link["ports"] == [{"protocol": "TCP", "port": SUPERLINK_PORT}]
     link_policy = cluster.kubectl_json(
         "get", "networkpolicy", f"{run1}-superlink", "--namespace", ns
     )

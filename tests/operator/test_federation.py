@@ -19,6 +19,7 @@ from neuraxis.operator.builders.federation import (
     tls_secret_name,
 )
 from neuraxis.operator.builders.training import ResolvedDataset
+from neuraxis.operator.children import SPEC_FILE
 from neuraxis.operator.errors import InputNotReadyError
 from neuraxis.operator.inputs import resolve_sites
 from neuraxis.operator.outcomes import federation_outcome, sites_ready_condition
@@ -30,10 +31,8 @@ from neuraxis.operator.settings import (
 from neuraxis.resources import parse_resource
 from neuraxis.workloads.federation_contract import (
     CA_CERT_FILE,
-    CONTROL_PORT,
-    FLEET_PORT,
     SERVER_KEY_FILE,
-    SERVERAPPIO_PORT,
+    SUPERLINK_PORT,
     TLS_MOUNT,
 )
 from tests.conftest import REPO
@@ -92,7 +91,7 @@ def test_each_site_gets_a_supernode_on_its_edge_nodes_with_its_dataset_only() ->
         assert env["NEURAXIS_DATASET"] == f"{site}-records"
         assert env["NEURAXIS_DATASET_VERSION"] == str(version)
         assert env["NEURAXIS_FED_SUPERLINK"] == (
-            f"{superlink_service_name(tj)}.ml.svc:{FLEET_PORT}"
+            f"{superlink_service_name(tj)}.ml.svc:{SUPERLINK_PORT}"
         )
         assert {"key": "neuraxis.dev/edge", "operator": "Equal", "value": "true",
                 "effect": "NoSchedule"} in pod["spec"]["tolerations"]  # fmt: skip
@@ -131,10 +130,18 @@ def test_server_app_is_the_run_job_and_comes_last() -> None:
     assert built[-1]["metadata"]["name"] == federation_run_name(tj)
     assert federation_run_name(tj).endswith("-fed-3f2a9c1b-g2")
     env = _env(built[-1]["spec"]["template"])
-    assert env["NEURAXIS_FED_SUPERLINK"].endswith(f".ml.svc:{SERVERAPPIO_PORT}")
-    assert env["NEURAXIS_FED_CONTROL"].endswith(f".ml.svc:{CONTROL_PORT}")
+    # Flower serves Control (the server's `flwr run`) on the SuperLink's one port.
+    assert "NEURAXIS_FED_SUPERLINK" not in env
+    assert env["NEURAXIS_FED_CONTROL"] == f"{superlink_service_name(tj)}.ml.svc:{SUPERLINK_PORT}"
     command = built[-1]["spec"]["template"]["spec"]["containers"][0]["command"]
-    assert command[:4] == ["python", "-m", "neuraxis.workloads.federated", "server"]
+    assert command == [
+        "python", "-m", "neuraxis.cli", "workload", "federated", "server", "--spec", SPEC_FILE,
+        "--namespace", "ml", "--run-id", "$(NEURAXIS_RUN_ID)",
+    ]  # fmt: skip
+    # The servers take no spec: the run config the server submits carries the job.
+    for role in ("superlink", "supernode"):
+        pod = _role(_children(tj), role)[0]["spec"]["template"]["spec"]
+        assert pod["containers"][0]["command"][-2:] == ["federated", role]
     # The spec the pods read has each site's Dataset version pinned.
     [config] = [c for c in built if c["kind"] == "ConfigMap"]
     sites = yaml.safe_load(config["data"]["resource.yaml"])["spec"]["federation"]["sites"]
@@ -154,7 +161,7 @@ def test_network_policies_let_supernodes_reach_the_superlink_only() -> None:
     assert to_link["to"] == [
         {"podSelector": {"matchLabels": {"neuraxis.dev/run": run, role: "superlink"}}}
     ]
-    assert to_link["ports"] == [{"protocol": "TCP", "port": FLEET_PORT}]
+    assert to_link["ports"] == [{"protocol": "TCP", "port": SUPERLINK_PORT}]
     assert {p["port"] for p in dns["ports"]} == {53} and "to" not in dns
     assert lake == list(SETTINGS.federation_lake_egress)
     assert link["podSelector"]["matchLabels"][role] == "superlink"
@@ -162,11 +169,8 @@ def test_network_policies_let_supernodes_reach_the_superlink_only() -> None:
         r["from"][0]["podSelector"]["matchLabels"][role]: r["ports"] for r in link["ingress"]
     }
     assert sources == {
-        "supernode": [{"protocol": "TCP", "port": FLEET_PORT}],
-        "server": [
-            {"protocol": "TCP", "port": SERVERAPPIO_PORT},
-            {"protocol": "TCP", "port": CONTROL_PORT},
-        ],
+        "supernode": [{"protocol": "TCP", "port": SUPERLINK_PORT}],
+        "server": [{"protocol": "TCP", "port": SUPERLINK_PORT}],
     }
 
 

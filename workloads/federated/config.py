@@ -7,7 +7,7 @@ from __future__ import annotations
 import base64
 import json
 
-from neuraxis.crds.trainingjob import FederationSite, TrainingJob
+from neuraxis.crds.trainingjob import TrainingJob
 
 # Run config keys (declared with defaults in app/pyproject.toml).
 RUN_JOB = "job"  # the TrainingJob, JSON then base64 (run config values are flat strings)
@@ -39,8 +39,7 @@ def run_config(job: TrainingJob, namespace: str, run_id: str, record_dir: str = 
     return [f"{key}={json.dumps(value)}" for key, value in values.items()]
 
 
-def node_config(site: FederationSite) -> str:
+def node_config(site: str, dataset: str, version: int | None) -> str:
     """`flower-supernode --node-config`: the site and the one Dataset version it may read."""
-    ref = site.dataset_ref
-    version = -1 if ref.version is None else ref.version
-    return f'{NODE_SITE}="{site.name}" {NODE_DATASET}="{ref.name}" {NODE_DATASET_VERSION}={version}'
+    pinned = -1 if version is None else version
+    return f'{NODE_SITE}="{site}" {NODE_DATASET}="{dataset}" {NODE_DATASET_VERSION}={pinned}'

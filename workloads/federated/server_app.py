@@ -46,6 +46,7 @@ from neuraxis.workloads.artifact import write_artifact
 from neuraxis.workloads.federated import client_app as cfg_keys
 from neuraxis.workloads.federated import config as keys
 from neuraxis.workloads.federated.privacy import RoundPlan, plan_rounds
+from neuraxis.workloads.federated.roles import compact_result
 from neuraxis.workloads.federated.site import (
     build_global_model,
     get_arrays,
@@ -393,14 +394,6 @@ def _publish(
         "federation": federation,
         "lineage": {"sites": site_lineage, "codeVersion": training_meta["codeVersion"]},
     }
-    compact = {
-        "outcome": "Succeeded",
-        "reason": reason,
-        "metrics": metrics,
-        "artifact": {"uri": ref.uri, "digest": ref.digest},
-        "federation": {"roundsCompleted": status.rounds_completed,
-                       "epsilonSpent": federation["privacy"]["epsilonSpent"]},
-    }  # fmt: skip
-    publish_result(lake, namespace, run_id, result, compact)
+    publish_result(lake, namespace, run_id, result, compact_result(result))
     log.info("federated run %s: %s after %d rounds", run_id, reason, status.rounds_completed)
     return result
