@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -356,3 +357,21 @@ def test_the_compact_federation_block_keeps_the_latest_rounds_that_fit() -> None
     assert conditions[0][2] == "BudgetExhausted"
     small = {**full, "rounds": rounds[:2]}
     assert compact_federation(small) == small
+
+
+def test_the_spec_the_pods_read_loads_back_as_the_pinned_job(tmp_path: Path) -> None:
+    # The ConfigMap is JSON; json.dumps writes privacy.delta (1e-5) as 1e-05, which YAML 1.1
+    # would read as a string and the server would refuse as an invalid spec.
+    from neuraxis.resources import load_resources
+
+    tj = _job()
+    [config] = [
+        c for c in build_federation_children(tj, _sites(tj), SETTINGS) if c["kind"] == "ConfigMap"
+    ]
+    text = config["data"]["resource.yaml"]
+    assert "1e-05" in text
+    (tmp_path / "resource.yaml").write_text(text)
+    [loaded] = load_resources([tmp_path / "resource.yaml"])
+    assert isinstance(loaded, TrainingJob) and loaded.spec.federation is not None
+    assert loaded.spec.federation.privacy.delta == 1e-5
+    assert [s.dataset_ref.version for s in loaded.spec.federation.sites] == [3, 4, 5]

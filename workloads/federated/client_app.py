@@ -19,6 +19,7 @@ from flwr.client import ClientApp, NumPyClient
 from flwr.client.mod import fixedclipping_mod, secaggplus_mod
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 from flwr.common.typing import Config, NDArrays, Scalar
 from flwr.compat.common import recorddict_compat as compat
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
@@ -118,6 +119,14 @@ def local_noise_mod(msg: Message, context: Context, call_next: ClientAppCallable
     return out
 
 
+def _secagg_when_asked(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Flower's secaggplus_mod, for rounds the server runs with SecAgg+ (it fails on a plain
+    train message: secureAggregation.enabled false)."""
+    if RECORD_KEY_CONFIGS in msg.content.config_records:
+        return secaggplus_mod(msg, context, call_next)
+    return call_next(msg, context)
+
+
 def _clipping_when_asked(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
     """Flower's fixedclipping_mod, for rounds whose config carries a clipping norm (central)."""
     if msg.metadata.message_type == MessageType.TRAIN:
@@ -131,4 +140,6 @@ def client_fn(context: Context) -> Any:
     return SiteClient(context).to_client()
 
 
-app = ClientApp(client_fn=client_fn, mods=[secaggplus_mod, _clipping_when_asked, local_noise_mod])
+app = ClientApp(
+    client_fn=client_fn, mods=[_secagg_when_asked, _clipping_when_asked, local_noise_mod]
+)

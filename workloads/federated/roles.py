@@ -162,7 +162,7 @@ def submit(
     for value in keys.run_config(job, namespace, run_id, record_dir):
         args += ["--run-config", value]
     done = subprocess.run(
-        args, env={**env, "FLWR_HOME": str(home)}, capture_output=True,
+        args, env={**tool_env(env), "FLWR_HOME": str(home)}, capture_output=True,
         timeout=SUBMIT_TIMEOUT_SECONDS, check=False,
     )  # fmt: skip
     if done.returncode != 0:
@@ -216,6 +216,13 @@ def _tool(name: str) -> str:
     return str(here) if here.exists() else name
 
 
+def tool_env(env: Mapping[str, str]) -> dict[str, str]:
+    """`env` with this interpreter's scripts first on PATH: Flower starts its own helpers
+    (flower-superexec, flwr-serverapp, flwr-clientapp) by name."""
+    scripts = str(Path(sys.executable).parent)
+    return {**env, "PATH": os.pathsep.join([scripts, env.get("PATH", "")])}
+
+
 def exec_tool(args: list[str]) -> None:
     """Replace this process with a Flower server (the pod's main process; signals reach it)."""
-    os.execv(_tool(args[0]), [_tool(args[0]), *args[1:]])
+    os.execve(_tool(args[0]), [_tool(args[0]), *args[1:]], tool_env(os.environ))
