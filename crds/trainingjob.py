@@ -224,7 +224,9 @@ class FederationStrategy(ApiModel):
 
     rules = (
         Rule(
-            cel="self.name != 'FedProx' || (has(self.proximalMu) && self.proximalMu > 0.0)",
+            # has() guards: the API server also checks the rule against the object's default {}.
+            cel="!has(self.name) || self.name != 'FedProx'"
+            " || (has(self.proximalMu) && self.proximalMu > 0.0)",
             message="FedProx requires proximalMu > 0",
             check=lambda s: s.name != "FedProx" or (s.proximal_mu or 0) > 0,
             field=".proximalMu",
@@ -290,7 +292,7 @@ class SecureAggregation(ApiModel):
 
     rules = (
         Rule(
-            cel="self.threshold < self.shares",
+            cel="!has(self.threshold) || !has(self.shares) || self.threshold < self.shares",
             message="threshold must be less than shares",
             check=lambda s: s.threshold < s.shares,
             field=".threshold",

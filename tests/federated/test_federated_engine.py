@@ -147,9 +147,10 @@ def test_a_site_killed_mid_round_leaves_the_round_to_the_others(tmp_path: Path) 
     with federation(job, lake, tmp_path / "run") as running:
         submit(running, job, NAMESPACE, "fed-dropout")
         log = running.folder / "supernode-hospital-c.log"
-        # The site is in the round once it has received the round's first (SecAgg+ setup) message.
-        while "ROUND 1]" not in log.read_text(errors="replace"):
-            time.sleep(0.5)
+        # Kill the site when SecAgg+ asks for its masked update (the round's third message, after
+        # setup and key sharing): its key shares are out, its update never arrives.
+        while log.read_text(errors="replace").count("Receiving: train message") < 3:
+            time.sleep(0.2)
         running.stop_site("hospital-c")
         result = wait_for_result(lake, NAMESPACE, "fed-dropout", running)
     assert result["outcome"] == "Succeeded", result

@@ -319,8 +319,12 @@ def run_federation(
     status = rounds.status(plan, fed)
     reason = BUDGET_EXHAUSTED if plan.budget_exhausted else "Trained"
     if status.rounds_completed == 0:
-        message = "no round fits within targetEpsilon" if plan.rounds == 0 else "no round completed"
-        publish_failure(lake, namespace, run_id, reason, message, started)
+        if plan.rounds == 0:
+            message = "not one round fits within privacy.targetEpsilon"
+            publish_failure(lake, namespace, run_id, BUDGET_EXHAUSTED, message, started)
+        else:
+            message = "no round completed (too few sites answered in time)"
+            publish_failure(lake, namespace, run_id, NOT_ENOUGH_SITES, message, started)
         return None
     return _publish(job, lake, namespace, run_id, model, cfg, classes, features, listed, sites,
                     rounds, status, reason, started)  # fmt: skip
