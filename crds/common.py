@@ -35,6 +35,7 @@ LABEL_VALUE_PATTERN = rf"^({_LABEL_NAME})?$"
 # A Secret data key as the API server checks it (`.` and `..` are refused by a rule).
 SECRET_KEY_PATTERN = r"^[-._a-zA-Z0-9]+$"
 Column = Annotated[str, Field(max_length=128, pattern=IDENTIFIER_PATTERN)]
+LabelValue = Annotated[str, Field(max_length=63, pattern=LABEL_VALUE_PATTERN)]
 
 
 @dataclass(frozen=True)
@@ -77,8 +78,10 @@ def add_schema_extensions(schema: dict[str, Any], model: type[BaseModel]) -> Non
     for name, info in model.model_fields.items():
         factory = info.default_factory
         # A nested object with defaults inside must exist for the API server to default it.
+        # The default is the whole object, not {}: the API server checks a default against
+        # the object's CEL rules as written, and `{}` has none of the keys they read.
         if isinstance(factory, type) and issubclass(factory, ApiModel):
-            props[_alias(model, name)]["default"] = {}
+            props[_alias(model, name)]["default"] = factory().to_wire()
 
 
 class ApiModel(BaseModel):
@@ -430,6 +433,18 @@ class StatusBase(ApiModel):
     )
 
 
+class SiteLineage(ApiModel):
+    """One site of a federated training: its data version and the rounds it took part in."""
+
+    site: str = Field(max_length=63, description="Site name.")
+    dataset: str = Field(max_length=NAME_MAX_LENGTH, description="The site's Dataset name.")
+    dataset_version: int | None = Field(default=None, description="Dataset table version.")
+    dataset_digest: str | None = Field(default=None, description="Content digest of that version.")
+    rounds: list[int] = Field(
+        default_factory=list, max_length=1000, description="Rounds whose aggregate it is in."
+    )
+
+
 class Lineage(ApiModel):
     """Where a result came from: the dataset version it was built from, and what built it."""
 
@@ -441,6 +456,12 @@ class Lineage(ApiModel):
     model_version: str | None = Field(default=None, description="ModelVersion name.")
     sources: list[str] = Field(
         default_factory=list, max_length=64, description="Raw source URIs at the root of the chain."
+    )
+    # None, not [], when absent: a non-federated lineage stays exactly as it was.
+    sites: list[SiteLineage] | None = Field(
+        default=None,
+        max_length=32,
+        description="Federated training: each site's Dataset version and its rounds.",
     )
 
 

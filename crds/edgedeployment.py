@@ -13,6 +13,7 @@ from neuraxis.crds.common import (
     NAME_PATTERN,
     ApiModel,
     Artifact,
+    LabelValue,
     Lineage,
     ObjectMeta,
     ObjectRef,
@@ -22,7 +23,6 @@ from neuraxis.crds.common import (
 )
 
 SiteName = Annotated[str, Field(max_length=63, pattern=NAME_PATTERN)]
-LabelValue = Annotated[str, Field(max_length=63, pattern=LABEL_VALUE_PATTERN)]
 
 
 class Toleration(ApiModel):

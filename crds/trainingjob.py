@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import Field
@@ -15,6 +16,7 @@ from neuraxis.crds.common import (
     Artifact,
     Column,
     DatasetRef,
+    LabelValue,
     Lineage,
     ObjectMeta,
     ResourceRequirements,
@@ -186,10 +188,176 @@ class Register(ApiModel):
     )
 
 
+# The node label that marks an edge site; a site's SuperNode is pinned to it by default.
+EDGE_SITE_LABEL = "neuraxis.dev/edge-site"
+FEDERATION_MAX_SITES = 32
+
+
+class FederationSite(ApiModel):
+    """One site: its own data, and the nodes that may read it."""
+
+    name: str = Field(
+        max_length=63, pattern=NAME_PATTERN, description="Site name, a DNS-1123 label."
+    )
+    dataset_ref: DatasetRef = Field(description="The site's training data; it never leaves it.")
+    node_selector: dict[str, LabelValue] = Field(
+        default_factory=dict,
+        max_length=32,
+        description="Nodes the site's SuperNode runs on; empty means "
+        "{neuraxis.dev/edge-site: <name>}.",
+    )
+
+    def selector(self) -> dict[str, str]:
+        """The node selector in force: the explicit one, else the site's edge label."""
+        return dict(self.node_selector) or {EDGE_SITE_LABEL: self.name}
+
+
+class FederationStrategy(ApiModel):
+    """How the server combines the sites' updates."""
+
+    name: Literal["FedAvg", "FedProx"] = Field(
+        default="FedAvg", description="FedAvg, or FedProx (adds a proximal term per site)."
+    )
+    proximal_mu: float | None = Field(
+        default=None, ge=0, le=100, description="FedProx's proximal term weight (> 0)."
+    )
+
+    rules = (
+        Rule(
+            # has() guards: the API server also checks the rule against the object's default {}.
+            cel="!has(self.name) || self.name != 'FedProx'"
+            " || (has(self.proximalMu) && self.proximalMu > 0.0)",
+            message="FedProx requires proximalMu > 0",
+            check=lambda s: s.name != "FedProx" or (s.proximal_mu or 0) > 0,
+            field=".proximalMu",
+        ),
+    )
+
+
+def _required_unless_none(attr: str) -> Callable[[Any], bool]:
+    return lambda p: p.mode == "none" or getattr(p, attr) is not None
+
+
+class FederationPrivacy(ApiModel):
+    """Differential privacy and its epsilon budget. mode none must be written out."""
+
+    mode: Literal["none", "central", "local"] = Field(
+        description="none; central: sites clip their updates and the server adds noise; "
+        "local: every site adds noise to its own update."
+    )
+    clipping_norm: float | None = Field(
+        default=None, gt=0, le=1e6, description="L2 bound on each site's update (> 0)."
+    )
+    noise_multiplier: float | None = Field(
+        default=None, gt=0, le=1e3, description="Gaussian noise std / clipping norm (> 0)."
+    )
+    target_epsilon: float | None = Field(
+        default=None,
+        gt=0,
+        le=1e6,
+        description="Budget: the run stops before a round would exceed it (BudgetExhausted).",
+    )
+    delta: float = Field(default=1e-5, gt=0, lt=1, description="delta of (epsilon, delta)-DP.")
+
+    rules = tuple(
+        Rule(
+            cel=f"self.mode == 'none' || has(self.{alias})",
+            message=f"{alias} is required unless mode is none",
+            check=_required_unless_none(attr),
+            field=f".{alias}",
+        )
+        for alias, attr in (
+            ("clippingNorm", "clipping_norm"),
+            ("noiseMultiplier", "noise_multiplier"),
+            ("targetEpsilon", "target_epsilon"),
+        )
+    )
+
+
+class SecureAggregation(ApiModel):
+    """SecAgg+: the server only learns the sum of the sites' updates. Flower's SecAgg+ splits
+    each site's key into at least 3 shares and needs fewer shares than that to rebuild it."""
+
+    enabled: bool = Field(default=True, description="On by default.")
+    shares: int = Field(
+        default=3, ge=3, le=FEDERATION_MAX_SITES, description="Secret shares per site key (>= 3)."
+    )
+    threshold: int = Field(
+        default=2,
+        ge=2,
+        le=FEDERATION_MAX_SITES,
+        description="Shares needed to reconstruct (< shares); up to shares - threshold sites "
+        "may drop mid-round.",
+    )
+
+    rules = (
+        Rule(
+            cel="!has(self.threshold) || !has(self.shares) || self.threshold < self.shares",
+            message="threshold must be less than shares",
+            check=lambda s: s.threshold < s.shares,
+            field=".threshold",
+        ),
+    )
+
+
+class Federation(ApiModel):
+    """Federated training: each site trains on its own Dataset, only model updates travel."""
+
+    sites: list[FederationSite] = Field(
+        min_length=2, max_length=FEDERATION_MAX_SITES, description="The sites (2..32)."
+    )
+    rounds: int = Field(default=10, ge=1, le=1000, description="Federated rounds.")
+    min_sites: int = Field(
+        default=2, ge=2, le=FEDERATION_MAX_SITES, description="Sites needed for each round."
+    )
+    local_epochs: int = Field(
+        default=1, ge=1, le=100, description="Epochs each site trains per round."
+    )
+    strategy: FederationStrategy = Field(
+        default_factory=FederationStrategy, description="Aggregation strategy."
+    )
+    privacy: FederationPrivacy = Field(description="Differential privacy (required).")
+    secure_aggregation: SecureAggregation = Field(
+        default_factory=SecureAggregation, description="SecAgg+ (on by default)."
+    )
+
+    rules = (
+        Rule(
+            cel="self.sites.all(s, self.sites.exists_one(t, t.name == s.name))",
+            message="site names must be unique",
+            check=lambda f: len({s.name for s in f.sites}) == len(f.sites),
+            field=".sites",
+        ),
+        Rule(
+            cel="self.minSites <= size(self.sites)",
+            message="minSites must not exceed the number of sites",
+            check=lambda f: f.min_sites <= len(f.sites),
+            field=".minSites",
+        ),
+        Rule(
+            cel="!self.secureAggregation.enabled"
+            " || self.secureAggregation.shares <= size(self.sites)",
+            message="secureAggregation.shares must not exceed the number of sites",
+            check=lambda f: (
+                not f.secure_aggregation.enabled or f.secure_aggregation.shares <= len(f.sites)
+            ),
+            field=".secureAggregation.shares",
+        ),
+    )
+
+
 class TrainingJobSpec(ApiModel):
     """Desired state of a TrainingJob."""
 
-    dataset_ref: DatasetRef = Field(description="Training data; the Dataset must be Ready.")
+    dataset_ref: DatasetRef | None = Field(
+        default=None,
+        description="Training data; the Dataset must be Ready. Required unless federation is "
+        "set (then each site names its own).",
+    )
+    federation: Federation | None = Field(
+        default=None,
+        description="Federated training across edge sites (Flower); the data stays at each site.",
+    )
     validation_split: float = Field(
         default=0.2,
         gt=0,
@@ -226,6 +394,19 @@ class TrainingJobSpec(ApiModel):
 
     rules = (
         Rule(
+            cel="has(self.datasetRef) != has(self.federation)",
+            message="exactly one of datasetRef or federation must be set "
+            "(a federated job reads each site's datasetRef)",
+            check=lambda s: exactly_one(s.dataset_ref, s.federation),
+            field=".datasetRef",
+        ),
+        Rule(
+            cel="!has(self.federation) || (has(self.model) && !has(self.tuning))",
+            message="federation needs a built-in model and no tuning",
+            check=lambda s: s.federation is None or (s.model is not None and s.tuning is None),
+            field=".federation",
+        ),
+        Rule(
             cel="has(self.model) != has(self.custom)",
             message="exactly one of model or custom must be set",
             check=lambda s: exactly_one(s.model, s.custom),
@@ -243,6 +424,18 @@ class TrainingJobSpec(ApiModel):
             field=".tuning",
         ),
     )
+
+    def central_dataset(self) -> DatasetRef:
+        """The one Dataset of a non-federated job (a federated one has one per site)."""
+        if self.dataset_ref is None:
+            raise ValueError("a federated TrainingJob has no central datasetRef: read its sites")
+        return self.dataset_ref
+
+    def dataset_refs(self) -> list[DatasetRef]:
+        """Every Dataset the job reads: its datasetRef, or each site's."""
+        if self.federation is not None:
+            return [site.dataset_ref for site in self.federation.sites]
+        return [self.central_dataset()]
 
 
 class Progress(ApiModel):
@@ -265,6 +458,40 @@ class Trial(ApiModel):
     )
 
 
+class FederationRound(ApiModel):
+    """One completed federated round."""
+
+    round: int = Field(ge=1, description="Round number, from 1.")
+    sites_active: list[str] = Field(
+        default_factory=list, max_length=FEDERATION_MAX_SITES, description="Sites that reported."
+    )
+    sites_dropped: list[str] = Field(
+        default_factory=list,
+        max_length=FEDERATION_MAX_SITES,
+        description="Sites asked to train that did not report.",
+    )
+    metrics: dict[str, float] = Field(
+        default_factory=dict, max_length=32, description="Aggregated metrics of the round."
+    )
+
+
+class FederationPrivacyStatus(ApiModel):
+    """The privacy spent, as the RDP accountant computes it after the last round."""
+
+    epsilon_spent: float = Field(ge=0, description="epsilon after the completed rounds.")
+    delta: float = Field(gt=0, lt=1)
+    clipping_norm: float | None = Field(default=None, gt=0)
+    noise_multiplier: float | None = Field(default=None, gt=0)
+
+
+class FederationStatus(ApiModel):
+    """Observed state of federated training: rounds, sites per round, privacy spent."""
+
+    rounds_completed: int = Field(default=0, ge=0)
+    rounds: list[FederationRound] = Field(default_factory=list, max_length=1000)
+    privacy: FederationPrivacyStatus | None = None
+
+
 class TrainingJobStatus(StatusBase):
     """Observed state of a TrainingJob."""
 
@@ -277,6 +504,9 @@ class TrainingJobStatus(StatusBase):
     artifact: Artifact | None = Field(default=None, description="The trained model in the lake.")
     model_version: str | None = Field(default=None, description="The registered ModelVersion.")
     lineage: Lineage | None = None
+    federation: FederationStatus | None = Field(
+        default=None, description="Federated training: rounds, sites and privacy spent."
+    )
     start_time: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
     completion_time: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
 

@@ -328,7 +328,9 @@ def reproduce(
         raise typer.Exit(1)
 
 
-workload_app = typer.Typer(help="What runs in pods (and locally): etl, train, serve, edge, ...")
+workload_app = typer.Typer(
+    help="What runs in pods (and locally): etl, train, serve, edge, federated, ..."
+)
 app.add_typer(workload_app, name="workload")
 
 
@@ -342,6 +344,7 @@ def mount() -> None:
     from neuraxis.workloads.etl.cli import etl_command
     from neuraxis.workloads.etl.executor import spark_executor_command
     from neuraxis.workloads.evaluate.cli import evaluate_command
+    from neuraxis.workloads.federated.cli import federated_app
     from neuraxis.workloads.serve.cli import serve_command
     from neuraxis.workloads.train.cli import train_command
 
@@ -354,6 +357,7 @@ def mount() -> None:
     workload_app.command("bundle")(bundle_command)
     workload_app.command("serve")(serve_command)
     workload_app.command("edge")(edge_command)
+    workload_app.add_typer(federated_app, name="federated")
 
 
 def main() -> None:

@@ -49,6 +49,26 @@ class FieldError:
         return f"{self.path}: {self.detail}" if self.path else self.detail
 
 
+class ManifestLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading floats as YAML 1.2 (and kubectl) do: `1e-05`, which
+    json.dumps writes for small numbers (the spec ConfigMaps are JSON), is a number, not the
+    string YAML 1.1 makes of it."""
+
+
+ManifestLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
 class ResourceError(ValueError):
     """A resource failed validation. `errors` lists every field problem found."""
 
@@ -244,7 +264,7 @@ def iter_documents(paths: Iterable[str | Path]) -> Iterator[tuple[Path, Any]]:
             if file.name == "kustomization.yaml":
                 continue
             try:
-                docs = list(yaml.safe_load_all(file.read_text()))
+                docs = list(yaml.load_all(file.read_text(), Loader=ManifestLoader))
             except yaml.YAMLError as exc:
                 raise ResourceError(str(file), [FieldError("", f"not valid YAML: {exc}")]) from exc
             for doc in docs:

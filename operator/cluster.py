@@ -73,8 +73,12 @@ def _revision(obj: Obj) -> str:
 
 
 def plural(kind: str) -> str:
-    """The resource name of a kind (all the kinds used here form it regularly)."""
-    return f"{kind.lower()}s"
+    """The resource name of a kind: `s` appended, `y` after a consonant becoming `ies`
+    (NetworkPolicy -> networkpolicies)."""
+    name = kind.lower()
+    if name.endswith("y") and name[-2:-1] not in ("a", "e", "i", "o", "u"):
+        return f"{name[:-1]}ies"
+    return f"{name}s"
 
 
 def api_path(

@@ -9,6 +9,7 @@ from neuraxis import API_GROUP, API_VERSION
 from neuraxis.crds import Dataset, ModelVersion, Resource, TrainingJob
 from neuraxis.crds.common import DatasetRef
 from neuraxis.crds.edgedeployment import EdgeDeployment
+from neuraxis.operator.builders.federation import ResolvedSite
 from neuraxis.operator.builders.training import ResolvedDataset
 from neuraxis.operator.errors import InputNotReadyError, InvalidSpecError
 from neuraxis.references import REFERENCE_NOT_PERMITTED, grants, lake_owner, not_permitted
@@ -44,7 +45,7 @@ def status_of(body: Obj) -> Obj:
 
 def resolve_dataset(tj: TrainingJob, store: Store) -> ResolvedDataset:
     """The Dataset version a TrainingJob reads: Ready, quality gate passed, pinned."""
-    return resolve_dataset_ref(tj.spec.dataset_ref, ns_of(tj), store)
+    return resolve_dataset_ref(tj.spec.central_dataset(), ns_of(tj), store)
 
 
 def resolve_upstream(ds: Dataset, store: Store) -> ResolvedDataset | None:
@@ -82,7 +83,13 @@ def dataset_refs(res: Resource) -> list[tuple[str, DatasetRef]]:
         ref = src.dataset_ref if src else None
         return [("spec.source.from.datasetRef", ref)] if ref else []
     if isinstance(res, TrainingJob):
-        return [("spec.datasetRef", res.spec.dataset_ref)]
+        if res.spec.federation is not None:
+            sites = res.spec.federation.sites
+            return [
+                (f"spec.federation.sites[{i}].datasetRef", s.dataset_ref)
+                for i, s in enumerate(sites)
+            ]
+        return [("spec.datasetRef", res.spec.dataset_ref)] if res.spec.dataset_ref else []
     if isinstance(res, ModelVersion) and res.spec.evaluation is not None:
         ref = res.spec.evaluation.dataset_ref
         return [("spec.evaluation.datasetRef", ref)] if ref else []
@@ -324,3 +331,21 @@ def resolve_approved_model(ed: EdgeDeployment, store: Store) -> tuple[str, str, 
     artifact_uri = str((status.get("artifact") or {}).get("uri"))
     model = str((body.get("spec") or {}).get("model"))
     return model, artifact_uri, {**(status.get("lineage") or {}), "modelVersion": ref}
+
+
+def resolve_sites(tj: TrainingJob, store: Store) -> list[ResolvedSite]:
+    """A federated job's sites, each with its Dataset resolved as a training job's is. Every
+    site must be ready: the one waiting error names each site that is not (and why)."""
+    assert tj.spec.federation is not None
+    sites: list[ResolvedSite] = []
+    waiting: list[InputNotReadyError] = []
+    for site in tj.spec.federation.sites:
+        try:
+            dataset = resolve_dataset_ref(site.dataset_ref, ns_of(tj), store)
+        except InputNotReadyError as exc:
+            waiting.append(InputNotReadyError(exc.reason, f"site {site.name}: {exc.message}"))
+            continue
+        sites.append(ResolvedSite(site.name, dataset, site.selector()))
+    if waiting:
+        raise InputNotReadyError(waiting[0].reason, "; ".join(w.message for w in waiting))
+    return sites

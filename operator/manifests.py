@@ -54,7 +54,9 @@ def cluster_role_rules() -> list[dict[str, Any]]:
         _rule("", ["pods"], READ),
         _rule("", ["services", "configmaps"], WRITE),
         # Scoped lake credentials (NEURAXIS_LAKE_CREDENTIALS=scoped): one Secret per run and
-        # role, written (server-side apply) by the operator; never read back.
+        # role, written (server-side apply) by the operator; and a federated run's TLS Secret
+        # (the SuperLink's certificate and key). Never read back, listed or deleted: the
+        # garbage collector deletes them with their owners.
         _rule("", ["secrets"], ["create", "patch"]),
         # The workload accounts per namespace (watched: a deleted one is made again).
         _rule("", ["serviceaccounts"], ["get", "list", "watch", "create"]),
@@ -66,7 +68,11 @@ def cluster_role_rules() -> list[dict[str, Any]]:
         # system:auth-delegator (TokenReview is cluster-scoped).
         _rule(RBAC, ["clusterrolebindings"], ["get", "list", "watch", "create"]),
         _rule("", ["nodes", "namespaces"], READ),
-        _rule("apps", ["deployments", "daemonsets"], WRITE),
+        _rule("apps", ["daemonsets"], WRITE),
+        # A finished or superseded federated run's SuperLink and SuperNodes (Deployments) and
+        # their NetworkPolicies are deleted: they would otherwise keep serving nobody.
+        _rule("apps", ["deployments"], [*WRITE, "delete"]),
+        _rule("networking.k8s.io", ["networkpolicies"], [*WRITE, "delete"]),
         _rule("autoscaling", ["horizontalpodautoscalers"], WRITE),
         _rule("events.k8s.io", ["events"], ["create", "patch"]),
         # Optional integrations, used only where their CRDs exist.

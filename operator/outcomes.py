@@ -10,10 +10,12 @@ from pydantic import ValidationError
 
 from neuraxis.crds.common import RUNS_KEPT
 from neuraxis.crds.dataset import DatasetStatus
+from neuraxis.crds.trainingjob import FederationStatus
 from neuraxis.operator import conditions as cond
 from neuraxis.operator.builders.auth import AUTH_REFUSALS
 from neuraxis.operator.observe import run_result
 from neuraxis.workloads.artifact import ARTIFACT_CHANGED
+from neuraxis.workloads.federation_contract import BUDGET_EXHAUSTED, RESULT_KEY
 from neuraxis.workloads.result import now_rfc3339
 
 Obj = dict[str, Any]
@@ -138,6 +140,9 @@ def training_outcome(result: Obj, lineage: Obj, inputs: Condition) -> Draft:
         fields["artifact"] = result["artifact"]
     if result.get("bestTrial"):
         fields["bestTrial"] = result["bestTrial"]
+    if result.get("reason") == BUDGET_EXHAUSTED:
+        message = "stopped before a round would have exceeded privacy.targetEpsilon"
+        return Draft("Succeeded", BUDGET_EXHAUSTED, message, True, fields, [inputs])
     return Draft("Succeeded", "Succeeded", "training finished", True, fields, [inputs])
 
 
@@ -231,3 +236,62 @@ def status_from_draft(
             runs, generation, draft.run, draft.superseded, now or now_rfc3339()
         )
     return status
+
+
+def federation_outcome(result: Obj, sites: list[Obj]) -> tuple[Obj, list[Condition]]:
+    """Status fields and conditions from a federated server app's result (RESULT_KEY): the
+    rounds, the sites active and dropped in each, the privacy spent, and each site's lineage
+    with the rounds it took part in. `sites` is the run's site lineage (site, dataset,
+    datasetVersion, datasetDigest)."""
+    block = result.get(RESULT_KEY)
+    if block is None:
+        return {"lineage": {"sites": sites}}, []
+    try:
+        federation = FederationStatus.model_validate(block).to_wire()
+    except ValidationError as exc:
+        message = f"the server app's {RESULT_KEY} result is malformed: {exc.errors()[0]['msg']}"
+        return {"lineage": {"sites": sites}}, [("Federated", False, "ResultInvalid", message)]
+    rounds = federation.get("rounds") or []
+    with_rounds = [
+        {**s, "rounds": [r["round"] for r in rounds if s["site"] in (r.get("sitesActive") or [])]}
+        for s in sites
+    ]
+    done = int(federation.get("roundsCompleted") or 0)
+    privacy = federation.get("privacy") or {}
+    spent = f"; epsilon spent {privacy['epsilonSpent']:.3g}" if "epsilonSpent" in privacy else ""
+    if result.get("reason") == BUDGET_EXHAUSTED:
+        condition: Condition = (
+            "Federated", True, BUDGET_EXHAUSTED,
+            f"stopped after {done} round(s): one more would exceed the epsilon budget{spent}",
+        )  # fmt: skip
+    elif result.get("outcome") == "Succeeded":
+        condition = ("Federated", True, "RoundsCompleted", f"{done} round(s) completed{spent}")
+    else:
+        reason = str(result.get("reason") or "FederationFailed")
+        condition = ("Federated", False, reason, str(result.get("message") or reason))
+    return {"federation": federation, "lineage": {"sites": with_rounds}}, [condition]
+
+
+def add_federation(draft: Draft, result: Obj, sites: list[Obj]) -> None:
+    """A federated run's training Draft, completed with `federation_outcome`: status.federation,
+    lineage per site, and the Federated condition. The operator and `neuraxis run` both call
+    this, so both write the same status from the same (compact or full) result."""
+    fields, conditions = federation_outcome(result, sites)
+    draft.fields.update({k: v for k, v in fields.items() if k != "lineage"})
+    draft.fields["lineage"] = {**(draft.fields.get("lineage") or {}), **fields["lineage"]}
+    draft.conditions += conditions
+
+
+def sites_ready_condition(ready: dict[str, bool]) -> Condition:
+    """SitesReady from whether each site's SuperNode is Ready: a site whose SuperNode is not
+    takes no part in the rounds until it is (the server app counts it as dropped)."""
+    down = [site for site, up in ready.items() if not up]
+    if down:
+        return (
+            "SitesReady",
+            False,
+            "SiteNotReady",
+            f"SuperNode not Ready at {', '.join(down)} ({len(ready) - len(down)}/{len(ready)} "
+            "sites ready; a site that is not takes no part in the rounds)",
+        )
+    return ("SitesReady", True, "AllSitesReady", f"{len(ready)}/{len(ready)} sites ready")

@@ -32,6 +32,16 @@ from neuraxis.operator.builders.edge import (
     matching_nodes,
     node_sites,
 )
+from neuraxis.operator.builders.federation import (
+    ResolvedSite,
+    build_federation_children,
+    federation_run_name,
+    network_policy_names,
+    superlink_service_name,
+    supernode_name,
+    tls_secret,
+    tls_secret_name,
+)
 from neuraxis.operator.builders.modelversion import (
     BACKTEST_LABEL,
     ClusterFeatures,
@@ -45,7 +55,7 @@ from neuraxis.operator.builders.modelversion import (
 from neuraxis.operator.builders.training import build_training_children
 from neuraxis.operator.caches import TTLCache
 from neuraxis.operator.canary import ROLLED_BACK, CanaryState, analyze_canary, pod_metrics_url
-from neuraxis.operator.children import owner_label, run_name
+from neuraxis.operator.children import RUN_LABEL, owner_label, run_name
 from neuraxis.operator.cluster import Cluster, Obj
 from neuraxis.operator.edge_sites import site_counts
 from neuraxis.operator.errors import InputNotReadyError, InvalidSpecError
@@ -60,6 +70,7 @@ from neuraxis.operator.inputs import (
     pinned_artifact,
     resolve_approved_model,
     resolve_dataset,
+    resolve_sites,
     resolve_upstream,
     status_of,
 )
@@ -80,12 +91,14 @@ from neuraxis.operator.observe import JOB_NAME_LABEL, RunObservation, observe_ru
 from neuraxis.operator.outcomes import (
     Condition,
     Draft,
+    add_federation,
     auth_refusal,
     bundle_outcome,
     dataset_outcome,
     evaluation_outcome,
     failed,
     serving_refusal,
+    sites_ready_condition,
     status_from_draft,
     training_outcome,
     update_runs,
@@ -328,9 +341,13 @@ def reconcile_training(
     ns = ns_of(tj)
     if _finished_for_generation(tj, status):
         draft = _keep(status)
+        if tj.spec.federation is not None:
+            stop_federation_servers(cluster, tj, keep=None)
         if status.get("phase") == "Succeeded":
             ensure_registered(tj, status, cluster)
         return draft
+    if tj.spec.federation is not None:
+        return reconcile_federated(tj, status, cluster, settings)
     dataset = resolve_dataset(tj, cluster)
     children = build_training_children(tj, dataset, settings)
     name = children[-1]["metadata"]["name"]
@@ -388,6 +405,126 @@ def _training_draft(
     draft = training_outcome(run.result, lineage, inputs)
     if tj.spec.register_ is not None:
         draft.fields["modelVersion"] = ensure_registered(tj, {**status, **draft.fields}, cluster)
+    return draft
+
+
+# ---- TrainingJob with spec.federation -------------------------------------------------------
+# TLS Secrets created (or found present) recently, by (namespace, name, owner uid): created
+# again (a no-op 409 when present) once the entry expires, so a deleted one comes back. The
+# operator may create Secrets but never read them.
+_tls_made: TTLCache[tuple[str, str, str], bool] = TTLCache(4096, 600.0)
+
+
+def ensure_federation_tls(cluster: Cluster, tj: TrainingJob) -> None:
+    """The SuperLink's CA, certificate and key, generated once per resource (for its Service's
+    DNS names) and never read back."""
+    key = (ns_of(tj), tls_secret_name(tj), tj.metadata.uid or "")
+    if _tls_made.get(key):
+        return
+    # Imported here: `cryptography` comes with flwr's lock, and an operator without it still
+    # reconciles every other resource.
+    from neuraxis.operator.tls import LOOPBACK_NAMES, generate_server_tls, service_dns_names
+
+    tls = generate_server_tls(
+        f"neuraxis federation {ns_of(tj)}/{tj.metadata.name}",
+        service_dns_names(superlink_service_name(tj), ns_of(tj)) + LOOPBACK_NAMES,
+    )
+    cluster.create(tls_secret(tj, tls.ca_cert, tls.server_cert, tls.server_key))
+    _tls_made.put(key, True)
+
+
+def stop_federation_servers(cluster: Cluster, tj: TrainingJob, keep: str | None) -> list[str]:
+    """Delete the SuperLink and SuperNode Deployments (and the NetworkPolicies) of every run
+    of the job but `keep`: a finished or superseded run's servers serve nobody. Returns the
+    runs whose servers were deleted now."""
+    ns = ns_of(tj)
+    deployments = cluster.list(
+        "apps/v1", "Deployment", ns, {owner_label(tj.kind): tj.metadata.name}
+    )
+    runs = sorted(
+        {
+            str(d["metadata"]["labels"][RUN_LABEL])
+            for d in deployments
+            if RUN_LABEL in (d["metadata"].get("labels") or {})
+            and d["metadata"]["labels"][RUN_LABEL] != keep
+            and not d["metadata"].get("deletionTimestamp")
+        }
+    )
+    for d in deployments:
+        if (d["metadata"].get("labels") or {}).get(RUN_LABEL) in runs:
+            cluster.delete("apps/v1", "Deployment", ns, d["metadata"]["name"], "Background")
+    for run in runs:
+        for name in network_policy_names(run):
+            cluster.delete("networking.k8s.io/v1", "NetworkPolicy", ns, name, "Background")
+    return runs
+
+
+def site_lineage(sites: list[ResolvedSite]) -> list[Obj]:
+    return [
+        {
+            k: v
+            for k, v in {
+                "site": s.name,
+                "dataset": s.dataset.name,
+                "datasetVersion": s.dataset.version,
+                "datasetDigest": s.dataset.digest,
+            }.items()
+            if v is not None
+        }
+        for s in sites
+    ]
+
+
+def sites_condition(
+    cluster: Cluster, tj: TrainingJob, run: str, sites: list[ResolvedSite]
+) -> Condition:
+    """SitesReady from each site's SuperNode Deployment (its ready replicas)."""
+    ready = {}
+    for index, site in enumerate(sites):
+        deployment = cluster.get("apps/v1", "Deployment", ns_of(tj), supernode_name(run, index))
+        ready[site.name] = bool(
+            int(((deployment or {}).get("status") or {}).get("readyReplicas") or 0)
+        )
+    return sites_ready_condition(ready)
+
+
+def reconcile_federated(
+    tj: TrainingJob, status: Obj, cluster: Cluster, settings: OperatorSettings
+) -> Draft:
+    """One run: every site's Dataset resolved (else waits, naming the sites), the TLS Secret,
+    then the SuperLink, the SuperNodes and the server app Job (the run, whose result is read
+    like a training Job's)."""
+    ns = ns_of(tj)
+    sites = resolve_sites(tj, cluster)
+    name = federation_run_name(tj)
+    if cluster.get("batch/v1", "Job", ns, name) is None:
+        stop_federation_servers(cluster, tj, keep=name)
+    ensure_federation_tls(cluster, tj)
+    children = build_federation_children(tj, sites, settings)
+    waiting = _start_run(cluster, tj, children, name)
+    if waiting is not None:
+        return waiting
+    described = "; ".join(
+        f"{s.name}: Dataset {s.dataset.name} version {s.dataset.version}" for s in sites
+    )
+    inputs: Condition = ("InputsReady", True, "DatasetsReady", described)
+    lineage: Obj = {"trainingJob": tj.metadata.name, "trainingJobUid": tj.metadata.uid}
+    lineage["sites"] = site_lineage(sites)
+    run = _observe_job(cluster, ns, name)
+    draft = _training_draft(tj, status, run, name, lineage, inputs, cluster)
+    if run.state != "Suspended":
+        draft.run = (name, _run_phase(run))
+    if run.state == "Suspended":
+        return draft
+    if run.state in ("Missing", "Active"):
+        draft.conditions.append(sites_condition(cluster, tj, name, sites))
+        return draft
+    if run.result is not None:
+        if not draft.fields.get("lineage"):
+            draft.fields["lineage"] = lineage
+        add_federation(draft, run.result, lineage["sites"])
+    if run.state in ("Succeeded", "Failed"):
+        stop_federation_servers(cluster, tj, keep=None)
     return draft
 
 

@@ -70,13 +70,26 @@ def _dig(obj: Any, *path: str) -> Any:
 
 
 def _ref(obj: Obj, *path: str) -> list[str]:
-    """`<namespace>/<name>` of the object a spec field names, for the dependents indexes: the
-    reference's own `namespace` (a granted cross-namespace datasetRef) or the object's."""
-    name = _dig(obj.get("spec"), *path)
-    namespace = _dig(obj.get("spec"), *path[:-1], "namespace") if len(path) > 1 else None
-    if not isinstance(namespace, str):
-        namespace = obj["metadata"].get("namespace")
-    return [f"{namespace}/{name}"] if isinstance(name, str) else []
+    """`<namespace>/<name>` of each object a spec field names, for the dependents indexes: the
+    reference's own `namespace` (a granted cross-namespace datasetRef) or the object's. A `[]`
+    in the path stands for every item of a list (a federated job's sites)."""
+    own = obj["metadata"].get("namespace")
+    out = []
+    for holder in _dig_all(obj.get("spec"), path[:-1]):
+        if not isinstance(holder, dict) or not isinstance(holder.get(path[-1]), str):
+            continue
+        namespace = holder.get("namespace") if len(path) > 1 else None
+        out.append(f"{namespace if isinstance(namespace, str) else own}/{holder[path[-1]]}")
+    return out
+
+
+def _dig_all(obj: Any, path: tuple[str, ...]) -> list[Any]:
+    if "[]" not in path:
+        return [_dig(obj, *path)]
+    at = path.index("[]")
+    items = _dig(obj, *path[:at])
+    rest = path[at + 1 :]
+    return [v for item in items or [] if isinstance(items, list) for v in _dig_all(item, rest)]
 
 
 # What each kind reads, as (index name, spec path of the input's name, input kind): when an
@@ -86,7 +99,10 @@ INPUT_INDEXES: dict[str, list[tuple[str, tuple[str, ...], str]]] = {
         ("upstream", ("source", "from", "datasetRef", "name"), "Dataset"),
         ("edgelogs", ("source", "from", "edgeDeploymentRef", "name"), "EdgeDeployment"),
     ],
-    "TrainingJob": [("dataset", ("datasetRef", "name"), "Dataset")],
+    "TrainingJob": [
+        ("dataset", ("datasetRef", "name"), "Dataset"),
+        ("sitedataset", ("federation", "sites", "[]", "datasetRef", "name"), "Dataset"),
+    ],
     "ModelVersion": [
         ("trainingjob", ("source", "trainingJobRef", "name"), "TrainingJob"),
         ("evaluation", ("evaluation", "datasetRef", "name"), "Dataset"),

@@ -41,8 +41,17 @@ LEASE_RETRY_ENV = "NEURAXIS_LEASE_RETRY_SECONDS"
 IDENTITY_ENV = "POD_NAME"  # set from the downward API in the operator's Deployment
 POD_NAMESPACE_ENV = "POD_NAMESPACE"
 GATEWAY_ENV = "NEURAXIS_GATEWAY"
+FEDERATION_LAKE_EGRESS_ENV = "NEURAXIS_FEDERATION_LAKE_EGRESS"
 
 Toleration = dict[str, Any]
+EgressRule = dict[str, Any]
+# How a federated run's SuperNodes reach the lake for their site's Dataset (their only egress
+# besides the SuperLink and DNS): HTTPS and MinIO's port, to any address, since the lake's
+# address is in a Secret the operator does not read. Narrow it with NEURAXIS_FEDERATION_LAKE_EGRESS.
+DEFAULT_LAKE_EGRESS: tuple[EgressRule, ...] = (
+    {"ports": [{"protocol": "TCP", "port": 443}, {"protocol": "TCP", "port": 9000}]},
+)
+EGRESS_RULE_FIELDS = {"to", "ports"}
 
 TOLERATION_FIELDS = {"key", "operator", "value", "effect", "tolerationSeconds"}
 TAINT_EFFECTS = {"", "NoSchedule", "PreferNoSchedule", "NoExecute"}
@@ -91,6 +100,9 @@ class OperatorSettings:
     # Open Inference Protocol over gRPC (`--grpc-port`), next to each HTTP port.
     serving_grpc_port: int = 8081
     edge_grpc_port: int = 8091
+    # NetworkPolicy egress rules (`{"to": [...], "ports": [...]}`) for federated SuperNodes to
+    # reach the lake.
+    federation_lake_egress: tuple[EgressRule, ...] = DEFAULT_LAKE_EGRESS
     # Platform-wide scheduling for every workload pod, merged with each kind's own (GPU pool,
     # edge nodes): e.g. a dedicated pool's taint and label.
     workload_tolerations: tuple[Toleration, ...] = ()
@@ -160,6 +172,9 @@ class OperatorSettings:
             spark_service_account=env.get(SPARK_SERVICE_ACCOUNT_ENV, d.spark_service_account),
             resync_seconds=parse_seconds(env.get(RESYNC_ENV), RESYNC_ENV, d.resync_seconds),
             gateway=parse_gateway(env.get(GATEWAY_ENV)),
+            federation_lake_egress=parse_egress_rules(
+                env.get(FEDERATION_LAKE_EGRESS_ENV), d.federation_lake_egress
+            ),
             workload_tolerations=parse_tolerations(env.get(WORKLOAD_TOLERATIONS_ENV)),
             workload_node_selector=parse_node_selector(env.get(WORKLOAD_NODE_SELECTOR_ENV)),
             allow_kwok_annotations=parse_flag(
@@ -312,6 +327,32 @@ def check_toleration(item: Any, where: str) -> Toleration:
         if item.get("effect") != "NoExecute":
             raise SettingsError(f"{where}.tolerationSeconds: only allowed with effect NoExecute")
     return dict(item)
+
+
+def parse_egress_rules(raw: str | None, default: tuple[EgressRule, ...]) -> tuple[EgressRule, ...]:
+    """`[{"to": [<NetworkPolicyPeer>...], "ports": [{"protocol": "TCP", "port": 9000}]}, ...]`:
+    the shape is checked here; the API server checks the peers when the policy is applied."""
+    name = FEDERATION_LAKE_EGRESS_ENV
+    if raw is None or raw.strip() == "":
+        return default
+    value = _json(raw, name)
+    if not isinstance(value, list):
+        raise SettingsError(f"{name}: must be a JSON list of egress rules, got {_type(value)}")
+    for i, rule in enumerate(value):
+        if not isinstance(rule, dict):
+            raise SettingsError(f"{name}[{i}]: an egress rule must be a JSON object")
+        unknown = sorted(set(rule) - EGRESS_RULE_FIELDS)
+        if unknown:
+            raise SettingsError(
+                f"{name}[{i}]: unknown field(s) {', '.join(unknown)} (allowed: ports, to)"
+            )
+        for key in ("to", "ports"):
+            if key in rule and not isinstance(rule[key], list):
+                raise SettingsError(f"{name}[{i}].{key}: must be a list, got {_type(rule[key])}")
+        if not rule.get("to") and not rule.get("ports"):
+            # An empty rule would allow all egress: the opposite of what the policy is for.
+            raise SettingsError(f"{name}[{i}]: needs `to` or `ports` (an empty rule allows all)")
+    return tuple(dict(rule) for rule in value)
 
 
 def parse_node_selector(raw: str | None) -> dict[str, str]:

@@ -25,6 +25,8 @@ TERMINATION_MESSAGE_LIMIT = 4096
 
 Outcome = Literal["Succeeded", "Failed"]
 
+# Federated TrainingJobs add their own keys and reasons: workloads/federation_contract.py.
+
 # Serving metrics (Prometheus names without the `_total`/`_bucket` suffixes): requests by
 # `route` (a route template, never the raw path) and `code`, and latency by `route`.
 SERVE_REQUESTS_METRIC = "neuraxis_serve_requests"

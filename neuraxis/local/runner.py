@@ -39,11 +39,13 @@ from neuraxis.operator.inputs import (
     pin_upstream,
     resolve_approved_model,
     resolve_dataset,
+    resolve_dataset_ref,
     resolve_upstream,
 )
 from neuraxis.operator.lake_credentials import dataset_grant, training_grant
 from neuraxis.operator.outcomes import (
     Draft,
+    add_federation,
     bundle_outcome,
     dataset_outcome,
     evaluation_outcome,
@@ -119,7 +121,7 @@ def references(res: Resource) -> list[tuple[str, str]]:
             return [("EdgeDeployment", src.edge_deployment_ref.name)]
         return [("Dataset", src.dataset_ref.name)] if src and src.dataset_ref else []
     if isinstance(res, TrainingJob):
-        return [("Dataset", res.spec.dataset_ref.name)]
+        return [("Dataset", ref.name) for ref in res.spec.dataset_refs()]
     if isinstance(res, ModelVersion):
         refs = []
         if res.spec.source.training_job_ref:
@@ -303,6 +305,8 @@ class Runner:
         return dataset_outcome(result, self.lake.uri(Lake.table_path(ns, ds.metadata.name)))
 
     def run_training(self, tj: TrainingJob, run_id: str) -> Draft:
+        if tj.spec.federation is not None:
+            return self.run_federated_training(tj, run_id)
         ns = tj.metadata.namespace or "default"
         dataset = resolve_dataset(tj, self.store)
         spec = self.spec_file(pinned(tj, dataset), run_id)
@@ -329,6 +333,40 @@ class Runner:
         draft = training_outcome(
             result, {k: v for k, v in lineage.items() if v is not None}, inputs
         )
+        if draft.phase == "Succeeded" and tj.spec.register_ is not None:
+            draft.fields["modelVersion"] = ensure_registered(tj, draft.fields, self.store)
+        return draft
+
+    def run_federated_training(self, tj: TrainingJob, run_id: str) -> Draft:
+        """SuperLink, one SuperNode per site and the server on loopback (the pods' commands,
+        neuraxis/local/federated.py), each site pinned to its Dataset's Ready version, as the
+        operator pins them; the status is made as the operator makes it (add_federation)."""
+        from neuraxis.local.federated import run_federated
+        from neuraxis.workloads.federated.roles import compact_result
+
+        ns = tj.metadata.namespace or "default"
+        job = tj.model_copy(deep=True)
+        assert job.spec.federation is not None
+        sites: list[dict[str, Any]] = []
+        for site in job.spec.federation.sites:
+            dataset = resolve_dataset_ref(site.dataset_ref, ns, self.store)
+            site.dataset_ref.version = dataset.version
+            sites.append(
+                {"site": site.name, "dataset": dataset.name, "datasetVersion": dataset.version}
+                | ({"datasetDigest": dataset.digest} if dataset.digest else {})
+            )
+        described = "; ".join(
+            f"{s['site']}: Dataset {s['dataset']} version {s['datasetVersion']}" for s in sites
+        )
+        self.on_step(f"TrainingJob/{tj.metadata.name}: {len(sites)} sites, Flower on loopback")
+        result = run_federated(job, self.lake, ns, run_id, self.work / ns / run_id / "federated")
+        lineage = {"trainingJob": tj.metadata.name, "trainingJobUid": tj.metadata.uid}
+        inputs = ("InputsReady", True, "DatasetsReady", described)
+        draft = training_outcome(
+            result, {k: v for k, v in lineage.items() if v is not None}, inputs
+        )
+        # What the operator reads: the termination message's compact copy of the result.
+        add_federation(draft, compact_result(result), sites)
         if draft.phase == "Succeeded" and tj.spec.register_ is not None:
             draft.fields["modelVersion"] = ensure_registered(tj, draft.fields, self.store)
         return draft

@@ -30,10 +30,15 @@ BLOCKING_EFFECTS = ("NoSchedule", "NoExecute")
 NODE_STATE_TAINT_PREFIX = "node.kubernetes.io/"
 
 
+def edge_toleration(settings: OperatorSettings) -> dict[str, Any]:
+    """Tolerates the taint that keeps ordinary workloads off edge nodes."""
+    key, value, effect = settings.edge_taint
+    return {"key": key, "operator": "Equal", "value": value, "effect": effect}
+
+
 def agent_tolerations(ed: EdgeDeployment, settings: OperatorSettings) -> list[dict[str, Any]]:
     """The edge taint, the spec's own tolerations and the platform-wide ones."""
-    key, value, effect = settings.edge_taint
-    tolerations = [{"key": key, "operator": "Equal", "value": value, "effect": effect}]
+    tolerations = [edge_toleration(settings)]
     tolerations += [t.model_dump(exclude_none=True) for t in ed.spec.target.tolerations]
     tolerations += [t for t in settings.workload_tolerations if t not in tolerations]
     return tolerations

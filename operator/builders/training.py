@@ -28,7 +28,7 @@ class ResolvedDataset:
 def pinned(tj: TrainingJob, dataset: ResolvedDataset) -> TrainingJob:
     """The job with its dataset reference pinned to the version resolved now."""
     out = tj.model_copy(deep=True)
-    out.spec.dataset_ref.version = dataset.version
+    out.spec.central_dataset().version = dataset.version
     return out
 
 

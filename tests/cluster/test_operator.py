@@ -421,10 +421,15 @@ def test_operator_rbac_is_least_privilege(cluster: Cluster) -> None:
         ("create", "jobs.batch"), ("watch", "pods"), ("patch", "datasets.neuraxis.dev/status"),
         ("create", "modelversions.neuraxis.dev"), ("patch", "daemonsets.apps"), ("list", "nodes"),
         ("create", "events.events.k8s.io"), ("delete", "jobs.batch"),
+        # Federated runs: the TLS Secret (create only), the servers and their policies.
+        ("create", "secrets"), ("delete", "deployments.apps"),
+        ("create", "networkpolicies.networking.k8s.io"),
+        ("delete", "networkpolicies.networking.k8s.io"),
     ]:  # fmt: skip
         assert can(verb, resource, "--all-namespaces"), f"operator cannot {verb} {resource}"
     for verb, resource in [
-        ("get", "secrets"), ("list", "secrets"), ("delete", "pods"), ("create", "pods"),
+        ("get", "secrets"), ("list", "secrets"), ("watch", "secrets"), ("patch", "secrets"),
+        ("delete", "secrets"), ("delete", "pods"), ("create", "pods"),
         ("delete", "cronjobs.batch"), ("create", "clusterroles.rbac.authorization.k8s.io"),
         ("patch", "nodes"), ("create", "customresourcedefinitions.apiextensions.k8s.io"),
         ("create", "roles.rbac.authorization.k8s.io"),

@@ -45,7 +45,7 @@ TRAINING = {
 def test_the_job_is_pinned_to_what_the_artifact_records() -> None:
     job = pinned_job(BODY, TRAINING)
     spec = job.spec
-    assert spec.dataset_ref.name == "readings" and spec.dataset_ref.version == 7
+    assert spec.central_dataset().name == "readings" and spec.central_dataset().version == 7
     assert spec.tuning is None and spec.register_ is None  # no search; a scratch folder
     assert spec.validation_split == 0.3 and spec.resources.workers == 2
     assert spec.model is not None

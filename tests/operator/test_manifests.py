@@ -19,13 +19,19 @@ def test_cluster_role_is_least_privilege() -> None:
             and "*" not in rule["apiGroups"]
         )
         if "secrets" in rule["resources"]:
-            # It writes the scoped lake credentials it mints, and never reads a Secret.
+            # It writes the scoped lake credentials it mints and a federated run's TLS Secret,
+            # and never reads a Secret back.
             assert rule["resources"] == ["secrets"]
             assert sorted(rule["verbs"]) == ["create", "patch"], "the operator never reads Secrets"
-        # Children are garbage-collected through owners; the one deletion is a superseded
-        # run's Job (a new run stops the old one first).
+        # Children are garbage-collected through owners; the deletions are a superseded run's
+        # Job (a new run stops the old one first) and a finished or superseded federated run's
+        # servers (Deployments) and their NetworkPolicies.
         if "delete" in rule["verbs"]:
-            assert (rule["apiGroups"], rule["resources"]) == (["batch"], ["jobs"]), rule
+            assert (rule["apiGroups"], rule["resources"]) in [
+                (["batch"], ["jobs"]),
+                (["apps"], ["deployments"]),
+                (["networking.k8s.io"], ["networkpolicies"]),
+            ], rule
 
 
 def test_deployment_is_hardened() -> None:

@@ -190,3 +190,30 @@ def test_model_uri_granted_by_the_model_version_that_owns_it(store: LocalStore) 
         {"model": "d", "source": {"uri": artifact + "-other", "digest": DIGEST}},
     )
     _refusal(other, store)
+
+
+def _federated(second_site_namespace: str) -> Resource:
+    site_b: dict[str, Any] = {"name": "orders", "namespace": second_site_namespace}
+    spec = {
+        "task": {"type": "classification", "label": "failure"},
+        "model": {"architecture": "mlp"},
+        "federation": {
+            "sites": [
+                {"name": "plant-a", "datasetRef": {"name": "local-orders"}},
+                {"name": "plant-b", "datasetRef": site_b},
+            ],
+            "rounds": 1,
+            "minSites": 2,
+            "privacy": {"mode": "none"},
+            "secureAggregation": {"enabled": False},
+        },
+    }
+    return _resource("TrainingJob", "fed", "team-a", spec)
+
+
+def test_a_federated_sites_dataset_refs_are_checked(store: LocalStore) -> None:
+    _orders(store, grant=None)
+    message = _refusal(_federated("team-b"), store)
+    assert message.startswith("spec.federation.sites[1].datasetRef: Dataset orders is in")
+    _orders(store, grant="team-a")
+    check_references(_federated("team-b"), LAKE, store)

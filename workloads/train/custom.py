@@ -36,7 +36,7 @@ def custom_trainer_env(
     local_rank: int = 0,
 ) -> dict[str, str]:
     """The variables a custom trainer process receives (see the module docstring)."""
-    ref = job.spec.dataset_ref
+    ref = job.spec.central_dataset()
     env = {
         "NEURAXIS_DATASET_URI": lake.uri(Lake.table_path(ref.namespace or namespace, ref.name)),
         "NEURAXIS_DATASET_VERSION": "" if ref.version is None else str(ref.version),

@@ -215,11 +215,13 @@ def read_table(
     test_split: float = 0.0,
     seed: int = 0,
     classes: list[str] | None = None,
+    single_class_ok: bool = False,
 ) -> TabularData:
     """Stream `tables/<ns>/<dataset>` (at `version`, default latest) into tensors.
 
     `classes` fixes the class order (evaluation uses the model's); otherwise the sorted distinct
-    label strings become the classes."""
+    label strings become the classes. `single_class_ok`: one federated site may hold a single
+    label value (the federation as a whole has several)."""
     import torch
     from deltalake import DeltaTable
     from deltalake.exceptions import TableNotFoundError
@@ -263,7 +265,7 @@ def read_table(
         unknown = sorted(set(raw.tolist()) - set(index))
         if unknown:
             raise DataError(f"{uri}: label values {unknown[:5]} are not classes of the model")
-        if classes is None and len(class_list) < 2:
+        if classes is None and len(class_list) < 2 and not single_class_ok:
             raise DataError(f"{uri}: classification needs at least 2 label values")
         y = torch.from_numpy(np.array([index[v] for v in raw.tolist()], dtype=np.int64))
     else:

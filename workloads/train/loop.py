@@ -47,6 +47,16 @@ class DistContext:
         return self.rank == 0
 
 
+@dataclass(frozen=True)
+class WarmStart:
+    """Continue from given weights instead of fresh ones: a federated round starts every site
+    from the global model. `proximal_mu` > 0 adds FedProx's mu/2 * ||w - w_start||^2 to the
+    loss, which keeps a site's weights near the global ones on skewed data."""
+
+    state: dict[str, torch.Tensor]
+    proximal_mu: float = 0.0
+
+
 @dataclass
 class TrainOutcome:
     model: TrainableModel
@@ -121,6 +131,12 @@ def feature_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return x.mean(dim=0), x.std(dim=0, unbiased=False)
 
 
+def proximal_term(model: nn.Module, anchor: list[torch.Tensor], mu: float) -> torch.Tensor:
+    """FedProx: mu/2 * squared distance of the parameters from where the round started."""
+    squared = sum(((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor, strict=True))
+    return (mu / 2) * torch.as_tensor(squared)
+
+
 def train_model(
     data: TabularData,
     cfg: ModelConfig,
@@ -129,6 +145,7 @@ def train_model(
     ctx: DistContext | None = None,
     store: CheckpointStore | None = None,
     on_epoch: EpochCallback | None = None,
+    warm_start: WarmStart | None = None,
 ) -> TrainOutcome:
     """Train (or resume) `cfg` on the data's training split; validate on its validation split
     after every epoch. Only rank 0 writes checkpoints; every rank resumes from the same one."""
@@ -141,8 +158,16 @@ def train_model(
             "the training split is empty (validationSplit + testSplit too high for the table)"
         )
     mean, std = feature_stats(data.train_x)
+    if warm_start is not None:
+        # Normalisation is the global model's, not this data's (the same on every site).
+        mean, std = warm_start.state["normalize.mean"], warm_start.state["normalize.std"]
     torch.manual_seed(settings.seed)
     model = build_model(cfg, mean, std).to(device)
+    anchor: list[torch.Tensor] = []
+    if warm_start is not None:
+        model.load_state_dict(warm_start.state)
+        anchor = [p.detach().clone() for p in model.parameters()]
+    mu = warm_start.proximal_mu if warm_start is not None else 0.0
     optimizer = torch.optim.Adam(
         model.parameters(), lr=settings.learning_rate, weight_decay=cfg.weight_decay
     )
@@ -179,6 +204,8 @@ def train_model(
             with _autocast(device):
                 summed = criterion(_targets(data.task, trained(xb).float()), yb)
                 loss = summed * (ctx.world_size / global_n)
+                if mu > 0:
+                    loss = loss + proximal_term(model, anchor, mu)
             loss.backward()
             optimizer.step()
             loss_sum += summed.detach()

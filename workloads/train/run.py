@@ -71,12 +71,12 @@ def load_data(job: TrainingJob, lake: Lake, namespace: str) -> TabularData:
     model = job.spec.model
     return read_table(
         lake,
-        job.spec.dataset_ref.namespace or namespace,
-        job.spec.dataset_ref.name,
+        job.spec.central_dataset().namespace or namespace,
+        job.spec.central_dataset().name,
         label=job.spec.task.label,
         task=job.spec.task.type,
         features=job.spec.task.features,
-        version=job.spec.dataset_ref.version,
+        version=job.spec.central_dataset().version,
         validation_split=job.spec.validation_split,
         test_split=job.spec.test_split,
         seed=model.seed if model else 0,
