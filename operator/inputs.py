@@ -313,6 +313,14 @@ def approved_artifact_digest(ed: EdgeDeployment, store: Store) -> str | None:
     return str(digest) if digest else None
 
 
+def approved_evaluation_dataset(ed: EdgeDeployment, store: Store) -> DatasetRef | None:
+    """The Dataset the rolled-out ModelVersion was judged on, when it names one
+    (spec.evaluation.datasetRef): the bundle weighs int8 against fp32 on the same rows."""
+    body = store.get(CR_VERSION, "ModelVersion", ns_of(ed), ed.spec.model_version_ref.name) or {}
+    ref = ((body.get("spec") or {}).get("evaluation") or {}).get("datasetRef")
+    return DatasetRef.model_validate(ref) if ref else None
+
+
 def resolve_approved_model(ed: EdgeDeployment, store: Store) -> tuple[str, str, Obj]:
     """The model name, artifact URI and lineage of the Approved ModelVersion to roll out."""
     ref = ed.spec.model_version_ref.name

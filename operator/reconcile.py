@@ -61,6 +61,7 @@ from neuraxis.operator.edge_sites import site_counts
 from neuraxis.operator.errors import InputNotReadyError, InvalidSpecError
 from neuraxis.operator.inputs import (
     approved_artifact_digest,
+    approved_evaluation_dataset,
     artifact_to_evaluate,
     check_references,
     ensure_registered,
@@ -820,7 +821,8 @@ def reconcile_edge(
     if not bundle:
         name = run_name(ed, "bundle")
         digest = approved_artifact_digest(ed, cluster)
-        children = build_bundle_children(ed, model, settings, artifact_uri, digest)
+        heldout = approved_evaluation_dataset(ed, cluster)
+        children = build_bundle_children(ed, model, settings, artifact_uri, digest, heldout)
         waiting = _start_run(cluster, ed, children, name)
         if waiting is not None:
             return waiting

@@ -32,6 +32,7 @@ from neuraxis.operator.errors import InputNotReadyError, InvalidSpecError
 from neuraxis.operator.inputs import (
     CR_VERSION,
     approved_artifact_digest,
+    approved_evaluation_dataset,
     artifact_to_evaluate,
     check_references,
     dataset_refs,
@@ -420,7 +421,8 @@ class Runner:
     def run_edge(self, ed: EdgeDeployment, run_id: str) -> Draft:
         model, uri, lineage = resolve_approved_model(ed, self.store)
         digest = approved_artifact_digest(ed, self.store)
-        command = bundle_command(ed, model, run_id, uri, digest)
+        heldout = approved_evaluation_dataset(ed, self.store)
+        command = bundle_command(ed, model, run_id, uri, digest, heldout)
         result, log = self.workload(ed, command[2:], run_id)
         if result is None:
             return self._no_result(log)

@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from neuraxis.crds import EdgeDeployment
+from neuraxis.crds.common import DatasetRef
 from neuraxis.lake import EDGE_SITE_ENV, NODE_SITES_FILE
 from neuraxis.operator.builders.auth import auth_args, mount_api_keys
 from neuraxis.operator.builders.common import RUN_ID_ENV, job, spec_config_map
@@ -97,9 +98,16 @@ def bundle_command(
     run_id: str,
     artifact_uri: str | None = None,
     artifact_digest: str | None = None,
+    heldout: DatasetRef | None = None,
 ) -> list[str]:
     """The bundle workload for the ModelVersion (registered as `model`) the rollout uses: its
-    pinned artifact (uri and digest, verified by the bundle)."""
+    pinned artifact (uri and digest, verified by the bundle), judged on `heldout` (the
+    version's evaluation Dataset) when given, else on its training job's test split."""
+    held: list[str] = []
+    if heldout is not None:
+        held += ["--heldout-dataset", heldout.name]
+        held += ["--heldout-namespace", heldout.namespace] if heldout.namespace else []
+        held += ["--heldout-version", str(heldout.version)] if heldout.version is not None else []
     return [
         "neuraxis", "workload", "bundle", "--model", model,
         "--version", ed.spec.model_version_ref.name,
@@ -107,6 +115,7 @@ def bundle_command(
         "--run-id", run_id, "--quantize", ed.spec.optimize.quantize,
         *(["--artifact-uri", artifact_uri] if artifact_uri else []),
         *(["--artifact-digest", artifact_digest] if artifact_digest else []),
+        *held,
     ]  # fmt: skip
 
 
@@ -116,9 +125,12 @@ def build_bundle_children(
     settings: OperatorSettings,
     artifact_uri: str | None = None,
     artifact_digest: str | None = None,
+    heldout: DatasetRef | None = None,
 ) -> list[dict[str, Any]]:
     name = run_name(ed, "bundle")
-    command = bundle_command(ed, model, "$(NEURAXIS_RUN_ID)", artifact_uri, artifact_digest)
+    command = bundle_command(
+        ed, model, "$(NEURAXIS_RUN_ID)", artifact_uri, artifact_digest, heldout
+    )
     container = workload_container(
         ed, settings, command, resources=resource_limits("1", "2Gi"), extra_env=[RUN_ID_ENV]
     )

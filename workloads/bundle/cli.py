@@ -32,11 +32,22 @@ def bundle_command(
     artifact_digest: str | None = typer.Option(
         None, help="The digest the artifact must have (pinned); otherwise it is refused."
     ),
+    heldout_dataset: str | None = typer.Option(
+        None,
+        help="Judge int8 against fp32 on every row of this Dataset (the ModelVersion's "
+        "spec.evaluation.datasetRef); default the training job's test split.",
+    ),
+    heldout_namespace: str | None = typer.Option(
+        None, help="Namespace of --heldout-dataset (default --namespace)."
+    ),
+    heldout_version: int | None = typer.Option(
+        None, min=0, help="Version of --heldout-dataset (default its newest)."
+    ),
 ) -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     from neuraxis.lake import Lake
     from neuraxis.workloads.artifact import failure_reason
-    from neuraxis.workloads.bundle.run import build_edge_bundle
+    from neuraxis.workloads.bundle.run import HeldOutRef, build_edge_bundle
     from neuraxis.workloads.evaluate.heldout import folder_of
     from neuraxis.workloads.result import now_rfc3339, publish_failure
 
@@ -55,6 +66,9 @@ def bundle_command(
             quantize="int8" if quantize == "int8" else "none",
             source_folder=folder_of(the_lake, artifact_uri) if artifact_uri else None,
             expected_digest=artifact_digest,
+            heldout=HeldOutRef(heldout_dataset, heldout_namespace, heldout_version)
+            if heldout_dataset
+            else None,
         )
     except Exception as exc:
         log.exception("bundle failed")

@@ -7,6 +7,7 @@ bundle's compression.json and the model card."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from neuraxis.lake import Lake, LakeError
@@ -30,6 +31,15 @@ from neuraxis.workloads.train.models import serving_module
 COMPRESSION = "compression.json"
 
 
+@dataclass(frozen=True)
+class HeldOutRef:
+    """The Dataset (version) a bundle judges its compression on."""
+
+    dataset: str
+    namespace: str | None = None
+    version: int | None = None
+
+
 def headline_metric(task: str) -> str:
     return "accuracy" if task == "classification" else "rmse"
 
@@ -44,8 +54,10 @@ def build_edge_bundle(
     quantize: Literal["int8", "none"] = "int8",
     source_folder: str | None = None,
     expected_digest: str | None = None,
+    heldout: HeldOutRef | None = None,
 ) -> dict[str, Any]:
-    """Quantize and export the registered version; publish the result; returns it."""
+    """Quantize and export the registered version; publish the result; returns it. int8 and
+    fp32 are compared on `heldout` (every row) or else on the training job's test split."""
     started = now_rfc3339()
     if source_folder is None:
         raise ValueError(
@@ -54,8 +66,14 @@ def build_edge_bundle(
         )
     folder = source_folder
     artifact = load_artifact(lake, folder, expected_digest)
-    heldout = load_heldout(lake, namespace, artifact)
-    edge, edge_ts = compress(artifact, heldout, quantize)
+    held = load_heldout(
+        lake,
+        (heldout.namespace if heldout else None) or namespace,
+        artifact,
+        dataset=heldout.dataset if heldout else None,
+        version=heldout.version if heldout else None,
+    )
+    edge, edge_ts = compress(artifact, held, quantize)
     ref = write_artifact(
         lake,
         # Run-unique: a later bundle never rewrites the one agents already run.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import time
 from typing import Any
 
 import numpy as np
@@ -41,6 +42,8 @@ CFG_LOCAL_EPOCHS = "neuraxis-local-epochs"
 CFG_ROUND = "neuraxis-round"
 CFG_LOCAL_NOISE = "neuraxis-local-noise"  # "<clipping norm>,<noise multiplier>" (local DP)
 CFG_PROXIMAL_MU = "proximal_mu"  # Flower's FedProx strategy sends this key
+# Fit metric: seconds the site spent in its local training this round.
+TRAIN_SECONDS = "trainSeconds"
 
 
 class SiteClient(NumPyClient):
@@ -65,6 +68,7 @@ class SiteClient(NumPyClient):
     def fit(self, parameters: NDArrays, config: Config) -> tuple[NDArrays, int, dict[str, Any]]:
         classes = json.loads(str(config[CFG_CLASSES]))
         data = read_site_data(self.lake, self.namespace, self.job, self.ref, classes or None)
+        started = time.perf_counter()
         arrays, rows, metrics = train_round(
             self.job,
             data,
@@ -74,6 +78,8 @@ class SiteClient(NumPyClient):
             server_round=int(config[CFG_ROUND]),
             proximal_mu=float(config.get(CFG_PROXIMAL_MU, 0.0)),
         )
+        # The site's own compute, so a round's time splits into training and the rest.
+        metrics[TRAIN_SECONDS] = time.perf_counter() - started
         return list(arrays), rows, {**metrics, "site": self.site}
 
 

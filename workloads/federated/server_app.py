@@ -80,6 +80,7 @@ class RoundLog:
     asked: dict[int, list[int]] = field(default_factory=dict)
     answered: dict[int, list[int]] = field(default_factory=dict)
     metrics: dict[int, dict[str, float]] = field(default_factory=dict)
+    started: dict[int, float] = field(default_factory=dict)  # monotonic clock at configure_fit
 
     def status(self, plan: RoundPlan, federation: Federation) -> FederationStatus:
         rounds = []
@@ -119,6 +120,7 @@ class RecordingStrategy(Strategy):
     ) -> list[tuple[ClientProxy, FitIns]]:
         chosen = self.inner.configure_fit(server_round, parameters, client_manager)
         self.rounds.asked[server_round] = [int(proxy.cid) for proxy, _ in chosen]
+        self.rounds.started[server_round] = time.monotonic()
         return chosen
 
     def aggregate_fit(
@@ -129,7 +131,10 @@ class RecordingStrategy(Strategy):
     ) -> tuple[Parameters | None, dict[str, Scalar]]:
         self.rounds.answered[server_round] = [int(proxy.cid) for proxy, _ in results]
         aggregated, metrics = self.inner.aggregate_fit(server_round, results, failures)
-        self.rounds.metrics[server_round] = _mean_metrics(results)
+        self.rounds.metrics[server_round] = {
+            **_mean_metrics(results),
+            **_round_timing(results, time.monotonic() - self.rounds.started[server_round]),
+        }
         return aggregated, metrics
 
     def configure_evaluate(
@@ -154,9 +159,19 @@ def _mean_metrics(results: list[tuple[ClientProxy, FitRes]]) -> dict[str, float]
     out: dict[str, float] = {}
     for _, res in results:
         for key, value in res.metrics.items():
+            if key == cfg_keys.TRAIN_SECONDS:
+                continue  # a mean of sites' times says little; _round_timing keeps the slowest
             if isinstance(value, int | float) and not isinstance(value, bool):
                 out[key] = out.get(key, 0.0) + float(value) * res.num_examples / max(total, 1)
     return out
+
+
+def _round_timing(results: list[tuple[ClientProxy, FitRes]], seconds: float) -> dict[str, float]:
+    """A round's wall time on the server (asking the sites to aggregating their answer: SecAgg+
+    stages and transport included) and its slowest site's local training; the difference is
+    what orchestration costs."""
+    train = [float(res.metrics.get(cfg_keys.TRAIN_SECONDS, 0.0)) for _, res in results]
+    return {"roundSeconds": seconds, "trainSecondsMax": max(train, default=0.0)}
 
 
 def wait_for_sites(grid: Grid, wanted: int, minimum: int) -> list[int]:
