@@ -118,8 +118,8 @@ def running_operator(
         op.stop()
 
 
-def example(name: str) -> dict[str, Any]:
-    doc: dict[str, Any] = yaml.safe_load((EXAMPLES / "smart-manufacturing" / name).read_text())
+def example(name: str, folder: str = "smart-manufacturing") -> dict[str, Any]:
+    doc: dict[str, Any] = yaml.safe_load((EXAMPLES / folder / name).read_text())
     return doc
 
 

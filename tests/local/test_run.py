@@ -1,5 +1,5 @@
-"""`neuraxis run` end to end on real Spark, torch, Ray and the real serving process, at small
-sizes: both examples, lineage, incremental reruns, and a broken resource in the directory."""
+"""`neuraxis run` end to end on real Spark, torch, Ray, Flower and the real serving process, at
+small sizes: the examples, lineage, incremental reruns, and a broken resource in the directory."""
 
 from __future__ import annotations
 
@@ -168,6 +168,65 @@ def test_manufacturing_chain_with_tuning_and_masking(home: Path, tmp_path: Path)
         "EdgeDeployment", "ModelVersion", "TrainingJob", "Dataset", "Dataset", "Source",
     ]  # fmt: skip
     assert f"read Dataset sensor-readings version {readings['version']}" in to_mermaid(root)
+
+
+def test_federated_hospitals_example(home: Path, tmp_path: Path) -> None:
+    """Three hospitals' masked Datasets, Flower on loopback with SecAgg+ and central DP until the
+    epsilon budget stops it, the gates on held-out patients, the bundle, and the lineage down
+    each site to its Dataset version."""
+    from deltalake import DeltaTable
+
+    from neuraxis.workloads.federated.privacy import epsilon_after
+
+    shrink = {"tumour-federated": {"federation.localEpochs": 2}}
+    folder = _copy_example("federated-hospitals", tmp_path, shrink)
+    outcomes = _run(folder, home)
+    sites = ("hospital-a", "hospital-b", "hospital-c")
+    assert _phases(outcomes) == {
+        **{f"Dataset/{s}-records": "Ready" for s in sites},
+        "Dataset/tumour-holdout": "Ready",
+        "TrainingJob/tumour-federated": "Succeeded",
+        "ModelVersion/tumour-classifier-v1": "Approved",
+        "EdgeDeployment/tumour-classifier-hospitals": "Available",
+    }, {k: (o.reason, o.message) for k, o in outcomes.items()}
+    lake = Lake(str(home / "lake"))
+    # Masked, disjoint, and together every patient once.
+    ids: list[set[str]] = []
+    for name in [f"{s}-records" for s in sites] + ["tumour-holdout"]:
+        status = outcomes[f"Dataset/{name}"].status
+        assert {c["name"]: c["pii"] for c in status["schema"]}["patient_id"] == ["person"]
+        rows = DeltaTable(status["table"]["uri"]).to_pyarrow_table().column("patient_id")
+        ids.append(set(rows.to_pylist()))
+        assert len(ids[-1]) == len(rows) == status["rows"]
+        assert not any(str(v).startswith("MRN-") for v in ids[-1])  # hashed, not clear
+    assert sum(len(i) for i in ids) == len(set().union(*ids)) == 569
+    # The budget: 5 rounds asked, epsilon 8 allows 2 at noise multiplier 1.0.
+    tj = outcomes["TrainingJob/tumour-federated"]
+    assert tj.reason == "BudgetExhausted", (tj.reason, tj.message)
+    fed = tj.status["federation"]
+    assert fed["roundsCompleted"] == 2
+    assert fed["privacy"]["epsilonSpent"] == pytest.approx(epsilon_after(2, 1.0, 1.0, 1e-5))
+    for r in fed["rounds"]:
+        assert r["sitesActive"] == list(sites) and r["sitesDropped"] == []
+        assert r["metrics"]["roundSeconds"] > r["metrics"]["trainSecondsMax"] > 0
+    by_site = {s["site"]: s for s in tj.status["lineage"]["sites"]}
+    for site in sites:
+        table = outcomes[f"Dataset/{site}-records"].status
+        assert by_site[site]["datasetDigest"] == table["table"]["digest"]
+        assert by_site[site]["datasetVersion"] == table["version"]
+        assert by_site[site]["rounds"] == [1, 2]
+    mv = outcomes["ModelVersion/tumour-classifier-v1"].status
+    assert mv["evaluation"]["metrics"]["accuracy"] >= 0.85
+    # The bundle weighed int8 against fp32 on the same held-out patients as the gates.
+    bundle = outcomes["EdgeDeployment/tumour-classifier-hospitals"].status["bundle"]
+    compression = lake.read_json(lake.relative(bundle["uri"]) + "/compression.json")
+    assert "tumour-holdout" in compression["heldOut"], compression
+    root = build(LocalStore(home / "state"), "EdgeDeployment", "tumour-classifier-hospitals",
+                 "default")  # fmt: skip
+    nodes = chain(root)
+    assert [n.name for n in nodes if n.kind == "Site"] == list(sites)
+    assert sorted(n.name for n in nodes if n.kind == "Dataset") == [f"{s}-records" for s in sites]
+    assert to_png(root, tmp_path / "lineage.png").stat().st_size > 1000
 
 
 def test_broken_resource_stops_dependents_only(home: Path, tmp_path: Path) -> None:
