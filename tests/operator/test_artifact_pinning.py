@@ -8,6 +8,7 @@ import json
 from typing import Any
 
 from neuraxis.crds import EdgeDeployment, ModelVersion
+from neuraxis.crds.common import DatasetRef
 from neuraxis.operator.builders.edge import build_bundle_children, build_edge_agent_children
 from neuraxis.operator.builders.modelversion import (
     ClusterFeatures,
@@ -95,6 +96,14 @@ def test_every_workload_that_loads_the_model_gets_the_pinned_digest() -> None:
     ed: EdgeDeployment = _example("EdgeDeployment")
     bundle = _command(build_bundle_children(ed, "anomaly-detector", SETTINGS, URI, PIN), "Job")
     assert (_flag(bundle, "--artifact-uri"), _flag(bundle, "--artifact-digest")) == (URI, PIN)
+    assert "--heldout-dataset" not in bundle  # the training job's test split
+    holdout = DatasetRef(name="tumour-holdout", version=3)
+    judged = _command(build_bundle_children(ed, "m", SETTINGS, URI, PIN, holdout), "Job")
+    assert (_flag(judged, "--heldout-dataset"), _flag(judged, "--heldout-version")) == (
+        "tumour-holdout",
+        "3",
+    )
+    assert "--heldout-namespace" not in judged  # the EdgeDeployment's own
     bundle_pin = "sha256:" + "c" * 64
     agents = build_edge_agent_children(
         ed, "s3://lake/edge/b", ["edge-0"], SETTINGS, canary_ready=True, bundle_digest=bundle_pin

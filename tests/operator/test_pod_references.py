@@ -184,6 +184,10 @@ def _all_children() -> Iterator[tuple[str, Resource, list[Manifest]]]:
     ed: EdgeDeployment = _example("EdgeDeployment")
     bundle = build_bundle_children(ed, "anomaly-detector", SETTINGS, "s3://l/m", pin)
     yield "EdgeDeployment/bundle", ed, bundle
+    # Judged on the ModelVersion's evaluation Dataset (a federated artifact has no test split).
+    holdout = DatasetRef(name="tumour-holdout", namespace="clinic", version=3)
+    bundle = build_bundle_children(ed, "anomaly-detector", SETTINGS, "s3://l/m", pin, holdout)
+    yield "EdgeDeployment/bundle-heldout", ed, bundle
     agents = build_edge_agent_children(
         ed,
         "s3://l/b",
