@@ -73,7 +73,7 @@ def build_datasets(work: Path, docs: dict[str, dict[str, Any]]) -> Lake:
         (folder / f"{d['metadata']['name']}.yaml").write_text(yaml.safe_dump(d))
     lake = Lake(str(work / "lake"))
     outcomes = Runner(lake, LocalStore(work / "state")).run(load_entries([folder], NAMESPACE))
-    failed = [f"{o.name}: {o.message}" for o in outcomes if o.phase != "Succeeded"]
+    failed = [f"{o.name}: {o.message}" for o in outcomes if o.phase != "Ready"]
     if failed:
         raise SystemExit(f"the Datasets did not build: {failed}")
     return lake
