@@ -83,7 +83,8 @@ def evaluate(lake: Lake, artifact_uri: str) -> dict[str, float]:
     artifact = load_artifact(lake, folder_of(lake, artifact_uri))
     heldout = load_heldout(lake, NAMESPACE, artifact, dataset=HOLDOUT)
     metrics, _ = score(artifact, heldout)
-    return {"accuracy": float(metrics["accuracy"]), "roc_auc": float(metrics["roc_auc"])}
+    scalars = metrics["scalars"]
+    return {"accuracy": float(scalars["accuracy"]), "roc_auc": float(scalars["roc_auc"])}
 
 
 def received_bytes_per_site_round(record_dir: Path, sites: int, rounds: int) -> float:
