@@ -14,8 +14,9 @@ over every row):
 
 Each model is scored on the held-out patients with the evaluation workload's functions. It prints
 accuracy and ROC-AUC, the ratio to centralized (goal >= 0.97 without DP), rounds per minute,
-bytes the server receives per site per round (every array of every reply, SecAgg+ stages
-included) and the orchestration share of a round: 1 - slowest site's training / round time.
+the array bytes the server receives per site per round (the model or its masked vector; the
+SecAgg+ key and share exchange and HTTP framing are not counted) and the orchestration share of
+a round: 1 - slowest site's training / round time.
 
     .venv/bin/python bench/federated.py [--rounds 3] [--local-epochs 5]
 """
@@ -183,7 +184,7 @@ def main() -> None:
     print(f"\nsame model and seed; {args.rounds} rounds x {args.local_epochs} local epochs ="
           f" {epochs} centralized epochs; scored on the held-out patients")  # fmt: skip
     print(f"{'run':22} {'accuracy':>8} {'ratio':>6} {'roc_auc':>7} {'rounds':>6} {'epsilon':>7}"
-          f" {'rounds/min':>10} {'bytes/site/round':>16} {'orchestration':>13}"
+          f" {'rounds/min':>10} {'array B/site/rd':>16} {'orchestration':>13}"
           f" {'wall s':>6}")  # fmt: skip
     for name, r in rows.items():
         fed = "rounds" in r
