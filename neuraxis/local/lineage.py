@@ -203,12 +203,11 @@ def _rows(root: Node) -> dict[int, float]:
     rows: dict[int, float] = {}
     free = itertools.count()
 
-    def place(node: Node) -> float:
+    def place(node: Node) -> None:
         for parent in node.parents:
             place(parent)
         parents = [rows[id(p)] for p in node.parents]
         rows[id(node)] = sum(parents) / len(parents) if parents else float(next(free))
-        return rows[id(node)]
 
     place(root)
     return rows

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from neuraxis.dev import toolchain
+from neuraxis.dev.cluster import EDGE_SITE_LABEL
 from neuraxis.operator.children import POD_ANNOTATIONS
 from tests.cluster.conftest import Cluster
 from tests.conftest import EXAMPLES
@@ -116,6 +117,17 @@ def running_operator(
         yield op
     finally:
         op.stop()
+
+
+@contextmanager
+def node_in_site(cluster: Cluster, node: str, site: str) -> Iterator[str]:
+    """The node joins edge site `site` (the label the operator selects sites by) until the
+    block ends."""
+    cluster.kubectl("label", "node", node, f"{EDGE_SITE_LABEL}={site}", "--overwrite")
+    try:
+        yield node
+    finally:
+        cluster.kubectl("label", "node", node, f"{EDGE_SITE_LABEL}-")
 
 
 def example(name: str, folder: str = "smart-manufacturing") -> dict[str, Any]:

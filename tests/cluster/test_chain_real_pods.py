@@ -33,12 +33,12 @@ from tests.cluster.operator_fixtures import (
     condition,
     example,
     get,
+    node_in_site,
     phase,
     running_operator,
     wait_for,
 )
 
-SITE_LABEL = "neuraxis.dev/edge-site"
 SALT = "chain-test-salt"
 # Plausible values of the sensor features, by name; rows follow the model's signature.
 FEATURE_VALUES = {
@@ -50,11 +50,8 @@ FEATURE_VALUES = {
 @pytest.fixture(scope="module")
 def site_node(cluster: Cluster, real_node: str) -> Iterator[str]:
     """The real node, added to site plant-a for the duration of the module."""
-    cluster.kubectl("label", "node", real_node, f"{SITE_LABEL}=plant-a", "--overwrite")
-    try:
-        yield real_node
-    finally:
-        cluster.kubectl("label", "node", real_node, f"{SITE_LABEL}-")
+    with node_in_site(cluster, real_node, "plant-a") as node:
+        yield node
 
 
 def _chain_resources() -> list[dict[str, Any]]:

@@ -23,10 +23,16 @@ from deltalake import DeltaTable
 from neuraxis.workloads.artifact import MANIFEST
 from neuraxis.workloads.federated.privacy import epsilon_after
 from tests.cluster.conftest import Cluster, NodeLake
-from tests.cluster.operator_fixtures import example, get, phase, running_operator, wait_for
+from tests.cluster.operator_fixtures import (
+    example,
+    get,
+    node_in_site,
+    phase,
+    running_operator,
+    wait_for,
+)
 from tests.conftest import EXAMPLES
 
-SITE_LABEL = "neuraxis.dev/edge-site"
 FOLDER = "federated-hospitals"
 SITES = ("hospital-a", "hospital-b", "hospital-c")
 SALT = "federated-test-salt"
@@ -35,11 +41,8 @@ SALT = "federated-test-salt"
 @pytest.fixture(scope="module")
 def hospital_node(cluster: Cluster, real_node: str) -> Iterator[str]:
     """The real node, added to site hospital-a for the duration of the module."""
-    cluster.kubectl("label", "node", real_node, f"{SITE_LABEL}=hospital-a", "--overwrite")
-    try:
-        yield real_node
-    finally:
-        cluster.kubectl("label", "node", real_node, f"{SITE_LABEL}-")
+    with node_in_site(cluster, real_node, "hospital-a") as node:
+        yield node
 
 
 def _resources(node: str) -> list[dict[str, Any]]:

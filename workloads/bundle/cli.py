@@ -45,9 +45,10 @@ def bundle_command(
     ),
 ) -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+    from neuraxis.crds.common import DatasetRef
     from neuraxis.lake import Lake
     from neuraxis.workloads.artifact import failure_reason
-    from neuraxis.workloads.bundle.run import HeldOutRef, build_edge_bundle
+    from neuraxis.workloads.bundle.run import build_edge_bundle
     from neuraxis.workloads.evaluate.heldout import folder_of
     from neuraxis.workloads.result import now_rfc3339, publish_failure
 
@@ -66,7 +67,9 @@ def bundle_command(
             quantize="int8" if quantize == "int8" else "none",
             source_folder=folder_of(the_lake, artifact_uri) if artifact_uri else None,
             expected_digest=artifact_digest,
-            heldout=HeldOutRef(heldout_dataset, heldout_namespace, heldout_version)
+            heldout=DatasetRef(
+                name=heldout_dataset, namespace=heldout_namespace, version=heldout_version
+            )
             if heldout_dataset
             else None,
         )

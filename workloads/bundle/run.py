@@ -7,9 +7,9 @@ bundle's compression.json and the model card."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Any, Literal
 
+from neuraxis.crds.common import DatasetRef
 from neuraxis.lake import Lake, LakeError
 from neuraxis.workloads.artifact import write_artifact
 from neuraxis.workloads.bundle.compress import choose, latency_record, single_row_latency_ms
@@ -31,15 +31,6 @@ from neuraxis.workloads.train.models import serving_module
 COMPRESSION = "compression.json"
 
 
-@dataclass(frozen=True)
-class HeldOutRef:
-    """The Dataset (version) a bundle judges its compression on."""
-
-    dataset: str
-    namespace: str | None = None
-    version: int | None = None
-
-
 def headline_metric(task: str) -> str:
     return "accuracy" if task == "classification" else "rmse"
 
@@ -54,7 +45,7 @@ def build_edge_bundle(
     quantize: Literal["int8", "none"] = "int8",
     source_folder: str | None = None,
     expected_digest: str | None = None,
-    heldout: HeldOutRef | None = None,
+    heldout: DatasetRef | None = None,
 ) -> dict[str, Any]:
     """Quantize and export the registered version; publish the result; returns it. int8 and
     fp32 are compared on `heldout` (every row) or else on the training job's test split."""
@@ -70,7 +61,7 @@ def build_edge_bundle(
         lake,
         (heldout.namespace if heldout else None) or namespace,
         artifact,
-        dataset=heldout.dataset if heldout else None,
+        dataset=heldout.name if heldout else None,
         version=heldout.version if heldout else None,
     )
     edge, edge_ts = compress(artifact, held, quantize)
