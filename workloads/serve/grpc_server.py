@@ -209,8 +209,17 @@ class InferenceServicer:
         route = f"{GRPC_ROUTE_PREFIX}{method}"
 
         async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            code, start, key_id = 500, time.perf_counter(), NO_KEY
+            start, key_id, counted = time.perf_counter(), NO_KEY, False
             self.metrics.in_flight.inc()
+
+            def count(code: int) -> None:
+                # Counted before the answer or the error status leaves: a client that reads
+                # /metrics right after its call sees that call.
+                nonlocal counted
+                counted = True
+                self.metrics.in_flight.dec()
+                self.metrics.observe(route, code, time.perf_counter() - start, key_id)
+
             try:
                 if method not in OPEN_METHODS:
                     key_id = await self._authenticate(context)
@@ -218,10 +227,10 @@ class InferenceServicer:
                     kind = request_type.__name__
                     raise InvalidInputError("request", f"not a valid {kind} message")
                 answer = await call(request)
-                code = 200
+                count(200)
                 return answer
             except InvalidInputError as exc:
-                code = exc.status
+                count(exc.status)
                 await context.abort(STATUS_CODES.get(exc.status, grpc.StatusCode.UNKNOWN), str(exc))
             except AuthRefusedError as refused:
                 code, key_id = refused.error.status, refused.error.key_id
@@ -230,11 +239,12 @@ class InferenceServicer:
                     context.set_trailing_metadata(
                         (("retry-after", str(refused.error.retry_after)),)
                     )
+                count(code)
                 status = AUTH_CODES.get(code, grpc.StatusCode.UNAUTHENTICATED)
                 await context.abort(status, refused.error.body["error"])
             finally:
-                self.metrics.in_flight.dec()
-                self.metrics.observe(route, code, time.perf_counter() - start, key_id)
+                if not counted:
+                    count(500)
 
         return grpc.unary_unary_rpc_method_handler(
             handle,
