@@ -8,8 +8,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 UV := $(VENV)/bin/uv
 UV_VERSION := 0.13.8
-# The stamp records which lock the venv was synced from, so a changed lock refreshes it.
-STAMP := $(VENV)/.synced-$(shell sha256sum requirements.lock | cut -c1-16)
+# The stamp records which lock (and way of installing) the venv was synced from, so a change
+# refreshes it.
+STAMP := $(VENV)/.synced-$(shell (sha256sum requirements.lock; echo compile-bytecode) | sha256sum | cut -c1-16)
 
 .PHONY: help venv lock test lint typecheck unit crds demo tools tools-all jars image cluster cluster-down infra-up infra-down clean
 
@@ -24,10 +25,12 @@ help:
 
 venv: $(STAMP)
 
+# Bytecode is compiled once here: with PYTHONDONTWRITEBYTECODE set (as on our CI machines)
+# Python never caches it, and every workload process recompiled torch and Ray (~9 s each).
 $(STAMP): requirements.lock pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@test -x $(UV) || $(PY) -m pip install -q "uv==$(UV_VERSION)"
-	VIRTUAL_ENV=$(VENV) $(UV) pip sync -q requirements.lock
+	VIRTUAL_ENV=$(VENV) $(UV) pip sync -q --compile-bytecode requirements.lock
 	VIRTUAL_ENV=$(VENV) $(UV) pip install -q --no-deps -e .
 	@rm -f $(VENV)/.synced-*
 	@touch $@
@@ -87,6 +90,7 @@ unit: venv
 	$(VENV)/bin/pytest -m "not cluster and not engine"
 
 test: lint typecheck tools jars image
+	$(PY) -m compileall -q -j 0 neuraxis workloads  # the project's own bytecode (see venv)
 	$(VENV)/bin/pytest
 
 # The example's hash salt and serving API key come from Secrets in a cluster; locally from
@@ -95,6 +99,7 @@ DEMO_SALT ?= neuraxis-demo-salt-change-me
 DEMO_API_KEY ?= neuraxis-demo-api-key-change-me
 
 demo: venv
+	$(PY) -m compileall -q -j 0 neuraxis workloads  # the project's own bytecode (see venv)
 	$(PY) -m neuraxis.dev.jars delta
 	NEURAXIS_SECRET_LAKE_SALT_SALT=$${NEURAXIS_SECRET_LAKE_SALT_SALT:-$(DEMO_SALT)} \
 	NEURAXIS_SECRET_ANOMALY_DETECTOR_API_KEYS_DEMO=$${NEURAXIS_SECRET_ANOMALY_DETECTOR_API_KEYS_DEMO:-$(DEMO_API_KEY)} \

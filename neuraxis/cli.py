@@ -343,6 +343,7 @@ def mount() -> None:
     from neuraxis.workloads.edge.cli import edge_command
     from neuraxis.workloads.etl.cli import etl_command
     from neuraxis.workloads.etl.executor import spark_executor_command
+    from neuraxis.workloads.etl.server import etl_server_command
     from neuraxis.workloads.evaluate.cli import evaluate_command
     from neuraxis.workloads.federated.cli import federated_app
     from neuraxis.workloads.serve.cli import serve_command
@@ -352,6 +353,7 @@ def mount() -> None:
     app.add_typer(dev_app, name="dev")
     workload_app.command("etl")(etl_command)
     workload_app.command("spark-executor")(spark_executor_command)
+    workload_app.command("etl-server", hidden=True)(etl_server_command)
     workload_app.command("train")(train_command)
     workload_app.command("evaluate")(evaluate_command)
     workload_app.command("bundle")(bundle_command)

@@ -24,6 +24,7 @@ from neuraxis.lake import Lake, LakeError, neuraxis_home
 from neuraxis.lake_access import LakeGrant, LakeScopeError, credentials_env, mint
 from neuraxis.local.runlock import RunClaim, claim_run
 from neuraxis.local.smoke import smoke_test
+from neuraxis.local.spark_server import SharedSpark
 from neuraxis.local.state import LocalStore, spec_digest
 from neuraxis.operator.builders.edge import bundle_command
 from neuraxis.operator.builders.training import pinned
@@ -213,18 +214,29 @@ class Runner:
         self.work = neuraxis_home() / "work"
         self._claim: RunClaim | None = None
         self._on_workload_start: Callable[[int], None] | None = None
+        # Set for the length of run(): its Dataset steps share one Spark process.
+        self._shared_spark: SharedSpark | None = None
 
     # ---- one workload process, as a pod would run it --------------------------------------
     def workload(
-        self, res: Resource, args: list[str], run_id: str, grant: LakeGrant | None = None
+        self,
+        res: Resource,
+        args: list[str],
+        run_id: str,
+        grant: LakeGrant | None = None,
+        *,
+        spark_step: bool = False,
     ) -> tuple[dict[str, Any] | None, Path]:
         """`grant`: with an s3:// lake and NEURAXIS_LAKE_CREDENTIALS=scoped, the process gets
-        keys minted for exactly that (as the operator's pods do) instead of the runner's own."""
+        keys minted for exactly that (as the operator's pods do) instead of the runner's own.
+        `spark_step`: an `etl` step, run in the run's shared Spark process when there is one
+        and the step can use it (not with scoped keys: a JVM's lake keys are fixed at start)."""
         run_dir = self.work / (res.metadata.namespace or "default") / run_id
         run_dir.mkdir(parents=True, exist_ok=True)
         term = run_dir / "termination-log"
         term.unlink(missing_ok=True)
         log = run_dir / "workload.log"
+        log.write_bytes(b"")  # there even when the workload is stopped before it writes
         env = {
             **os.environ,
             TERMINATION_LOG_ENV: str(term),
@@ -232,7 +244,14 @@ class Runner:
             "NEURAXIS_NAMESPACE": res.metadata.namespace or "default",
             **self.scoped_env(grant),
         }
-        with open(log, "wb") as out:
+        shared = self._shared_spark if spark_step and grant is None else None
+        if shared is None or not self.in_shared_spark(shared, args, env, log):
+            self.in_own_process(args, env, log)
+        result = read_compact_result(term.read_text()) if term.exists() else None
+        return result, log
+
+    def in_own_process(self, args: list[str], env: dict[str, str], log: Path) -> None:
+        with open(log, "ab") as out:
             # Its own process group: a later run of the same resource stops the whole workload.
             proc = subprocess.Popen(
                 [sys.executable, "-m", "neuraxis.cli", "workload", *args],
@@ -244,8 +263,20 @@ class Runner:
             if self._on_workload_start is not None:
                 self._on_workload_start(proc.pid)
             proc.wait()
-        result = read_compact_result(term.read_text()) if term.exists() else None
-        return result, log
+
+    def in_shared_spark(
+        self, shared: SharedSpark, args: list[str], env: dict[str, str], log: Path
+    ) -> bool:
+        """Run the step in the shared Spark process; False when the step needs its own."""
+        pid = shared.start(os.environ)
+        if self._on_workload_start is not None:
+            self._on_workload_start(pid)
+        reply = shared.run_step(args, env, log)
+        if reply is not None and "unsupported" in reply:
+            with open(log, "a") as out:
+                out.write(f"[runner] own Spark process: {reply['unsupported']}\n")
+            return False
+        return True
 
     def scoped_env(self, grant: LakeGrant | None) -> dict[str, str]:
         """The AWS_* keys of the grant (empty: the workload inherits the runner's keys)."""
@@ -300,7 +331,7 @@ class Runner:
         grant = (
             dataset_grant(ds, upstream, self.lake_settings(), run_id) if self.scoping() else None
         )
-        result, log = self.workload(ds, args, run_id, grant)
+        result, log = self.workload(ds, args, run_id, grant, spark_step=True)
         if result is None:
             return self._no_result(log)
         return dataset_outcome(result, self.lake.uri(Lake.table_path(ns, ds.metadata.name)))
@@ -660,12 +691,23 @@ class Runner:
         )
 
     def run(self, entries: list[Entry]) -> list[Outcome]:
+        stamp = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{os.getpid()}"
+        self._shared_spark = SharedSpark(self.work / "etl-server" / f"{stamp}.log")
+        try:
+            return self._run_all(entries)
+        finally:
+            self._shared_spark.close()
+            self._shared_spark = None
+
+    def _run_all(self, entries: list[Entry]) -> list[Outcome]:
         queue = order(entries)
         known = {(e.kind, e.name) for e in queue}
         outcomes = []
         while queue:
             entry = queue.pop(0)
             outcomes.append(self.step(entry))
+            if self._shared_spark is not None and all(e.kind != "Dataset" for e in queue):
+                self._shared_spark.close()  # its memory is the training's now
             # A TrainingJob that registered a ModelVersion nobody declared: evaluate it too.
             registered = outcomes[-1].status.get("modelVersion")
             if (

@@ -14,7 +14,7 @@ import typer
 from neuraxis.lake import Lake
 
 
-def _upstream_map(pairs: list[str]) -> dict[str, str]:
+def upstream_map(pairs: list[str]) -> dict[str, str]:
     out = {}
     for pair in pairs:
         name, sep, uri = pair.partition("=")
@@ -51,7 +51,7 @@ def etl_command(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     the_lake = Lake(lake) if lake else Lake.from_env()
-    upstream_uris = _upstream_map(upstream)
+    upstream_uris = upstream_map(upstream)
     try:
         resource = parse_resource(yaml.safe_load(spec.read_text()))
         if not isinstance(resource, Dataset):
