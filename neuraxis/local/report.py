@@ -42,20 +42,25 @@ def summary_table(outcomes: list[Outcome]) -> Table:
 
 
 def status_table(bodies: list[dict[str, Any]]) -> Table:
-    table = Table(title="neuraxis status")
-    for column in ("Namespace", "Kind", "Name", "Phase", "Reason", "Message"):
-        table.add_column(column, overflow="fold")
+    """As the summary: namespace, kind, name and phase never wrap; why (the Ready condition's
+    reason and the status message) folds into what is left of 80 columns. One namespace is
+    named in the title instead of a column, leaving the room to the why."""
+    namespaces = sorted({str(b["metadata"].get("namespace", "")) for b in bodies})
+    one = len(namespaces) == 1
+    title = f"neuraxis status (namespace {namespaces[0]})" if one else "neuraxis status"
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
+    for column in ("Kind", "Name", "Phase") if one else ("Namespace", "Kind", "Name", "Phase"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("Reason: message", overflow="fold", ratio=1)
     for body in bodies:
         meta, status = body["metadata"], body.get("status") or {}
         ready: dict[str, Any] = next(
             (c for c in status.get("conditions") or [] if c["type"] == "Ready"), {}
         )
         phase = str(status.get("phase", "?"))
-        table.add_row(
-            meta.get("namespace", ""), body["kind"], meta["name"],
-            styled(phase), ready.get("reason", ""),
-            str(status.get("message", "")),
-        )  # fmt: skip
+        why = ": ".join(str(x) for x in (ready.get("reason"), status.get("message")) if x)
+        where = [] if one else [str(meta.get("namespace", ""))]
+        table.add_row(*where, body["kind"], meta["name"], styled(phase), why)
     return table
 
 

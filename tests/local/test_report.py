@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from rich.console import Console
 
-from neuraxis.local.report import summary_table
+from neuraxis.local.report import status_table, summary_table
 from neuraxis.local.runner import Outcome
 
 OUTCOMES = [
@@ -31,3 +31,32 @@ def test_names_stay_whole_in_80_columns(terminal: bool) -> None:
     # The long reason is folded, not cut: every word of it is printed.
     text = " ".join(lines)
     assert all(word in text for word in ("0.61", "held-out", "sensor-features"))
+
+
+@pytest.mark.parametrize(("terminal", "namespaces"), [(True, 1), (False, 1), (False, 2)])
+def test_status_keeps_names_whole_in_80_columns(terminal: bool, namespaces: int) -> None:
+    bodies = [
+        {
+            "kind": o.kind,
+            "metadata": {"namespace": f"team-{i % namespaces}", "name": o.name},
+            "status": {
+                "phase": o.phase,
+                "message": o.message or "done",
+                "conditions": [{"type": "Ready", "reason": o.reason}],
+            },
+        }
+        for i, o in enumerate(OUTCOMES)
+    ]
+    console = Console(width=80, record=True, force_terminal=terminal, color_system=None)
+    console.print(status_table(bodies))
+    lines = console.export_text().splitlines()
+    assert max(len(line) for line in lines) <= 80
+    for o in OUTCOMES:
+        assert any(o.name in line and o.kind in line for line in lines), (o.name, lines)
+    text = " ".join(lines)
+    if namespaces == 1:
+        assert "(namespace team-0)" in text
+        assert all(word in text for word in ("GatesFailed:", "0.61", "held-out", "sensor-features"))
+    else:  # a namespace column, whole too
+        for i, o in enumerate(OUTCOMES):
+            assert any(f"team-{i % 2}" in line and o.name in line for line in lines)
