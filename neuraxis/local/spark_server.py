@@ -20,10 +20,6 @@ class SharedSpark:
         self.proc: subprocess.Popen[bytes] | None = None
         self.replies: IO[str] | None = None
 
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc is not None else None
-
     def start(self, env: Mapping[str, str]) -> int:
         """The server's pid (started once; again after it died)."""
         if self.proc is not None and self.proc.poll() is None:

@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from neuraxis.workloads.etl.cli import etl_command
+from neuraxis.workloads.etl.cli import etl_app
 from neuraxis.workloads.etl.server import EtlServer, forget_step_state
+from tests.etl.conftest import EXAMPLES
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -30,18 +31,21 @@ def test_a_step_leaves_no_views_or_cached_data(spark: SparkSession) -> None:
 
 
 def test_bad_requests_are_answered_and_the_server_keeps_serving(tmp_path: Path) -> None:
-    app = typer.Typer()
-    app.command()(etl_command)
-    server = EtlServer(typer.main.get_command(app), None)
-    log = tmp_path / "step.log"
-    requests = io.StringIO(
-        json.dumps({"args": ["etl", "--namespace", "default"], "env": {}, "log": str(log)})
-        + "\n{not json\n"
-    )
+    server = EtlServer(typer.main.get_command(etl_app()), None)
+    logs = [tmp_path / f"step-{i}.log" for i in range(2)]
+    spec = EXAMPLES / "01-sensor-readings.yaml"
+    flags = ["etl", "--spec", str(spec), "--namespace", "default", "--run-id", "r1"]
+    requests = [
+        {"args": ["etl", "--namespace", "default"], "env": {}, "log": str(logs[0])},
+        {"args": [*flags, "--upstream", "no-equals-sign"], "env": {}, "log": str(logs[1])},
+    ]
+    lines = "".join(json.dumps(r) + "\n" for r in requests) + "{not json\n"
     replies = io.StringIO()
-    server.serve(requests, replies)
+    server.serve(io.StringIO(lines), replies)
     answers = [json.loads(line) for line in replies.getvalue().splitlines()]
     assert answers[0] == {"exitCode": 2}
-    assert "Missing option '--spec'" in log.read_text()
-    assert answers[1]["exitCode"] == 1 and "JSONDecodeError" in answers[1]["error"]
-    assert server.spark is None  # nothing asked for Spark
+    assert "Missing option '--spec'" in logs[0].read_text()
+    assert answers[1] == {"exitCode": 2}
+    assert "expected <dataset>=<table uri>" in logs[1].read_text()
+    assert answers[2]["exitCode"] == 1 and "JSONDecodeError" in answers[2]["error"]
+    assert server.spark is None  # nothing got as far as Spark

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 from rich.console import Console
+from rich.table import Table
 
 from neuraxis.local.report import status_table, summary_table
 from neuraxis.local.runner import Outcome
@@ -20,14 +21,21 @@ OUTCOMES = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize("terminal", [True, False])
-def test_names_stay_whole_in_80_columns(terminal: bool) -> None:
+def rendered_in_80_columns(table: Table, terminal: bool) -> list[str]:
+    """The table's lines as an 80-column terminal (or a CI log) shows them, checked to fit and
+    to keep every kind and name whole on one line."""
     console = Console(width=80, record=True, force_terminal=terminal, color_system=None)
-    console.print(summary_table(OUTCOMES))
+    console.print(table)
     lines = console.export_text().splitlines()
     assert max(len(line) for line in lines) <= 80
     for o in OUTCOMES:
         assert any(o.name in line and o.kind in line for line in lines), (o.name, lines)
+    return lines
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_names_stay_whole_in_80_columns(terminal: bool) -> None:
+    lines = rendered_in_80_columns(summary_table(OUTCOMES), terminal)
     # The long reason is folded, not cut: every word of it is printed.
     text = " ".join(lines)
     assert all(word in text for word in ("0.61", "held-out", "sensor-features"))
@@ -47,12 +55,7 @@ def test_status_keeps_names_whole_in_80_columns(terminal: bool, namespaces: int)
         }
         for i, o in enumerate(OUTCOMES)
     ]
-    console = Console(width=80, record=True, force_terminal=terminal, color_system=None)
-    console.print(status_table(bodies))
-    lines = console.export_text().splitlines()
-    assert max(len(line) for line in lines) <= 80
-    for o in OUTCOMES:
-        assert any(o.name in line and o.kind in line for line in lines), (o.name, lines)
+    lines = rendered_in_80_columns(status_table(bodies), terminal)
     text = " ".join(lines)
     if namespaces == 1:
         assert "(namespace team-0)" in text

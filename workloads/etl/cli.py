@@ -8,10 +8,14 @@ import logging
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from neuraxis.lake import Lake
+
+if TYPE_CHECKING:
+    from neuraxis.crds.dataset import Dataset
 
 
 def upstream_map(pairs: list[str]) -> dict[str, str]:
@@ -24,6 +28,20 @@ def upstream_map(pairs: list[str]) -> dict[str, str]:
             )
         out[name] = uri
     return out
+
+
+def load_dataset(spec: Path) -> Dataset:
+    """The Dataset in a spec file. Raises OSError, yaml.YAMLError or ResourceError (with no
+    errors listed: the file holds another kind)."""
+    import yaml
+
+    from neuraxis.crds.dataset import Dataset
+    from neuraxis.resources import ResourceError, parse_resource
+
+    resource = parse_resource(yaml.safe_load(spec.read_text()))
+    if not isinstance(resource, Dataset):
+        raise ResourceError(str(spec), [])
+    return resource
 
 
 def etl_command(
@@ -40,8 +58,7 @@ def etl_command(
     """Run a Dataset's ETL pipeline and publish its result."""
     import yaml
 
-    from neuraxis.crds.dataset import Dataset
-    from neuraxis.resources import ResourceError, parse_resource
+    from neuraxis.resources import ResourceError
     from neuraxis.workloads.etl.errors import INVALID_SPEC
     from neuraxis.workloads.etl.report import EtlResult
     from neuraxis.workloads.etl.run import run_etl
@@ -53,11 +70,8 @@ def etl_command(
     the_lake = Lake(lake) if lake else Lake.from_env()
     upstream_uris = upstream_map(upstream)
     try:
-        resource = parse_resource(yaml.safe_load(spec.read_text()))
-        if not isinstance(resource, Dataset):
-            raise ResourceError(str(spec), [])
         result = run_etl(
-            resource, the_lake, run_id=run_id, namespace=namespace, upstream=upstream_uris
+            load_dataset(spec), the_lake, run_id=run_id, namespace=namespace, upstream=upstream_uris
         )
     except (OSError, yaml.YAMLError, ResourceError) as exc:
         stamp = datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
@@ -81,7 +95,13 @@ def etl_command(
         raise typer.Exit(1)
 
 
-def main() -> None:
+def etl_app() -> typer.Typer:
+    """The `etl` command alone (what `python -m neuraxis.workloads.etl` and the local Spark
+    server run)."""
     app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
     app.command()(etl_command)
-    app(args=sys.argv[1:], prog_name="neuraxis workload etl")
+    return app
+
+
+def main() -> None:
+    etl_app()(args=sys.argv[1:], prog_name="neuraxis workload etl")

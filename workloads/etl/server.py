@@ -51,9 +51,7 @@ def session_key(dataset: Dataset, lake: Lake, upstream: Mapping[str, str]) -> Se
     return tuple(jar_sets_for(dataset, lake, upstream)), dataset.spec.engine.driver_memory
 
 
-def describe(key: SessionKey | None) -> str:
-    if key is None:
-        return "executors on Kubernetes"
+def describe(key: SessionKey) -> str:
     jars, memory = key
     return f"jars {'+'.join(jars)} and driver memory {memory}"
 
@@ -61,14 +59,13 @@ def describe(key: SessionKey | None) -> str:
 def read_dataset(spec: Path) -> Dataset | None:
     """The step's Dataset, or None when the spec cannot be read (the etl command then reports
     InvalidSpec itself, without needing Spark)."""
-    from neuraxis.crds.dataset import Dataset
-    from neuraxis.resources import ResourceError, parse_resource
+    from neuraxis.resources import ResourceError
+    from neuraxis.workloads.etl.cli import load_dataset
 
     try:
-        resource = parse_resource(yaml.safe_load(spec.read_text()))
+        return load_dataset(spec)
     except (OSError, yaml.YAMLError, ResourceError):
         return None
-    return resource if isinstance(resource, Dataset) else None
 
 
 @contextmanager
@@ -136,15 +133,14 @@ class EtlServer:
         with step_env(env):
             try:
                 ctx = self.command.make_context("neuraxis workload etl", args)
-            except click.ClickException as exc:
+                dataset = read_dataset(Path(ctx.params["spec"]))
+                refusal = self.join(dataset, ctx.params) if dataset is not None else ""
+            except click.ClickException as exc:  # bad flags or --upstream: as the CLI says it
                 with step_output(log):
                     exc.show()
                 return {"exitCode": exc.exit_code}
-            dataset = read_dataset(Path(ctx.params["spec"]))
-            if dataset is not None:
-                refusal = self.join(dataset, ctx.params)
-                if refusal:
-                    return {"unsupported": refusal}
+            if refusal:
+                return {"unsupported": refusal}
             with step_output(log):
                 code = self.invoke(ctx)
         if self.spark is not None:
@@ -161,7 +157,7 @@ class EtlServer:
         key = session_key(dataset, lake, upstream)
         if key is None:
             return "spec.engine.executors > 0: Spark on Kubernetes"
-        if self.spark is not None:
+        if self.key is not None:
             if key == self.key:
                 return ""
             return f"needs Spark with {describe(key)}; the run's Spark has {describe(self.key)}"
@@ -220,10 +216,8 @@ def etl_server_command(
     ),
 ) -> None:
     """Run the Dataset steps of a local run in one Spark (used by `neuraxis run`)."""
-    from neuraxis.workloads.etl.cli import etl_command
+    from neuraxis.workloads.etl.cli import etl_app
 
-    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-    app.command()(etl_command)
-    command = typer.main.get_command(app)
+    command = typer.main.get_command(etl_app())
     with os.fdopen(reply_fd, "w") as replies:
         EtlServer(command, server_log).serve(sys.stdin, replies)
