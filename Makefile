@@ -12,7 +12,7 @@ UV_VERSION := 0.13.8
 # refreshes it.
 STAMP := $(VENV)/.synced-$(shell (sha256sum requirements.lock; echo compile-bytecode) | sha256sum | cut -c1-16)
 
-.PHONY: help venv lock test lint typecheck unit crds demo tools tools-all jars image cluster cluster-down infra-up infra-down clean
+.PHONY: help venv lock test lint typecheck unit crds demo tools tool-binaries tools-all jars image cluster cluster-down infra-up infra-down clean
 
 help:
 	@echo "make demo        set up and run the main example"
@@ -54,11 +54,15 @@ crds: venv
 # glua (the Lua 5.1 of Argo CD) for the health checks in gitops/argocd, and Prometheus with promtool.
 # `dev node deps` apt-installs the node's Debian packages (runc, CNI plugins, iptables,
 # conntrack, busybox-static) only when one of their binaries is missing.
-TEST_TOOLS := kubernetes etcd kwok containerd coredns minio pulumi pulumi-resource-kubernetes pulumi-language-python glua prometheus
+# Longest builds first: two run at once (`--jobs`), so the short ones fill in at the end.
+TEST_TOOLS := pulumi-resource-kubernetes kubernetes pulumi coredns containerd prometheus minio kwok etcd pulumi-language-python glua
 
-tools: venv
-	$(VENV)/bin/neuraxis dev tools build $(addprefix --only ,$(TEST_TOOLS))
+tools: tool-binaries venv
 	$(VENV)/bin/neuraxis dev node deps
+
+# The builds need only the standard library: they start before (and beside) the venv.
+tool-binaries:
+	PYTHONPATH=. $(PYTHON) -m neuraxis.dev.toolchain $(TEST_TOOLS)
 
 tools-all: venv
 	$(VENV)/bin/neuraxis dev tools build
@@ -89,7 +93,10 @@ infra-down: venv
 unit: venv
 	$(VENV)/bin/pytest -m "not cluster and not engine"
 
-test: lint typecheck tools jars image
+# The set-up steps run side by side: on a cold machine the tool builds keep the CPUs busy for
+# most of an hour while the jar and image steps mostly download.
+test:
+	$(MAKE) --no-print-directory -j3 lint typecheck tools jars image
 	$(PY) -m compileall -q -j 0 neuraxis workloads  # the project's own bytecode (see venv)
 	$(VENV)/bin/pytest
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -381,6 +382,30 @@ def _install(spec: ToolSpec, binary: str, body: str) -> Path:
     path.chmod(0o755)
     toolchain._record_packages(folder, {binary: spec.binaries[binary]})
     return path
+
+
+def test_two_tables_build_at_once_and_one_failure_spares_the_other(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """With jobs=2 both builds run together; a failing table is reported, the other lands."""
+    monkeypatch.setenv("NEURAXIS_TOOLS_DIR", str(tmp_path))
+    both_started = threading.Barrier(2, timeout=10)
+
+    def build_when_both_run(spec: ToolSpec, work: Path, out_dir: Path, progress: object) -> None:
+        both_started.wait()  # a broken barrier (one build at a time) fails the test
+        if spec.name == "first":
+            raise ToolchainError("first: go build failed")
+        out_dir.mkdir()
+        (out_dir / "second-cli").write_text("#!/bin/sh\necho second v2.0.0\n")
+        (out_dir / "second-cli").chmod(0o755)
+
+    monkeypatch.setattr(toolchain, "_build_in_wrapper", build_when_both_run)
+    toolset = _two_tables()
+    with pytest.raises(ToolchainError, match="first: go build failed"):
+        toolchain.build(toolset=toolset, progress=lambda _m: None, jobs=2)
+    assert "second v2.0.0" in toolchain.check_binary(
+        toolset.tool("second"), "second-cli", toolchain.tool_path("second-cli", toolset)
+    )
 
 
 def _fake_builds(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, list[str]]]:

@@ -21,12 +21,13 @@ def tools_build(
         [], "--only", help="Build only this tool or binary (repeatable), e.g. kubernetes, kwokctl."
     ),
     force: bool = typer.Option(False, "--force", help="Rebuild even when the cache is valid."),
+    jobs: int = typer.Option(2, "--jobs", min=1, help="Tool builds that run at once."),
 ) -> None:
     """Build the pinned tools into the versioned cache (seconds when already built)."""
     from neuraxis.dev import toolchain
 
     try:
-        bin_dir = toolchain.build(only, force=force)
+        bin_dir = toolchain.build(only, force=force, jobs=jobs)
     except toolchain.ToolchainError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc

@@ -20,6 +20,7 @@ so the wrapper re-creates what upstream's go.mod meant with published versions i
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import fcntl
@@ -452,6 +453,7 @@ def build(
     toolset: Toolset | None = None,
     force: bool = False,
     progress: Progress = _stderr_progress,
+    jobs: int = 2,
 ) -> Path:
     """Make sure every tool (or those named in `only`) is built; returns the bin directory.
 
@@ -459,8 +461,15 @@ def build(
     warm run takes seconds.
     """
     toolset = toolset or load_toolset()
-    for spec in _select(toolset, only):
-        ensure_tool(spec, force=force, progress=progress)
+    specs = _select(toolset, only)
+    # Two builds at once: one `go build` leaves a core idle while it loads packages, links a
+    # large binary or waits on a package everything else imports; a second build fills those
+    # gaps (cold set-up on 2 cores is mostly these builds). Tables start in the given order.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        futures = [pool.submit(ensure_tool, s, force=force, progress=progress) for s in specs]
+        errors = [error for f in futures if (error := f.exception()) is not None]
+    if errors:
+        raise ToolchainError("; ".join(str(e) for e in errors)) from errors[0]
     return bin_dir(toolset)
 
 
@@ -898,3 +907,25 @@ def check_binary(spec: ToolSpec, binary: str, path: Path) -> str:
     if spec.expect and spec.expect not in output:
         raise ToolchainError(f"{binary}: version output lacks {spec.expect!r}: {output[:300]!r}")
     return output
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m neuraxis.dev.toolchain [--jobs N] [tool ...]`: build, print the bin directory.
+
+    The same as `neuraxis dev tools build`, but this module needs only the standard library,
+    so `make` starts the long cold builds before (and beside) the venv's download.
+    """
+    args = list(argv if argv is not None else sys.argv[1:])
+    jobs = 2
+    if args[:1] == ["--jobs"] and len(args) > 1 and args[1].isdigit():
+        jobs, args = int(args[1]), args[2:]
+    try:
+        print(build(args, jobs=jobs))
+    except ToolchainError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
