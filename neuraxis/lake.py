@@ -111,6 +111,12 @@ class Lake:
         return f"edge/{namespace}/{model}/{version}"
 
     @staticmethod
+    def bundle_path(namespace: str, model: str, version: str, run_id: str) -> str:
+        """One bundle build's folder: run-unique, so a later build never rewrites the bundle
+        agents already run."""
+        return f"{Lake.edge_path(namespace, model, version)}/{run_id}"
+
+    @staticmethod
     def run_path(namespace: str, run_id: str) -> str:
         return f"runs/{namespace}/{run_id}"
 
@@ -129,6 +135,11 @@ class Lake:
     def edge_health_path(namespace: str, deployment: str) -> str:
         """Where an EdgeDeployment's agents upload health snapshots (one folder per node)."""
         return f"edge-health/{namespace}/{deployment}"
+
+    # The files of an artifact folder that evaluation and bundling (re)write after training:
+    # the manifest and the card folder it lists (the model files never change).
+    ARTIFACT_MANIFEST = "manifest.json"
+    CARD_FOLDER = "card"
 
     LINEAGE_PREFIX = "lineage"
     # The first folder of every namespaced prefix above (`<kind>/<ns>/...`).

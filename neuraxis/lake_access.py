@@ -14,6 +14,9 @@ Roles (see the README, "Who can read what"):
     train           read its Dataset's table; write its run folder (and run-unique artifact)
     custom-trainer  its run folder; and only what its env contract names when given (its
                     Dataset's table to read, its artifact folder to write)
+    evaluate        read its artifact and held-out table; write the artifact's card (and the
+                    manifest that lists it) and its run folder (a backtest: the same)
+    bundle          what evaluate may, and write its run-unique edge bundle folder
     serve           read its model artifact; append its inference-log prefix
     edge            read its bundle; append its inference-log and health prefixes
 """
@@ -31,8 +34,10 @@ from urllib.parse import urlparse
 from neuraxis.crds.trainingjob import TrainingJob
 from neuraxis.lake import Lake, S3Settings
 
-Role = Literal["etl", "train", "custom-trainer", "serve", "edge"]
-ROLES: tuple[Role, ...] = ("etl", "train", "custom-trainer", "serve", "edge")
+Role = Literal["etl", "train", "custom-trainer", "evaluate", "bundle", "serve", "edge"]
+ROLES: tuple[Role, ...] = (
+    "etl", "train", "custom-trainer", "evaluate", "bundle", "serve", "edge"
+)  # fmt: skip
 
 # STS bounds. AWS: 900 s to the role's MaxSessionDuration (at most 12 h). MinIO accepts 900 s
 # to 365 days (measured: 31 536 000 s works, one day more is "invalid token expiry").
@@ -157,6 +162,38 @@ def custom_trainer_grant(
         namespace,
         read=(dataset_table,) if dataset_table else (),
         write=(Lake.run_path(namespace, run_id), *((artifact,) if artifact else ())),
+    )
+
+
+def card_prefixes(artifact: str, namespace: str) -> tuple[str, ...]:
+    """What writing a model card changes in an artifact folder: the card folder and the
+    manifest that lists it; nothing for an artifact of another namespace (a granted
+    cross-namespace source is read, never written: its card stays its owner's)."""
+    if not in_namespace(artifact, namespace):
+        return ()
+    return (f"{artifact}/{Lake.CARD_FOLDER}", f"{artifact}/{Lake.ARTIFACT_MANIFEST}")
+
+
+def evaluate_grant(namespace: str, artifact: str, heldout: str, run: str) -> LakeGrant:
+    """An evaluation or a backtest: its artifact and its held-out table (the evaluation
+    Dataset's, else the training Dataset's); writes the card and its run folder `run`
+    (`runs/<ns>/<name>-*` for a backtest schedule's Jobs)."""
+    return LakeGrant(
+        "evaluate",
+        namespace,
+        read=tuple(sorted({artifact, heldout})),
+        write=(*card_prefixes(artifact, namespace), run),
+    )
+
+
+def bundle_grant(namespace: str, artifact: str, heldout: str, bundle: str, run: str) -> LakeGrant:
+    """An edge bundle build: what an evaluation reads (it weighs int8 against fp32 on the
+    same rows) and the card it extends; writes its run-unique bundle folder and run folder."""
+    return LakeGrant(
+        "bundle",
+        namespace,
+        read=tuple(sorted({artifact, heldout})),
+        write=(*card_prefixes(artifact, namespace), bundle, run),
     )
 
 

@@ -23,7 +23,8 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from neuraxis.crds import Dataset, Resource, TrainingJob
+from neuraxis.crds import Dataset, EdgeDeployment, ModelVersion, Resource, TrainingJob
+from neuraxis.crds.common import DatasetRef
 from neuraxis.lake import Lake, S3Settings
 from neuraxis.lake_access import (
     EXPIRES_ANNOTATION,
@@ -31,9 +32,11 @@ from neuraxis.lake_access import (
     LakeGrant,
     LakeScopeError,
     artifact_folder,
+    bundle_grant,
     custom_trainer_grant,
     edge_grant,
     etl_grant,
+    evaluate_grant,
     mint,
     needs_refresh,
     scoped_secret,
@@ -106,6 +109,48 @@ def training_grant(
     if tj.spec.custom is not None:
         return custom_trainer_grant(ns, run_id, dataset_table=table, artifact=artifact)
     return train_grant(ns, table, run_id, artifact=artifact)
+
+
+def heldout_table(ref: DatasetRef | None, namespace: str, lineage: Obj) -> str:
+    """The table an evaluation or a bundle judges on: the evaluation Dataset's
+    (spec.evaluation.datasetRef), else the training Dataset's (the lineage). An artifact
+    registered by URI names its training Dataset only inside its model.pt: then the
+    namespace's tables, read only."""
+    if ref is not None:
+        return Lake.table_path(ref.namespace or namespace, ref.name)
+    if lineage.get("dataset"):
+        return Lake.table_path(namespace, str(lineage["dataset"]))
+    return Lake.table_path(namespace, "").rstrip("/")
+
+
+def evaluation_grant(
+    mv: ModelVersion, artifact_uri: str, lineage: Obj, run: str, settings: OperatorSettings
+) -> LakeGrant:
+    """An evaluation (`run`: its run folder) or its backtests (`runs/<ns>/<cron>-*`)."""
+    ref = mv.spec.evaluation.dataset_ref if mv.spec.evaluation else None
+    ns = _ns(mv)
+    table = heldout_table(ref, ns, lineage)
+    return evaluate_grant(ns, _relative(settings, artifact_uri), table, run)
+
+
+def bundling_grant(
+    ed: EdgeDeployment,
+    model: str,
+    run_id: str,
+    artifact_uri: str,
+    heldout: DatasetRef | None,
+    lineage: Obj,
+    settings: OperatorSettings,
+) -> LakeGrant:
+    """The bundle run `run_id` of the version `ed` rolls out (registered as `model`)."""
+    ns = _ns(ed)
+    return bundle_grant(
+        ns,
+        _relative(settings, artifact_uri),
+        heldout_table(heldout, ns, lineage),
+        Lake.bundle_path(ns, model, ed.spec.model_version_ref.name, run_id),
+        Lake.run_path(ns, run_id),
+    )
 
 
 def serving_grant(

@@ -25,6 +25,7 @@ from neuraxis.operator.builders.auth import API_KEYS_MISSING, missing_keys_messa
 from neuraxis.operator.builders.common import inline_specs
 from neuraxis.operator.builders.dataset import build_dataset_children, etl_children_name
 from neuraxis.operator.builders.edge import (
+    BUNDLE_COMPONENT,
     build_bundle_children,
     build_edge_agent_children,
     canary_daemon_set_name,
@@ -43,7 +44,9 @@ from neuraxis.operator.builders.federation import (
     tls_secret_name,
 )
 from neuraxis.operator.builders.modelversion import (
+    BACKTEST_COMPONENT,
     BACKTEST_LABEL,
+    EVALUATE_COMPONENT,
     ClusterFeatures,
     backtest_cron_job_name,
     build_backtest_children,
@@ -83,7 +86,9 @@ from neuraxis.operator.lake_credentials import (
     TRAIN_COMPONENT,
     TUNE_COMPONENT,
     agent_grant,
+    bundling_grant,
     dataset_grant,
+    evaluation_grant,
     scope_children,
     serving_grant,
     training_grant,
@@ -541,6 +546,7 @@ def _evaluate(
     mv: ModelVersion,
     status: Obj,
     artifact: tuple[str, str | None],
+    lineage: Obj,
     cluster: Cluster,
     settings: OperatorSettings,
 ) -> Draft | None:
@@ -559,7 +565,12 @@ def _evaluate(
             fields={"evaluation": evaluation},
         )
     name = run_name(mv, "eval")
-    children = build_evaluation_children(mv, artifact[0], settings, artifact[1])
+    folder = Lake.run_path(ns_of(mv), name)
+    children = scope_children(
+        cluster, mv, build_evaluation_children(mv, artifact[0], settings, artifact[1]),
+        EVALUATE_COMPONENT, name,
+        lambda: evaluation_grant(mv, artifact[0], lineage, folder, settings), settings,
+    )  # fmt: skip
     waiting = _start_run(cluster, mv, children, name)
     if waiting is not None:
         return waiting
@@ -587,7 +598,7 @@ def reconcile_model_version(
     base_fields: Obj = {"artifact": {"uri": uri}, "lineage": lineage}
     if status.get("evaluationHistory"):
         base_fields["evaluationHistory"] = status["evaluationHistory"]
-    verdict = _evaluate(mv, status, (uri, expected), cluster, settings)
+    verdict = _evaluate(mv, status, (uri, expected), lineage, cluster, settings)
     if verdict is not None:
         verdict.fields = {**base_fields, **verdict.fields}
         return verdict
@@ -602,7 +613,7 @@ def reconcile_model_version(
         "evaluation": status.get("evaluation"),
         "cardUri": status.get("cardUri"),
     }
-    history = _backtests(mv, status, (artifact_uri, digest), cluster, settings)
+    history = _backtests(mv, status, (artifact_uri, digest), lineage, cluster, settings)
     fields["evaluationHistory"] = history or None
     fields = {k: v for k, v in fields.items() if v is not None}
     degraded = degraded_condition(history)
@@ -622,6 +633,7 @@ def _backtests(
     mv: ModelVersion,
     status: Obj,
     artifact: tuple[str, str | None],
+    lineage: Obj,
     cluster: Cluster,
     settings: OperatorSettings,
 ) -> list[Obj]:
@@ -633,7 +645,15 @@ def _backtests(
     schedule = mv.spec.evaluation.schedule if mv.spec.evaluation else None
     cron_name = backtest_cron_job_name(mv)
     if schedule is not None or cluster.get("batch/v1", "CronJob", ns, cron_name) is not None:
-        _apply_all(cluster, build_backtest_children(mv, artifact[0], settings, artifact[1]))
+        # Each scheduled Job's run folder is `<cron>-<suffix>`; the keys are refreshed on the
+        # CronJob's template at a resync, so later Jobs start with fresh ones.
+        runs = f"{Lake.run_path(ns, cron_name)}-*"
+        children = scope_children(
+            cluster, mv, build_backtest_children(mv, artifact[0], settings, artifact[1]),
+            BACKTEST_COMPONENT, cron_name,
+            lambda: evaluation_grant(mv, artifact[0], lineage, runs, settings), settings,
+        )  # fmt: skip
+        _apply_all(cluster, children)
     history: list[Obj] = list(status.get("evaluationHistory") or [])
     recorded = {e.get("runId") for e in history}
     jobs = cluster.list("batch/v1", "Job", ns, {owner_label("ModelVersion"): mv.metadata.name})
@@ -822,7 +842,12 @@ def reconcile_edge(
         name = run_name(ed, "bundle")
         digest = approved_artifact_digest(ed, cluster)
         heldout = approved_evaluation_dataset(ed, cluster)
-        children = build_bundle_children(ed, model, settings, artifact_uri, digest, heldout)
+        children = scope_children(
+            cluster, ed, build_bundle_children(ed, model, settings, artifact_uri, digest, heldout),
+            BUNDLE_COMPONENT, name,
+            lambda: bundling_grant(ed, model, name, artifact_uri, heldout, lineage, settings),
+            settings,
+        )  # fmt: skip
         waiting = _start_run(cluster, ed, children, name)
         if waiting is not None:
             return waiting

@@ -98,6 +98,16 @@ def grants(ns: str) -> dict[str, LakeGrant]:
         ),
         "train": lake_access.train_grant(ns, Lake.table_path(ns, "raw"), "r2"),
         "custom-trainer": lake_access.custom_trainer_grant(ns, "r3"),
+        "evaluate": lake_access.evaluate_grant(
+            ns, Lake.model_path(ns, "m", "1"), Lake.table_path(ns, "raw"), Lake.run_path(ns, "e1")
+        ),
+        "bundle": lake_access.bundle_grant(
+            ns,
+            Lake.model_path(ns, "m", "1"),
+            Lake.table_path(ns, "raw"),
+            Lake.bundle_path(ns, "m", "1", "b1"),
+            Lake.run_path(ns, "b1"),
+        ),
         "serve": lake_access.serve_grant(ns, Lake.model_path(ns, "m", "1"), "d"),
         "edge": lake_access.edge_grant(ns, Lake.edge_path(ns, "m", "1"), "d"),
     }
@@ -239,6 +249,56 @@ def test_edge_agent_reads_its_bundle_and_appends_its_logs(minio: LakeServer, see
     assert_refused(lambda: s3.put_object(Bucket=bucket, Key=bundle_key, Body=b"x"), "its bundle")
 
 
+def test_evaluation_reads_its_model_and_table_and_writes_only_the_card(
+    minio: LakeServer, seeded: Lake
+) -> None:
+    lake = scoped_lake(minio, grants(A)["evaluate"])
+    model = Lake.model_path(A, "m", "1")
+    assert lake.read_bytes(f"{model}/model.ts") == b"weights team-a"
+    table = DeltaTable(lake.uri(Lake.table_path(A, "raw")), storage_options=lake.storage_options())
+    assert table.to_pyarrow_table().num_rows == 2
+    lake.write_bytes(f"{model}/card/card.json", b"{}")
+    lake.write_json(f"{model}/manifest.json", {"card": {}})
+    lake.write_json(f"{Lake.run_path(A, 'e1')}/result.json", {"passed": True})
+    s3, bucket = lake._s3(), minio.bucket
+    for rel, what in (
+        (f"{model}/model.ts", "the model's weights"),
+        (f"{Lake.table_path(A, 'raw')}/x.parquet", "its held-out table"),
+        (f"{Lake.run_path(A, 'r1')}/result.json", "another run"),
+        (f"{Lake.model_path(A, 'm', '2')}/card/card.json", "another version's card"),
+    ):
+        key = lake._bucket_key(rel)[1]
+        assert_refused(partial(s3.put_object, Bucket=bucket, Key=key, Body=b"x"), what)
+    bundle_key = lake._bucket_key(f"{Lake.edge_path(A, 'm', '1')}/bundle.tar")[1]
+    assert_refused(lambda: s3.get_object(Bucket=bucket, Key=bundle_key), "reads a bundle")
+    assert seeded.read_bytes(f"{model}/model.ts") == b"weights team-a"
+
+
+def test_bundle_writes_its_own_bundle_folder_and_no_other(minio: LakeServer, seeded: Lake) -> None:
+    lake = scoped_lake(minio, grants(A)["bundle"])
+    assert lake.read_bytes(f"{Lake.model_path(A, 'm', '1')}/model.ts") == b"weights team-a"
+    lake.write_bytes(f"{Lake.bundle_path(A, 'm', '1', 'b1')}/model.ts", b"int8")
+    lake.write_json(f"{Lake.run_path(A, 'b1')}/result.json", {"outcome": "Succeeded"})
+    s3, bucket = lake._s3(), minio.bucket
+    for rel, what in (
+        (f"{Lake.edge_path(A, 'm', '1')}/bundle.tar", "the bundle agents already run"),
+        (f"{Lake.bundle_path(A, 'm', '1', 'b2')}/model.ts", "another build's folder"),
+        (f"{Lake.model_path(A, 'm', '1')}/model.ts", "the model's weights"),
+    ):
+        key = lake._bucket_key(rel)[1]
+        assert_refused(partial(s3.put_object, Bucket=bucket, Key=key, Body=b"x"), what)
+    assert seeded.read_bytes(f"{Lake.edge_path(A, 'm', '1')}/bundle.tar") == b"bundle team-a"
+
+
+def test_a_card_of_another_namespaces_artifact_is_never_granted() -> None:
+    """A granted cross-namespace source is read; writing its card stays its owner's."""
+    grant = lake_access.evaluate_grant(
+        A, Lake.model_path(B, "m", "1"), Lake.table_path(A, "raw"), Lake.run_path(A, "e2")
+    )
+    assert grant.write == (Lake.run_path(A, "e2"),)
+    assert Lake.model_path(B, "m", "1") in grant.read
+
+
 def test_the_grant_itself_refuses_writes_outside_the_namespace(tmp_path: Path) -> None:
     with pytest.raises(lake_access.LakeScopeError, match="cannot write 'tables/team-b/t'"):
         LakeGrant("etl", A, write=(Lake.table_path(B, "t"),))
@@ -367,6 +427,78 @@ def test_the_operator_mints_a_predictor_its_keys_and_refreshes_them(
     )
 
 
+def test_evaluation_backtest_and_bundle_jobs_get_their_own_keys(
+    minio: LakeServer, seeded: Lake
+) -> None:
+    """The operator's children for an evaluation Job, a backtest CronJob and a bundle Job read
+    a Secret of their own, whose keys write the card (or the bundle) and not the model."""
+    from neuraxis.crds import EdgeDeployment, ModelVersion
+    from neuraxis.operator.builders.edge import BUNDLE_COMPONENT, build_bundle_children
+    from neuraxis.operator.builders.modelversion import (
+        BACKTEST_COMPONENT,
+        EVALUATE_COMPONENT,
+        build_backtest_children,
+        build_evaluation_children,
+    )
+    from neuraxis.operator.lake_credentials import (
+        bundling_grant,
+        evaluation_grant,
+        pods_of,
+        scope_children,
+    )
+    from neuraxis.operator.settings import OperatorSettings
+    from neuraxis.resources import load_resources
+    from tests.conftest import EXAMPLES
+
+    settings = OperatorSettings(
+        lake_uri=minio.lake_uri, lake_credentials="scoped", lake_credentials_seconds=900
+    )
+    found = {r.kind: r for r in load_resources([EXAMPLES / "smart-manufacturing"])}
+    mv, ed = found["ModelVersion"], found["EdgeDeployment"]
+    assert isinstance(mv, ModelVersion) and isinstance(ed, EdgeDeployment)
+    for res in (mv, ed):
+        res.metadata.namespace, res.metadata.uid = A, "3f2a9c1b-7d4e-4f60-9a1b-2c3d4e5f6a7b"
+    artifact, lineage = seeded.uri(Lake.model_path(A, "m", "1")), {"dataset": "raw"}
+    cases = (
+        (mv, build_evaluation_children(mv, artifact, settings), EVALUATE_COMPONENT, "e1",
+         lambda: evaluation_grant(mv, artifact, lineage, Lake.run_path(A, "e1"), settings)),
+        (mv, build_backtest_children(mv, artifact, settings), BACKTEST_COMPONENT, "bt",
+         lambda: evaluation_grant(mv, artifact, lineage, f"{Lake.run_path(A, 'bt')}-*", settings)),
+        (ed, build_bundle_children(ed, "m", settings, artifact), BUNDLE_COMPONENT, "b1",
+         lambda: bundling_grant(ed, "m", "b1", artifact, None, lineage, settings)),
+    )  # fmt: skip
+    writes = {
+        "e1": f"{Lake.model_path(A, 'm', '1')}/card/card.json",
+        "bt": f"{Lake.run_path(A, 'bt')}-29160000/result.json",
+        "b1": f"{Lake.bundle_path(A, 'm', ed.spec.model_version_ref.name, 'b1')}/model.ts",
+    }
+    for res, children, component, owner, grant_of in cases:
+        api = ApiObjects()
+        out = scope_children(
+            api, res, children, component, owner, grant_of, settings, caller=root_settings(minio)
+        )
+        (secret,) = [o for o in api.objects.values() if o["kind"] == "Secret"]
+        role = "bundle" if component == BUNDLE_COMPONENT else "evaluate"
+        assert secret["metadata"]["name"] == f"neuraxis-lake-{role}-{owner}"
+        (template,) = pods_of(out, component)
+        refs = [s.get("secretRef") for s in template["spec"]["containers"][0]["envFrom"]]
+        assert {"name": secret["metadata"]["name"]} in refs, component
+        data = secret["stringData"]
+        keys = S3Settings(
+            data["AWS_ENDPOINT_URL"],
+            data["AWS_ACCESS_KEY_ID"],
+            data["AWS_SECRET_ACCESS_KEY"],
+            data["AWS_REGION"],
+            data["AWS_SESSION_TOKEN"],
+        )
+        lake = Lake(minio.lake_uri, s3=keys)
+        lake.write_bytes(writes[owner], b"{}")
+        model_key = lake._bucket_key(f"{Lake.model_path(A, 'm', '1')}/model.ts")[1]
+        put = partial(lake._s3().put_object, Bucket=minio.bucket, Key=model_key, Body=b"x")
+        assert_refused(put, f"{component} overwrites the model")
+    assert seeded.read_bytes(f"{Lake.model_path(A, 'm', '1')}/model.ts") == b"weights team-a"
+
+
 def test_a_local_etl_run_does_its_job_with_its_scoped_keys(
     minio: LakeServer, minio_home: Path, seeded: Lake, tmp_path: Path
 ) -> None:
@@ -399,17 +531,71 @@ def test_a_local_etl_run_does_its_job_with_its_scoped_keys(
     )
     assert table.to_pyarrow_table().num_rows == 100
 
-    # The table's writes came from a key that is not the runner's (root) key (audit entries
-    # arrive asynchronously: wait, bounded, for the first).
+    # The table's writes came from a key that is not the runner's (root) key.
+    writers = put_object_writers(minio_home, Lake.table_path(A, "readings"))
+    assert writers and minio.access_key not in writers, json.dumps(sorted(writers))
+
+
+def put_object_writers(minio_home: Path, prefix: str, part: str = "") -> set[str]:
+    """The access keys that wrote objects under `prefix` whose key contains `part` (audit
+    entries arrive asynchronously: wait, bounded, for the first)."""
+
     def writers() -> set[str]:
         return {
             e["requestHeader"].get("Authorization", "").split("Credential=")[1].split("/")[0]
             for e in dev_lake.read_audit(minio_home)
             if e["api"].get("name") == "PutObject"
-            and e["api"].get("object", "").startswith(f"lake/{Lake.table_path(A, 'readings')}/")
+            and e["api"].get("object", "").startswith(f"lake/{prefix}/")
+            and part in e["api"].get("object", "")
         }
 
     deadline = time.monotonic() + 30
     while not writers() and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert writers() and minio.access_key not in writers(), json.dumps(sorted(writers()))
+    return writers()
+
+
+def test_a_local_chain_evaluates_and_bundles_with_keys_of_their_own(
+    minio: LakeServer, minio_home: Path, seeded: Lake, tmp_path: Path
+) -> None:
+    """The healthcare example under `neuraxis run` with scoped keys, Dataset to edge bundle:
+    every step does its job; the card is written by the evaluation's and the bundle's own
+    keys, the bundle by the bundle's, never by the runner's."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    from tests.conftest import EXAMPLES
+
+    folder = tmp_path / "chain"
+    folder.mkdir()
+    for source in sorted((EXAMPLES / "smart-healthcare").glob("0*.yaml")):
+        doc = yaml.safe_load(source.read_text())
+        if doc["kind"] == "TrainingJob":
+            doc["spec"]["model"]["epochs"] = 8
+        (folder / source.name).write_text(yaml.safe_dump(doc, sort_keys=False))
+    env = {
+        **os.environ,
+        **minio.env(),
+        "NEURAXIS_LAKE_URI": minio.lake_uri,
+        "NEURAXIS_HOME": str(tmp_path / "home"),
+        "NEURAXIS_LAKE_CREDENTIALS": "scoped",
+        "NEURAXIS_SECRET_LAKE_SALT_SALT": "test-salt",
+    }
+    run = subprocess.run(
+        [sys.executable, "-m", "neuraxis.cli", "run", str(folder), "-n", A],
+        env=env, capture_output=True, text=True, timeout=1200,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    model = Lake.model_path(A, "diagnosis", "diagnosis-v1")
+    train_writers = put_object_writers(minio_home, model, "/model.pt")
+    card_writers = put_object_writers(minio_home, model, "/card/")
+    bundle_writers = put_object_writers(minio_home, Lake.edge_path(A, "diagnosis", "diagnosis-v1"))
+    assert minio.access_key not in train_writers | card_writers | bundle_writers
+    # The card: the evaluation's key, then the bundle's adding its record; the bundle: only
+    # the bundle's key; the model: only training's.
+    assert len(train_writers) == 1 and len(bundle_writers) == 1, (train_writers, bundle_writers)
+    assert len(card_writers) == 2 and bundle_writers < card_writers, card_writers
+    assert not train_writers & card_writers

@@ -38,9 +38,9 @@ from pydantic import BaseModel, Field
 
 from neuraxis.lake import Lake, LakeError
 
-MANIFEST = "manifest.json"
+MANIFEST = Lake.ARTIFACT_MANIFEST
 SIGNATURE = "signature.json"
-CARD_FOLDER = "card"
+CARD_FOLDER = Lake.CARD_FOLDER
 ARTIFACT_CHANGED = "ArtifactChanged"
 
 

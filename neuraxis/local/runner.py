@@ -44,7 +44,12 @@ from neuraxis.operator.inputs import (
     resolve_dataset_ref,
     resolve_upstream,
 )
-from neuraxis.operator.lake_credentials import dataset_grant, training_grant
+from neuraxis.operator.lake_credentials import (
+    bundling_grant,
+    dataset_grant,
+    evaluation_grant,
+    training_grant,
+)
 from neuraxis.operator.outcomes import (
     Draft,
     add_federation,
@@ -410,7 +415,14 @@ class Runner:
         args = [*self.args("evaluate", spec, ns, run_id), "--artifact-uri", artifact_uri]
         if expected:
             args += ["--artifact-digest", expected]
-        result, log = self.workload(mv, args, run_id)
+        grant = (
+            evaluation_grant(
+                mv, artifact_uri, lineage, Lake.run_path(ns, run_id), self.lake_settings()
+            )
+            if self.scoping()
+            else None
+        )
+        result, log = self.workload(mv, args, run_id, grant)
         if result is None:
             return self._no_result(log)
         verdict, fields = evaluation_outcome(result)
@@ -454,7 +466,12 @@ class Runner:
         digest = approved_artifact_digest(ed, self.store)
         heldout = approved_evaluation_dataset(ed, self.store)
         command = bundle_command(ed, model, run_id, uri, digest, heldout)
-        result, log = self.workload(ed, command[2:], run_id)
+        grant = (
+            bundling_grant(ed, model, run_id, uri, heldout, lineage, self.lake_settings())
+            if self.scoping()
+            else None
+        )
+        result, log = self.workload(ed, command[2:], run_id, grant)
         if result is None:
             return self._no_result(log)
         outcome = bundle_outcome(result)

@@ -22,6 +22,7 @@ from neuraxis.operator.settings import OperatorSettings
 
 NodeInfo = dict[str, Any]  # {"name": str, "labels": {...}, "taints": [...]}
 CACHE_MOUNT = "/var/cache/neuraxis"
+BUNDLE_COMPONENT = "bundle"
 # Taint effects that keep a pod (a DaemonSet's too) off a node unless tolerated.
 BLOCKING_EFFECTS = ("NoSchedule", "NoExecute")
 # Taints Kubernetes puts on a node for its state (not-ready, unreachable, pressure, cordoned):
@@ -134,7 +135,7 @@ def build_bundle_children(
     container = workload_container(
         ed, settings, command, resources=resource_limits("1", "2Gi"), extra_env=[RUN_ID_ENV]
     )
-    template = pod_template(ed, settings, "bundle", container, name)
+    template = pod_template(ed, settings, BUNDLE_COMPONENT, container, name)
     return [spec_config_map(ed, name, "bundle"), job(ed, name, "bundle", template)]
 
 

@@ -29,6 +29,7 @@ TRACK_LABEL = "neuraxis.dev/track"
 # On a backtest Job (kept in the operator's Job cache, as every neuraxis.dev/ label is).
 BACKTEST_LABEL = "neuraxis.dev/backtest"
 BACKTEST_COMPONENT = "backtest"
+EVALUATE_COMPONENT = "evaluate"
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,7 @@ def build_evaluation_children(
     container = workload_container(
         mv, settings, command, resources=resource_limits("1", "2Gi"), extra_env=[RUN_ID_ENV]
     )
-    template = pod_template(mv, settings, "evaluate", container, name)
+    template = pod_template(mv, settings, EVALUATE_COMPONENT, container, name)
     return [spec_config_map(mv, name, "evaluate"), job(mv, name, "evaluate", template)]
 
 

@@ -9,11 +9,23 @@ from typing import Any
 import pytest
 
 from neuraxis.crds import Dataset, EdgeDeployment, ModelVersion, TrainingJob
+from neuraxis.crds.common import DatasetRef
 from neuraxis.lake import Lake
 from neuraxis.lake_access import EXPIRES_ANNOTATION, POLICY_ANNOTATION, LakeGrant
 from neuraxis.operator.builders.dataset import build_dataset_children
-from neuraxis.operator.builders.edge import build_edge_agent_children
-from neuraxis.operator.builders.modelversion import ClusterFeatures, build_serving_children
+from neuraxis.operator.builders.edge import (
+    BUNDLE_COMPONENT,
+    build_bundle_children,
+    build_edge_agent_children,
+)
+from neuraxis.operator.builders.modelversion import (
+    BACKTEST_COMPONENT,
+    EVALUATE_COMPONENT,
+    ClusterFeatures,
+    build_backtest_children,
+    build_evaluation_children,
+    build_serving_children,
+)
 from neuraxis.operator.builders.training import ResolvedDataset, build_training_children
 from neuraxis.operator.lake_credentials import (
     AGENT_COMPONENT,
@@ -22,7 +34,9 @@ from neuraxis.operator.lake_credentials import (
     TRAIN_COMPONENT,
     TUNE_COMPONENT,
     agent_grant,
+    bundling_grant,
     dataset_grant,
+    evaluation_grant,
     pods_of,
     scope_children,
     serving_grant,
@@ -107,6 +121,35 @@ def test_serving_and_edge_grants_name_one_artifact_and_their_log_prefixes() -> N
     )
 
 
+def test_evaluation_reads_its_artifact_and_held_out_table_and_writes_only_the_card() -> None:
+    mv: ModelVersion = _example("ModelVersion")
+    artifact = "s3://lake-bucket/lake/models/ml/detector/v1/run-1"
+    mv.spec.evaluation = None  # no datasetRef: the training Dataset of the lineage
+    grant = evaluation_grant(mv, artifact, {"dataset": "features"}, "runs/ml/e-1", SETTINGS)
+    assert grant.role == "evaluate"
+    assert grant.read == ("models/ml/detector/v1/run-1", "tables/ml/features")
+    assert grant.write == (
+        "models/ml/detector/v1/run-1/card",
+        "models/ml/detector/v1/run-1/manifest.json",
+        "runs/ml/e-1",
+    )
+    # A model registered by URI, no lineage: the namespace's tables, read only.
+    assert "tables/ml" in evaluation_grant(mv, artifact, {}, "runs/ml/e-2", SETTINGS).read
+
+
+def test_a_bundle_reads_the_evaluation_dataset_and_writes_its_own_bundle_folder() -> None:
+    ed: EdgeDeployment = _example("EdgeDeployment")
+    artifact = "s3://lake-bucket/lake/models/ml/detector/v1/run-1"
+    heldout = DatasetRef(name="holdout", namespace="shared-data")
+    grant = bundling_grant(ed, "detector", "b-1", artifact, heldout, {}, SETTINGS)
+    version = ed.spec.model_version_ref.name
+    assert grant.role == "bundle"
+    assert grant.read == ("models/ml/detector/v1/run-1", "tables/shared-data/holdout")
+    assert f"edge/ml/detector/{version}/b-1" in grant.write
+    assert "runs/ml/b-1" in grant.write
+    assert not any(w.startswith("tables/") for w in grant.write)
+
+
 def _secrets_read(manifests: list[dict[str, Any]], component: str) -> set[str]:
     return {
         src["secretRef"]["name"]
@@ -121,7 +164,8 @@ def _secrets_read(manifests: list[dict[str, Any]], component: str) -> set[str]:
     ("kind", "component"),
     [("Dataset", ETL_COMPONENT), ("TrainingJob", TRAIN_COMPONENT),
      ("TrainingJob", TUNE_COMPONENT), ("ModelVersion", PREDICTOR_COMPONENT),
-     ("EdgeDeployment", AGENT_COMPONENT)],
+     ("EdgeDeployment", AGENT_COMPONENT), ("ModelVersion", EVALUATE_COMPONENT),
+     ("ModelVersion", BACKTEST_COMPONENT), ("EdgeDeployment", BUNDLE_COMPONENT)],
 )  # fmt: skip
 def test_the_pods_of_the_component_read_their_scoped_secret_and_carry_the_stamps(
     kind: str, component: str
@@ -133,6 +177,17 @@ def test_the_pods_of_the_component_read_their_scoped_secret_and_carry_the_stamps
         if component == TRAIN_COMPONENT:
             res.spec.tuning = None  # the example searches; without tuning it is one training
         children = build_training_children(res, ResolvedDataset("d", 1), SETTINGS)
+    elif component in (EVALUATE_COMPONENT, BACKTEST_COMPONENT):
+        build = (
+            build_evaluation_children
+            if component == EVALUATE_COMPONENT
+            else (build_backtest_children)
+        )
+        children = build(res, "s3://lake-bucket/lake/models/ml/m/v/r", SETTINGS)
+    elif component == BUNDLE_COMPONENT:
+        children = build_bundle_children(
+            res, "m", SETTINGS, "s3://lake-bucket/lake/models/ml/m/v/r"
+        )
     elif kind == "ModelVersion":
         children = build_serving_children(
             res,

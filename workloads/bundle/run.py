@@ -67,8 +67,7 @@ def build_edge_bundle(
     edge, edge_ts = compress(artifact, held, quantize)
     ref = write_artifact(
         lake,
-        # Run-unique: a later bundle never rewrites the one agents already run.
-        f"{Lake.edge_path(namespace, model, version)}/{run_id}",
+        Lake.bundle_path(namespace, model, version, run_id),
         {
             "model.ts": edge_ts,
             "signature.json": artifact.files["signature.json"],

@@ -6,8 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 from neuraxis.crds.modelversion import ModelVersion
+from neuraxis.lake import Lake
 
-CARD_FOLDER = "card"
+CARD_FOLDER = Lake.CARD_FOLDER
 
 
 def build_card(
