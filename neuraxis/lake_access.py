@@ -44,6 +44,8 @@ ROLES: tuple[Role, ...] = (
 MIN_DURATION_S = 900
 MAX_DURATION_S_AWS = 12 * 3600
 MAX_DURATION_S_MINIO = 365 * 86400
+# STS session policies: MinIO refuses more than 2 048 characters, AWS more than 2 048 packed.
+MAX_POLICY_CHARS = 2048
 DEFAULT_DURATION_S = MAX_DURATION_S_AWS
 # Re-mint when less than this share of the lifetime is left: a run that starts just before the
 # refresh still has hours of validity.
@@ -64,6 +66,9 @@ WRITE_ACTIONS = (
     "s3:ListMultipartUploadParts",
 )
 APPEND_ACTIONS = ("s3:PutObject",)  # logs: no reads, no deletes
+# Roles whose code may run Spark (the ETL; a user's image): their policies also name each
+# folder's own key (see prefix_policy).
+SPARK_ROLES: tuple[Role, ...] = ("etl", "custom-trainer")
 
 
 class LakeScopeError(ValueError):
@@ -72,24 +77,26 @@ class LakeScopeError(ValueError):
 
 @dataclass(frozen=True)
 class LakeGrant:
-    """Lake-relative prefixes (folders, no trailing slash) one run of `role` may reach."""
+    """Lake-relative prefixes (folders, no trailing slash) one run of `role` may reach, and
+    `write_files`: single objects it may rewrite (an artifact's manifest)."""
 
     role: Role
     namespace: str
     read: tuple[str, ...] = ()
     write: tuple[str, ...] = ()
     append: tuple[str, ...] = ()
+    write_files: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         # Writes never leave the namespace; reads may (a cross-namespace input the reference
         # checks allowed), but only when a constructor was given them explicitly.
-        for prefix in (*self.write, *self.append):
+        for prefix in (*self.write, *self.append, *self.write_files):
             if not in_namespace(prefix, self.namespace):
                 raise LakeScopeError(
                     f"{self.role} in {self.namespace}: cannot write {prefix!r}, which is "
                     f"not under a <kind>/{self.namespace}/ prefix of the lake"
                 )
-        for prefix in (*self.read, *self.write, *self.append):
+        for prefix in (*self.read, *self.write, *self.append, *self.write_files):
             if not prefix or prefix.startswith("/") or ".." in prefix.split("/"):
                 raise LakeScopeError(f"{self.role}: {prefix!r} is not a lake-relative folder")
             if "*" in prefix.rstrip("*") or "?" in prefix:
@@ -165,35 +172,39 @@ def custom_trainer_grant(
     )
 
 
-def card_prefixes(artifact: str, namespace: str) -> tuple[str, ...]:
-    """What writing a model card changes in an artifact folder: the card folder and the
-    manifest that lists it; nothing for an artifact of another namespace (a granted
-    cross-namespace source is read, never written: its card stays its owner's)."""
+def card_writes(artifact: str, namespace: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """What writing a model card changes in an artifact folder, as (folders, files): the card
+    folder and the manifest that lists it; nothing for an artifact of another namespace (a
+    granted cross-namespace source is read, never written: its card stays its owner's)."""
     if not in_namespace(artifact, namespace):
-        return ()
-    return (f"{artifact}/{Lake.CARD_FOLDER}", f"{artifact}/{Lake.ARTIFACT_MANIFEST}")
+        return (), ()
+    return (f"{artifact}/{Lake.CARD_FOLDER}",), (f"{artifact}/{Lake.ARTIFACT_MANIFEST}",)
 
 
 def evaluate_grant(namespace: str, artifact: str, heldout: str, run: str) -> LakeGrant:
     """An evaluation or a backtest: its artifact and its held-out table (the evaluation
     Dataset's, else the training Dataset's); writes the card and its run folder `run`
     (`runs/<ns>/<name>-*` for a backtest schedule's Jobs)."""
+    card, manifest = card_writes(artifact, namespace)
     return LakeGrant(
         "evaluate",
         namespace,
         read=tuple(sorted({artifact, heldout})),
-        write=(*card_prefixes(artifact, namespace), run),
+        write=(*card, run),
+        write_files=manifest,
     )
 
 
 def bundle_grant(namespace: str, artifact: str, heldout: str, bundle: str, run: str) -> LakeGrant:
     """An edge bundle build: what an evaluation reads (it weighs int8 against fp32 on the
     same rows) and the card it extends; writes its run-unique bundle folder and run folder."""
+    card, manifest = card_writes(artifact, namespace)
     return LakeGrant(
         "bundle",
         namespace,
         read=tuple(sorted({artifact, heldout})),
-        write=(*card_prefixes(artifact, namespace), bundle, run),
+        write=(*card, bundle, run),
+        write_files=manifest,
     )
 
 
@@ -230,7 +241,14 @@ def bucket_and_root(lake_root: str) -> tuple[str, str]:
 
 def session_policy(lake_root: str, grant: LakeGrant) -> dict[str, Any]:
     """The IAM policy document (session policy on STS, or a role policy) of `grant`."""
-    return prefix_policy(lake_root, read=grant.read, write=grant.write, append=grant.append)
+    return prefix_policy(
+        lake_root,
+        read=grant.read,
+        write=grant.write,
+        append=grant.append,
+        write_files=grant.write_files,
+        folder_keys=grant.role in SPARK_ROLES,
+    )
 
 
 def namespace_policy(lake_root: str, namespace: str) -> dict[str, Any]:
@@ -245,38 +263,42 @@ def prefix_policy(
     read: Sequence[str] = (),
     write: Sequence[str] = (),
     append: Sequence[str] = (),
+    write_files: Sequence[str] = (),
+    folder_keys: bool = True,
 ) -> dict[str, Any]:
-    """Objects under each prefix (`<prefix>/*`) with the actions of its kind of access, and
-    listing limited to the read and write prefixes."""
+    """Objects under each prefix (`<prefix>/*`) with the actions of its kind of access, the
+    single objects of `write_files`, and listing limited to the read and write prefixes.
+    `folder_keys`: also each read or write folder's own key, which Hadoop's s3a probes with
+    HEAD (403 there would read as an error); only code that may run Spark needs it. Compact:
+    STS takes session policies of at most 2 048 characters."""
     bucket, root = bucket_and_root(lake_root)
 
     def key(prefix: str) -> str:
         return f"{root}/{prefix}" if root else prefix
 
     def objects(prefix: str, folder_key: bool) -> list[str]:
-        """`<prefix>/*`, a trailing-`*` pattern as it is, and (reads, writes) the folder's own
-        key, which Hadoop's s3a probes with HEAD (403 there would read as an error)."""
+        """`<prefix>/*`, a trailing-`*` pattern as it is, and the folder's own key."""
         if prefix.endswith("*"):
             return [f"arn:aws:s3:::{bucket}/{key(prefix)}"]
         own = [f"arn:aws:s3:::{bucket}/{key(prefix)}"] if folder_key else []
         return [*own, f"arn:aws:s3:::{bucket}/{key(prefix)}/*"]
 
     statements: list[dict[str, Any]] = []
-    for sid, actions, prefixes in (
-        ("Read", READ_ACTIONS, read),
-        ("Write", WRITE_ACTIONS, write),
-        ("Append", APPEND_ACTIONS, append),
-    ):
-        if prefixes:
+    for sid, actions, resources in (
+        ("Read", READ_ACTIONS, [r for p in read for r in objects(p, folder_keys)]),
+        ("Write", WRITE_ACTIONS, [
+            *(r for p in write for r in objects(p, folder_keys)),
+            *(f"arn:aws:s3:::{bucket}/{key(f)}" for f in write_files),
+        ]),
+        ("Append", APPEND_ACTIONS, [r for p in append for r in objects(p, False)]),
+    ):  # fmt: skip
+        if resources:
             statements.append(
-                {
-                    "Sid": sid,
-                    "Effect": "Allow",
-                    "Action": list(actions),
-                    "Resource": [r for p in prefixes for r in objects(p, sid != "Append")],
-                }
+                {"Sid": sid, "Effect": "Allow", "Action": list(actions), "Resource": resources}
             )
-    listed = sorted({key(p).rstrip("*") for p in (*read, *write)})
+    folders = {key(p).rstrip("*") for p in (*read, *write)}
+    # A folder inside another listed one is covered by that one's `/*`.
+    listed = sorted(f for f in folders if not any(f.startswith(o + "/") for o in folders))
     if listed:
         # Listing is per bucket; the condition keeps it to the granted folders (Delta lists
         # `_delta_log/`, `Lake.exists` lists the folder itself).
@@ -334,6 +356,13 @@ def mint(
         raise LakeScopeError(
             f"duration {duration_s}s: must be {MIN_DURATION_S}..{MAX_DURATION_S_MINIO} seconds"
         )
+    policy = policy_json(lake_root, grant)
+    if len(policy) > MAX_POLICY_CHARS:
+        raise LakeScopeError(
+            f"the lake policy of {grant.role} in {grant.namespace} is {len(policy)} characters; "
+            f"STS takes at most {MAX_POLICY_CHARS}: shorter resource names (model, version, "
+            "Dataset, run) shorten its folder paths"
+        )
     sts = boto3.client(
         "sts",
         endpoint_url=caller.endpoint,
@@ -346,7 +375,7 @@ def mint(
         answer = sts.assume_role(
             RoleArn=role_arn,
             RoleSessionName=session_name(grant),
-            Policy=policy_json(lake_root, grant),
+            Policy=policy,
             DurationSeconds=duration_s,
         )
     except (ClientError, BotoCoreError) as exc:

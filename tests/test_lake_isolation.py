@@ -295,7 +295,7 @@ def test_a_card_of_another_namespaces_artifact_is_never_granted() -> None:
     grant = lake_access.evaluate_grant(
         A, Lake.model_path(B, "m", "1"), Lake.table_path(A, "raw"), Lake.run_path(A, "e2")
     )
-    assert grant.write == (Lake.run_path(A, "e2"),)
+    assert grant.write == (Lake.run_path(A, "e2"),) and grant.write_files == ()
     assert Lake.model_path(B, "m", "1") in grant.read
 
 

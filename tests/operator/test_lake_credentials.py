@@ -128,11 +128,8 @@ def test_evaluation_reads_its_artifact_and_held_out_table_and_writes_only_the_ca
     grant = evaluation_grant(mv, artifact, {"dataset": "features"}, "runs/ml/e-1", SETTINGS)
     assert grant.role == "evaluate"
     assert grant.read == ("models/ml/detector/v1/run-1", "tables/ml/features")
-    assert grant.write == (
-        "models/ml/detector/v1/run-1/card",
-        "models/ml/detector/v1/run-1/manifest.json",
-        "runs/ml/e-1",
-    )
+    assert grant.write == ("models/ml/detector/v1/run-1/card", "runs/ml/e-1")
+    assert grant.write_files == ("models/ml/detector/v1/run-1/manifest.json",)
     # A model registered by URI, no lineage: the namespace's tables, read only.
     assert "tables/ml" in evaluation_grant(mv, artifact, {}, "runs/ml/e-2", SETTINGS).read
 
@@ -148,6 +145,46 @@ def test_a_bundle_reads_the_evaluation_dataset_and_writes_its_own_bundle_folder(
     assert f"edge/ml/detector/{version}/b-1" in grant.write
     assert "runs/ml/b-1" in grant.write
     assert not any(w.startswith("tables/") for w in grant.write)
+
+
+def test_policies_of_example_sized_names_fit_sts_and_an_oversize_one_is_named() -> None:
+    """STS refuses session policies over 2 048 characters: a bundle of the healthcare example
+    (the longest grant, with run ids as the operator makes them) fits; one that cannot is
+    refused before any request, with the reason."""
+    from neuraxis import lake_access
+    from neuraxis.lake import S3Settings
+
+    ns, run = "team-a", "diagnosis-clinic-bundle-20261203t164512-3f2a9c1b"
+    artifact = Lake.model_path(ns, "diagnosis", "diagnosis-v1") + "/diagnosis-train-2026120-3f2a"
+    grant = lake_access.bundle_grant(
+        ns,
+        artifact,
+        Lake.table_path(ns, "tumour-measurements"),
+        Lake.bundle_path(ns, "diagnosis", "diagnosis-v1", run),
+        Lake.run_path(ns, run),
+    )
+    policy = lake_access.policy_json("s3://neuraxis-lake-bucket/lake", grant)
+    assert len(policy) <= lake_access.MAX_POLICY_CHARS, len(policy)
+    huge = dataclasses.replace(
+        grant, read=(*grant.read, *(f"tables/{ns}/t{i:060d}" for i in range(20)))
+    )
+    caller = S3Settings("http://127.0.0.1:1", "k", "s", "us-east-1")
+    with pytest.raises(lake_access.LakeScopeError, match=r"bundle in team-a is \d+ characters"):
+        lake_access.mint("s3://neuraxis-lake-bucket/lake", huge, caller)
+
+
+def test_only_roles_that_may_run_spark_get_folder_keys() -> None:
+    """s3a HEADs a folder's own key; other roles are granted only what is inside folders."""
+    from neuraxis import lake_access
+
+    def resources(grant: LakeGrant) -> list[str]:
+        policy = lake_access.session_policy("s3://b/lake", grant)
+        return [r for st in policy["Statement"] for r in st.get("Resource", []) if "/" in r]
+
+    etl = lake_access.etl_grant("ml", "t", ["tables/ml/raw"], run="runs/ml/r")
+    assert "arn:aws:s3:::b/lake/tables/ml/raw" in resources(etl)
+    train = lake_access.train_grant("ml", "tables/ml/raw", "r")
+    assert all(r.endswith("/*") for r in resources(train))
 
 
 def _secrets_read(manifests: list[dict[str, Any]], component: str) -> set[str]:
