@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import pytest
 import torch
 
 from neuraxis.crds.trainingjob import TrainingJob
-from neuraxis.lake import Lake
+from neuraxis.lake import Lake, LakeError
 from neuraxis.resources import parse_resource
 from neuraxis.workloads.artifact import read_signature, read_verified
 from neuraxis.workloads.evaluate.heldout import load_torchscript
@@ -236,6 +237,43 @@ def test_resume_skips_finished_epochs_and_ends_with_the_same_weights(lake: Lake)
     assert resumed.resumed_from == 2 and len(resumed.history) == 4
     state = resumed.model.state_dict()
     assert all(torch.equal(full[k], state[k]) for k in full)
+
+
+def test_a_background_checkpoint_holds_the_state_of_its_epoch(
+    lake: Lake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The write overlaps the next epoch, so the state must be copied when it is handed over:
+    a parameter changed after save_in_background (here: before the writer may start) is not in
+    the checkpoint."""
+    store = CheckpointStore(lake, NAMESPACE, "copy", keep=2)
+    may_write, write = threading.Event(), store.save
+
+    def save_when_allowed(epoch: int, state: dict[str, Any]) -> str:
+        assert may_write.wait(timeout=30)
+        return write(epoch, state)
+
+    monkeypatch.setattr(store, "save", save_when_allowed)
+    weights, history = torch.zeros(3), [{"epoch": 1.0}]
+    store.save_in_background(1, {"model": {"w": weights}, "history": history})
+    weights.add_(1.0)
+    history.append({"epoch": 2.0})
+    may_write.set()
+    store.wait()
+    saved = store.load(1).state
+    assert torch.equal(saved["model"]["w"], torch.zeros(3))
+    assert saved["history"] == [{"epoch": 1.0}]
+
+
+def test_a_failed_background_checkpoint_fails_the_training_run(lake: Lake) -> None:
+    spec = job()
+    data = load_data(spec, lake, NAMESPACE)
+    cfg = model_config("mlp", {"hiddenSize": 8, "layers": 1}, 3, 2)
+    blocked = lake.local_path(f"runs/{NAMESPACE}/blocked/checkpoints")
+    blocked.parent.mkdir(parents=True)
+    blocked.write_text("a file where the checkpoint folder should be")
+    store = CheckpointStore(lake, NAMESPACE, "blocked", keep=2)
+    with pytest.raises(LakeError, match=r"cannot write .*blocked/checkpoints/epoch-1\.pt"):
+        train_model(data, cfg, train_settings(spec, "cpu"), store=store)
 
 
 def test_keep_prunes_old_checkpoints() -> None:

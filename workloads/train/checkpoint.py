@@ -9,6 +9,7 @@ import hashlib
 import io
 import logging
 import re
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +40,20 @@ def epochs_to_delete(epochs: list[int], keep: int) -> list[int]:
     return sorted(epochs)[:-keep] if keep > 0 else sorted(epochs)
 
 
+def detached_copy(value: Any) -> Any:
+    """A copy of a (nested) state dict that later optimizer steps cannot change: tensors are
+    cloned, containers copied, everything else shared."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, dict):
+        return {key: detached_copy(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(detached_copy(item) for item in value)
+    return value
+
+
 class CheckpointStore:
     """Reads and writes one run's checkpoints."""
 
@@ -46,6 +61,36 @@ class CheckpointStore:
         self.lake = lake
         self.folder = checkpoint_folder(namespace, run_id)
         self.keep = keep
+        self._in_flight: threading.Thread | None = None
+        self._failure: BaseException | None = None
+
+    def save_in_background(self, epoch: int, state: dict[str, Any]) -> None:
+        """Copy `state` and write it as the checkpoint of `epoch` on a background thread. The
+        training thread pays only for the copy; serialising, hashing and the lake's durable
+        write (an fsync per file) overlap the next epoch. One write is in flight at a time, and
+        its error is raised by the next save or by `wait`. A process killed mid-write leaves a
+        checkpoint without its sidecar, which `latest_valid` skips."""
+        self.wait()
+        snapshot = detached_copy(state)
+        self._in_flight = threading.Thread(
+            target=self._write_recording_failure, args=(epoch, snapshot), name="checkpoint"
+        )
+        self._in_flight.start()
+
+    def _write_recording_failure(self, epoch: int, state: dict[str, Any]) -> None:
+        try:
+            self.save(epoch, state)
+        except BaseException as exc:  # handed to the training thread by wait()
+            self._failure = exc
+
+    def wait(self) -> None:
+        """Block until the checkpoint in flight is written; raise its error if it failed."""
+        if self._in_flight is not None:
+            self._in_flight.join()
+            self._in_flight = None
+        if self._failure is not None:
+            failure, self._failure = self._failure, None
+            raise failure
 
     def _path(self, epoch: int) -> str:
         return f"{self.folder}/epoch-{epoch}.pt"

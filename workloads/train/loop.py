@@ -108,7 +108,7 @@ def evaluate_split(
     if len(x) == 0:
         return {}
     model.eval()
-    with _autocast(device):
+    with torch.no_grad(), _autocast(device):
         logits = model(x).float()
     loss = loss_function(task)(_targets(task, logits), y).item()
     metrics = {"val_loss": float(loss)}
@@ -190,49 +190,53 @@ def train_model(
     # Summed per rank and scaled by world / global batch: after DDP averages the gradients over
     # ranks, the step is exactly the one of the mean loss over the global batch.
     criterion = loss_function(data.task, reduction="sum")
-    for epoch in range(start_epoch, settings.epochs + 1):
-        trained.train()
-        torch.manual_seed(settings.seed * 1_000_003 + epoch * 101 + ctx.rank)
-        loss_sum = torch.zeros((), device=device)
-        seen = 0
-        for batch, global_n in shard_indices(
-            len(train_x), epoch, settings.seed, settings.batch_size, ctx
-        ):
-            batch = batch.to(device)
-            xb, yb = train_x[batch], train_y[batch]
-            optimizer.zero_grad(set_to_none=True)
-            with _autocast(device):
-                summed = criterion(_targets(data.task, trained(xb).float()), yb)
-                loss = summed * (ctx.world_size / global_n)
-                if mu > 0:
-                    loss = loss + proximal_term(model, anchor, mu)
-            loss.backward()
-            optimizer.step()
-            loss_sum += summed.detach()
-            seen += len(batch)
-        totals = _all_reduce_sum(
-            torch.stack([loss_sum, torch.tensor(float(seen), device=device)]), ctx
-        )
-        metrics = {
-            "epoch": float(epoch),
-            "train_loss": float(totals[0].item() / max(totals[1].item(), 1.0)),
-        }
-        metrics.update(evaluate_split(model, val_x, val_y, data.task, device))
-        if not all(math.isfinite(v) for v in metrics.values()):
-            raise FloatingPointError(
-                f"epoch {epoch}: non-finite metrics {metrics} (learning rate?)"
+    try:
+        for epoch in range(start_epoch, settings.epochs + 1):
+            trained.train()
+            torch.manual_seed(settings.seed * 1_000_003 + epoch * 101 + ctx.rank)
+            loss_sum = torch.zeros((), device=device)
+            seen = 0
+            for batch, global_n in shard_indices(
+                len(train_x), epoch, settings.seed, settings.batch_size, ctx
+            ):
+                batch = batch.to(device)
+                xb, yb = train_x[batch], train_y[batch]
+                optimizer.zero_grad(set_to_none=True)
+                with _autocast(device):
+                    summed = criterion(_targets(data.task, trained(xb).float()), yb)
+                    loss = summed * (ctx.world_size / global_n)
+                    if mu > 0:
+                        loss = loss + proximal_term(model, anchor, mu)
+                loss.backward()
+                optimizer.step()
+                loss_sum += summed.detach()
+                seen += len(batch)
+            totals = _all_reduce_sum(
+                torch.stack([loss_sum, torch.tensor(float(seen), device=device)]), ctx
             )
-        outcome.history.append(metrics)
-        if store is not None and ctx.is_main and epoch % settings.checkpoint_every == 0:
-            store.save(
-                epoch,
-                {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "history": outcome.history,
-                },
-            )
-        if on_epoch is not None:
-            on_epoch(metrics)
+            metrics = {
+                "epoch": float(epoch),
+                "train_loss": float(totals[0].item() / max(totals[1].item(), 1.0)),
+            }
+            metrics.update(evaluate_split(model, val_x, val_y, data.task, device))
+            if not all(math.isfinite(v) for v in metrics.values()):
+                raise FloatingPointError(
+                    f"epoch {epoch}: non-finite metrics {metrics} (learning rate?)"
+                )
+            outcome.history.append(metrics)
+            if store is not None and ctx.is_main and epoch % settings.checkpoint_every == 0:
+                store.save_in_background(
+                    epoch,
+                    {
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "history": outcome.history,
+                    },
+                )
+            if on_epoch is not None:
+                on_epoch(metrics)
+    finally:
+        if store is not None:
+            store.wait()  # the last checkpoint is complete before the run reports
     model.eval()
     return outcome
