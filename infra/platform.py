@@ -22,7 +22,7 @@ import yaml
 from neuraxis.infra.kube import kube_objects
 from neuraxis.operator.builders.accounts import spark_accounts, workload_account
 from neuraxis.operator.manifests import NAMESPACE, OPERATOR
-from neuraxis.operator.settings import DEFAULT_IMAGE, OperatorSettings
+from neuraxis.operator.settings import DEFAULT_IMAGE, LAKE_CREDENTIALS_ENV, OperatorSettings
 
 TOKEN = "neuraxis:infra:Platform"
 # Namespaces that exist in every cluster: never created (or deleted) by a stack.
@@ -45,6 +45,10 @@ class PlatformArgs:
         default_factory=dict
     )
     operator_annotations: pulumi.Input[Mapping[str, str]] | None = None
+    # The operator mints each run's own lake keys (STS AssumeRole with the run's grant as
+    # session policy; `NEURAXIS_LAKE_CREDENTIALS=scoped`): `lake_credentials` then go to the
+    # operator's namespace only, and workload namespaces get no shared lake Secret.
+    scoped_lake_keys: bool = False
 
 
 def crd_manifests() -> list[dict[str, Any]]:
@@ -58,8 +62,11 @@ def crd_manifests() -> list[dict[str, Any]]:
     ]
 
 
-def operator_manifests(image: str, namespace: str, lake_uri: str) -> list[dict[str, Any]]:
-    """The operator's generated manifests, its Deployment told where the lake is."""
+def operator_manifests(
+    image: str, namespace: str, lake_uri: str, *, scoped_lake_keys: bool = False
+) -> list[dict[str, Any]]:
+    """The operator's generated manifests, its Deployment told where the lake is (and, with
+    `scoped_lake_keys`, to mint each run's keys)."""
     from neuraxis.operator.manifests import build_manifests
 
     manifests = copy.deepcopy(build_manifests(image=image, namespace=namespace))
@@ -71,6 +78,7 @@ def operator_manifests(image: str, namespace: str, lake_uri: str) -> list[dict[s
                 *container["env"],
                 {"name": "NEURAXIS_LAKE_URI", "value": lake_uri},
                 {"name": "NEURAXIS_LAKE_SECRET", "value": settings.lake_secret},
+                *([{"name": LAKE_CREDENTIALS_ENV, "value": "scoped"}] if scoped_lake_keys else []),
             ]
     return manifests
 
@@ -95,7 +103,9 @@ class Platform(pulumi.ComponentResource):
         crds = kube_objects(crd_manifests(), child)
         self.crd_names = [c["metadata"]["name"] for c in crd_manifests()]
         after_crds = pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=crds))
-        manifests = operator_manifests(args.image, args.namespace, args.lake_uri)
+        manifests = operator_manifests(
+            args.image, args.namespace, args.lake_uri, scoped_lake_keys=args.scoped_lake_keys
+        )
         if args.operator_annotations is not None:
             annotate_account(manifests, OPERATOR, args.operator_annotations)
         created = kube_objects(manifests, after_crds)
@@ -124,6 +134,8 @@ class Platform(pulumi.ComponentResource):
                     accounts,
                     pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=depends)),
                 )
+            if args.scoped_lake_keys and ns != args.namespace:
+                continue  # the operator writes each run's own Secret there
             k8s.core.v1.Secret(
                 f"{name}-lake-{ns}",
                 metadata={"name": secret_name, "namespace": ns},

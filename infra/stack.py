@@ -105,6 +105,9 @@ def build_stack(cfg: StackConfig, lake_secret_key: pulumi.Input[str] | None = No
             lake_credentials=lake.credentials,
             image=cfg.image,
             workload_namespaces=cfg.workload_namespaces,
+            # MinIO: per-run keys from its STS. The clouds scope by namespace identity instead
+            # (TenantAccess: IRSA roles on AWS, a service account and HMAC key each on GCP).
+            scoped_lake_keys=cfg.cloud == "local",
             **(platform_identities(tenants) if tenants is not None else {}),
         ),
         opts=on_cluster,

@@ -269,6 +269,8 @@ def test_local_stack(fake_kubeconfig: str) -> None:
     env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
     assert env["NEURAXIS_LAKE_URI"] == "s3://neuraxis-lake/lake"
     assert env["NEURAXIS_LAKE_SECRET"] == SETTINGS.lake_secret
+    # MinIO: the operator mints each run's keys; only its own namespace holds the root keys.
+    assert env["NEURAXIS_LAKE_CREDENTIALS"] == "scoped"
 
     groups = {g.name: g.inputs["objs"] for g in mocks.of_type("kubernetes:yaml/v2:ConfigGroup")}
     assert set(groups) == {"local-system-nodes", "gpu-nodes", "edge-nodes"}
@@ -299,7 +301,10 @@ def test_local_stack(fake_kubeconfig: str) -> None:
     spark_accounts = [a for a in mocks.of_type("kubernetes:core/v1:ServiceAccount")
                       if a.inputs["metadata"]["name"] == spark]  # fmt: skip
     assert [a.inputs["metadata"]["namespace"] for a in spark_accounts] == ["default"]
-    lake_secret = mocks.one("kubernetes:core/v1:Secret", "platform-lake-default")
+    lake_secrets = [s for s in mocks.of_type("kubernetes:core/v1:Secret")
+                    if s.inputs["metadata"]["name"] == SETTINGS.lake_secret]  # fmt: skip
+    assert [s.inputs["metadata"]["namespace"] for s in lake_secrets] == ["neuraxis-system"]
+    lake_secret = mocks.one("kubernetes:core/v1:Secret", "platform-lake-neuraxis-system")
     assert lake_secret.inputs["stringData"]["AWS_SECRET_ACCESS_KEY"] == "test-secret-value"
     assert (
         lake_secret.inputs["stringData"]["AWS_ENDPOINT_URL"]
