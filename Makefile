@@ -98,7 +98,7 @@ unit: venv
 test:
 	$(MAKE) --no-print-directory -j3 lint typecheck tools jars image
 	$(PY) -m compileall -q -j 0 neuraxis workloads  # the project's own bytecode (see venv)
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest --durations=25  # the slowest tests in the log: where CI time goes
 
 # The example's hash salt and serving API key come from Secrets in a cluster; locally from
 # these variables (NEURAXIS_SECRET_<SECRET>_<KEY>).

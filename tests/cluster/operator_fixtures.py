@@ -206,3 +206,53 @@ def can_i(cluster: Cluster, *args: str) -> bool:
 def names(cluster: Cluster, kind: str, namespace: str, selector: str) -> list[str]:
     out = cluster.kubectl("get", kind, "--namespace", namespace, "-l", selector, "--output=name")
     return sorted(out.split())
+
+
+def run_client_pod(
+    cluster: Cluster,
+    namespace: str,
+    image: str,
+    name: str,
+    script: str,
+    timeout: float = 180,
+    env_secret: str | None = None,
+) -> str:
+    """Run `python -c script` in a pod of the workload image (with the keys of Secret
+    `env_secret` as its environment, if given); returns its log (stdout)."""
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "restartPolicy": "Never",
+            "automountServiceAccountToken": False,
+            "securityContext": {"runAsNonRoot": True, "runAsUser": 10001},
+            "containers": [
+                {
+                    "name": "client",
+                    "image": image,
+                    "imagePullPolicy": "IfNotPresent",
+                    "command": ["python", "-c", script],
+                    "envFrom": [{"secretRef": {"name": env_secret}}] if env_secret else [],
+                    "securityContext": {
+                        "readOnlyRootFilesystem": True,
+                        "allowPrivilegeEscalation": False,
+                        "capabilities": {"drop": ["ALL"]},
+                    },
+                }
+            ],
+        },
+    }
+    cluster.apply(pod, namespace)
+    deadline = time.monotonic() + timeout
+    while True:
+        got = cluster.kubectl_json("get", "pod", name, "--namespace", namespace)
+        pod_phase = got.get("status", {}).get("phase")
+        if pod_phase in ("Succeeded", "Failed"):
+            break
+        if time.monotonic() > deadline:
+            raise AssertionError(f"client pod {name} still {pod_phase} after {timeout:.0f}s")
+        time.sleep(1)
+    logs = cluster.kubectl("logs", name, "--namespace", namespace)
+    assert pod_phase == "Succeeded", f"client pod {name} failed:\n{logs}"
+    return logs

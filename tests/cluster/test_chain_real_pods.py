@@ -35,6 +35,7 @@ from tests.cluster.operator_fixtures import (
     get,
     node_in_site,
     phase,
+    run_client_pod,
     running_operator,
     wait_for,
 )
@@ -80,48 +81,6 @@ def _pods_on(cluster: Cluster, namespace: str, selector: str) -> list[dict[str, 
     return pods
 
 
-def _run_client_pod(
-    cluster: Cluster, namespace: str, image: str, name: str, script: str, timeout: float = 180
-) -> str:
-    """Run `python -c script` in a pod of the workload image; returns its log (stdout)."""
-    pod = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {
-            "restartPolicy": "Never",
-            "automountServiceAccountToken": False,
-            "securityContext": {"runAsNonRoot": True, "runAsUser": 10001},
-            "containers": [
-                {
-                    "name": "client",
-                    "image": image,
-                    "imagePullPolicy": "IfNotPresent",
-                    "command": ["python", "-c", script],
-                    "securityContext": {
-                        "readOnlyRootFilesystem": True,
-                        "allowPrivilegeEscalation": False,
-                        "capabilities": {"drop": ["ALL"]},
-                    },
-                }
-            ],
-        },
-    }
-    cluster.apply(pod, namespace)
-    deadline = time.monotonic() + timeout
-    while True:
-        got = cluster.kubectl_json("get", "pod", name, "--namespace", namespace)
-        pod_phase = got.get("status", {}).get("phase")
-        if pod_phase in ("Succeeded", "Failed"):
-            break
-        if time.monotonic() > deadline:
-            raise AssertionError(f"client pod {name} still {pod_phase} after {timeout:.0f}s")
-        time.sleep(1)
-    logs = cluster.kubectl("logs", name, "--namespace", namespace)
-    assert pod_phase == "Succeeded", f"client pod {name} failed:\n{logs}"
-    return logs
-
-
 PREDICT = """
 import json, sys, urllib.error, urllib.request
 url, rows = sys.argv[1], json.loads(sys.argv[2])
@@ -163,7 +122,7 @@ def _predict_on(
 ) -> int:
     """Predictions answered by one edge agent pod, asked by a client pod over the pod network."""
     url = f"http://{agent['status']['podIP']}:8090/v1/models/anomaly-detector:predict"
-    out = _run_client_pod(cluster, namespace, image, client, _predict_script(url, rows))
+    out = run_client_pod(cluster, namespace, image, client, _predict_script(url, rows))
     return len(json.loads(out.strip().splitlines()[-1])["predictions"])
 
 
@@ -300,7 +259,7 @@ def _check_serving(
     assert mv["status"]["evaluation"]["passed"] is True
     # A client pod calls the predictor through its Service, by DNS name, over the pod network.
     url = f"http://anomaly-detector-v1-predictor.{ns}.svc/v1/models/anomaly-detector:predict"
-    out = _run_client_pod(cluster, ns, image, "predict-client", _predict_script(url, [row, row]))
+    out = run_client_pod(cluster, ns, image, "predict-client", _predict_script(url, [row, row]))
     body = json.loads(out.strip().splitlines()[-1])
     assert len(body["predictions"]) == 2
 
