@@ -89,7 +89,11 @@ KEYS: dict[str, str] = {
     "edgeNodesPerSite": "Nodes per edge site. Default 1.",
     "systemNodes": "Untainted nodes for the platform's own pods. Default 2.",
     "image": f"The operator and workload image (pinned). Default {DEFAULT_IMAGE}.",
-    "workloadNamespaces": 'JSON list of namespaces that get the lake Secret. Default ["default"].',
+    "workloadNamespaces": (
+        "JSON list of workload namespaces (created, with the Spark account; on aws and gcp "
+        "each gets its own lake identity and Secret; on local the operator mints per-run lake "
+        'keys there). Default ["default"].'
+    ),
     "monitoringNamespace": "Namespace of Prometheus and Grafana. Default monitoring.",
     "region": "aws region or gcp region (required for aws and gcp).",
     "gcpProject": "gcp project id (required for gcp).",
