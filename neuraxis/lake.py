@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,13 +57,15 @@ class S3Settings:
     session_token: str | None = None
 
     @classmethod
-    def from_env(cls) -> S3Settings:
+    def from_env(cls, env: Mapping[str, str] | None = None) -> S3Settings:
+        """From the process environment, or from `env` (e.g. a lake Secret's data)."""
+        env = os.environ if env is None else env
         return cls(
-            endpoint=os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("NEURAXIS_S3_ENDPOINT"),
-            access_key=os.environ.get("AWS_ACCESS_KEY_ID"),
-            secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY"),
-            region=os.environ.get("AWS_REGION", "us-east-1"),
-            session_token=os.environ.get("AWS_SESSION_TOKEN") or None,
+            endpoint=env.get("AWS_ENDPOINT_URL") or env.get("NEURAXIS_S3_ENDPOINT"),
+            access_key=env.get("AWS_ACCESS_KEY_ID"),
+            secret_key=env.get("AWS_SECRET_ACCESS_KEY"),
+            region=env.get("AWS_REGION", "us-east-1"),
+            session_token=env.get("AWS_SESSION_TOKEN") or None,
         )
 
 

@@ -397,14 +397,7 @@ def test_the_operator_mints_a_predictor_its_keys_and_refreshes_them(
     assert {"secretRef": {"name": "neuraxis-lake-serve-pred"}} in env_from
     # The keys in the Secret do the predictor's job and no more, by MinIO's own answer.
     data = secret["stringData"]
-    keys = S3Settings(
-        data["AWS_ENDPOINT_URL"],
-        data["AWS_ACCESS_KEY_ID"],
-        data["AWS_SECRET_ACCESS_KEY"],
-        data["AWS_REGION"],
-        data["AWS_SESSION_TOKEN"],
-    )
-    lake = Lake(minio.lake_uri, s3=keys)
+    lake = Lake(minio.lake_uri, s3=S3Settings.from_env(data))
     assert lake.read_bytes(f"{Lake.model_path(A, 'm', '1')}/model.ts") == b"weights team-a"
     model_key = lake._bucket_key(f"{Lake.model_path(A, 'm', '1')}/model.ts")[1]
     s3 = lake._s3()
@@ -484,14 +477,7 @@ def test_evaluation_backtest_and_bundle_jobs_get_their_own_keys(
         refs = [s.get("secretRef") for s in template["spec"]["containers"][0]["envFrom"]]
         assert {"name": secret["metadata"]["name"]} in refs, component
         data = secret["stringData"]
-        keys = S3Settings(
-            data["AWS_ENDPOINT_URL"],
-            data["AWS_ACCESS_KEY_ID"],
-            data["AWS_SECRET_ACCESS_KEY"],
-            data["AWS_REGION"],
-            data["AWS_SESSION_TOKEN"],
-        )
-        lake = Lake(minio.lake_uri, s3=keys)
+        lake = Lake(minio.lake_uri, s3=S3Settings.from_env(data))
         lake.write_bytes(writes[owner], b"{}")
         model_key = lake._bucket_key(f"{Lake.model_path(A, 'm', '1')}/model.ts")[1]
         put = partial(lake._s3().put_object, Bucket=minio.bucket, Key=model_key, Body=b"x")
