@@ -166,11 +166,44 @@ class Tuning(ApiModel):
     )
 
 
-class Checkpoint(ApiModel):
-    """Checkpoints in the lake, for resuming a restarted worker."""
+# Unless the spec says otherwise, at most one checkpoint per this many seconds: epochs of a
+# fraction of a second would otherwise spend 5-10 % of the run writing checkpoints (README,
+# training bench), and a restarted worker redoes at most this long plus one epoch.
+DEFAULT_CHECKPOINT_INTERVAL_SECONDS = 30
 
-    every_epochs: int = Field(default=1, ge=1, le=10000, description="Write one every N epochs.")
+
+class Checkpoint(ApiModel):
+    """Checkpoints in the lake, for resuming a restarted worker. Written at the end of an epoch:
+    by default the first epoch that ends 30 s or more after the previous checkpoint (or the
+    start); `everyEpochs` alone gives a fixed cadence; both: every N epochs, spaced by at least
+    `intervalSeconds`."""
+
+    every_epochs: int | None = Field(
+        default=None,
+        ge=1,
+        le=10000,
+        description="Write one every N epochs (alone: exactly every N epochs; default 1).",
+    )
+    interval_seconds: int | None = Field(
+        default=None,
+        ge=0,
+        le=86400,
+        description=(
+            "At least this many seconds between two checkpoints (default 30 when everyEpochs "
+            "is not set, else 0)."
+        ),
+    )
     keep: int = Field(default=3, ge=1, le=100, description="How many recent checkpoints to keep.")
+
+    def cadence(self) -> tuple[int, int]:
+        """(every N epochs, at least S seconds apart), the defaults resolved."""
+        if self.interval_seconds is not None:
+            interval = self.interval_seconds
+        elif self.every_epochs is not None:
+            interval = 0
+        else:
+            interval = DEFAULT_CHECKPOINT_INTERVAL_SECONDS
+        return self.every_epochs or 1, interval
 
 
 class Register(ApiModel):

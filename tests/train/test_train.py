@@ -19,7 +19,11 @@ from neuraxis.lake import Lake, LakeError
 from neuraxis.resources import parse_resource
 from neuraxis.workloads.artifact import read_signature, read_verified
 from neuraxis.workloads.evaluate.heldout import load_torchscript
-from neuraxis.workloads.train.checkpoint import CheckpointStore, epochs_to_delete
+from neuraxis.workloads.train.checkpoint import (
+    CheckpointSchedule,
+    CheckpointStore,
+    epochs_to_delete,
+)
 from neuraxis.workloads.train.data import (
     TEST,
     TRAIN,
@@ -208,7 +212,7 @@ def test_regression_artifact_returns_one_prediction_per_row(tmp_path: Path) -> N
 def test_corrupted_checkpoint_is_reported_and_the_previous_one_used(
     lake: Lake, caplog: pytest.LogCaptureFixture
 ) -> None:
-    spec = job()
+    spec = job(checkpoint={"everyEpochs": 1})
     data = load_data(spec, lake, NAMESPACE)
     cfg = model_config("mlp", {"hiddenSize": 8, "layers": 1}, 3, 2)
     store = CheckpointStore(lake, NAMESPACE, "ckpt", keep=3)
@@ -224,7 +228,7 @@ def test_corrupted_checkpoint_is_reported_and_the_previous_one_used(
 
 
 def test_resume_skips_finished_epochs_and_ends_with_the_same_weights(lake: Lake) -> None:
-    spec = job()
+    spec = job(checkpoint={"everyEpochs": 1})
     data = load_data(spec, lake, NAMESPACE)
     cfg = model_config("mlp", {"hiddenSize": 8, "layers": 1, "dropout": 0.1}, 3, 2)
     settings = train_settings(spec, "cpu")
@@ -265,7 +269,7 @@ def test_a_background_checkpoint_holds_the_state_of_its_epoch(
 
 
 def test_a_failed_background_checkpoint_fails_the_training_run(lake: Lake) -> None:
-    spec = job()
+    spec = job(checkpoint={"everyEpochs": 1})
     data = load_data(spec, lake, NAMESPACE)
     cfg = model_config("mlp", {"hiddenSize": 8, "layers": 1}, 3, 2)
     blocked = lake.local_path(f"runs/{NAMESPACE}/blocked/checkpoints")
@@ -274,6 +278,37 @@ def test_a_failed_background_checkpoint_fails_the_training_run(lake: Lake) -> No
     store = CheckpointStore(lake, NAMESPACE, "blocked", keep=2)
     with pytest.raises(LakeError, match=r"cannot write .*blocked/checkpoints/epoch-1\.pt"):
         train_model(data, cfg, train_settings(spec, "cpu"), store=store)
+
+
+def test_checkpoint_cadence_defaults_to_an_interval_unless_epochs_are_given() -> None:
+    assert job().spec.checkpoint.cadence() == (1, 30)
+    assert job(checkpoint={"everyEpochs": 2}).spec.checkpoint.cadence() == (2, 0)
+    both = job(checkpoint={"everyEpochs": 2, "intervalSeconds": 10})
+    assert both.spec.checkpoint.cadence() == (2, 10)
+    assert job(checkpoint={"intervalSeconds": 0}).spec.checkpoint.cadence() == (1, 0)
+
+
+def test_checkpoint_schedule_waits_for_the_interval_and_the_epoch_count() -> None:
+    timed = CheckpointSchedule(every=1, interval_s=30, last=100.0)
+    ends = {1: 110.0, 2: 131.0, 3: 140.0, 4: 160.0, 5: 161.5}
+    assert [e for e, t in ends.items() if timed.due(e, t)] == [2, 5]
+    counted = CheckpointSchedule(every=2, interval_s=0, last=100.0)
+    assert [e for e in range(1, 7) if counted.due(e, 100.0)] == [2, 4, 6]
+    both = CheckpointSchedule(every=2, interval_s=30, last=100.0)
+    ends = {1: 140.0, 2: 141.0, 3: 150.0, 4: 160.0, 5: 171.0, 6: 172.0}
+    assert [e for e, t in ends.items() if both.due(e, t)] == [2, 6]
+
+
+def test_training_writes_checkpoints_at_the_cadence_of_the_spec(lake: Lake) -> None:
+    cfg = model_config("mlp", {"hiddenSize": 8, "layers": 1}, 3, 2)
+    for run_id, checkpoint, written in (
+        ("hourly", {"intervalSeconds": 3600}, []),
+        ("even", {"everyEpochs": 2}, [2, 4]),
+    ):
+        spec = job(checkpoint=checkpoint)
+        store = CheckpointStore(lake, NAMESPACE, run_id, keep=3)
+        train_model(load_data(spec, lake, NAMESPACE), cfg, train_settings(spec, "cpu"), store=store)
+        assert store.epochs() == written, run_id
 
 
 def test_keep_prunes_old_checkpoints() -> None:

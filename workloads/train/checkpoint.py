@@ -40,6 +40,23 @@ def epochs_to_delete(epochs: list[int], keep: int) -> list[int]:
     return sorted(epochs)[:-keep] if keep > 0 else sorted(epochs)
 
 
+@dataclass
+class CheckpointSchedule:
+    """When the training loop writes a checkpoint: at the end of every `every`-th epoch, but no
+    sooner than `interval_s` seconds after the previous checkpoint (or after `last`, the start
+    of the run). A `due` answer of True starts the next interval."""
+
+    every: int = 1
+    interval_s: float = 0.0
+    last: float = 0.0
+
+    def due(self, epoch: int, now: float) -> bool:
+        if epoch % self.every != 0 or now - self.last < self.interval_s:
+            return False
+        self.last = now
+        return True
+
+
 def detached_copy(value: Any) -> Any:
     """A copy of a (nested) state dict that later optimizer steps cannot change: tensors are
     cloned, containers copied, everything else shared."""

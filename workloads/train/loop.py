@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from neuraxis.workloads.train.checkpoint import CheckpointStore
+from neuraxis.workloads.train.checkpoint import CheckpointSchedule, CheckpointStore
 from neuraxis.workloads.train.data import TabularData
 from neuraxis.workloads.train.models import ModelConfig, TrainableModel, build_model
 
@@ -32,6 +33,9 @@ class TrainSettings:
     learning_rate: float
     seed: int
     checkpoint_every: int = 1
+    # Seconds at least between two checkpoints (TrainingJob's default is 30; here 0: every
+    # `checkpoint_every`-th epoch).
+    checkpoint_interval_s: float = 0.0
     device: str = "cpu"
 
 
@@ -190,6 +194,9 @@ def train_model(
     # Summed per rank and scaled by world / global batch: after DDP averages the gradients over
     # ranks, the step is exactly the one of the mean loss over the global batch.
     criterion = loss_function(data.task, reduction="sum")
+    schedule = CheckpointSchedule(
+        settings.checkpoint_every, settings.checkpoint_interval_s, last=time.monotonic()
+    )
     try:
         for epoch in range(start_epoch, settings.epochs + 1):
             trained.train()
@@ -224,7 +231,7 @@ def train_model(
                     f"epoch {epoch}: non-finite metrics {metrics} (learning rate?)"
                 )
             outcome.history.append(metrics)
-            if store is not None and ctx.is_main and epoch % settings.checkpoint_every == 0:
+            if store is not None and ctx.is_main and schedule.due(epoch, time.monotonic()):
                 store.save_in_background(
                     epoch,
                     {

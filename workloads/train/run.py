@@ -50,12 +50,14 @@ def train_settings(job: TrainingJob, device: str) -> TrainSettings:
     model = job.spec.model
     if model is None:
         raise ValueError("spec.model: required for the built-in trainer")
+    every, interval = job.spec.checkpoint.cadence()
     return TrainSettings(
         epochs=model.epochs,
         batch_size=model.batch_size,
         learning_rate=model.learning_rate,
         seed=model.seed,
-        checkpoint_every=job.spec.checkpoint.every_epochs,
+        checkpoint_every=every,
+        checkpoint_interval_s=interval,
         device=device,
     )
 
