@@ -171,12 +171,15 @@ def _digest_metadata(
     run_id: str,
     sources: tuple[str, ...],
     appends_to: list[int | None],
+    timings: dict[str, float],
 ) -> str:
     """The table commit's userMetadata: the run, the root sources, and the content digest and
     row count of the version the commit creates (computed once, here, before the write)."""
+    t = time.monotonic()
     content, latest = _content_after_commit(spark, df, uri, mode)
     appends_to.append(latest)
     rows, digest = delta_io.content_digest(content)
+    timings["digest"] = time.monotonic() - t
     return delta_io.commit_metadata(run_id, sources, digest=digest, rows=rows)
 
 
@@ -335,7 +338,7 @@ def _process(
         if not verdict.write:
             raise QualityGateError(verdict)
 
-        t = time.monotonic()
+        t = stage = time.monotonic()
         masked = privacy.apply_masks(annotated, masks)
         failed_rows = sf.size(sf.col(quality.FAILED_RULES)) > 0
         metadata = delta_io.commit_metadata(run_id, src.root_sources)
@@ -354,6 +357,7 @@ def _process(
                 metadata=lambda: metadata,
                 overwrite_schema=False,
             ).version
+            timings["quarantineWrite"] = time.monotonic() - stage
         good = masked.filter(~failed_rows) if plan.on_failure == "Quarantine" else masked
         good = good.drop(quality.FAILED_RULES)
         table_uri = lake.spark_uri(lake.table_path(namespace, dataset.metadata.name))
@@ -367,7 +371,7 @@ def _process(
             mode=mode,
             partition_by=list(spec.output.partition_by),
             metadata=lambda: _digest_metadata(
-                spark, good, table_uri, mode, run_id, src.root_sources, appends_to
+                spark, good, table_uri, mode, run_id, src.root_sources, appends_to, timings
             ),
             overwrite_schema=mode == "overwrite",
         )
