@@ -172,11 +172,11 @@ def main() -> None:
         for loop in loops:  # warm-up (allocator, kernels)
             loop(data, cfg, replace(settings, epochs=1))
         # Alternate the order (ABC CBA) so load from other processes hits all loops alike; the
-        # best of 4 runs each is the figure least disturbed by that load. CPU time (this
+        # best of 8 runs each is the figure least disturbed by that load. CPU time (this
         # process's, all threads) is printed too: it moves less than wall time when other work
         # shares the cores.
         best: dict[Loop, Rates] = {loop: (0.0, 0.0) for loop in loops}
-        for rep in range(4):
+        for rep in range(8):
             for loop in loops if rep % 2 == 0 else loops[::-1]:
                 wall, cpu = loop(data, cfg, settings)
                 best[loop] = (max(best[loop][0], wall), max(best[loop][1], cpu))
