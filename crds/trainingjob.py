@@ -166,17 +166,18 @@ class Tuning(ApiModel):
     )
 
 
-# Unless the spec says otherwise, at most one checkpoint per this many seconds: epochs of a
-# fraction of a second would otherwise spend 5-10 % of the run writing checkpoints (README,
-# training bench), and a restarted worker redoes at most this long plus one epoch.
+# Unless the spec says otherwise, after the first epoch at most one checkpoint per this many
+# seconds: epochs of a fraction of a second would otherwise spend 5-10 % of the run writing
+# checkpoints (README, training bench), and a restarted worker redoes at most this long plus one
+# epoch.
 DEFAULT_CHECKPOINT_INTERVAL_SECONDS = 30
 
 
 class Checkpoint(ApiModel):
     """Checkpoints in the lake, for resuming a restarted worker. Written at the end of an epoch:
-    by default the first epoch that ends 30 s or more after the previous checkpoint (or the
-    start); `everyEpochs` alone gives a fixed cadence; both: every N epochs, spaced by at least
-    `intervalSeconds`."""
+    by default after the first epoch, then after the first epoch that ends 30 s or more after
+    the previous checkpoint; `everyEpochs` alone gives a fixed cadence; both: every N epochs,
+    spaced by at least `intervalSeconds`."""
 
     every_epochs: int | None = Field(
         default=None,

@@ -289,12 +289,13 @@ def test_checkpoint_cadence_defaults_to_an_interval_unless_epochs_are_given() ->
 
 
 def test_checkpoint_schedule_waits_for_the_interval_and_the_epoch_count() -> None:
-    timed = CheckpointSchedule(every=1, interval_s=30, last=100.0)
-    ends = {1: 110.0, 2: 131.0, 3: 140.0, 4: 160.0, 5: 161.5}
-    assert [e for e, t in ends.items() if timed.due(e, t)] == [2, 5]
-    counted = CheckpointSchedule(every=2, interval_s=0, last=100.0)
+    # The first due epoch always gets one; then the interval counts from the previous one.
+    timed = CheckpointSchedule(every=1, interval_s=30)
+    ends = {1: 110.0, 2: 131.0, 3: 140.0, 4: 160.0, 5: 171.5}
+    assert [e for e, t in ends.items() if timed.due(e, t)] == [1, 3, 5]
+    counted = CheckpointSchedule(every=2, interval_s=0)
     assert [e for e in range(1, 7) if counted.due(e, 100.0)] == [2, 4, 6]
-    both = CheckpointSchedule(every=2, interval_s=30, last=100.0)
+    both = CheckpointSchedule(every=2, interval_s=30)
     ends = {1: 140.0, 2: 141.0, 3: 150.0, 4: 160.0, 5: 171.0, 6: 172.0}
     assert [e for e, t in ends.items() if both.due(e, t)] == [2, 6]
 
@@ -302,7 +303,7 @@ def test_checkpoint_schedule_waits_for_the_interval_and_the_epoch_count() -> Non
 def test_training_writes_checkpoints_at_the_cadence_of_the_spec(lake: Lake) -> None:
     cfg = model_config("mlp", {"hiddenSize": 8, "layers": 1}, 3, 2)
     for run_id, checkpoint, written in (
-        ("hourly", {"intervalSeconds": 3600}, []),
+        ("hourly", {"intervalSeconds": 3600}, [1]),
         ("even", {"everyEpochs": 2}, [2, 4]),
     ):
         spec = job(checkpoint=checkpoint)

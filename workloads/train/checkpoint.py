@@ -43,15 +43,18 @@ def epochs_to_delete(epochs: list[int], keep: int) -> list[int]:
 @dataclass
 class CheckpointSchedule:
     """When the training loop writes a checkpoint: at the end of every `every`-th epoch, but no
-    sooner than `interval_s` seconds after the previous checkpoint (or after `last`, the start
-    of the run). A `due` answer of True starts the next interval."""
+    sooner than `interval_s` seconds after the previous one. The first due epoch of a run always
+    gets one, so a lake that refuses the write fails the run at once, not after an interval.
+    A `due` answer of True starts the next interval."""
 
     every: int = 1
     interval_s: float = 0.0
-    last: float = 0.0
+    last: float | None = None  # when the previous checkpoint was due; None: none yet
 
     def due(self, epoch: int, now: float) -> bool:
-        if epoch % self.every != 0 or now - self.last < self.interval_s:
+        if epoch % self.every != 0:
+            return False
+        if self.last is not None and now - self.last < self.interval_s:
             return False
         self.last = now
         return True

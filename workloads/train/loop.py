@@ -194,9 +194,7 @@ def train_model(
     # Summed per rank and scaled by world / global batch: after DDP averages the gradients over
     # ranks, the step is exactly the one of the mean loss over the global batch.
     criterion = loss_function(data.task, reduction="sum")
-    schedule = CheckpointSchedule(
-        settings.checkpoint_every, settings.checkpoint_interval_s, last=time.monotonic()
-    )
+    schedule = CheckpointSchedule(settings.checkpoint_every, settings.checkpoint_interval_s)
     try:
         for epoch in range(start_epoch, settings.epochs + 1):
             trained.train()
