@@ -2,8 +2,9 @@
 same model and data in the same run (target ratio >= 0.95) for the three architectures, and DDP
 scaling from 1 to 2 workers (gloo on CPU). The platform side runs with what a TrainingJob's
 workload adds: checkpoints (with their sha256 sidecars) written to a file lake, and the metrics
-textfile rewritten after every epoch; twice: with a TrainingJob's default checkpoint cadence (at
-most one per 30 s) and with a checkpoint after every epoch (`everyEpochs: 1`). `--device cuda`
+textfile rewritten after every epoch; twice: with a TrainingJob's default checkpoint cadence
+(after the first epoch, then at most one per 30 s) and with a checkpoint after every epoch
+(`everyEpochs: 1`). `--device cuda`
 runs the loop comparison on the GPU (bf16 autocast in both loops).
 
     .venv/bin/python bench/train.py [--quick] [--device cpu|cuda]

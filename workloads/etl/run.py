@@ -338,7 +338,7 @@ def _process(
         if not verdict.write:
             raise QualityGateError(verdict)
 
-        t = stage = time.monotonic()
+        t = time.monotonic()
         masked = privacy.apply_masks(annotated, masks)
         failed_rows = sf.size(sf.col(quality.FAILED_RULES)) > 0
         metadata = delta_io.commit_metadata(run_id, src.root_sources)
@@ -357,7 +357,7 @@ def _process(
                 metadata=lambda: metadata,
                 overwrite_schema=False,
             ).version
-            timings["quarantineWrite"] = time.monotonic() - stage
+            timings["quarantineWrite"] = time.monotonic() - t
         good = masked.filter(~failed_rows) if plan.on_failure == "Quarantine" else masked
         good = good.drop(quality.FAILED_RULES)
         table_uri = lake.spark_uri(lake.table_path(namespace, dataset.metadata.name))
