@@ -18,7 +18,12 @@ the array bytes the server receives per site per round (the model or its masked 
 SecAgg+ key and share exchange and HTTP framing are not counted) and the orchestration share of
 a round: 1 - slowest site's training / round time.
 
-    .venv/bin/python bench/federated.py [--rounds 3] [--local-epochs 5]
+`--noise-draws N` measures instead how often the example's ModelVersion gates pass under its
+central DP: the example's rounds replayed in-process N times with the sites' own training code
+(workloads/federated/site.py) and Flower's own clipping and noise functions, each with fresh
+noise, scored on the held-out patients; the baseline is the same replay without noise.
+
+    .venv/bin/python bench/federated.py [--rounds 3] [--local-epochs 5] [--noise-draws N]
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 import yaml
 
 from neuraxis.crds.trainingjob import TrainingJob
@@ -41,7 +47,11 @@ from neuraxis.local.federated import run_federated
 from neuraxis.local.runner import Runner, load_entries
 from neuraxis.local.state import LocalStore
 from neuraxis.workloads.evaluate.heldout import folder_of, load_artifact, load_heldout
+from neuraxis.workloads.evaluate.metrics import classification_metrics
 from neuraxis.workloads.evaluate.run import score
+from neuraxis.workloads.federated import site
+from neuraxis.workloads.federated.privacy import plan_rounds
+from neuraxis.workloads.train.data import read_table
 from neuraxis.workloads.train.run import run_training
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "federated-hospitals"
@@ -152,10 +162,89 @@ def federated_job(
     return TrainingJob.model_validate(out)
 
 
+def replay_noise(lake: Lake, job: TrainingJob, draws: int) -> list[dict[str, float]]:
+    """The job's rounds (as many as its budget allows) replayed `draws` times in-process: each
+    site trains from the global weights, its update is clipped (Flower's fixed clipping), the
+    row-weighted mean gets the server's Gaussian noise (Flower's formula: sigma * C / sites).
+    draws=0: once without noise. The held-out metrics of each final model."""
+    from flwr.supercore.differential_privacy import (
+        add_gaussian_noise_inplace,
+        compute_clip_model_update,
+        compute_stdv,
+    )
+
+    fed, spec = job.spec.federation, job.spec
+    assert fed is not None and spec.model is not None
+    refs = [s.dataset_ref for s in fed.sites]
+    first = [site.read_site_data(lake, NAMESPACE, job, r, None) for r in refs]
+    summaries = [site.site_summary(d) for d in first]
+    norm = site.global_normalization(summaries)
+    classes = site.global_classes(job, summaries)
+    data = [site.read_site_data(lake, NAMESPACE, job, r, classes) for r in refs]
+    held = read_table(lake, NAMESPACE, HOLDOUT, label=spec.task.label, task=spec.task.type,
+                      features=spec.task.features, classes=classes)  # fmt: skip
+    model, _ = site.build_global_model(job, len(summaries[0]["features"]), classes, norm)
+    initial = site.get_arrays(model)
+    rounds = plan_rounds(fed.privacy, fed.rounds, sample_rate=1.0).rounds
+    noisy = draws > 0 and fed.privacy.mode == "central"
+    assert fed.privacy.clipping_norm is not None or not noisy
+    clip = float(fed.privacy.clipping_norm or 0.0)
+    stdv = compute_stdv(float(fed.privacy.noise_multiplier or 0.0), clip, len(refs))
+    out = []
+    for _ in range(max(draws, 1)):
+        weights = [w.copy() for w in initial]
+        for r in range(1, rounds + 1):
+            updates, rows = [], []
+            for d in data:
+                new, n, _ = site.train_round(
+                    job, d, weights, norm, local_epochs=fed.local_epochs, server_round=r
+                )
+                if noisy:
+                    compute_clip_model_update(new, weights, clip)
+                updates.append(new)
+                rows.append(n)
+            weights = [
+                np.average(np.stack(arrays), axis=0, weights=rows).astype(np.float32)
+                for arrays in zip(*updates, strict=True)
+            ]
+            if noisy:
+                add_gaussian_noise_inplace(weights, stdv)
+        site.set_arrays(model, weights)
+        model.eval()
+        with torch.no_grad():
+            probs = torch.softmax(model(held.train_x), dim=1).numpy()
+        scalars = classification_metrics(held.train_y.numpy(), probs, classes)["scalars"]
+        out.append({"accuracy": float(scalars["accuracy"]), "roc_auc": float(scalars["roc_auc"])})
+    return out
+
+
+def noise_report(lake: Lake, doc: dict[str, Any], draws: int) -> None:
+    """How often the example's ModelVersion gates pass over `draws` noise draws."""
+    job = TrainingJob.model_validate(doc)
+    gates = example_docs()["tumour-classifier-v1"]["spec"]["evaluation"]["gates"]
+    clean = replay_noise(lake, job, 0)[0]
+    started = time.perf_counter()
+    runs = replay_noise(lake, job, draws)
+    wall = time.perf_counter() - started
+    passed = [all(r[g["metric"]] >= g["min"] for g in gates) for r in runs]
+    print(f"\n{draws} noise draws of the example's central DP ({wall:.0f} s); gates: "
+          + ", ".join(f"{g['metric']} >= {g['min']}" for g in gates))  # fmt: skip
+    print(f"{'metric':9} {'no noise':>8} {'mean':>6} {'ratio':>6} {'p1':>6} {'p5':>6} {'min':>6}")
+    for metric in ("accuracy", "roc_auc"):
+        values = np.array([r[metric] for r in runs])
+        print(
+            f"{metric:9} {clean[metric]:8.3f} {values.mean():6.3f}"
+            f" {values.mean() / clean[metric]:6.3f} {np.percentile(values, 1):6.3f}"
+            f" {np.percentile(values, 5):6.3f} {values.min():6.3f}"
+        )
+    print(f"gates passed: {sum(passed)} of {draws} ({sum(passed) / draws:.1%})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--local-epochs", type=int, default=5)
+    parser.add_argument("--noise-draws", type=int, default=0)
     args = parser.parse_args()
     docs = example_docs()
     train_doc = docs["tumour-federated"]
@@ -173,6 +262,9 @@ def main() -> None:
         t0 = time.perf_counter()
         lake = build_datasets(work, docs)
         print(f"datasets (real ETL, 5 Spark runs): {time.perf_counter() - t0:.0f} s", flush=True)
+        if args.noise_draws > 0:
+            noise_report(lake, train_doc, args.noise_draws)
+            return
         rows: dict[str, dict[str, Any]] = {}
         rows["centralized"] = centralized(lake, train_doc, args.rounds * args.local_epochs)
         for name, privacy in variants:

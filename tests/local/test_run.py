@@ -215,7 +215,7 @@ def test_federated_hospitals_example(home: Path, tmp_path: Path) -> None:
         assert by_site[site]["datasetVersion"] == table["version"]
         assert by_site[site]["rounds"] == [1, 2]
     mv = outcomes["ModelVersion/tumour-classifier-v1"].status
-    assert mv["evaluation"]["metrics"]["accuracy"] >= 0.85
+    assert mv["evaluation"]["metrics"]["accuracy"] >= 0.8
     # The bundle weighed int8 against fp32 on the same held-out patients as the gates.
     bundle = outcomes["EdgeDeployment/tumour-classifier-hospitals"].status["bundle"]
     compression = lake.read_json(lake.relative(bundle["uri"]) + "/compression.json")
