@@ -12,7 +12,7 @@ UV_VERSION := 0.13.8
 # refreshes it.
 STAMP := $(VENV)/.synced-$(shell (sha256sum requirements.lock; echo compile-bytecode) | sha256sum | cut -c1-16)
 
-.PHONY: help venv lock test lint typecheck unit crds demo tools tool-binaries tools-all jars image cluster cluster-down infra-up infra-down clean
+.PHONY: help venv lock test test-lane-cluster test-lane-rest lint typecheck unit crds demo tools tool-binaries tools-all jars image cluster cluster-down infra-up infra-down clean
 
 help:
 	@echo "make demo        set up and run the main example"
@@ -95,10 +95,19 @@ unit: venv
 
 # The set-up steps run side by side: on a cold machine the tool builds keep the CPUs busy for
 # most of an hour while the jar and image steps mostly download.
+# The tests run in two lanes at once: the cluster tests (one control plane with the real node,
+# mostly waiting on pods, controllers and Flower's polling) and all the others, which fill that
+# idle CPU. Each lane's lines carry its name; each prints its slowest tests (where CI time goes).
 test:
 	$(MAKE) --no-print-directory -j3 lint typecheck tools jars image
 	$(PY) -m compileall -q -j 0 neuraxis workloads  # the project's own bytecode (see venv)
-	$(VENV)/bin/pytest --durations=25  # the slowest tests in the log: where CI time goes
+	$(MAKE) --no-print-directory -j2 test-lane-cluster test-lane-rest
+
+test-lane-cluster:
+	$(VENV)/bin/pytest -m cluster --durations=15 2>&1 | sed -u 's/^/[cluster] /'
+
+test-lane-rest:
+	$(VENV)/bin/pytest -m "not cluster" --durations=15 2>&1 | sed -u 's/^/[rest] /'
 
 # The example's hash salt and serving API key come from Secrets in a cluster; locally from
 # these variables (NEURAXIS_SECRET_<SECRET>_<KEY>).
