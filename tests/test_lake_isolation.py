@@ -522,9 +522,10 @@ def test_a_local_etl_run_does_its_job_with_its_scoped_keys(
     assert writers and minio.access_key not in writers, json.dumps(sorted(writers))
 
 
-def put_object_writers(minio_home: Path, prefix: str, part: str = "") -> set[str]:
-    """The access keys that wrote objects under `prefix` whose key contains `part` (audit
-    entries arrive asynchronously: wait, bounded, for the first)."""
+def put_object_writers(minio_home: Path, prefix: str, part: str = "", expect: int = 1) -> set[str]:
+    """The access keys that wrote objects under `prefix` whose key contains `part`. Audit
+    entries arrive asynchronously (later under load): wait, bounded, until `expect` keys are
+    seen, then return what is there, so a missing or an extra writer still shows."""
 
     def writers() -> set[str]:
         return {
@@ -536,7 +537,7 @@ def put_object_writers(minio_home: Path, prefix: str, part: str = "") -> set[str
         }
 
     deadline = time.monotonic() + 30
-    while not writers() and time.monotonic() < deadline:
+    while len(writers()) < expect and time.monotonic() < deadline:
         time.sleep(0.2)
     return writers()
 
@@ -577,7 +578,7 @@ def test_a_local_chain_evaluates_and_bundles_with_keys_of_their_own(
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     model = Lake.model_path(A, "diagnosis", "diagnosis-v1")
     train_writers = put_object_writers(minio_home, model, "/model.pt")
-    card_writers = put_object_writers(minio_home, model, "/card/")
+    card_writers = put_object_writers(minio_home, model, "/card/", expect=2)
     bundle_writers = put_object_writers(minio_home, Lake.edge_path(A, "diagnosis", "diagnosis-v1"))
     assert minio.access_key not in train_writers | card_writers | bundle_writers
     # The card: the evaluation's key, then the bundle's adding its record; the bundle: only
