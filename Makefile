@@ -97,17 +97,18 @@ unit: venv
 # most of an hour while the jar and image steps mostly download.
 # The tests run in two lanes at once: the cluster tests (one control plane with the real node,
 # mostly waiting on pods, controllers and Flower's polling) and all the others, which fill that
-# idle CPU. Each lane's lines carry its name; each prints its slowest tests (where CI time goes).
+# idle CPU. Each lane's lines carry its name and arrive as they are written (unbuffered); each
+# prints its slowest tests (where CI time goes).
 test:
 	$(MAKE) --no-print-directory -j3 lint typecheck tools jars image
 	$(PY) -m compileall -q -j 0 neuraxis workloads  # the project's own bytecode (see venv)
 	$(MAKE) --no-print-directory -j2 test-lane-cluster test-lane-rest
 
 test-lane-cluster:
-	$(VENV)/bin/pytest -m cluster --durations=15 2>&1 | sed -u 's/^/[cluster] /'
+	PYTHONUNBUFFERED=1 $(VENV)/bin/pytest -m cluster --durations=15 2>&1 | sed -u 's/^/[cluster] /'
 
 test-lane-rest:
-	$(VENV)/bin/pytest -m "not cluster" --durations=15 2>&1 | sed -u 's/^/[rest] /'
+	PYTHONUNBUFFERED=1 $(VENV)/bin/pytest -m "not cluster" --durations=15 2>&1 | sed -u 's/^/[rest] /'
 
 # The example's hash salt and serving API key come from Secrets in a cluster; locally from
 # these variables (NEURAXIS_SECRET_<SECRET>_<KEY>).
