@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import shlex
+import subprocess
 import tarfile
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import pytest
 
 from neuraxis.dev import cluster, node
 from neuraxis.dev.node import ImageEntry, NodeError, NodePaths
+from neuraxis.dev.toolchain import tool_path
 
 
 def test_labels_and_taints_from_flags() -> None:
@@ -95,6 +97,31 @@ def test_corefile_serves_the_cluster_domain_and_forwards_nothing(tmp_path: Path)
     assert f"bind {node.NODE_IP}" in text
     assert "forward" not in text
     assert "rcode NXDOMAIN" in text
+
+
+def _corefile_directives(text: str) -> set[str]:
+    """The plugin names of a Corefile: the first word of each line directly inside a block."""
+    depth, names = 0, set()
+    for line in text.splitlines():
+        words = line.split()
+        if depth == 1 and words and words[0] != "}":
+            names.add(words[0])
+        depth += line.count("{") - line.count("}")
+    return names
+
+
+def test_the_built_coredns_has_every_plugin_the_corefile_uses(tmp_path: Path) -> None:
+    """Our CoreDNS main (neuraxis/dev/mains/coredns.go) links only the plugins we use."""
+    directives = _corefile_directives(node.corefile(tmp_path / "kubeconfig", 8181))
+    assert directives == {"bind", "errors", "ready", "kubernetes", "cache", "template"}
+    listed = subprocess.run(
+        [str(tool_path("coredns")), "-plugins"], capture_output=True, text=True, timeout=60
+    )
+    assert listed.returncode == 0, listed.stderr
+    plugins = {line.strip() for line in listed.stdout.splitlines()}
+    assert directives <= plugins, f"not in the built CoreDNS: {sorted(directives - plugins)}"
+    # The cloud DNS plugins of upstream's main are left out.
+    assert "route53" not in plugins and "forward" not in plugins
 
 
 def test_control_plane_advertises_the_node_ip(tmp_path: Path) -> None:

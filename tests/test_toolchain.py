@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import shutil
 import threading
 from pathlib import Path
@@ -79,9 +80,10 @@ def test_kubernetes_ldflags_carry_the_version() -> None:
     kube = toolchain.load_toolset().tool("kubernetes")
     flags = toolchain.build_flags(kube)
     assert flags[0] == "-trimpath"
-    assert flags[1].startswith("-ldflags=-s -w ")
-    assert "-X k8s.io/component-base/version.gitVersion=v1.36.3" in flags[1]
-    assert "-X k8s.io/component-base/version.gitMinor=36" in flags[1]
+    (ldflags,) = [flag for flag in flags if flag.startswith("-ldflags=")]
+    assert ldflags.startswith("-ldflags=-s -w ")
+    assert "-X k8s.io/component-base/version.gitVersion=v1.36.3" in ldflags
+    assert "-X k8s.io/component-base/version.gitMinor=36" in ldflags
 
 
 def test_toolset_version_follows_content() -> None:
@@ -319,6 +321,7 @@ OLD_BUILD_INFO = """\
 \t=>\texample.com/staged\tv0.2.0\th1:def=
 \tbuild\t-buildmode=exe
 \tbuild\t-compiler=gc
+\tbuild\t-gcflags=all=-dwarf=false
 \tbuild\t-trimpath=true
 \tbuild\tCGO_ENABLED=0
 \tbuild\tGOOS=linux
@@ -341,6 +344,10 @@ def test_build_info_decides_whether_an_old_binary_matches() -> None:
     )
     staged = dataclasses.replace(spec, local_replaces="v0.3.0")
     assert not toolchain.build_info_matches(staged, "second-cli", info)
+    # Built with DWARF (before COMPILE_FLAGS): not what a build makes now.
+    with_dwarf = OLD_BUILD_INFO.replace("\tbuild\t-gcflags=all=-dwarf=false\n", "")
+    info = toolchain.parse_build_info(with_dwarf.format(path="/x/second-cli"))
+    assert not toolchain.build_info_matches(spec, "second-cli", info)
     quoted = toolchain.parse_build_info('\tbuild\t-ldflags="-s -w -X a.b=c d"\n')
     assert quoted.settings["-ldflags"] == "-s -w -X a.b=c d"
 
@@ -601,3 +608,113 @@ def test_recorded_ports_come_from_kwokctl_saved_config(tmp_path: Path) -> None:
         "components:\n- name: etcd\n  ports:\n  - hostPort: 32766\n    port: 2379\n"
     )
     assert sorted(cluster._recorded_ports(paths)) == [32764, 32765, 32766]
+
+
+def test_every_build_compiles_without_dwarf_and_says_so_in_the_key() -> None:
+    etcd = toolchain.load_toolset().tool("etcd")
+    flags = toolchain.build_flags(etcd)
+    assert "-gcflags=all=-dwarf=false" in flags
+    # The linker drops DWARF anyway: -s -w stay.
+    assert any(f.startswith("-ldflags=-s -w") for f in flags)
+    assert etcd.build_pins()["compile_flags"] == ["-gcflags=all=-dwarf=false"]
+
+
+OWN_MAIN_TABLE = """
+[tools.dns]
+module = "example.com/dns"
+version = "v1.2.0"
+own_main = {{ dns = "{main}" }}
+binaries = {{ dns = "example.com/dns" }}
+"""
+
+
+def _own_main_spec(monkeypatch: pytest.MonkeyPatch, folder: Path, source: str) -> ToolSpec:
+    monkeypatch.setattr(toolchain, "OWN_MAINS_DIR", folder)
+    (folder / "dns.go").write_text(source)
+    toml = OWN_MAIN_TABLE.format(main="dns.go").encode()
+    return toolchain.parse_toolset(toml).tool("dns")
+
+
+SLIM_MAIN = """// a comment with "quotes"
+package main
+
+import (
+\t"example.com/dns/coremain"
+
+\t_ "example.com/dns/plugin/cache"
+\tlog "log"
+)
+
+import "fmt"
+
+func main() { fmt.Println("x"); coremain.Run() }
+"""
+
+
+def test_own_main_is_built_with_its_imports_pinned(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """CoreDNS with only our plugins: our main file, its imports at the table's version."""
+    spec = _own_main_spec(monkeypatch, tmp_path, SLIM_MAIN)
+    assert toolchain.go_imports(SLIM_MAIN) == [
+        "example.com/dns/coremain",
+        "example.com/dns/plugin/cache",
+        "log",
+        "fmt",
+    ]
+    calls: list[tuple[str, ...]] = []
+
+    def go(*args: str) -> str:
+        calls.append(args)
+        return ""
+
+    work = tmp_path / "work"
+    package = toolchain._install_own_main(spec, go, work, "dns")
+    assert package == "./cmd/dns"
+    assert (work / "cmd" / "dns" / "main.go").read_text() == SLIM_MAIN
+    assert calls == [
+        ("get", "example.com/dns/coremain@v1.2.0", "example.com/dns/plugin/cache@v1.2.0")
+    ]
+    # Its content is part of the cache key: an edit rebuilds, the same text does not.
+    key = toolchain.spec_key(spec)
+    assert toolchain.spec_key(_own_main_spec(monkeypatch, tmp_path, SLIM_MAIN)) == key
+    edited = SLIM_MAIN.replace("plugin/cache", "plugin/errors")
+    assert toolchain.spec_key(_own_main_spec(monkeypatch, tmp_path, edited)) != key
+
+
+def test_own_main_importing_another_module_is_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    source = SLIM_MAIN.replace('"log"', '"example.org/unpinned/x"')
+    spec = _own_main_spec(monkeypatch, tmp_path, source)
+    with pytest.raises(
+        ToolchainError, match=re.escape("imports example.org/unpinned/x, outside example.com/dns")
+    ):
+        toolchain._install_own_main(spec, lambda *args: "", tmp_path / "work", "dns")
+
+
+@pytest.mark.parametrize(
+    ("extra", "main", "message"),
+    [
+        ("", "missing.go", "`own_main.dns`: no file"),
+        ("copy_main = true\n", "dns.go", "`own_main` and `copy_main` exclude each other"),
+    ],
+)
+def test_bad_own_main_is_reported(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, extra: str, main: str, message: str
+) -> None:
+    monkeypatch.setattr(toolchain, "OWN_MAINS_DIR", tmp_path)
+    (tmp_path / "dns.go").write_text("package main\n")
+    toml = OWN_MAIN_TABLE.format(main=main).replace("version =", extra + "version =")
+    with pytest.raises(ToolchainError, match=re.escape(message)):
+        toolchain.parse_toolset(toml.encode())
+
+
+def test_own_main_must_name_a_binary_of_the_table(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(toolchain, "OWN_MAINS_DIR", tmp_path)
+    (tmp_path / "dns.go").write_text("package main\n")
+    toml = OWN_MAIN_TABLE.format(main="dns.go").replace('{ dns = "dns.go', '{ dnz = "dns.go')
+    with pytest.raises(ToolchainError, match="`own_main` names 'dnz', which is not in `binaries`"):
+        toolchain.parse_toolset(toml.encode())

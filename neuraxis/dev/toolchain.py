@@ -39,6 +39,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 TOOLSET_FILE = Path(__file__).with_name("toolset.toml")
+# `own_main` files are named relative to this folder (beside toolset.toml).
+OWN_MAINS_DIR = TOOLSET_FILE.parent
+# Every build compiles without DWARF: `-ldflags=-w` drops it at link time anyway, so generating
+# it only costs compile time (kube-apiserver from an empty Go build cache: 0.87x the CPU).
+COMPILE_FLAGS = ("-gcflags=all=-dwarf=false",)
 TOOLS_DIR_ENV = "NEURAXIS_TOOLS_DIR"
 DEFAULT_VERSION_ARGS: tuple[str, ...] = ("--version",)
 # A stuck `go` (a proxy that never answers) must not hang CI for its whole budget.
@@ -74,6 +79,7 @@ class ToolSpec:
     generate_env: Mapping[str, str] = field(default_factory=dict)
     check: bool = True
     module_files: Mapping[str, str] = field(default_factory=dict)
+    own_main: Mapping[str, str] = field(default_factory=dict)
 
     def args_for(self, binary: str) -> tuple[str, ...]:
         return self.version_args.get(binary, self.default_version_args)
@@ -83,6 +89,9 @@ class ToolSpec:
 
     def expanded_ldflags(self) -> list[str]:
         return [self.expand(flag) for flag in self.ldflags]
+
+    def own_main_file(self, binary: str) -> Path:
+        return OWN_MAINS_DIR / self.own_main[binary]
 
     def build_pins(self) -> dict[str, object]:
         """What decides the bytes of the binaries, in a form new ToolSpec fields do not change.
@@ -97,11 +106,20 @@ class ToolSpec:
             "godebug": None if self.godebug is None else list(self.godebug),
             "tags": list(self.tags),
             "ldflags": self.expanded_ldflags(),
+            "compile_flags": list(COMPILE_FLAGS),
             "copy_main": self.copy_main,
             "main_files": dict(self.main_files),
             "generate_env": {k: self.expand(v) for k, v in self.generate_env.items()},
             # Only when set, so that tables without files keep their cache key.
             **({"module_files": dict(self.module_files)} if self.module_files else {}),
+            # The content, not the name: editing our own main rebuilds its binary.
+            **({"own_main": self._own_main_digests()} if self.own_main else {}),
+        }
+
+    def _own_main_digests(self) -> dict[str, str]:
+        return {
+            binary: hashlib.sha256(self.own_main_file(binary).read_bytes()).hexdigest()
+            for binary in sorted(self.own_main)
         }
 
 
@@ -183,7 +201,25 @@ def _parse_spec(name: str, table: object) -> ToolSpec:
         generate_env=_str_table(table, "generate_env", where),
         check=_bool(table, "check", where, default=True),
         module_files=_str_table(table, "module_files", where),
+        own_main=_own_main(table, where, binaries),
     )
+
+
+def _own_main(
+    table: Mapping[str, object], where: str, binaries: Mapping[str, object]
+) -> dict[str, str]:
+    own = _str_table(table, "own_main", where)
+    unknown = sorted(set(own) - set(binaries))
+    if unknown:
+        raise ToolchainError(
+            f"{where}: `own_main` names {unknown[0]!r}, which is not in `binaries`"
+        )
+    if own and table.get("copy_main"):
+        raise ToolchainError(f"{where}: `own_main` and `copy_main` exclude each other")
+    for binary, name in own.items():
+        if not (OWN_MAINS_DIR / name).is_file():
+            raise ToolchainError(f"{where}: `own_main.{binary}`: no file {OWN_MAINS_DIR / name}")
+    return own
 
 
 def _bool(table: Mapping[str, object], key: str, where: str, *, default: bool) -> bool:
@@ -664,8 +700,8 @@ def build_info_matches(spec: ToolSpec, binary: str, info: BuildInfo) -> bool:
     that adoption runs afterwards (`expect`) stands in for them.
     """
     wrapper = f"neuraxis.local/tools/{spec.name}"
-    if spec.copy_main:
-        # The copied main belongs to the wrapper module; upstream is one of its dependencies.
+    if spec.copy_main or binary in spec.own_main:
+        # A copied (or our own) main belongs to the wrapper module; upstream is a dependency.
         source_ok = (
             info.package == f"{wrapper}/cmd/{binary}"
             and info.main_module == wrapper
@@ -686,6 +722,7 @@ def build_info_matches(spec: ToolSpec, binary: str, info: BuildInfo) -> bool:
         source_ok
         and info.settings.get("-trimpath") == "true"
         and info.settings.get("-tags", "") == ",".join(spec.tags)
+        and info.settings.get("-gcflags", "") == _gcflags_setting()
         and info.settings.get("CGO_ENABLED") == "0"
         and staging_ok
     )
@@ -766,8 +803,13 @@ def _build_in_wrapper(spec: ToolSpec, work: Path, out_dir: Path, progress: Progr
     edits = go_mod_edit_args(spec, gomod)
     if edits:
         run("mod", "edit", *edits)
-    run("get", "-tool", *(f"{pkg}@{spec.version}" for pkg in spec.binaries.values()))
-    packages = list(spec.binaries.values())
+    upstream_mains = [p for b, p in spec.binaries.items() if b not in spec.own_main]
+    if upstream_mains:
+        run("get", "-tool", *(f"{pkg}@{spec.version}" for pkg in upstream_mains))
+    packages = [
+        _install_own_main(spec, run, work, b) if b in spec.own_main else p
+        for b, p in spec.binaries.items()
+    ]
     if spec.copy_main:
         module_dir = upstream.get("Dir")
         if not isinstance(module_dir, str):
@@ -805,8 +847,52 @@ def _copy_main(spec: ToolSpec, module_dir: Path, work: Path, binary: str, packag
     return f"./cmd/{binary}"
 
 
+GO_IMPORT = re.compile(r'^\s*(?:[\w.]+\s+)?"([^"]+)"', re.MULTILINE)
+IMPORT_BLOCKS = re.compile(r"^import\s*(\([^)]*\)|\"[^\"]*\")", re.MULTILINE)
+
+
+def go_imports(source: str) -> list[str]:
+    """The import paths of one Go file (its import declarations only)."""
+    return [
+        path
+        for block in IMPORT_BLOCKS.findall(source)
+        for path in GO_IMPORT.findall(block.strip("()"))
+    ]
+
+
+def _install_own_main(spec: ToolSpec, run: Callable[..., str], work: Path, binary: str) -> str:
+    """Put our own main for `binary` into the wrapper and require what it imports, pinned.
+
+    For binaries we need only part of (CoreDNS with the plugins our Corefile uses): the
+    upstream main links everything. Its imports must come from the table's module, so that
+    one version pins them all.
+    """
+    source = spec.own_main_file(binary)
+    text = source.read_text()
+    # Standard-library paths have no dot in their first element.
+    imports = [path for path in go_imports(text) if "." in path.split("/")[0]]
+    outside = [p for p in imports if p != spec.module and not p.startswith(spec.module + "/")]
+    if outside:
+        raise ToolchainError(f"{spec.name}: {source} imports {outside[0]}, outside {spec.module}")
+    target = work / "cmd" / binary
+    target.mkdir(parents=True)
+    (target / "main.go").write_text(text)
+    if imports:
+        run("get", *(f"{path}@{spec.version}" for path in imports))
+    return f"./cmd/{binary}"
+
+
+def _gcflags_setting() -> str:
+    """How Go's build information records COMPILE_FLAGS' -gcflags (`go version -m`)."""
+    return next((f.partition("=")[2] for f in COMPILE_FLAGS if f.startswith("-gcflags=")), "")
+
+
 def build_flags(spec: ToolSpec) -> list[str]:
-    flags = ["-trimpath", "-ldflags=" + " ".join(["-s", "-w", *spec.expanded_ldflags()])]
+    flags = [
+        "-trimpath",
+        *COMPILE_FLAGS,
+        "-ldflags=" + " ".join(["-s", "-w", *spec.expanded_ldflags()]),
+    ]
     if spec.tags:
         flags.append("-tags=" + ",".join(spec.tags))
     return flags
