@@ -120,6 +120,19 @@ def _run_phase(draft: Draft) -> str:
     return "Succeeded" if draft.phase in (*DONE_PHASES, "Rejected") else "Failed"
 
 
+def new_run_id(prefix: str, earlier_runs: list[dict[str, Any]]) -> str:
+    """`<prefix>-<UTC second>`, never the id of a run in `earlier_runs` (status.runs): a run
+    that stops another within the same second still gets an id, a run folder and a status.runs
+    entry of its own (`-2`, `-3`... after the second)."""
+    stamp = f"{prefix}-{datetime.now(UTC):%Y%m%dT%H%M%S}"
+    taken = {str(run.get("id")) for run in earlier_runs}
+    run_id, count = stamp, 1
+    while run_id in taken:
+        count += 1
+        run_id = f"{stamp}-{count}"
+    return run_id
+
+
 def references(res: Resource) -> list[tuple[str, str]]:
     """The resources this one reads (kind, name)."""
     if isinstance(res, Dataset):
@@ -625,9 +638,9 @@ class Runner:
                 "annotations": annotations,
             },
         }
-        run_id = (
-            f"{entry.name}-{entry.kind.lower()}-{short_uid(res)}-g{generation}-"
-            f"{datetime.now(UTC):%Y%m%dT%H%M%S}"
+        run_id = new_run_id(
+            f"{entry.name}-{entry.kind.lower()}-{short_uid(res)}-g{generation}",
+            list(old_status.get("runs") or []),
         )
         self.on_step(f"{entry.kind}/{entry.name}")
         claim = self._claim

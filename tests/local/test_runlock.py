@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from neuraxis.local.runlock import claim_run
+from neuraxis.local.runner import new_run_id
 from neuraxis.local.state import LocalStore
 from tests.conftest import EXAMPLES
 
@@ -74,6 +75,16 @@ def test_a_claim_after_a_finished_run_stops_nothing(tmp_path: Path) -> None:
         second.release()
 
 
+def test_a_run_started_in_the_second_of_an_earlier_run_gets_an_id_of_its_own() -> None:
+    """The stopping run usually starts within a second of the run it stops (CI saw both share
+    one id, and so one status.runs entry)."""
+    first = new_run_id("readings-dataset-3f2a9c1b-g1", [])
+    second = new_run_id("readings-dataset-3f2a9c1b-g1", [{"id": first, "phase": "Superseded"}])
+    third = new_run_id("readings-dataset-3f2a9c1b-g1", [{"id": first}, {"id": second}])
+    assert len({first, second, third}) == 3
+    assert all(i.startswith("readings-dataset-3f2a9c1b-g1-2") for i in (first, second, third))
+
+
 @pytest.mark.engine
 def test_neuraxis_run_stops_the_running_run_of_the_same_dataset(tmp_path: Path) -> None:
     """Two `neuraxis run` of one Dataset: the later stops the earlier's Spark run first, writes
@@ -108,7 +119,9 @@ def test_neuraxis_run_stops_the_running_run_of_the_same_dataset(tmp_path: Path) 
     first_out = first.communicate(timeout=60)[0].decode()
     assert second.returncode == 0, second.stdout + second.stderr
     assert "Superseded" in first_out, first_out
-    latest, stopped = runs()
+    history = runs()
+    assert len(history) == 2, (history, first_out, second.stdout)
+    latest, stopped = history
     assert (stopped["id"], stopped["phase"]) == (earlier["id"], "Superseded")
     assert latest["phase"] == "Succeeded" and latest["id"] != earlier["id"]
     body = store.get("", "Dataset", "default", "sensor-readings") or {}
