@@ -640,7 +640,7 @@ class Runner:
         }
         run_id = new_run_id(
             f"{entry.name}-{entry.kind.lower()}-{short_uid(res)}-g{generation}",
-            list(old_status.get("runs") or []),
+            old_status.get("runs") or [],
         )
         self.on_step(f"{entry.kind}/{entry.name}")
         claim = self._claim
